@@ -1,0 +1,176 @@
+"""The `gptlab` command: sub-commands only. Each parses its arguments, calls one function, prints its result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from gptlab import __version__
+from gptlab.errors import UserError
+
+CHECKPOINT_HELP = "Which checkpoint: best, latest, or a checkpoint folder name."
+
+
+def _print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def parse_overrides(assignments: tuple[str, ...]) -> dict[str, dict]:
+    """`key=value` pairs -> {"model": {...}, "train": {...}}; the value is read as JSON, else as a string."""
+    from gptlab.config import ModelConfig, TrainConfig
+
+    overrides: dict[str, dict] = {"model": {}, "train": {}}
+    for assignment in assignments:
+        key, separator, raw = assignment.partition("=")
+        if not separator or not key:
+            raise UserError(f"--set {assignment}: expected KEY=VALUE, for example --set learning_rate=0.001")
+        file_name, _, bare_key = key.rpartition(".")
+        if file_name not in ("", "model", "train"):
+            raise UserError(f"--set {assignment}: prefix the key with 'model.' or 'train.' or nothing")
+        if not file_name:
+            file_name = "model" if bare_key in ModelConfig.model_fields else "train" if bare_key in TrainConfig.model_fields else ""
+        if not file_name:
+            raise UserError(f"--set {assignment}: '{bare_key}' is not a key of model.json or train.json")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides[file_name][bare_key] = value
+    return overrides
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="gptlab")
+def cli() -> None:
+    """Pre-train GPT-2-style base models from scratch and measure which training changes pay off.
+
+    A run is a directory holding model.json and train.json (the same files the users' DDP harness reads).
+    Typical path: prepare -> train -> eval -> generate. `gptlab demo` does all four on the embedded corpus.
+    """
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--validation-fraction", default=0.05, show_default=True, help="Share of documents for the validation split.")
+@click.option("--test-fraction", default=0.05, show_default=True, help="Share of documents for the test split.")
+@click.option("--seed", default=1234, show_default=True, help="Seed of the per-document split draw.")
+@click.option("--text-field", default="text", show_default=True, help="Field (.jsonl) or column (.parquet) holding the text.")
+@click.option("--overwrite", is_flag=True, help="Replace a token dataset already in OUT_DIR.")
+def prepare(source: str, out_dir: Path, validation_fraction: float, test_fraction: float, seed: int, text_field: str, overwrite: bool) -> None:
+    """Tokenise SOURCE into a token dataset in OUT_DIR.
+
+    SOURCE is a .txt file (documents separated by <|endoftext|>), a folder of .txt files (one document
+    per file), a .jsonl file, a .parquet file, or `brown` (the embedded Brown Corpus). OUT_DIR receives
+    train/validation/test.safetensors (uint16 GPT-2 tokens, each document followed by <|endoftext|>) and
+    meta.json.
+    """
+    from gptlab.data.prepare import SplitFractions, prepare_dataset
+
+    meta = prepare_dataset(source, out_dir, SplitFractions(validation_fraction, test_fraction), seed, text_field, overwrite)
+    counts = ", ".join(f"{name} {meta['tokens'][name]:,} tokens / {meta['documents'][name]} docs" for name in meta["tokens"])
+    click.echo(f"Wrote {out_dir}: {counts}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where Hugging Face datasets are looked for and downloaded (default: $GPTLAB_DATASETS_DIR or ./datasets).")
+@click.option("--resume", default=None, metavar="CHECKPOINT", help="Continue from a checkpoint: latest, best, or a folder name.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config key for this run (repeatable), e.g. --set learning_rate=0.001.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (metrics.jsonl is still written).")
+def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], assignments: tuple[str, ...], no_progress: bool) -> None:
+    """Train the run in RUN_DIR from its model.json and train.json.
+
+    Writes metrics.jsonl (one record per step), checkpoints/ (with `latest` and `best` links),
+    train.log and summary.json into RUN_DIR. Works under torchrun for several processes.
+    """
+    from gptlab.train.loop import train_run
+
+    train_run(run_dir, datasets_dir, parse_overrides(assignments), resume, show_progress=not no_progress)
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
+@click.option("--split", "split_name", type=click.Choice(["test", "validation", "train"]), default=None,
+              help="Split to evaluate (default: test, or validation when the dataset has no test split).")
+@click.option("--start-token", default=0, show_default=True, help="First token of the evaluated slice.")
+@click.option("--batches", type=int, default=None, help="Number of batches (default: every whole batch to the end of the split).")
+@click.option("--batch-size", type=int, default=None, help="Sequences per batch (default: the run's microbatch_size).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Numerics of the forward pass.")
+@click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `train`.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_token: int, batches: Optional[int],
+             batch_size: Optional[int], precision: str, datasets_dir: Optional[Path], as_json: bool) -> None:
+    """Loss of a run's checkpoint on the test split: mean cross-entropy, the same tokens every time.
+
+    The users' published "test set loss" is `--split validation --start-token 50000000 --batches 3200
+    --batch-size 6 --precision fp16`.
+    """
+    from gptlab.evaluate.loss import evaluate_run
+
+    result = evaluate_run(run_dir, checkpoint, split_name, start_token, batches, batch_size, precision, datasets_dir)
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"{result['split']} loss: {result['loss']:.4f} ({result['tokens']:,} tokens from token {result['start_token']:,}, "
+                   f"checkpoint {result['checkpoint']}, {result['precision']})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prompt", default="Every effort moves you", show_default=True, help="Text to continue.")
+@click.option("--tokens", "new_tokens", default=20, show_default=True, help="New tokens to generate.")
+@click.option("--temperature", default=1.0, show_default=True, help="Softmax temperature; 0 is greedy decoding.")
+@click.option("--top-k", default=25, show_default=True, help="Sample only among the k most likely tokens.")
+@click.option("--seed", type=int, default=None, help="Seed for a reproducible sample.")
+@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def generate(run_dir: Path, prompt: str, new_tokens: int, temperature: float, top_k: int, seed: Optional[int], checkpoint: str, as_json: bool) -> None:
+    """Continue a prompt with a run's model: the smoke test (top-k, then temperature, then a draw)."""
+    from gptlab.evaluate.sample import generate_from_run
+
+    result = generate_from_run(run_dir, prompt, new_tokens, temperature, top_k, seed, checkpoint)
+    _print_json(result) if as_json else click.echo(result["text"])
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"), show_default=True,
+              help="Folder for the prepared corpus and the run.")
+@click.option("--seconds", default=180.0, show_default=True, help="Training time budget; the token count is planned from measured speed.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Train exactly this many steps instead of planning from --seconds.")
+@click.option("--seed", default=42, show_default=True, help="random_seed of the run.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def demo(out_dir: Path, seconds: float, steps: Optional[int], seed: int, no_progress: bool) -> None:
+    """Prepare the embedded Brown Corpus, train a small GPT for a few minutes, then print the summary,
+    the test loss beside the unigram baseline, and a sample from "Every effort moves you"."""
+    from gptlab.demo import run_demo
+
+    run_demo(out_dir, seconds, seed, show_progress=not no_progress, steps=steps)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="gptlab", standalone_mode=False)
+    except UserError as error:
+        for line in error.lines:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

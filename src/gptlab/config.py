@@ -1,0 +1,220 @@
+"""Run configuration: `model.json` and `train.json`, with the users' existing keys accepted unchanged.
+
+Each key is a typed field with a default and a one-line description. Loading a run collects every
+problem in both files and reports them together, one line each, naming the file and the key.
+The resolved configuration (after defaults) is written once into the run directory as
+`resolved_config.json`; everything later reads that.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gptlab.errors import UserError
+
+
+class ModelConfig(BaseModel):
+    """The GPT-2 architecture of "Build a Large Language Model (from Scratch)"; defaults are GPT-2 small."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    vocab_size: int = Field(50257, gt=0, description="Tokens in the vocabulary (GPT-2 BPE: 50,257).")
+    context_length: int = Field(1024, gt=0, description="Longest sequence the position embedding covers.")
+    emb_dim: int = Field(768, gt=0, description="Width of the residual stream.")
+    n_heads: int = Field(12, gt=0, description="Attention heads per block; must divide emb_dim.")
+    n_layers: int = Field(12, gt=0, description="Transformer blocks.")
+    drop_rate: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on embeddings, attention weights and residual branches; 0 removes it.")
+    qkv_bias: bool = Field(False, description="Bias terms on the query, key and value projections.")
+    tie_weights: bool = Field(False, description="The output head shares the token-embedding matrix.")
+    init: Literal["torch", "gpt2"] = Field(
+        "torch",
+        description="'torch': PyTorch's default initialisers in the book's module order (the users' harness); "
+        "'gpt2': normal(0, 0.02) with residual projections scaled by 1/sqrt(2 * n_layers).",
+    )
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+
+Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+Schedule = Literal["constant", "cosine", "linear", "wsd"]
+
+
+class TrainConfig(BaseModel):
+    """What to train on and how. The first block of keys is the users' harness, with its defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # --- the users' harness keys -------------------------------------------------------------
+    dataset: str = Field(description="A local token dataset directory, or a Hugging Face dataset id downloaded once into the datasets folder.")
+    microbatch_size: int = Field(gt=0, description="Sequences per forward/backward pass on one process.")
+    min_train_tokens: int = Field(-1, description="Tokens to train on, rounded up to whole global batches; -1 takes every whole global batch.")
+    start_train_token: int = Field(0, ge=0, description="Offset into the train split where training data starts.")
+    start_val_token: int = Field(0, ge=0, description="Offset into the validation split where validation batches start.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Microbatches per optimizer step on each process.")
+    checkpoint_interval: Optional[int] = Field(None, gt=0, description="Write a checkpoint after every step s with s % interval == 0, and after the last step; absent: only at the end.")
+    validation_batches: int = Field(20, ge=0, description="Microbatches of validation loss computed at each validation; 0 turns validation off.")
+    learning_rate: float = Field(0.0004, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
+    use_amp: Optional[bool] = Field(None, description="The users' switch: true means precision 'fp16', false means 'fp32' (default true when precision is absent).")
+    clipping_max_norm: Optional[float] = Field(None, gt=0, description="Clip the global gradient L2 norm to this value; absent: no clipping.")
+    schedule_learning_rate: bool = Field(False, description="The users' schedule: linear warm-up from 1e-5 x lr over warmup_period_percent of the steps, then cosine to lr / 10.")
+    warmup_period_percent: float = Field(0, ge=0, le=100, description="Share of the steps spent warming up, in percent.")
+    random_seed: int = Field(42, description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.")
+
+    # --- gptlab's own keys ---------------------------------------------------------------------
+    precision: Optional[Precision] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler) or 'bf16' (autocast, no scaler).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; 'auto' takes CUDA when present.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay_params: Literal["all", "matrices"] = Field("all", description="'all' decays every parameter (the users' harness); 'matrices' only 2-D weight matrices other than embeddings.")
+    lr_schedule: Optional[Schedule] = Field(None, description="'constant', 'cosine', 'linear' or 'wsd' (warm-up, stable, decay); absent: the users' schedule_learning_rate switch decides.")
+    warmup_steps: Optional[int] = Field(None, ge=0, description="Warm-up length in steps; overrides warmup_period_percent.")
+    decay_period_percent: float = Field(20, gt=0, le=100, description="For 'wsd': share of the steps, in percent, spent decaying at the end.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The schedule's floor as a fraction of the peak learning rate.")
+    max_consecutive_skipped_steps: int = Field(20, gt=0, description="Stop when this many steps in a row had non-finite gradients or loss.")
+    validation_interval: Optional[int] = Field(None, gt=0, description="Validate every this many steps; absent: at each checkpoint.")
+    best_by: Literal["validation", "train"] = Field("validation", description="Which loss picks the 'best' checkpoint: validation loss, or average train loss since the last checkpoint (the users' harness).")
+    keep_checkpoints: Optional[int] = Field(None, gt=0, description="Keep only the newest N checkpoints (plus 'best'); absent: keep all.")
+    log_interval: int = Field(10, gt=0, description="Steps between reading losses back from the device (one host sync each); every step is still recorded.")
+    compile: Optional[bool] = Field(None, description="torch.compile the model.")
+    cost_per_hour: Optional[float] = Field(None, ge=0, description="Price of the machine per hour, for the cost in the summary.")
+    machine: Optional[str] = Field(None, description="A label for the hardware, recorded in the summary.")
+
+    @property
+    def effective_precision(self) -> str:
+        if self.precision is not None:
+            return self.precision
+        return "fp32" if self.use_amp is False else "fp16"
+
+    @property
+    def effective_schedule(self) -> str:
+        if self.lr_schedule is not None:
+            return self.lr_schedule
+        return "users-cosine" if self.schedule_learning_rate else "constant"
+
+
+# Keys accepted so that existing configs run, but not acted on yet: reported, never silently ignored.
+NOT_YET_APPLIED: dict[str, str] = {
+    "compile": "torch.compile is not wired in yet; the model runs eagerly",
+}
+
+
+class RunConfig(BaseModel):
+    """Both files of a run, resolved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: ModelConfig
+    train: TrainConfig
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"model": self.model.model_dump(mode="json"), "train": self.train.model_dump(mode="json")}
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must hold a JSON object of keys, not {type(data).__name__}")
+    return data
+
+
+def _describe_allowed(model_type: type[BaseModel], key: str) -> str:
+    field = model_type.model_fields.get(key)
+    return field.description if field is not None and field.description else ""
+
+
+def _pydantic_problems(path: Path, model_type: type[BaseModel], error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(file)"
+        top_key = str(item["loc"][0]) if item["loc"] else ""
+        if item["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(model_type.model_fields))
+            problems.append(f"{path}: {key}: unknown key; allowed keys are: {allowed}")
+        elif item["type"] == "missing":
+            problems.append(f"{path}: {key}: required key is missing ({_describe_allowed(model_type, top_key)})")
+        else:
+            got = json.dumps(item.get("input"), default=str)
+            problems.append(f"{path}: {key}: {got} is not allowed: {item['msg'].lower()}")
+    return problems
+
+
+def _validate(path: Path, model_type: type[BaseModel], data: dict[str, Any]) -> tuple[Optional[BaseModel], list[str]]:
+    # JSON has no tuples: accept a list where a tuple field is declared, as a person writing JSON would.
+    data = {key: tuple(value) if key == "betas" and isinstance(value, list) else value for key, value in data.items()}
+    try:
+        return model_type.model_validate(data), []
+    except ValidationError as error:
+        return None, _pydantic_problems(path, model_type, error)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _cross_field_problems(model_path: Path, model_data: dict, train_path: Path, train_data: dict) -> list[str]:
+    """Checks that involve two keys, run on the raw values so they are reported beside any per-key problem."""
+    problems = []
+    emb_dim = model_data.get("emb_dim", ModelConfig.model_fields["emb_dim"].default)
+    n_heads = model_data.get("n_heads", ModelConfig.model_fields["n_heads"].default)
+    if _positive_int(emb_dim) and _positive_int(n_heads) and emb_dim % n_heads != 0:
+        problems.append(f"{model_path}: n_heads: {n_heads} does not divide emb_dim {emb_dim}; use a divisor of emb_dim")
+    min_tokens = train_data.get("min_train_tokens", -1)
+    if isinstance(min_tokens, int) and not isinstance(min_tokens, bool) and (min_tokens == 0 or min_tokens < -1):
+        problems.append(f"{train_path}: min_train_tokens: {min_tokens} is not allowed: use -1 (every whole global batch) or a positive count")
+    use_amp, precision = train_data.get("use_amp"), train_data.get("precision")
+    if isinstance(use_amp, bool) and isinstance(precision, str):
+        implied = "fp16" if use_amp else "fp32"
+        if implied != precision:
+            problems.append(f"{train_path}: use_amp: {json.dumps(use_amp)} means precision '{implied}' but precision is '{precision}'; give one of them")
+    if train_data.get("lr_schedule") is not None and train_data.get("schedule_learning_rate") is True:
+        problems.append(f"{train_path}: schedule_learning_rate: true conflicts with lr_schedule '{train_data['lr_schedule']}'; give one of them")
+    betas = train_data.get("betas")
+    if isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas):
+        if not all(0 <= b < 1 for b in betas):
+            problems.append(f"{train_path}: betas: {list(betas)} is not allowed: each must be in [0, 1)")
+    return problems
+
+
+def validate_run_config(model_path: Path, model_data: dict, train_path: Path, train_data: dict) -> RunConfig:
+    """Validate both files' contents together, raising one UserError that lists every problem."""
+    model, model_problems = _validate(model_path, ModelConfig, model_data)
+    train, train_problems = _validate(train_path, TrainConfig, train_data)
+    problems = model_problems + train_problems + _cross_field_problems(model_path, model_data, train_path, train_data)
+    if problems:
+        raise UserError(*problems)
+    return RunConfig(model=model, train=train)
+
+
+def load_run_config(run_dir: Path, overrides: Optional[dict[str, dict[str, Any]]] = None) -> RunConfig:
+    """Read `model.json` and `train.json` from a run directory, apply overrides, and validate."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run directory not found")
+    model_path, train_path = run_dir / "model.json", run_dir / "train.json"
+    model_data, train_data = _read_json_object(model_path), _read_json_object(train_path)
+    for key, value in (overrides or {}).get("model", {}).items():
+        model_data[key] = value
+    for key, value in (overrides or {}).get("train", {}).items():
+        train_data[key] = value
+    return validate_run_config(model_path, model_data, train_path, train_data)
+
+
+def not_yet_applied_notes(config: RunConfig) -> list[str]:
+    """One line per key that was set but that gptlab does not act on yet."""
+    notes = []
+    for key, why in NOT_YET_APPLIED.items():
+        if getattr(config.train, key) is not None:
+            notes.append(f"train.json: {key}: accepted but not yet applied ({why})")
+    return notes

@@ -1,0 +1,55 @@
+"""Finding a run's dataset: a local directory, or a Hugging Face dataset downloaded once into a datasets folder.
+
+The users' harness downloads `dataset` with `snapshot_download` into `DATASETS_DIR/<repository id>/`;
+gptlab looks in the same place, so their existing downloads are reused as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from gptlab.data.tokens import TokenDataset
+from gptlab.errors import UserError
+
+DATASETS_DIR_ENV = "GPTLAB_DATASETS_DIR"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def default_datasets_dir() -> Path:
+    return Path(os.environ.get(DATASETS_DIR_ENV, "datasets"))
+
+
+def download_hf_dataset(repo_id: str, target: Path) -> None:
+    """Download a whole dataset repository into `target` (the users' harness layout)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=str(target))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"dataset '{repo_id}': download into {target} failed ({first_line}); download it there yourself or give a local directory") from None
+
+
+def locate_dataset(dataset: str, run_dir: Path, datasets_dir: Path | None = None, download: bool = True) -> TokenDataset:
+    """Resolve train.json's `dataset` value, in this order: a path (absolute, or relative to the run
+    directory, then to the working directory); `<datasets_dir>/<repository id>`; a download of that id."""
+    candidates = [Path(dataset)] if Path(dataset).is_absolute() else [Path(run_dir) / dataset, Path(dataset)]
+    for candidate in candidates:
+        if (candidate / "train.safetensors").is_file():
+            return TokenDataset(candidate)
+    datasets_dir = Path(datasets_dir) if datasets_dir is not None else default_datasets_dir()
+    if _REPO_ID.match(dataset):
+        cached = datasets_dir / dataset
+        if (cached / "train.safetensors").is_file():
+            return TokenDataset(cached)
+        if download:
+            download_hf_dataset(dataset, cached)
+            return TokenDataset(cached)
+    raise UserError(
+        f"{Path(run_dir) / 'train.json'}: dataset: '{dataset}' is neither a token dataset directory "
+        f"(relative to the run directory or the working directory) nor in {datasets_dir}; "
+        f"make one with `gptlab prepare SOURCE DIR` or give a Hugging Face dataset id"
+    )

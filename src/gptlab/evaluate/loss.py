@@ -1,0 +1,89 @@
+"""Mean cross-entropy over a fixed run of batches of a split: the same tokens every time, dropout off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from gptlab.data.batches import BatchPlan, BatchReader, whole_items
+from gptlab.data.tokens import TokenSplit
+from gptlab.errors import UserError
+from gptlab.train.precision import Precision
+
+
+@dataclass(frozen=True)
+class EvalSlice:
+    """Exactly which tokens an evaluation reads; two losses are comparable only when these agree."""
+
+    split: str
+    start_token: int
+    batches: int
+    batch_size: int
+    context_length: int
+
+    @property
+    def tokens(self) -> int:
+        return self.batches * self.batch_size * self.context_length
+
+
+def eval_slice_for(split: TokenSplit, split_name: str, start_token: int, batch_size: int, context_length: int,
+                   batches: Optional[int] = None) -> EvalSlice:
+    """`batches=None` takes every whole batch from `start_token` to the end of the split."""
+    available = whole_items(split, start_token, batch_size * context_length)
+    if available == 0:
+        raise UserError(
+            f"{split.path}: the {split_name} split has {len(split):,} tokens, too few from token {start_token:,} "
+            f"for one batch of {batch_size} x {context_length} tokens; lower --batch-size or --start-token"
+        )
+    if batches is None:
+        batches = available
+    elif batches > available:
+        raise UserError(f"{split.path}: --batches {batches} needs {batches * batch_size * context_length + 1:,} tokens from {start_token:,}; the {split_name} split has room for {available}")
+    return EvalSlice(split_name, start_token, batches, batch_size, context_length)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSlice, precision: Precision, device: torch.device) -> float:
+    """Mean over batches of each batch's mean token cross-entropy (the users' "test set loss")."""
+    was_training = model.training
+    model.eval()
+    plan = BatchPlan(eval_slice.start_token, eval_slice.batch_size, eval_slice.context_length)
+    reader = BatchReader(split, plan, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for item in range(eval_slice.batches):
+            inputs, targets = reader.read_item(item)
+            with precision.autocast():
+                logits = model(inputs)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).double()
+    finally:
+        model.train(was_training)
+    return float(total / eval_slice.batches)
+
+
+def evaluate_run(run_dir, checkpoint: str = "latest", split_name: Optional[str] = None, start_token: int = 0,
+                 batches: Optional[int] = None, batch_size: Optional[int] = None, precision_name: str = "fp32",
+                 datasets_dir=None, device_name: str = "auto") -> dict:
+    """Test loss of a run's checkpoint; the result names exactly which tokens it was computed on."""
+    from gptlab.runs import open_trained_run
+    from gptlab.train.precision import configure_precision
+
+    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else ("cpu" if device_name == "auto" else device_name))
+    trained = open_trained_run(run_dir, checkpoint, device)
+    dataset = trained.dataset(datasets_dir)
+    if split_name is None:
+        split_name = "test" if dataset.has_split("test") else "validation"
+    split = dataset.split(split_name)
+    context = trained.config.model.context_length
+    chosen = eval_slice_for(split, split_name, start_token, batch_size or trained.config.train.microbatch_size, context, batches)
+    precision = configure_precision(precision_name, device, "--precision")
+    loss = evaluate_loss(trained.model, split, chosen, precision, device)
+    return {
+        "run": str(run_dir), "checkpoint": trained.checkpoint.name, "loss": loss, "split": split_name,
+        "start_token": chosen.start_token, "batches": chosen.batches, "batch_size": chosen.batch_size,
+        "context_length": chosen.context_length, "tokens": chosen.tokens, "precision": precision_name,
+        "dataset": str(dataset.directory), "tokenizer": dataset.tokenizer,
+    }

@@ -1,0 +1,123 @@
+"""The GPT-2 model of "Build a Large Language Model (from Scratch)", as one plain nn.Module.
+
+Inside, names follow Hugging Face's GPT-2 (`wte`, `h.{i}.attn.c_attn`, `ln_f`, ...) and Q, K and V are
+computed by one fused matmul; at the file boundary `gptlab.weights` converts to and from the book's
+`GPTModel` layout. This file knows nothing of devices, precision, ranks or files.
+
+Shapes: B = batch, T = sequence length, C = emb_dim, H = n_heads, D = head_dim = C / H, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlab.config import ModelConfig
+
+LAYER_NORM_EPS = 1e-5  # the book's LayerNorm epsilon
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.drop_rate = config.drop_rate
+        # One (C -> 3C) matmul instead of three (C -> C): rows [0:C] are the book's W_query, [C:2C] W_key, [2C:3C] W_value.
+        self.c_attn = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(config.emb_dim, config.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, width = x.shape
+        query, key, value = self.c_attn(x).split(width, dim=2)  # each (B, T, C)
+        # (B, T, C) -> (B, H, T, D)
+        query = query.view(batch, seq_len, self.n_heads, -1).transpose(1, 2)
+        key = key.view(batch, seq_len, self.n_heads, -1).transpose(1, 2)
+        value = value.view(batch, seq_len, self.n_heads, -1).transpose(1, 2)
+        # is_causal lets the kernel skip the masked half instead of materialising a T x T mask.
+        attended = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, dropout_p=self.drop_rate if self.training else 0.0
+        )  # (B, H, T, D)
+        attended = attended.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, C)
+        return self.c_proj(attended)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+        self.c_proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: attention then MLP, each on a residual branch."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x)))
+        x = x + self.drop(self.mlp(self.ln_2(x)))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.wpe = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop = nn.Dropout(config.drop_rate)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
+        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, V) logits."""
+        seq_len = token_ids.shape[1]
+        if seq_len > self.config.context_length:
+            raise ValueError(f"sequence of {seq_len} tokens is longer than context_length {self.config.context_length}")
+        positions = torch.arange(seq_len, device=token_ids.device)
+        x = self.drop(self.wte(token_ids) + self.wpe(positions))  # (B, T, C)
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def parameter_count(self) -> int:
+        """Distinct trainable parameters (a tied head is counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def init_gpt2(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2's initialisation: normal(0, 0.02) weights and embeddings, zero biases, unit LayerNorms,
+        and the two projections that write into the residual stream scaled by 1/sqrt(2 * n_layers)."""
+        std = 0.02
+        residual_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_residual_projection = name.endswith("c_proj")
+                module.weight.normal_(0.0, residual_std if is_residual_projection else std, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std, generator=generator)
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
+def gpt2_small_config(**overrides) -> ModelConfig:
+    """GPT-2 small (124M tied / 163M untied parameters) as the users' `model.json` has it."""
+    return ModelConfig(**overrides)

@@ -1,0 +1,170 @@
+"""Checkpoints on disk, in the users' harness layout.
+
+`RUN_DIR/checkpoints/<UTC %Y%m%dZ%H%M%S>-iteration-<step>/` holds `model.safetensors` (the book's
+layout), `optimizer.pt`, `scaler.pt` (fp16 only), `training_state.pt` (step and RNG states),
+`meta.json` and `config.json`. A checkpoint is written into a temporary folder, fsynced and renamed
+into place; the relative symlinks `latest` and `best` are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from gptlab.errors import UserError
+from gptlab.files import atomic_write_json, fsync_directory, read_json
+from gptlab.model import GPT
+from gptlab.weights import load_book_safetensors, save_book_safetensors
+
+CHECKPOINTS = "checkpoints"
+POINTERS = ("latest", "best")
+
+
+def checkpoint_name(step: int, now: Optional[time.struct_time] = None) -> str:
+    return time.strftime("%Y%m%dZ%H%M%S", now or time.gmtime()) + f"-iteration-{step}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step can draw from, as plain types that `torch.load(weights_only=True)` accepts."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    fsync_directory(directory)
+
+
+def point(run_dir: Path, pointer: str, name: str) -> None:
+    """Atomically make `checkpoints/<pointer>` a relative link to `checkpoints/<name>`."""
+    directory = Path(run_dir) / CHECKPOINTS
+    tmp = directory / f".{pointer}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(name, tmp)
+    os.replace(tmp, directory / pointer)
+    fsync_directory(directory)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scaler: Optional[torch.amp.GradScaler],
+    training_state: dict[str, Any],
+    meta: dict[str, Any],
+    config: dict[str, Any],
+    is_best: bool,
+) -> Path:
+    directory = Path(run_dir) / CHECKPOINTS
+    directory.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(step)
+    final = directory / name
+    staging = directory / f".tmp-{name}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    save_book_safetensors(model, staging / "model.safetensors")
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), staging / "scaler.pt")
+    torch.save({**training_state, "rng": rng_state()}, staging / "training_state.pt")
+    atomic_write_json(staging / "meta.json", {**meta, "is_best": is_best})
+    atomic_write_json(staging / "config.json", config)
+    _fsync_tree(staging)
+    if final.exists():  # the same step saved twice within one second: keep the newer
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    fsync_directory(directory)
+    point(run_dir, "latest", name)
+    if is_best:
+        point(run_dir, "best", name)
+    return final
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return read_json(self.path / "meta.json")
+
+    def load_model(self, model: GPT) -> None:
+        load_book_safetensors(model, self.path / "model.safetensors")
+
+    def load_training_state(self) -> dict[str, Any]:
+        return torch.load(self.path / "training_state.pt", weights_only=True)
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
+
+    def load_scaler(self, scaler: Optional[torch.amp.GradScaler]) -> None:
+        if scaler is not None and (self.path / "scaler.pt").is_file():
+            scaler.load_state_dict(torch.load(self.path / "scaler.pt", weights_only=True))
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoint folders, oldest step first."""
+    directory = Path(run_dir) / CHECKPOINTS
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and "-iteration-" in p.name and not p.name.startswith(".")]
+    return sorted(found, key=lambda p: (int(p.name.rsplit("-", 1)[1]), p.name))
+
+
+def find_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
+    """`best`, `latest`, a checkpoint folder name, or a path to a checkpoint folder."""
+    directory = Path(run_dir) / CHECKPOINTS
+    candidate = Path(which) if Path(which).is_dir() and (Path(which) / "model.safetensors").exists() else directory / which
+    if (candidate / "model.safetensors").is_file():
+        return Checkpoint(candidate.resolve())
+    available = [p.name for p in list_checkpoints(run_dir)]
+    if not available:
+        raise UserError(f"{run_dir}: no checkpoints yet; train it first with `gptlab train {run_dir}`")
+    pointers = [p for p in POINTERS if (directory / p).exists()]
+    raise UserError(f"{run_dir}: no checkpoint '{which}'; choose one of: {', '.join(pointers + available[-5:])}")
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints, never the one `best` points to."""
+    directory = Path(run_dir) / CHECKPOINTS
+    best = (directory / "best").resolve() if (directory / "best").exists() else None
+    removed = []
+    for path in list_checkpoints(run_dir)[:-keep]:
+        if best is not None and path.resolve() == best:
+            continue
+        shutil.rmtree(path)
+        removed.append(path)
+    return removed

@@ -1,0 +1,356 @@
+"""The training loop: setup -> fit (step, validate, checkpoint) -> summary.
+
+Each optimizer step reads as a person would describe it: set the learning rate; run forward and
+backward over the microbatches; unscale and measure the gradients; read the loss and gradient norm
+back once; skip the step if either is non-finite, else clip and step; record it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gptlab.config import RunConfig, load_run_config, not_yet_applied_notes
+from gptlab.data.batches import BatchPlan, BatchReader, plan_training
+from gptlab.data.locate import locate_dataset
+from gptlab.data.tokens import TokenDataset
+from gptlab.errors import UserError
+from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_loss
+from gptlab.files import atomic_write_json, atomic_write_text, read_json
+from gptlab.model import GPT
+from gptlab.train import distributed
+from gptlab.train.checkpoint import find_checkpoint, list_checkpoints, prune_checkpoints, restore_rng_state, save_checkpoint
+from gptlab.train.host import keep_freed_memory_for_reuse
+from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
+from gptlab.train.precision import Precision, clip_to_norm, configure_precision, global_grad_norm
+from gptlab.train.record import IntervalStats, MetricsFile, RunLog, environment, format_summary, progress_bar
+from gptlab.weights import build_model
+
+RESOLVED_CONFIG = "resolved_config.json"
+
+
+class TrainingStopped(UserError):
+    """Training cannot usefully go on (too many non-finite steps in a row); the last checkpoint is kept."""
+
+    exit_code = 3
+
+
+@dataclass
+class Run:
+    """Everything a training run holds while it runs; built by `setup`."""
+
+    run_dir: Path
+    config: RunConfig
+    dist: distributed.Distributed
+    device: torch.device
+    dataset: TokenDataset
+    model: GPT
+    trained_model: torch.nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.AdamW
+    precision: Precision
+    plan: BatchPlan
+    reader: BatchReader
+    validation: Optional[EvalSlice]
+    log: RunLog
+    metrics: MetricsFile
+    show_progress: bool
+    start_step: int = 0
+    # running totals, saved in every checkpoint so a resumed run carries on counting
+    totals: dict[str, Any] = field(default_factory=lambda: {
+        "skipped_steps": 0, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 0.0,
+        "best_metric": None, "peak_learning_rate": 0.0, "last_train_loss": None, "last_validation_loss": None,
+    })
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch (CPU and every CUDA device), as the users' harness seeds before building the model."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _validation_slice(run_config: RunConfig, dataset: TokenDataset) -> Optional[EvalSlice]:
+    train = run_config.train
+    if train.validation_batches == 0 or not dataset.has_split("validation"):
+        return None
+    split = dataset.split("validation")
+    full = eval_slice_for(split, "validation", train.start_val_token, train.microbatch_size, run_config.model.context_length)
+    return EvalSlice("validation", train.start_val_token, min(train.validation_batches, full.batches), full.batch_size, full.context_length)
+
+
+def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,
+          resume: Optional[str] = None, show_progress: bool = True) -> Run:
+    run_dir = Path(run_dir)
+    run_config = load_run_config(run_dir, overrides)
+    model_config, train_config = run_config.model, run_config.train
+    dist_context = distributed.from_environment()
+    device = distributed.pick_device(train_config.device, dist_context)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{run_dir / 'train.json'}: device: 'cuda' was asked for but torch sees no CUDA device")
+    if resume is None and list_checkpoints(run_dir):
+        raise UserError(f"{run_dir}: already has checkpoints; continue it with `gptlab train {run_dir} --resume latest`, or train in a new run directory")
+
+    dataset = locate_dataset(train_config.dataset, run_dir, datasets_dir, download=dist_context.is_main)
+    plan = plan_training(
+        dataset.split("train"), start_token=train_config.start_train_token, min_tokens=train_config.min_train_tokens,
+        microbatch_size=train_config.microbatch_size, context_length=model_config.context_length,
+        accumulation_steps=train_config.gradient_accumulation_steps, world_size=dist_context.world_size,
+        source=str(run_dir / "train.json"),
+    )
+    if dataset.meta.get("tokenizer", {}).get("vocab_size", model_config.vocab_size) > model_config.vocab_size:
+        raise UserError(f"{run_dir / 'model.json'}: vocab_size: {model_config.vocab_size} is smaller than the dataset's tokenizer ({dataset.meta['tokenizer']['vocab_size']})")
+
+    distributed.start(dist_context, device)
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()
+    precision = configure_precision(train_config.effective_precision, device, str(run_dir / "train.json"))
+    seed_everything(train_config.random_seed)
+    model = build_model(model_config, device)
+    optimizer = build_optimizer(model, train_config, device)
+    log = RunLog(run_dir, enabled=dist_context.is_main)
+    run = Run(
+        run_dir=run_dir, config=run_config, dist=dist_context, device=device, dataset=dataset, model=model,
+        trained_model=distributed.wrap(model, dist_context, device), optimizer=optimizer, precision=precision,
+        plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
+        validation=_validation_slice(run_config, dataset), log=log,
+        metrics=MetricsFile(run_dir / "metrics.jsonl", enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
+    )
+    if resume is not None:
+        _restore(run, resume)
+    elif dist_context.is_main:
+        atomic_write_json(run_dir / RESOLVED_CONFIG, run_config.to_json_dict())
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / "train.log").unlink(missing_ok=True)
+    _print_header(run)
+    return run
+
+
+def _restore(run: Run, which: str) -> None:
+    checkpoint = find_checkpoint(run.run_dir, which)
+    saved_model = read_json(checkpoint.path / "config.json")["model"]
+    current_model = run.config.model.model_dump(mode="json")
+    differing = sorted(key for key in current_model if saved_model.get(key) != current_model[key])
+    if differing:
+        raise UserError(f"{run.run_dir / 'model.json'}: differs from checkpoint {checkpoint.name} in {', '.join(differing)}; resume with the model it was trained with")
+    checkpoint.load_model(run.model)
+    checkpoint.load_optimizer(run.optimizer)
+    checkpoint.load_scaler(run.precision.scaler)
+    state = checkpoint.load_training_state()
+    run.start_step = int(state["step"]) + 1
+    run.totals.update(state["totals"])
+    restore_rng_state(state["rng"])
+    if run.dist.is_main:
+        _truncate_metrics(run.run_dir / "metrics.jsonl", last_step=int(state["step"]))
+    run.log.line(f"Resuming from {checkpoint.name} at step {run.start_step}")
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records of steps after the checkpoint: the resumed run will record them again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", -1) <= last_step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _print_header(run: Run) -> None:
+    model_config, train_config, plan = run.config.model, run.config.train, run.plan
+    env = environment()
+    run.log.line(f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
+                 + (f" ({env['device_name']})" if "device_name" in env else "") + f" | world size {run.dist.world_size}")
+    run.log.line(f"Model: {run.model.parameter_count():,} parameters ({model_config.n_layers} layers, {model_config.emb_dim} wide, "
+                 f"{model_config.n_heads} heads, context {model_config.context_length}, tied head: {model_config.tie_weights})")
+    run.log.line(f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
+                 f"{plan.total_steps:,} steps of {plan.global_batch_tokens:,} tokens")
+    run.log.line(f"Precision: {run.precision.name} | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
+                 f"clipping: {train_config.clipping_max_norm or 'off'} | validation: "
+                 + (f"{run.validation.batches} batches" if run.validation else "off"))
+    for note in not_yet_applied_notes(run.config):
+        run.log.line(f"Note: {note}")
+
+
+def forward_backward(run: Run, step: int) -> torch.Tensor:
+    """Loss of one optimizer step, averaged over its microbatches, with gradients accumulated.
+
+    Each backward is of loss / accumulation steps, so the summed gradient is that of one large batch.
+    """
+    accumulation = run.plan.accumulation_steps
+    loss_sum = torch.zeros((), device=run.device)
+    for micro_step in range(accumulation):
+        inputs, targets = run.reader.read(step, micro_step, run.dist.rank)
+        with distributed.gradient_sync(run.trained_model, sync=micro_step == accumulation - 1):
+            with run.precision.autocast():
+                logits = run.trained_model(inputs)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / accumulation
+            scaled = run.precision.scaler.scale(loss) if run.precision.scaler is not None else loss
+            scaled.backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def optimizer_step(run: Run, loss: torch.Tensor) -> dict[str, Any]:
+    """Unscale, measure, and apply (or skip) the step. Exactly one host synchronisation."""
+    parameters = [p for group in run.optimizer.param_groups for p in group["params"]]
+    scaler = run.precision.scaler
+    if scaler is not None:
+        scaler.unscale_(run.optimizer)
+    grad_norm = global_grad_norm(parameters)
+    # The gradient norm is already identical on every rank (DDP averaged it); the loss is averaged here for logging,
+    # so every rank reads the same two numbers and takes the same decision.
+    loss_value, norm_value = distributed.mean_across_ranks(torch.stack([loss, grad_norm.to(loss.device)]), run.dist).tolist()
+    finite = math.isfinite(loss_value) and math.isfinite(norm_value)
+    max_norm = run.config.train.clipping_max_norm
+    clipped = finite and max_norm is not None and norm_value > max_norm
+    if finite:
+        if clipped:
+            clip_to_norm(parameters, max_norm, grad_norm)
+        run.optimizer.step()  # after unscale_ the scaler has nothing left to do but update its scale
+    if scaler is not None:
+        scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_value, "grad_norm": norm_value, "clipped": clipped, "skipped": not finite}
+
+
+def validate(run: Run) -> Optional[float]:
+    if run.validation is None:
+        return None
+    return evaluate_loss(run.model, run.dataset.split("validation"), run.validation, run.precision, run.device)
+
+
+def fit(run: Run) -> dict[str, Any]:
+    train_config, plan, totals = run.config.train, run.plan, run.totals
+    last_step = plan.total_steps - 1
+    interval = IntervalStats()
+    bar = progress_bar(plan.total_steps, run.start_step, run.show_progress)
+    started = time.perf_counter()
+    train_seconds_before = totals["train_seconds"]
+    step_clock = time.perf_counter()
+    try:
+        for step in range(run.start_step, plan.total_steps):
+            learning_rate = learning_rate_at(step, plan.total_steps, train_config)
+            set_learning_rate(run.optimizer, learning_rate)
+            loss = forward_backward(run, step)
+            outcome = optimizer_step(run, loss)
+            totals["train_seconds"] += time.perf_counter() - step_clock
+
+            totals["peak_learning_rate"] = max(totals["peak_learning_rate"], learning_rate)
+            totals["clipped_steps"] += int(outcome["clipped"])
+            if outcome["skipped"]:
+                totals["skipped_steps"] += 1
+                totals["consecutive_skipped"] += 1
+            else:
+                totals["consecutive_skipped"] = 0
+                totals["last_train_loss"] = outcome["loss"]
+            interval.add(outcome["loss"], outcome["grad_norm"], outcome["clipped"])
+            tokens_seen = (step + 1) * plan.global_batch_tokens
+            run.metrics.add({
+                "step": step, "loss": _json_float(outcome["loss"]), "learning_rate": learning_rate,
+                "grad_norm": _json_float(outcome["grad_norm"]), "clipped": outcome["clipped"], "skipped": outcome["skipped"],
+                "tokens_seen": tokens_seen, "elapsed_seconds": round(time.perf_counter() - started, 4),
+                "train_seconds": round(totals["train_seconds"], 4),
+            })
+            bar.update(1)
+            bar.set_postfix(loss=f"{outcome['loss']:.3f}", tok_s=f"{(tokens_seen - run.start_step * plan.global_batch_tokens) / max(totals['train_seconds'] - train_seconds_before, 1e-9):,.0f}",
+                            val=f"{totals['last_validation_loss']:.3f}" if totals["last_validation_loss"] is not None else "-", refresh=False)
+            if totals["consecutive_skipped"] >= train_config.max_consecutive_skipped_steps:
+                run.metrics.flush()
+                raise TrainingStopped(
+                    f"{run.run_dir}: stopped at step {step}: {totals['consecutive_skipped']} steps in a row had non-finite gradients or loss "
+                    f"(max_consecutive_skipped_steps = {train_config.max_consecutive_skipped_steps}); the last checkpoint is untouched. "
+                    f"Try a lower learning_rate, clipping_max_norm, or precision 'bf16'"
+                )
+
+            checkpoint_due = step == last_step or (train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0)
+            validation_due = (step == last_step or checkpoint_due) if train_config.validation_interval is None else (step % train_config.validation_interval == 0 or step == last_step)
+            if validation_due:
+                totals["last_validation_loss"] = validate(run)
+                if totals["last_validation_loss"] is not None:
+                    run.metrics.annotate_last(validation_loss=totals["last_validation_loss"])
+            if checkpoint_due:
+                _checkpoint(run, step, interval, learning_rate)
+                interval = IntervalStats()
+            if checkpoint_due or (step + 1) % train_config.log_interval == 0:
+                run.metrics.flush()
+            step_clock = time.perf_counter()
+    finally:
+        bar.close()
+        run.metrics.flush()
+    return _summary(run)
+
+
+def _json_float(value: float) -> Optional[float]:
+    return value if math.isfinite(value) else None
+
+
+def _checkpoint(run: Run, step: int, interval: IntervalStats, learning_rate: float) -> None:
+    train_config, totals = run.config.train, run.totals
+    stats = interval.summary(clipping=train_config.clipping_max_norm is not None)
+    by_validation = train_config.best_by == "validation" and totals["last_validation_loss"] is not None
+    metric = totals["last_validation_loss"] if by_validation else stats["avg_train_loss"]
+    is_best = metric is not None and (totals["best_metric"] is None or metric < totals["best_metric"])
+    if is_best:
+        totals["best_metric"] = metric
+    if run.dist.is_main:
+        meta = {
+            "learning_rate": learning_rate, **stats, "global_step": step,
+            "validation_loss": totals["last_validation_loss"], "best_by": "validation" if by_validation else "train",
+            "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "skipped_steps": totals["skipped_steps"],
+            "precision": run.precision.name,
+        }
+        save_checkpoint(run.run_dir, step, run.model, run.optimizer, run.precision.scaler,
+                        {"step": step, "totals": dict(totals)}, meta, run.config.to_json_dict(), is_best)
+        if train_config.keep_checkpoints is not None:
+            prune_checkpoints(run.run_dir, train_config.keep_checkpoints)
+    distributed.barrier(run.dist)
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    train_config, totals, plan = run.config.train, run.totals, run.plan
+    tokens_seen = plan.train_tokens
+    seconds = totals["train_seconds"]
+    summary = {
+        "training_seconds": round(seconds, 3),
+        "tokens_seen": tokens_seen,
+        "tokens_per_second": tokens_seen / seconds if seconds > 0 else 0.0,
+        "final_train_loss": totals["last_train_loss"],
+        "final_validation_loss": totals["last_validation_loss"],
+        "steps": plan.total_steps,
+        "skipped_steps": totals["skipped_steps"],
+        "clipped_fraction": totals["clipped_steps"] / plan.total_steps if train_config.clipping_max_norm is not None else None,
+        "peak_learning_rate": totals["peak_learning_rate"],
+        "precision": run.precision.name,
+        "parameters": run.model.parameter_count(),
+        "world_size": run.dist.world_size,
+        "device": str(run.device),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None,
+        "cost_per_hour": train_config.cost_per_hour,
+        "cost": seconds / 3600 * train_config.cost_per_hour if train_config.cost_per_hour is not None else None,
+        "machine": train_config.machine,
+        "not_yet_applied": not_yet_applied_notes(run.config),
+        "environment": environment(),
+        "config": run.config.to_json_dict(),
+        "dataset": str(run.dataset.directory),
+    }
+    if run.dist.is_main:
+        atomic_write_json(run.run_dir / "summary.json", summary)
+        for line in format_summary(summary):
+            run.log.line(line)
+    return summary
+
+
+def train_run(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,
+              resume: Optional[str] = None, show_progress: bool = True) -> dict[str, Any]:
+    """Train the run in `run_dir` from its model.json and train.json; returns the summary."""
+    try:
+        run = setup(run_dir, datasets_dir, overrides, resume, show_progress)
+        return fit(run)
+    finally:
+        distributed.stop()

@@ -1,0 +1,124 @@
+"""What a run tells its user, on screen and in files a script can read: `train.log`, `metrics.jsonl`
+(one record per step), `summary.json`, and a progress bar with loss, tokens/s and ETA."""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm import tqdm
+
+import gptlab
+from gptlab.files import append_jsonl
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, recorded in every run log and benchmark."""
+    info: dict[str, Any] = {
+        "gptlab": gptlab.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name()
+        info["device_count"] = torch.cuda.device_count()
+    return info
+
+
+class RunLog:
+    """Prints a line and appends it to `train.log` (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = Path(run_dir) / "train.log"
+        self.enabled = enabled
+
+    def line(self, text: str = "") -> None:
+        if not self.enabled:
+            return
+        tqdm.write(text, file=sys.stdout)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+
+class MetricsFile:
+    """`metrics.jsonl`: step records, buffered and appended every few steps and at every checkpoint."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self._pending: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        if self.enabled:
+            self._pending.append(record)
+
+    def annotate_last(self, **values: Any) -> None:
+        """Add values (a validation loss, say) to the newest step record."""
+        if self._pending:
+            self._pending[-1].update(values)
+        elif self.enabled:
+            self._pending.append(values)
+
+    def flush(self) -> None:
+        append_jsonl(self.path, self._pending)
+        self._pending = []
+
+
+@dataclass
+class IntervalStats:
+    """Train-loss and gradient-norm statistics since the last checkpoint (the users' meta.json fields)."""
+
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    clipped: int = 0
+    steps: int = 0
+
+    def add(self, loss: float, grad_norm: float, clipped: bool) -> None:
+        self.steps += 1
+        if math.isfinite(loss):
+            self.losses.append(loss)
+        if math.isfinite(grad_norm):
+            self.grad_norms.append(grad_norm)
+        self.clipped += int(clipped)
+
+    def summary(self, clipping: bool) -> dict[str, Optional[float]]:
+        def mean(values: list[float]) -> Optional[float]:
+            return sum(values) / len(values) if values else None
+
+        return {
+            "min_train_loss": min(self.losses, default=None),
+            "max_train_loss": max(self.losses, default=None),
+            "avg_train_loss": mean(self.losses),
+            "max_grad_norms": max(self.grad_norms, default=None),
+            "avg_grad_norms": mean(self.grad_norms),
+            "frac_clipped": (self.clipped / self.steps if self.steps else 0.0) if clipping else None,
+        }
+
+
+def progress_bar(total_steps: int, start_step: int, enabled: bool) -> tqdm:
+    return tqdm(total=total_steps, initial=start_step, desc="training", unit="step", disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+
+
+def format_summary(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Training complete in {summary['training_seconds']:.1f} seconds",
+        f"Tokens seen: {summary['tokens_seen']:,}",
+        f"Throughput: {summary['tokens_per_second']:,.0f} tokens/second",
+        f"Final train loss: {summary['final_train_loss']:.4f}" if summary.get("final_train_loss") is not None else "Final train loss: n/a",
+    ]
+    if summary.get("final_validation_loss") is not None:
+        lines.append(f"Final validation loss: {summary['final_validation_loss']:.4f}")
+    if summary.get("skipped_steps"):
+        lines.append(f"Skipped steps (non-finite gradients or loss): {summary['skipped_steps']}")
+    if summary.get("cost") is not None:
+        lines.append(f"Cost: ${summary['cost']:.2f} at ${summary['cost_per_hour']}/hour")
+    return lines

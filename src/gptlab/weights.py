@@ -1,0 +1,212 @@
+"""The book's `GPTModel` weight layout: conversion, safetensors save and load, and book-order initialisation.
+
+Checkpoints are written exactly as `safetensors.torch.save_model(book_model)` would write them, causal
+mask buffers included and a tied head stored once under `out_head.weight`, so the book's strict
+`safetensors.torch.load_model` reads them and gptlab reads the users' files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from gptlab.config import ModelConfig
+from gptlab.errors import UserError
+from gptlab.model import GPT
+
+# One row per tensor that is not per-block or per-projection: (book name, gptlab name).
+_TOP_LEVEL = [
+    ("tok_emb.weight", "wte.weight"),
+    ("pos_emb.weight", "wpe.weight"),
+    ("final_norm.scale", "ln_f.weight"),
+    ("final_norm.shift", "ln_f.bias"),
+    ("out_head.weight", "lm_head.weight"),
+]
+# Per block i: (book name under trf_blocks.{i}., gptlab name under h.{i}.).
+_PER_BLOCK = [
+    ("att.out_proj.weight", "attn.c_proj.weight"),
+    ("att.out_proj.bias", "attn.c_proj.bias"),
+    ("ff.layers.0.weight", "mlp.c_fc.weight"),
+    ("ff.layers.0.bias", "mlp.c_fc.bias"),
+    ("ff.layers.2.weight", "mlp.c_proj.weight"),
+    ("ff.layers.2.bias", "mlp.c_proj.bias"),
+    ("norm1.scale", "ln_1.weight"),
+    ("norm1.shift", "ln_1.bias"),
+    ("norm2.scale", "ln_2.weight"),
+    ("norm2.shift", "ln_2.bias"),
+]
+# The book's separate projections, in the order their rows sit in gptlab's fused c_attn.
+_QKV = ("W_query", "W_key", "W_value")
+TIED_ALIAS = {"tok_emb.weight": "out_head.weight"}  # what safetensors.save_model records for a tied head
+
+
+def causal_mask(context_length: int) -> torch.Tensor:
+    """The book's persistent attention-mask buffer: float32 ones above the diagonal."""
+    return torch.triu(torch.ones(context_length, context_length), diagonal=1)
+
+
+def to_book_state_dict(model: GPT, with_masks: bool = True) -> dict[str, torch.Tensor]:
+    """gptlab parameters -> the book's names and shapes (views where possible, no copies)."""
+    config = model.config
+    ours = model.state_dict()
+    book: dict[str, torch.Tensor] = {book_name: ours[our_name] for book_name, our_name in _TOP_LEVEL}
+    for i in range(config.n_layers):
+        for book_name, our_name in _PER_BLOCK:
+            book[f"trf_blocks.{i}.{book_name}"] = ours[f"h.{i}.{our_name}"]
+        for kind in ("weight", "bias") if config.qkv_bias else ("weight",):
+            for part, projection in zip(ours[f"h.{i}.attn.c_attn.{kind}"].chunk(3, dim=0), _QKV):
+                book[f"trf_blocks.{i}.att.{projection}.{kind}"] = part
+        if with_masks:
+            book[f"trf_blocks.{i}.att.mask"] = causal_mask(config.context_length)
+    return book
+
+
+def from_book_state_dict(config: ModelConfig, book: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The book's names -> gptlab's state dict, checking every expected tensor is present with its shape."""
+    book = dict(book)
+    if config.tie_weights:
+        # A tied head is stored once; accept it under either name.
+        shared = book.get("out_head.weight", book.get("tok_emb.weight"))
+        if shared is not None:
+            book.setdefault("out_head.weight", shared)
+            book.setdefault("tok_emb.weight", shared)
+    ours: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+
+    def take(name: str) -> torch.Tensor | None:
+        tensor = book.pop(name, None)
+        if tensor is None:
+            missing.append(name)
+        return tensor
+
+    for book_name, our_name in _TOP_LEVEL:
+        ours[our_name] = take(book_name)
+    for i in range(config.n_layers):
+        for book_name, our_name in _PER_BLOCK:
+            ours[f"h.{i}.{our_name}"] = take(f"trf_blocks.{i}.{book_name}")
+        for kind in ("weight", "bias") if config.qkv_bias else ("weight",):
+            parts = [take(f"trf_blocks.{i}.att.{projection}.{kind}") for projection in _QKV]
+            if all(part is not None for part in parts):
+                ours[f"h.{i}.attn.c_attn.{kind}"] = torch.cat(parts, dim=0)
+        book.pop(f"trf_blocks.{i}.att.mask", None)  # derived from context_length, never learned
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise UserError(f"{source}: missing tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights) match these weights?")
+    if book:
+        shown = ", ".join(sorted(book)[:4])
+        raise UserError(f"{source}: unexpected tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights) match these weights?")
+    return ours
+
+
+def load_book_state_dict(model: GPT, book: dict[str, torch.Tensor], source: str) -> None:
+    ours = from_book_state_dict(model.config, book, source)
+    expected = model.state_dict()
+    for name, tensor in ours.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise UserError(
+                f"{source}: tensor for {name} has shape {tuple(tensor.shape)} but model.json implies {tuple(expected[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, parameter in model.state_dict().items():
+            parameter.copy_(ours[name])
+
+
+def save_book_safetensors(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write `model.safetensors` as the book's `safetensors.torch.save_model` would (caller handles atomicity)."""
+    book = to_book_state_dict(model)
+    file_metadata = dict(metadata or {})
+    if model.config.tie_weights:
+        del book["tok_emb.weight"]
+        file_metadata.update(TIED_ALIAS)
+    # Q, K and V are row slices of one fused tensor; safetensors stores each as a tensor of its own.
+    tensors = {name: tensor.detach().to("cpu").clone() for name, tensor in book.items()}
+    save_file(tensors, str(path), metadata=file_metadata or None)
+
+
+def read_book_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path}: cannot read safetensors weights ({error})") from None
+
+
+def load_book_safetensors(model: GPT, path: Path) -> None:
+    load_book_state_dict(model, read_book_safetensors(path), str(path))
+
+
+@torch.no_grad()
+def init_like_book(model: GPT) -> None:
+    """Initialise exactly as the book's GPTModel is initialised under the current torch RNG state.
+
+    The book builds tok_emb, pos_emb, then per block W_query, W_key, W_value, out_proj, ff.layers.0,
+    ff.layers.2, then out_head, each with PyTorch's default initialiser. Drawing the same tensors in
+    the same order reproduces its weights bit for bit, so a user's seed gives the user's model, while
+    gptlab keeps its fused layout.
+    """
+    config = model.config
+    width = config.emb_dim
+
+    def linear(fan_in: int, fan_out: int, bias: bool) -> list[torch.Tensor]:
+        # nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5)) then uniform bias in +-1/sqrt(fan_in).
+        weight = torch.empty(fan_out, fan_in)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        tensors = [weight]
+        if bias:
+            bound = 1 / math.sqrt(fan_in)
+            tensors.append(torch.empty(fan_out).uniform_(-bound, bound))
+        return tensors
+
+    book: dict[str, torch.Tensor] = {
+        "tok_emb.weight": torch.empty(config.vocab_size, width).normal_(),
+        "pos_emb.weight": torch.empty(config.context_length, width).normal_(),
+    }
+    for i in range(config.n_layers):
+        prefix = f"trf_blocks.{i}"
+        for projection in _QKV:
+            tensors = linear(width, width, config.qkv_bias)
+            book[f"{prefix}.att.{projection}.weight"] = tensors[0]
+            if config.qkv_bias:
+                book[f"{prefix}.att.{projection}.bias"] = tensors[1]
+        for book_name, (fan_in, fan_out) in (
+            ("att.out_proj", (width, width)),
+            ("ff.layers.0", (width, 4 * width)),
+            ("ff.layers.2", (4 * width, width)),
+        ):
+            book[f"{prefix}.{book_name}.weight"], book[f"{prefix}.{book_name}.bias"] = linear(fan_in, fan_out, True)
+        for norm in ("norm1", "norm2"):
+            book[f"{prefix}.{norm}.scale"] = torch.ones(width)
+            book[f"{prefix}.{norm}.shift"] = torch.zeros(width)
+    book["final_norm.scale"] = torch.ones(width)
+    book["final_norm.shift"] = torch.zeros(width)
+    out_head = linear(width, config.vocab_size, False)[0]
+    if config.tie_weights:
+        # The book's harness ties after construction: the head's draw is made (and discarded), the embedding wins.
+        book["out_head.weight"] = book["tok_emb.weight"]
+    else:
+        book["out_head.weight"] = out_head
+    load_book_state_dict(model, book, "book-order initialisation")
+
+
+def build_model(config: ModelConfig, device: torch.device | str = "cpu", initialise: bool = True) -> GPT:
+    """A freshly initialised model on `device`, initialised on the CPU under the current seed.
+    With `initialise=False` the weights are left empty for a checkpoint to fill.
+
+    The module is created on the meta device first, so no random numbers are spent before the
+    chosen initialiser draws its own; the weights are identical whatever device training uses.
+    """
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device="cpu")
+    if config.tie_weights:
+        model.lm_head.weight = model.wte.weight  # to_empty gives every parameter fresh storage, which unties them
+    if initialise and config.init == "gpt2":
+        model.init_gpt2()
+    elif initialise:
+        init_like_book(model)
+    return model.to(device)

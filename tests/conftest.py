@@ -1,0 +1,64 @@
+"""Shared fixtures: a real prepared corpus, tiny run configurations, and a clean global state per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.data.prepare import prepare_dataset
+
+# A named tiny preset: the real GPT-2 vocabulary (the data holds real token ids), everything else small.
+TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0, "qkv_bias": False}
+TINY_TRAIN = {"microbatch_size": 4, "min_train_tokens": 4 * 32 * 12, "learning_rate": 0.003, "precision": "fp32",
+              "validation_batches": 2, "log_interval": 3}
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_state():
+    """Tests that train change process-wide torch settings; put them back."""
+    dtype, threads, precision = torch.get_default_dtype(), torch.get_num_threads(), torch.get_float32_matmul_precision()
+    rng = torch.get_rng_state()
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision(precision)
+    torch.set_rng_state(rng)
+
+
+@pytest.fixture(scope="session")
+def brown_dataset(tmp_path_factory) -> Path:
+    """The embedded Brown Corpus, prepared once per test session."""
+    out = tmp_path_factory.mktemp("brown")
+    prepare_dataset("brown", out, show_progress=False)
+    return out
+
+
+def write_run(run_dir: Path, dataset: Path, model: dict | None = None, train: dict | None = None) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "model.json").write_text(json.dumps({**TINY_MODEL, **(model or {})}))
+    (run_dir / "train.json").write_text(json.dumps({"dataset": str(dataset), **TINY_TRAIN, **(train or {})}))
+    return run_dir
+
+
+@pytest.fixture
+def make_run(tmp_path, brown_dataset):
+    def make(name: str = "run", model: dict | None = None, train: dict | None = None) -> Path:
+        return write_run(tmp_path / name, brown_dataset, model, train)
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real `gptlab` entry point in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

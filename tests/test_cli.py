@@ -1,0 +1,29 @@
+import pytest
+from click.testing import CliRunner
+
+from conftest import run_cli
+from gptlab.cli import cli
+
+SUBCOMMANDS = ["prepare", "train", "eval", "generate", "demo"]
+
+
+def test_top_level_help_lists_every_subcommand():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "model.json and train.json" in result.stdout
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_subcommand_explains_itself(name):
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Usage: " in result.output and "--help" in result.output
+    docstring_first_line = cli.commands[name].help.strip().splitlines()[0]
+    assert docstring_first_line[:40] in " ".join(result.output.split())
+
+
+def test_unknown_option_is_a_usage_error_without_traceback():
+    result = run_cli("train", "--bogus")
+    assert result.returncode == 2 and "No such option" in result.stderr and "Traceback" not in result.stderr

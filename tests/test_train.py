@@ -1,0 +1,109 @@
+"""Training runs end to end on the real Brown corpus with a tiny model."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_model
+
+from conftest import read_metrics, run_cli
+from gptlab.train.loop import train_run
+from users_harness import users_harness_losses
+
+
+def test_short_run_learns_and_writes_its_files(make_run):
+    run = make_run(train={"min_train_tokens": 4 * 32 * 40, "checkpoint_interval": 15, "learning_rate": 0.01})
+    summary = train_run(run, show_progress=False)
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == list(range(40))
+    for key in ("loss", "learning_rate", "tokens_seen", "elapsed_seconds", "grad_norm"):
+        assert key in records[0]
+    assert records[-1]["tokens_seen"] == 40 * 4 * 32 == summary["tokens_seen"]
+    first, last = sum(r["loss"] for r in records[:5]) / 5, sum(r["loss"] for r in records[-5:]) / 5
+    assert last < first - 1.0, (first, last)  # from ~10.8 (uniform over 50,257) well down
+
+    checkpoints = run / "checkpoints"
+    names = sorted(p.name for p in checkpoints.iterdir() if not p.is_symlink())
+    assert [n.rsplit("-", 1)[1] for n in names] == ["0", "15", "30", "39"]
+    assert os.readlink(checkpoints / "latest").endswith("-iteration-39") and not os.path.isabs(os.readlink(checkpoints / "latest"))
+    assert (checkpoints / "best").resolve().is_dir()
+    latest = checkpoints / "latest"
+    for file in ("model.safetensors", "optimizer.pt", "meta.json", "config.json", "training_state.pt"):
+        assert (latest / file).is_file(), file
+    meta = json.loads((latest / "meta.json").read_text())
+    for key in ("learning_rate", "min_train_loss", "max_train_loss", "avg_train_loss", "max_grad_norms", "avg_grad_norms", "frac_clipped", "global_step", "is_best"):
+        assert key in meta, key
+    assert meta["global_step"] == 39 and meta["frac_clipped"] is None
+    assert torch.load(latest / "training_state.pt", weights_only=True)["step"] == 39
+
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["tokens_seen"] == 40 * 128 and saved["final_train_loss"] == pytest.approx(records[-1]["loss"])
+    assert saved["tokens_per_second"] > 0 and saved["precision"] == "fp32" and saved["torch_version" if False else "environment"]["torch"] == torch.__version__
+    log = (run / "train.log").read_text()
+    for line in ("Training complete in", "Tokens seen: 5,120", "Throughput:", "Final train loss:"):
+        assert line in log
+
+
+def test_checkpoint_loads_into_the_book_model(make_run):
+    from llms_from_scratch.ch04 import GPTModel
+    from conftest import TINY_MODEL
+
+    run = make_run(train={"min_train_tokens": 4 * 32 * 2})
+    train_run(run, show_progress=False)
+    book = GPTModel(TINY_MODEL)
+    load_model(book, run / "checkpoints" / "latest" / "model.safetensors")  # strict, as the users' tools load
+
+
+def test_reproduces_the_users_harness_step_by_step(make_run, brown_dataset):
+    """fp32, dropout 0: the same initialisation under the seed and the same batches give the same loss at every step."""
+    from conftest import TINY_MODEL
+
+    train = {"min_train_tokens": 4 * 32 * 2 * 8, "gradient_accumulation_steps": 2, "use_amp": False, "random_seed": 7,
+             "learning_rate": 0.001, "weight_decay": 0.1, "start_train_token": 1000}
+    run = make_run(train={**train, "precision": None, "validation_batches": 0})
+    train_run(run, show_progress=False)
+    ours = [r["loss"] for r in read_metrics(run)]
+    theirs = users_harness_losses(brown_dataset, TINY_MODEL, {"microbatch_size": 4, **train})
+    assert len(ours) == len(theirs) == 8
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-5)
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(make_run):
+    runs = [make_run(name, model={"drop_rate": 0.1}, train={"random_seed": seed}) for name, seed in (("a", 1), ("b", 1), ("c", 2))]
+    losses = []
+    for run in runs:
+        train_run(run, show_progress=False)
+        losses.append([r["loss"] for r in read_metrics(run)])
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def test_refuses_to_start_over_a_run_with_checkpoints(make_run):
+    run = make_run(train={"min_train_tokens": 4 * 32 * 2})
+    train_run(run, show_progress=False)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    result = run_cli("train", str(run), "--no-progress")
+    assert result.returncode == 2 and "--resume latest" in result.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_resume_from_a_checkpoint_continues_to_the_same_end(make_run):
+    train = {"min_train_tokens": 4 * 32 * 10, "checkpoint_interval": 4}
+    whole = make_run("whole", model={"drop_rate": 0.1}, train=train)
+    train_run(whole, show_progress=False)
+    split = make_run("split", model={"drop_rate": 0.1}, train=train)
+    train_run(split, show_progress=False)
+    checkpoints = sorted((split / "checkpoints").glob("*-iteration-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    import shutil
+    for later in checkpoints[2:]:  # keep iterations 0 and 4, as if the process died after step 4's checkpoint
+        shutil.rmtree(later)
+    (split / "checkpoints" / "latest").unlink()
+    os.symlink(checkpoints[1].name, split / "checkpoints" / "latest")
+    train_run(split, resume="latest", show_progress=False)
+    assert [r["step"] for r in read_metrics(split)] == list(range(10))
+    assert [r["loss"] for r in read_metrics(split)] == [r["loss"] for r in read_metrics(whole)]
+    a = torch.load(whole / "checkpoints" / "latest" / "optimizer.pt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "latest" / "optimizer.pt", weights_only=True)
+    for key in a["state"]:
+        assert torch.equal(a["state"][key]["exp_avg"], b["state"][key]["exp_avg"])
