@@ -286,6 +286,10 @@ def fit(run: Run) -> dict[str, Any]:
     return _summary(run)
 
 
+def _peak_memory(device: torch.device) -> Optional[int]:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
 def _json_float(value: float) -> Optional[float]:
     return value if math.isfinite(value) else None
 
@@ -303,7 +307,10 @@ def _checkpoint(run: Run, step: int, interval: IntervalStats, learning_rate: flo
             "learning_rate": learning_rate, **stats, "global_step": step,
             "validation_loss": totals["last_validation_loss"], "best_by": "validation" if by_validation else "train",
             "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "skipped_steps": totals["skipped_steps"],
-            "precision": run.precision.name,
+            "clipped_steps": totals["clipped_steps"], "peak_learning_rate": totals["peak_learning_rate"],
+            "precision": run.precision.name, "schedule": train_config.effective_schedule,
+            "peak_memory_bytes": _peak_memory(run.device), "torch_version": torch.__version__,
+            "effective_config": run.config.to_json_dict(),
         }
         save_checkpoint(run.run_dir, step, run.model, run.optimizer, run.precision.scaler,
                         {"step": step, "totals": dict(totals)}, meta, run.config.to_json_dict(), is_best)
@@ -330,7 +337,8 @@ def _summary(run: Run) -> dict[str, Any]:
         "parameters": run.model.parameter_count(),
         "world_size": run.dist.world_size,
         "device": str(run.device),
-        "peak_memory_bytes": torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None,
+        "peak_memory_bytes": _peak_memory(run.device),
+        "schedule": train_config.effective_schedule,
         "cost_per_hour": train_config.cost_per_hour,
         "cost": seconds / 3600 * train_config.cost_per_hour if train_config.cost_per_hour is not None else None,
         "machine": train_config.machine,
