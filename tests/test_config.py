@@ -85,3 +85,12 @@ def test_set_overrides_are_typed_and_checked():
         "model": {"drop_rate": 0, "tie_weights": True}, "train": {"learning_rate": 0.001, "precision": "bf16"}}
     with pytest.raises(UserError, match="not a key"):
         parse_overrides(("nonsense=1",))
+
+
+def test_configuration_doc_is_current():
+    from pathlib import Path
+
+    from gptlab.config import markdown_reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == markdown_reference(), "run: python scripts/config_doc.py > docs/configuration.md"

@@ -218,3 +218,18 @@ def not_yet_applied_notes(config: RunConfig) -> list[str]:
         if getattr(config.train, key) is not None:
             notes.append(f"train.json: {key}: accepted but not yet applied ({why})")
     return notes
+
+
+def markdown_reference() -> str:
+    """docs/configuration.md, generated from the fields above so the two cannot drift apart."""
+    lines = ["# Configuration keys", "",
+             "Generated from `src/gptlab/config.py` by `python scripts/config_doc.py > docs/configuration.md`; a test keeps the two in step.", ""]
+    for title, model_type in (("model.json", ModelConfig), ("train.json", TrainConfig)):
+        lines += [f"## `{title}`", "", "| key | default | meaning |", "|---|---|---|"]
+        for name, field in model_type.model_fields.items():
+            default = field.default if not isinstance(field.default, tuple) else list(field.default)
+            shown = "required" if field.is_required() else json.dumps(default)
+            lines.append(f"| `{name}` | {shown} | {field.description} |")
+        lines.append("")
+    lines += ["## Accepted but not yet applied", ""] + [f"- `{key}`: {why}" for key, why in NOT_YET_APPLIED.items()]
+    return "\n".join(lines) + "\n"
