@@ -46,22 +46,31 @@ def eval_slice_for(split: TokenSplit, split_name: str, start_token: int, batch_s
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSlice, precision: Precision, device: torch.device) -> float:
-    """Mean over batches of each batch's mean token cross-entropy (the users' "test set loss")."""
+def evaluate_batch_losses(model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSlice, precision: Precision,
+                          device: torch.device, first: int = 0, stride: int = 1) -> torch.Tensor:
+    """Mean token cross-entropy of batches first, first + stride, ... of the slice (float64, on `device`).
+
+    `first` and `stride` let several processes share one evaluation without overlapping.
+    """
     was_training = model.training
     model.eval()
     plan = BatchPlan(eval_slice.start_token, eval_slice.batch_size, eval_slice.context_length)
     reader = BatchReader(split, plan, device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    losses = []
     try:
-        for item in range(eval_slice.batches):
+        for item in range(first, eval_slice.batches, stride):
             inputs, targets = reader.read_item(item)
             with precision.autocast():
                 logits = model(inputs)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).double()
+            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).double())
     finally:
         model.train(was_training)
-    return float(total / eval_slice.batches)
+    return torch.stack(losses) if losses else torch.zeros(0, dtype=torch.float64, device=device)
+
+
+def evaluate_loss(model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSlice, precision: Precision, device: torch.device) -> float:
+    """Mean over batches of each batch's mean token cross-entropy (the users' "test set loss")."""
+    return float(evaluate_batch_losses(model, split, eval_slice, precision, device).mean())
 
 
 def evaluate_run(run_dir, checkpoint: str = "latest", split_name: Optional[str] = None, start_token: int = 0,
@@ -86,4 +95,24 @@ def evaluate_run(run_dir, checkpoint: str = "latest", split_name: Optional[str] 
         "start_token": chosen.start_token, "batches": chosen.batches, "batch_size": chosen.batch_size,
         "context_length": chosen.context_length, "tokens": chosen.tokens, "precision": precision_name,
         "dataset": str(dataset.directory), "tokenizer": dataset.tokenizer,
+        **evaluated_tokens_identity(dataset, split, chosen),
     }
+
+
+def evaluated_tokens_identity(dataset, split: TokenSplit, chosen: EvalSlice) -> dict:
+    """What two evaluations must share to be compared: a hash of exactly the tokens read (inputs and the
+    one extra target token) and a description of the dataset and tokenizer they came from."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    stop = chosen.start_token + chosen.tokens + 1
+    for begin in range(chosen.start_token, stop, 1 << 23):  # chunks keep memory flat on billion-token splits
+        digest.update(np.asarray(split.read(begin, min(begin + (1 << 23), stop)), dtype="<u4").tobytes())
+    meta = dataset.meta
+    if meta:
+        described = {key: meta.get(key) for key in ("source", "split_seed", "fractions", "tokens")}
+    else:  # a dataset without meta.json (the users' downloads): the split file itself
+        described = {"split_file": split.path.name, "bytes": split.path.stat().st_size}
+    return {"tokens_sha256": digest.hexdigest(), "dataset_fingerprint": described, "tokenizer_fingerprint": meta.get("tokenizer") or dataset.tokenizer}

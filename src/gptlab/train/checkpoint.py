@@ -45,6 +45,18 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def gather_rng_states(distributed_context) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective call when several processes train)."""
+    state = rng_state()
+    if not distributed_context.active:
+        return [state]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * distributed_context.world_size
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
@@ -95,7 +107,7 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), staging / "scaler.pt")
-    torch.save({**training_state, "rng": rng_state()}, staging / "training_state.pt")
+    torch.save(training_state, staging / "training_state.pt")
     atomic_write_json(staging / "meta.json", {**meta, "is_best": is_best})
     atomic_write_json(staging / "config.json", config)
     _fsync_tree(staging)
@@ -124,15 +136,39 @@ class Checkpoint:
     def load_model(self, model: GPT) -> None:
         load_book_safetensors(model, self.path / "model.safetensors")
 
+    def _load_pt(self, name: str) -> Any:
+        path = self.path / name
+        try:
+            return torch.load(path, weights_only=True, map_location="cpu")
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing from the checkpoint") from None
+        except Exception as error:  # torch raises several types for truncated or foreign files
+            raise UserError(f"{path}: corrupt or unreadable checkpoint file ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+
     def load_training_state(self) -> dict[str, Any]:
-        return torch.load(self.path / "training_state.pt", weights_only=True)
+        return self._load_pt("training_state.pt")
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(self._load_pt("optimizer.pt"))
 
     def load_scaler(self, scaler: Optional[torch.amp.GradScaler]) -> None:
         if scaler is not None and (self.path / "scaler.pt").is_file():
-            scaler.load_state_dict(torch.load(self.path / "scaler.pt", weights_only=True))
+            scaler.load_state_dict(self._load_pt("scaler.pt"))
+
+    def verify(self) -> None:
+        """Read every file of the checkpoint fully; raise UserError naming the first bad file."""
+        from gptlab.weights import read_book_safetensors
+
+        read_book_safetensors(self.path / "model.safetensors")
+        for name in ("optimizer.pt", "training_state.pt"):
+            self._load_pt(name)
+        if (self.path / "scaler.pt").exists():
+            self._load_pt("scaler.pt")
+        for name in ("meta.json", "config.json"):
+            try:
+                read_json(self.path / name)
+            except (OSError, ValueError) as error:
+                raise UserError(f"{self.path / name}: corrupt or unreadable checkpoint file ({error})") from None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -155,6 +191,37 @@ def find_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
         raise UserError(f"{run_dir}: no checkpoints yet; train it first with `gptlab train {run_dir}`")
     pointers = [p for p in POINTERS if (directory / p).exists()]
     raise UserError(f"{run_dir}: no checkpoint '{which}'; choose one of: {', '.join(pointers + available[-5:])}")
+
+
+def find_resumable_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
+    """Like find_checkpoint, but verified whole; a corrupt one is refused with the newest good one offered."""
+    checkpoint = find_checkpoint(run_dir, which)
+    try:
+        checkpoint.verify()
+    except UserError as error:
+        good = None
+        for path in reversed(list_checkpoints(run_dir)):
+            try:
+                Checkpoint(path).verify()
+                good = path.name
+                break
+            except UserError:
+                continue
+        offer = f"; the newest good checkpoint is {good}: resume with --resume {good}" if good else "; no good checkpoint remains"
+        raise UserError(error.lines[0] + offer) from None
+    return checkpoint
+
+
+def remove_stale_staging(run_dir: Path) -> None:
+    """Remove half-written checkpoint folders and pointer links left by a process killed mid-save."""
+    directory = Path(run_dir) / CHECKPOINTS
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        if path.name.startswith(".tmp-") and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.name.startswith(".") and path.name.endswith(".tmp") and path.is_symlink():
+            path.unlink()
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,11 +26,12 @@ from gptlab.data.batches import BatchPlan, BatchReader, plan_training
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
-from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_loss
+from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.model import GPT
 from gptlab.train import distributed
-from gptlab.train.checkpoint import find_checkpoint, list_checkpoints, prune_checkpoints, restore_rng_state, save_checkpoint
+from gptlab.train.checkpoint import (find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
+                                     remove_stale_staging, restore_rng_state, save_checkpoint)
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.precision import Precision, clip_to_norm, configure_precision, global_grad_norm
@@ -64,6 +67,7 @@ class Run:
     metrics: MetricsFile
     show_progress: bool
     start_step: int = 0
+    interval: IntervalStats = field(default_factory=IntervalStats)  # train statistics since the last checkpoint
     # running totals, saved in every checkpoint so a resumed run carries on counting
     totals: dict[str, Any] = field(default_factory=lambda: {
         "skipped_steps": 0, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 0.0,
@@ -98,8 +102,14 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         raise UserError(f"{run_dir / 'train.json'}: device: 'cuda' was asked for but torch sees no CUDA device")
     if resume is None and list_checkpoints(run_dir):
         raise UserError(f"{run_dir}: already has checkpoints; continue it with `gptlab train {run_dir} --resume latest`, or train in a new run directory")
+    distributed.start(dist_context, device)
 
-    dataset = locate_dataset(train_config.dataset, run_dir, datasets_dir, download=dist_context.is_main)
+    # Rank 0 downloads a missing dataset; the others wait for it, then open the same files.
+    if dist_context.is_main:
+        dataset = locate_dataset(train_config.dataset, run_dir, datasets_dir)
+    distributed.barrier(dist_context)
+    if not dist_context.is_main:
+        dataset = locate_dataset(train_config.dataset, run_dir, datasets_dir, download=False)
     plan = plan_training(
         dataset.split("train"), start_token=train_config.start_train_token, min_tokens=train_config.min_train_tokens,
         microbatch_size=train_config.microbatch_size, context_length=model_config.context_length,
@@ -109,7 +119,6 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     if dataset.meta.get("tokenizer", {}).get("vocab_size", model_config.vocab_size) > model_config.vocab_size:
         raise UserError(f"{run_dir / 'model.json'}: vocab_size: {model_config.vocab_size} is smaller than the dataset's tokenizer ({dataset.meta['tokenizer']['vocab_size']})")
 
-    distributed.start(dist_context, device)
     if device.type == "cpu":
         keep_freed_memory_for_reuse()
     precision = configure_precision(train_config.effective_precision, device, str(run_dir / "train.json"))
@@ -124,6 +133,8 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         validation=_validation_slice(run_config, dataset), log=log,
         metrics=MetricsFile(run_dir / "metrics.jsonl", enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
     )
+    if dist_context.is_main:
+        remove_stale_staging(run_dir)
     if resume is not None:
         _restore(run, resume)
     elif dist_context.is_main:
@@ -134,23 +145,36 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     return run
 
 
+# Train keys that may change between a checkpoint and its resumption without changing what is computed.
+RESUME_SAFE_TRAIN_KEYS = {"checkpoint_interval", "validation_batches", "validation_interval", "keep_checkpoints",
+                          "log_interval", "max_consecutive_skipped_steps", "cost_per_hour", "machine", "device"}
+
+
 def _restore(run: Run, which: str) -> None:
-    checkpoint = find_checkpoint(run.run_dir, which)
-    saved_model = read_json(checkpoint.path / "config.json")["model"]
-    current_model = run.config.model.model_dump(mode="json")
-    differing = sorted(key for key in current_model if saved_model.get(key) != current_model[key])
-    if differing:
-        raise UserError(f"{run.run_dir / 'model.json'}: differs from checkpoint {checkpoint.name} in {', '.join(differing)}; resume with the model it was trained with")
+    checkpoint = find_resumable_checkpoint(run.run_dir, which)
+    saved = read_json(checkpoint.path / "config.json")
+    current = run.config.to_json_dict()
+    differing_model = sorted(key for key in current["model"] if saved["model"].get(key) != current["model"][key])
+    if differing_model:
+        raise UserError(f"{run.run_dir / 'model.json'}: differs from checkpoint {checkpoint.name} in {', '.join(differing_model)}; resume with the model it was trained with")
+    differing_train = sorted(key for key in current["train"] if saved["train"].get(key) != current["train"][key])
+    unsafe = [key for key in differing_train if key not in RESUME_SAFE_TRAIN_KEYS]
+    if unsafe:
+        raise UserError(f"{run.run_dir / 'train.json'}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
+                        f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume")
     checkpoint.load_model(run.model)
     checkpoint.load_optimizer(run.optimizer)
     checkpoint.load_scaler(run.precision.scaler)
     state = checkpoint.load_training_state()
     run.start_step = int(state["step"]) + 1
     run.totals.update(state["totals"])
-    restore_rng_state(state["rng"])
+    run.interval = IntervalStats(**state["interval"]) if "interval" in state else IntervalStats()
+    per_rank = state["rng"]
+    restore_rng_state(per_rank[run.dist.rank % len(per_rank)] if isinstance(per_rank, list) else per_rank)
     if run.dist.is_main:
         _truncate_metrics(run.run_dir / "metrics.jsonl", last_step=int(state["step"]))
-    run.log.line(f"Resuming from {checkpoint.name} at step {run.start_step}")
+    run.log.line(f"Resuming from {checkpoint.name} at step {run.start_step}"
+                 + (f" (changed: {', '.join(differing_train)})" if differing_train else ""))
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -196,16 +220,20 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
     return loss_sum
 
 
-def optimizer_step(run: Run, loss: torch.Tensor) -> dict[str, Any]:
-    """Unscale, measure, and apply (or skip) the step. Exactly one host synchronisation."""
+def optimizer_step(run: Run, loss: torch.Tensor, stop_requested: bool = False) -> dict[str, Any]:
+    """Unscale, measure, and apply (or skip) the step. Exactly one host synchronisation.
+
+    The loss, the gradient norm and whether this process was asked to stop travel together in one
+    all-reduce, so every rank reads the same numbers and takes the same decisions.
+    """
     parameters = [p for group in run.optimizer.param_groups for p in group["params"]]
     scaler = run.precision.scaler
     if scaler is not None:
         scaler.unscale_(run.optimizer)
     grad_norm = global_grad_norm(parameters)
-    # The gradient norm is already identical on every rank (DDP averaged it); the loss is averaged here for logging,
-    # so every rank reads the same two numbers and takes the same decision.
-    loss_value, norm_value = distributed.mean_across_ranks(torch.stack([loss, grad_norm.to(loss.device)]), run.dist).tolist()
+    # The gradient norm is already identical on every rank (DDP averaged the gradients); the loss is averaged for logging.
+    shared = torch.stack([loss, grad_norm.to(loss.device), torch.tensor(float(stop_requested), device=loss.device)])
+    loss_value, norm_value, stop_votes = distributed.mean_across_ranks(shared, run.dist).tolist()
     finite = math.isfinite(loss_value) and math.isfinite(norm_value)
     max_norm = run.config.train.clipping_max_norm
     clipped = finite and max_norm is not None and norm_value > max_norm
@@ -216,50 +244,41 @@ def optimizer_step(run: Run, loss: torch.Tensor) -> dict[str, Any]:
     if scaler is not None:
         scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_value, "grad_norm": norm_value, "clipped": clipped, "skipped": not finite}
+    return {"loss": loss_value, "grad_norm": norm_value, "clipped": clipped, "skipped": not finite, "stop": stop_votes > 0}
 
 
 def validate(run: Run) -> Optional[float]:
+    """Validation loss on the same batches every time; each rank takes every world_size-th batch."""
     if run.validation is None:
         return None
-    return evaluate_loss(run.model, run.dataset.split("validation"), run.validation, run.precision, run.device)
+    batch_losses = evaluate_batch_losses(run.model, run.dataset.split("validation"), run.validation, run.precision, run.device,
+                                         first=run.dist.rank, stride=run.dist.world_size)
+    total = torch.stack([batch_losses.sum(), torch.tensor(float(batch_losses.numel()), dtype=torch.float64, device=run.device)])
+    loss_sum, count = (distributed.mean_across_ranks(total, run.dist) * run.dist.world_size).tolist()
+    return loss_sum / count
 
 
 def fit(run: Run) -> dict[str, Any]:
+    """Train from `run.start_step` to the end, or until SIGTERM/SIGINT asks to stop (then checkpoint and return)."""
     train_config, plan, totals = run.config.train, run.plan, run.totals
     last_step = plan.total_steps - 1
-    interval = IntervalStats()
     bar = progress_bar(plan.total_steps, run.start_step, run.show_progress)
+    stop_request = StopRequest()
     started = time.perf_counter()
-    train_seconds_before = totals["train_seconds"]
-    step_clock = time.perf_counter()
+    train_seconds_at_start = totals["train_seconds"]
     try:
+        stop_request.install()
         for step in range(run.start_step, plan.total_steps):
+            step_clock = time.perf_counter()
             learning_rate = learning_rate_at(step, plan.total_steps, train_config)
             set_learning_rate(run.optimizer, learning_rate)
             loss = forward_backward(run, step)
-            outcome = optimizer_step(run, loss)
+            outcome = optimizer_step(run, loss, stop_request.requested)
             totals["train_seconds"] += time.perf_counter() - step_clock
-
-            totals["peak_learning_rate"] = max(totals["peak_learning_rate"], learning_rate)
-            totals["clipped_steps"] += int(outcome["clipped"])
-            if outcome["skipped"]:
-                totals["skipped_steps"] += 1
-                totals["consecutive_skipped"] += 1
-            else:
-                totals["consecutive_skipped"] = 0
-                totals["last_train_loss"] = outcome["loss"]
-            interval.add(outcome["loss"], outcome["grad_norm"], outcome["clipped"])
-            tokens_seen = (step + 1) * plan.global_batch_tokens
-            run.metrics.add({
-                "step": step, "loss": _json_float(outcome["loss"]), "learning_rate": learning_rate,
-                "grad_norm": _json_float(outcome["grad_norm"]), "clipped": outcome["clipped"], "skipped": outcome["skipped"],
-                "tokens_seen": tokens_seen, "elapsed_seconds": round(time.perf_counter() - started, 4),
-                "train_seconds": round(totals["train_seconds"], 4),
-            })
-            bar.update(1)
-            bar.set_postfix(loss=f"{outcome['loss']:.3f}", tok_s=f"{(tokens_seen - run.start_step * plan.global_batch_tokens) / max(totals['train_seconds'] - train_seconds_before, 1e-9):,.0f}",
-                            val=f"{totals['last_validation_loss']:.3f}" if totals["last_validation_loss"] is not None else "-", refresh=False)
+            _record_step(run, step, learning_rate, outcome, time.perf_counter() - started)
+            _show_progress(run, bar, step, outcome, train_seconds_at_start)
+            if step == run.start_step + ESTIMATE_AFTER_STEPS:
+                _log_estimate(run, step, train_seconds_at_start)
             if totals["consecutive_skipped"] >= train_config.max_consecutive_skipped_steps:
                 run.metrics.flush()
                 raise TrainingStopped(
@@ -268,22 +287,102 @@ def fit(run: Run) -> dict[str, Any]:
                     f"Try a lower learning_rate, clipping_max_norm, or precision 'bf16'"
                 )
 
-            checkpoint_due = step == last_step or (train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0)
-            validation_due = (step == last_step or checkpoint_due) if train_config.validation_interval is None else (step % train_config.validation_interval == 0 or step == last_step)
+            checkpoint_due = step == last_step or outcome["stop"] or (
+                train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0)
+            if train_config.validation_interval is None:
+                validation_due = checkpoint_due
+            else:
+                validation_due = step % train_config.validation_interval == 0 or step == last_step
             if validation_due:
                 totals["last_validation_loss"] = validate(run)
                 if totals["last_validation_loss"] is not None:
                     run.metrics.annotate_last(validation_loss=totals["last_validation_loss"])
             if checkpoint_due:
-                _checkpoint(run, step, interval, learning_rate)
-                interval = IntervalStats()
+                _checkpoint(run, step, learning_rate)
             if checkpoint_due or (step + 1) % train_config.log_interval == 0:
                 run.metrics.flush()
-            step_clock = time.perf_counter()
+            if outcome["stop"] and step != last_step:
+                run.log.line(f"Stopped by {stop_request.signal_name or 'another rank'} after step {step}; checkpoint written. "
+                             f"Resume with: gptlab train {run.run_dir} --resume latest")
+                return {"interrupted": True, "stopped_after_step": step, "signal": stop_request.signal_name}
     finally:
+        stop_request.restore()
         bar.close()
         run.metrics.flush()
     return _summary(run)
+
+
+ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
+
+
+class StopRequest:
+    """SIGTERM or SIGINT asks the loop to finish the current step, checkpoint and exit cleanly (cloud
+    preemption); a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def _record_step(run: Run, step: int, learning_rate: float, outcome: dict[str, Any], elapsed: float) -> None:
+    totals = run.totals
+    totals["peak_learning_rate"] = max(totals["peak_learning_rate"], learning_rate)
+    totals["clipped_steps"] += int(outcome["clipped"])
+    if outcome["skipped"]:
+        totals["skipped_steps"] += 1
+        totals["consecutive_skipped"] += 1
+    else:
+        totals["consecutive_skipped"] = 0
+        totals["last_train_loss"] = outcome["loss"]
+    run.interval.add(outcome["loss"], outcome["grad_norm"], outcome["clipped"])
+    run.metrics.add({
+        "step": step, "loss": _json_float(outcome["loss"]), "learning_rate": learning_rate,
+        "grad_norm": _json_float(outcome["grad_norm"]), "clipped": outcome["clipped"], "skipped": outcome["skipped"],
+        "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "elapsed_seconds": round(elapsed, 4),
+        "train_seconds": round(totals["train_seconds"], 4),
+    })
+
+
+def _show_progress(run: Run, bar, step: int, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
+    totals, plan = run.totals, run.plan
+    seconds = max(totals["train_seconds"] - train_seconds_at_start, 1e-9)
+    postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{(step + 1 - run.start_step) * plan.global_batch_tokens / seconds:,.0f}"}
+    if totals["last_validation_loss"] is not None:
+        postfix["val"] = f"{totals['last_validation_loss']:.3f}"
+    if run.config.train.cost_per_hour is not None:
+        postfix["$"] = f"{totals['train_seconds'] / 3600 * run.config.train.cost_per_hour:.2f}"
+    bar.update(1)
+    bar.set_postfix(postfix, refresh=False)
+
+
+def _log_estimate(run: Run, step: int, train_seconds_at_start: float) -> None:
+    """Once the first steps are timed: how long, and what it will cost, to finish."""
+    seconds_per_step = (run.totals["train_seconds"] - train_seconds_at_start) / (step + 1 - run.start_step)
+    remaining = seconds_per_step * (run.plan.total_steps - step - 1)
+    line = f"Estimate from the first {step + 1 - run.start_step} steps: {seconds_per_step:.3f} s/step, {remaining / 3600:.2f} h to go"
+    if run.config.train.cost_per_hour is not None:
+        total_hours = (run.totals["train_seconds"] + remaining) / 3600
+        line += f", ${total_hours * run.config.train.cost_per_hour:.2f} for the whole run at ${run.config.train.cost_per_hour}/h"
+    run.log.line(line)
 
 
 def _peak_memory(device: torch.device) -> Optional[int]:
@@ -294,14 +393,16 @@ def _json_float(value: float) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _checkpoint(run: Run, step: int, interval: IntervalStats, learning_rate: float) -> None:
+def _checkpoint(run: Run, step: int, learning_rate: float) -> None:
     train_config, totals = run.config.train, run.totals
-    stats = interval.summary(clipping=train_config.clipping_max_norm is not None)
+    stats = run.interval.summary(clipping=train_config.clipping_max_norm is not None)
     by_validation = train_config.best_by == "validation" and totals["last_validation_loss"] is not None
     metric = totals["last_validation_loss"] if by_validation else stats["avg_train_loss"]
     is_best = metric is not None and (totals["best_metric"] is None or metric < totals["best_metric"])
     if is_best:
         totals["best_metric"] = metric
+    run.interval = IntervalStats()
+    rng_per_rank = gather_rng_states(run.dist)  # a collective: every rank takes part
     if run.dist.is_main:
         meta = {
             "learning_rate": learning_rate, **stats, "global_step": step,
@@ -312,8 +413,9 @@ def _checkpoint(run: Run, step: int, interval: IntervalStats, learning_rate: flo
             "peak_memory_bytes": _peak_memory(run.device), "torch_version": torch.__version__,
             "effective_config": run.config.to_json_dict(),
         }
+        training_state = {"step": step, "totals": dict(totals), "interval": asdict(run.interval), "rng": rng_per_rank}
         save_checkpoint(run.run_dir, step, run.model, run.optimizer, run.precision.scaler,
-                        {"step": step, "totals": dict(totals)}, meta, run.config.to_json_dict(), is_best)
+                        training_state, meta, run.config.to_json_dict(), is_best)
         if train_config.keep_checkpoints is not None:
             prune_checkpoints(run.run_dir, train_config.keep_checkpoints)
     distributed.barrier(run.dist)
