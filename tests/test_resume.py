@@ -98,9 +98,12 @@ def test_sigkill_at_any_instant_of_a_save_leaves_latest_loadable(make_run):
         assert (checkpoint.path / "model.safetensors").is_file()
         resume = ["--resume", "latest"]
     # After the kills, resuming cleans the half-written staging folders and goes on.
+    resumed_from = find_resumable_checkpoint(run, "latest").name
     process = subprocess.Popen([sys.executable, "-m", "gptlab", "train", str(run), "--no-progress", "--resume", "latest"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    deadline = time.time() + 60
+    while time.time() < deadline and os.readlink(run / "checkpoints" / "latest") == resumed_from:
+        time.sleep(0.05)  # training (and its signal handler) is running once a new checkpoint appears
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-2000:]

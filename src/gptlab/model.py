@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
+from gptlab.linear_cross_entropy import linear_cross_entropy
 
 LAYER_NORM_EPS = 1e-5  # the book's LayerNorm epsilon
 
@@ -72,20 +73,26 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """`vocab_multiple` pads the embedding and head rows to a multiple (64 suits GPU matmuls); the padding
+    rows are never looked up, their logits are -inf, and checkpoints hold only `vocab_size` rows.
+    `fused_loss` computes head and cross-entropy a chunk at a time (see linear_cross_entropy.py)."""
+
+    def __init__(self, config: ModelConfig, vocab_multiple: int = 1, fused_loss: bool = False):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.padded_vocab_size = -(-config.vocab_size // vocab_multiple) * vocab_multiple
+        self.fused_loss = fused_loss
+        self.wte = nn.Embedding(self.padded_vocab_size, config.emb_dim)
         self.wpe = nn.Embedding(config.context_length, config.emb_dim)
         self.drop = nn.Dropout(config.drop_rate)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
-        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.emb_dim, self.padded_vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
 
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, V) logits."""
+    def forward(self, token_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, V) logits; with (B, T) targets -> the mean cross-entropy instead."""
         seq_len = token_ids.shape[1]
         if seq_len > self.config.context_length:
             raise ValueError(f"sequence of {seq_len} tokens is longer than context_length {self.config.context_length}")
@@ -93,11 +100,21 @@ class GPT(nn.Module):
         x = self.drop(self.wte(token_ids) + self.wpe(positions))  # (B, T, C)
         for block in self.h:
             x = block(x)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        hidden = self.ln_f(x)  # (B, T, C)
+        vocab_size = self.config.vocab_size
+        if targets is None:
+            return self.lm_head(hidden)[..., :vocab_size]  # (B, T, V): padding columns cut off
+        if self.fused_loss:
+            return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), vocab_size)
+        logits = self.lm_head(hidden)  # (B, T, V_padded)
+        if self.padded_vocab_size > vocab_size:
+            logits[..., vocab_size:] = float("-inf")
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
     def parameter_count(self) -> int:
-        """Distinct trainable parameters (a tied head is counted once)."""
-        return sum(p.numel() for p in self.parameters())
+        """Distinct trainable parameters of the architecture (a tied head counted once, padding rows not at all)."""
+        padding = (self.padded_vocab_size - self.config.vocab_size) * self.config.emb_dim * (1 if self.config.tie_weights else 2)
+        return sum(p.numel() for p in self.parameters()) - padding
 
     @torch.no_grad()
     def init_gpt2(self, generator: torch.Generator | None = None) -> None:
@@ -116,6 +133,8 @@ class GPT(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
+        self.wte.weight[self.config.vocab_size:].zero_()
+        self.lm_head.weight[self.config.vocab_size:].zero_()
 
 
 def gpt2_small_config(**overrides) -> ModelConfig:

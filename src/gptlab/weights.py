@@ -54,6 +54,8 @@ def to_book_state_dict(model: GPT, with_masks: bool = True) -> dict[str, torch.T
     """gptlab parameters -> the book's names and shapes (views where possible, no copies)."""
     config = model.config
     ours = model.state_dict()
+    for name in ("wte.weight", "lm_head.weight"):  # padding rows exist only inside gptlab
+        ours[name] = ours[name][: config.vocab_size]
     book: dict[str, torch.Tensor] = {book_name: ours[our_name] for book_name, our_name in _TOP_LEVEL}
     for i in range(config.n_layers):
         for book_name, our_name in _PER_BLOCK:
@@ -107,13 +109,15 @@ def load_book_state_dict(model: GPT, book: dict[str, torch.Tensor], source: str)
     ours = from_book_state_dict(model.config, book, source)
     expected = model.state_dict()
     for name, tensor in ours.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
+        rows = model.config.vocab_size if name in ("wte.weight", "lm_head.weight") else expected[name].shape[0]
+        if tuple(tensor.shape) != (rows, *expected[name].shape[1:]):
             raise UserError(
-                f"{source}: tensor for {name} has shape {tuple(tensor.shape)} but model.json implies {tuple(expected[name].shape)}"
+                f"{source}: tensor for {name} has shape {tuple(tensor.shape)} but model.json implies {(rows, *expected[name].shape[1:])}"
             )
     with torch.no_grad():
         for name, parameter in model.state_dict().items():
-            parameter.copy_(ours[name])
+            parameter[: ours[name].shape[0]].copy_(ours[name])
+            parameter[ours[name].shape[0]:].zero_()  # vocabulary padding rows
 
 
 def save_book_safetensors(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -193,7 +197,8 @@ def init_like_book(model: GPT) -> None:
     load_book_state_dict(model, book, "book-order initialisation")
 
 
-def build_model(config: ModelConfig, device: torch.device | str = "cpu", initialise: bool = True) -> GPT:
+def build_model(config: ModelConfig, device: torch.device | str = "cpu", initialise: bool = True,
+                vocab_multiple: int = 1, fused_loss: bool = False) -> GPT:
     """A freshly initialised model on `device`, initialised on the CPU under the current seed.
     With `initialise=False` the weights are left empty for a checkpoint to fill.
 
@@ -201,7 +206,7 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu", initial
     chosen initialiser draws its own; the weights are identical whatever device training uses.
     """
     with torch.device("meta"):
-        model = GPT(config)
+        model = GPT(config, vocab_multiple=vocab_multiple, fused_loss=fused_loss)
     model.to_empty(device="cpu")
     if config.tie_weights:
         model.lm_head.weight = model.wte.weight  # to_empty gives every parameter fresh storage, which unties them

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from gptlab.data.batches import BatchPlan, BatchReader, whole_items
 from gptlab.data.tokens import TokenSplit
@@ -61,8 +60,7 @@ def evaluate_batch_losses(model: torch.nn.Module, split: TokenSplit, eval_slice:
         for item in range(first, eval_slice.batches, stride):
             inputs, targets = reader.read_item(item)
             with precision.autocast():
-                logits = model(inputs)
-            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).double())
+                losses.append(model(inputs, targets).double())
     finally:
         model.train(was_training)
     return torch.stack(losses) if losses else torch.zeros(0, dtype=torch.float64, device=device)

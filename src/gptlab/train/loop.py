@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gptlab.config import RunConfig, load_run_config, not_yet_applied_notes
 from gptlab.data.batches import BatchPlan, BatchReader, plan_training
@@ -57,7 +56,8 @@ class Run:
     device: torch.device
     dataset: TokenDataset
     model: GPT
-    trained_model: torch.nn.Module  # the model, or its DDP wrapper
+    trained_model: torch.nn.Module  # the model, or its DDP and/or torch.compile wrapper
+    fast_paths: dict[str, Any]
     optimizer: torch.optim.AdamW
     precision: Precision
     plan: BatchPlan
@@ -68,9 +68,10 @@ class Run:
     show_progress: bool
     start_step: int = 0
     interval: IntervalStats = field(default_factory=IntervalStats)  # train statistics since the last checkpoint
+    start_timed_steps: int = 0
     # running totals, saved in every checkpoint so a resumed run carries on counting
     totals: dict[str, Any] = field(default_factory=lambda: {
-        "skipped_steps": 0, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 0.0,
+        "skipped_steps": 0, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 0.0, "timed_steps": 0, "compile_seconds": None,
         "best_metric": None, "peak_learning_rate": 0.0, "last_train_loss": None, "last_validation_loss": None,
     })
 
@@ -123,12 +124,16 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         keep_freed_memory_for_reuse()
     precision = configure_precision(train_config.effective_precision, device, str(run_dir / "train.json"))
     seed_everything(train_config.random_seed)
-    model = build_model(model_config, device)
+    fast_paths = train_config.fast_paths(device.type)
+    model = build_model(model_config, device, vocab_multiple=fast_paths["pad_vocab_multiple"], fused_loss=fast_paths["fused_cross_entropy"])
     optimizer = build_optimizer(model, train_config, device)
+    trained_model = distributed.wrap(model, dist_context, device)
+    if fast_paths["compile"]:
+        trained_model = torch.compile(trained_model)
     log = RunLog(run_dir, enabled=dist_context.is_main)
     run = Run(
         run_dir=run_dir, config=run_config, dist=dist_context, device=device, dataset=dataset, model=model,
-        trained_model=distributed.wrap(model, dist_context, device), optimizer=optimizer, precision=precision,
+        trained_model=trained_model, optimizer=optimizer, precision=precision, fast_paths=fast_paths,
         plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
         validation=_validation_slice(run_config, dataset), log=log,
         metrics=MetricsFile(run_dir / "metrics.jsonl", enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
@@ -212,8 +217,7 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
         inputs, targets = run.reader.read(step, micro_step, run.dist.rank)
         with distributed.gradient_sync(run.trained_model, sync=micro_step == accumulation - 1):
             with run.precision.autocast():
-                logits = run.trained_model(inputs)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / accumulation
+                loss = run.trained_model(inputs, targets) / accumulation
             scaled = run.precision.scaler.scale(loss) if run.precision.scaler is not None else loss
             scaled.backward()
         loss_sum += loss.detach()
@@ -266,6 +270,7 @@ def fit(run: Run) -> dict[str, Any]:
     stop_request = StopRequest()
     started = time.perf_counter()
     train_seconds_at_start = totals["train_seconds"]
+    run.start_timed_steps = totals["timed_steps"]
     try:
         stop_request.install()
         for step in range(run.start_step, plan.total_steps):
@@ -274,7 +279,11 @@ def fit(run: Run) -> dict[str, Any]:
             set_learning_rate(run.optimizer, learning_rate)
             loss = forward_backward(run, step)
             outcome = optimizer_step(run, loss, stop_request.requested)
-            totals["train_seconds"] += time.perf_counter() - step_clock
+            if run.fast_paths["compile"] and totals["compile_seconds"] is None:
+                totals["compile_seconds"] = time.perf_counter() - step_clock  # the first step compiles; kept apart
+            else:
+                totals["train_seconds"] += time.perf_counter() - step_clock
+                totals["timed_steps"] += 1
             _record_step(run, step, learning_rate, outcome, time.perf_counter() - started)
             _show_progress(run, bar, step, outcome, train_seconds_at_start)
             if step == run.start_step + ESTIMATE_AFTER_STEPS:
@@ -365,7 +374,7 @@ def _record_step(run: Run, step: int, learning_rate: float, outcome: dict[str, A
 def _show_progress(run: Run, bar, step: int, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
     totals, plan = run.totals, run.plan
     seconds = max(totals["train_seconds"] - train_seconds_at_start, 1e-9)
-    postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{(step + 1 - run.start_step) * plan.global_batch_tokens / seconds:,.0f}"}
+    postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{_throughput(run, seconds, since_start=True):,.0f}"}
     if totals["last_validation_loss"] is not None:
         postfix["val"] = f"{totals['last_validation_loss']:.3f}"
     if run.config.train.cost_per_hour is not None:
@@ -374,9 +383,15 @@ def _show_progress(run: Run, bar, step: int, outcome: dict[str, Any], train_seco
     bar.set_postfix(postfix, refresh=False)
 
 
+def _throughput(run: Run, seconds: float, since_start: bool = False) -> float:
+    """Tokens per second over the timed steps (a compiling first step is not one of them)."""
+    steps = run.totals["timed_steps"] - (run.start_timed_steps if since_start else 0)
+    return steps * run.plan.global_batch_tokens / seconds if seconds > 0 else 0.0
+
+
 def _log_estimate(run: Run, step: int, train_seconds_at_start: float) -> None:
     """Once the first steps are timed: how long, and what it will cost, to finish."""
-    seconds_per_step = (run.totals["train_seconds"] - train_seconds_at_start) / (step + 1 - run.start_step)
+    seconds_per_step = (run.totals["train_seconds"] - train_seconds_at_start) / max(1, run.totals["timed_steps"] - run.start_timed_steps)
     remaining = seconds_per_step * (run.plan.total_steps - step - 1)
     line = f"Estimate from the first {step + 1 - run.start_step} steps: {seconds_per_step:.3f} s/step, {remaining / 3600:.2f} h to go"
     if run.config.train.cost_per_hour is not None:
@@ -428,7 +443,7 @@ def _summary(run: Run) -> dict[str, Any]:
     summary = {
         "training_seconds": round(seconds, 3),
         "tokens_seen": tokens_seen,
-        "tokens_per_second": tokens_seen / seconds if seconds > 0 else 0.0,
+        "tokens_per_second": _throughput(run, seconds),
         "final_train_loss": totals["last_train_loss"],
         "final_validation_loss": totals["last_validation_loss"],
         "steps": plan.total_steps,
@@ -441,6 +456,8 @@ def _summary(run: Run) -> dict[str, Any]:
         "device": str(run.device),
         "peak_memory_bytes": _peak_memory(run.device),
         "schedule": train_config.effective_schedule,
+        "fast_paths": run.fast_paths,
+        "compile_seconds": totals["compile_seconds"],
         "cost_per_hour": train_config.cost_per_hour,
         "cost": seconds / 3600 * train_config.cost_per_hour if train_config.cost_per_hour is not None else None,
         "machine": train_config.machine,
