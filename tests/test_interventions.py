@@ -9,7 +9,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from conftest import read_metrics, run_cli
 from gptlab.config import TrainConfig
-from gptlab.train.loop import forward_backward, optimizer_step, setup, train_run
+from gptlab.train.loop import forward_backward, optimizer_step, read_back, setup, train_run
 from gptlab.train.optim import learning_rate_at, parameter_groups
 from gptlab.train.precision import clip_to_norm, global_grad_norm
 
@@ -65,14 +65,15 @@ def test_a_non_finite_gradient_skips_the_step_entirely(make_run, bad_value, prec
     scale_before = run.precision.scaler.get_scale() if run.precision.scaler else None
     loss = forward_backward(run, 0)
     run.model.h[1].mlp.c_fc.weight.grad[3, 5] = bad_value
-    outcome = optimizer_step(run, loss)
+    (outcome,) = read_back([optimizer_step(run, loss)])
     assert outcome["skipped"] and not outcome["clipped"]
     for name, p in run.model.named_parameters():
         assert torch.equal(p, before[name]), name
-    assert run.optimizer.state_dict()["state"] == {}  # AdamW's moments were not touched either
+    for state in run.optimizer.state_dict()["state"].values():  # AdamW's moments and step count were not touched either
+        assert float(state["step"]) == 0 and torch.count_nonzero(state["exp_avg"]) == 0
     if scale_before is not None:
         assert run.precision.scaler.get_scale() == scale_before / 2
-    outcome = optimizer_step(run, forward_backward(run, 1))
+    (outcome,) = read_back([optimizer_step(run, forward_backward(run, 1))])
     assert not outcome["skipped"]
     assert not torch.equal(run.model.h[1].mlp.c_fc.weight, before["h.1.mlp.c_fc.weight"])
 
@@ -224,3 +225,17 @@ def test_summary_records_every_effective_setting(make_run):
     assert summary["environment"]["torch"] == torch.__version__
     meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
     assert meta["effective_config"] == summary["config"] and meta["torch_version"] == torch.__version__
+
+
+def test_reading_step_values_back_every_few_steps_changes_nothing(make_run):
+    """The deferred read-back (the CUDA default) trains exactly as reading every step does."""
+    every_step = make_run("every", model={"drop_rate": 0.1}, train={"log_interval": 1, "clipping_max_norm": 0.5})
+    deferred = make_run("deferred", model={"drop_rate": 0.1}, train={"log_interval": 5, "clipping_max_norm": 0.5})
+    train_run(every_step, show_progress=False)
+    train_run(deferred, show_progress=False)
+    assert read_metrics(deferred) == [{**r, "elapsed_seconds": d["elapsed_seconds"], "train_seconds": d["train_seconds"]}
+                                      for r, d in zip(read_metrics(every_step), read_metrics(deferred))]
+    from safetensors.torch import load_file
+
+    a, b = (load_file(run / "checkpoints" / "latest" / "model.safetensors") for run in (every_step, deferred))
+    assert all(torch.equal(a[name], b[name]) for name in a)

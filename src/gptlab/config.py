@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
     validation_interval: Optional[int] = Field(None, gt=0, description="Validate every this many steps; absent: at each checkpoint.")
     best_by: Literal["validation", "train"] = Field("validation", description="Which loss picks the 'best' checkpoint: validation loss, or average train loss since the last checkpoint (the users' harness).")
     keep_checkpoints: Optional[int] = Field(None, gt=0, description="Keep only the newest N checkpoints (plus 'best'); absent: keep all.")
-    log_interval: int = Field(10, gt=0, description="Steps between reading losses back from the device (one host sync each); every step is still recorded.")
+    log_interval: Optional[int] = Field(None, gt=0, description="Steps between reading the step values (loss, gradient norm, skips) back from the device, the only host synchronisation of training; every step is still recorded. Absent: 10 on CUDA, 1 on CPU.")
     compile: Optional[bool] = Field(None, description="torch.compile the model; absent: on for CUDA, off on CPU. The first step's time, compilation included, is reported apart from training time.")
     pad_vocab_multiple: Optional[int] = Field(None, gt=0, description="Pad the embedding and head rows to a multiple of this inside gptlab (checkpoints, logits and sampling keep vocab_size); absent: 64 on CUDA, 1 on CPU.")
     fused_cross_entropy: Optional[bool] = Field(None, description="Compute the head and cross-entropy a chunk of tokens at a time, never holding all logits; absent: on for CUDA, off on CPU (where it saves memory but not time).")
@@ -101,6 +101,7 @@ class TrainConfig(BaseModel):
             "compile": self.compile if self.compile is not None else on_cuda,
             "pad_vocab_multiple": self.pad_vocab_multiple if self.pad_vocab_multiple is not None else (64 if on_cuda else 1),
             "fused_cross_entropy": self.fused_cross_entropy if self.fused_cross_entropy is not None else on_cuda,
+            "log_interval": self.log_interval if self.log_interval is not None else (10 if on_cuda else 1),
         }
 
     @property

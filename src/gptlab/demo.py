@@ -28,7 +28,7 @@ DEMO_MODEL = {
 DEMO_TRAIN = {
     "dataset": "../data", "microbatch_size": 8, "learning_rate": 0.003, "weight_decay": 0.1,
     "weight_decay_params": "matrices", "precision": "bf16", "lr_schedule": "cosine", "warmup_period_percent": 5,
-    "clipping_max_norm": 1.0, "validation_batches": 16, "validation_interval": 50, "log_interval": 10,
+    "clipping_max_norm": 1.0, "validation_batches": 16, "validation_interval": 50,
 }
 MIN_STEPS = 20  # fewer steps than this cannot show learning
 

@@ -224,31 +224,45 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
     return loss_sum
 
 
-def optimizer_step(run: Run, loss: torch.Tensor, stop_requested: bool = False) -> dict[str, Any]:
-    """Unscale, measure, and apply (or skip) the step. Exactly one host synchronisation.
+def optimizer_step(run: Run, loss: torch.Tensor, stop_requested: bool = False) -> torch.Tensor:
+    """Unscale, measure, clip, and apply the step unless the loss or a gradient is non-finite, all on the device.
 
+    Returns the step's values as one device tensor [loss, grad norm, clipped, skipped, stop votes], read back
+    by `read_back` every log_interval steps: with the fused optimizer nothing here waits for the device.
     The loss, the gradient norm and whether this process was asked to stop travel together in one
-    all-reduce, so every rank reads the same numbers and takes the same decisions.
+    all-reduce, so every rank computes the same values and takes the same decisions.
     """
     parameters = [p for group in run.optimizer.param_groups for p in group["params"]]
     scaler = run.precision.scaler
     if scaler is not None:
         scaler.unscale_(run.optimizer)
-    grad_norm = global_grad_norm(parameters)
+    grad_norm = global_grad_norm(parameters).to(loss.device)
     # The gradient norm is already identical on every rank (DDP averaged the gradients); the loss is averaged for logging.
-    shared = torch.stack([loss, grad_norm.to(loss.device), torch.tensor(float(stop_requested), device=loss.device)])
-    loss_value, norm_value, stop_votes = distributed.mean_across_ranks(shared, run.dist).tolist()
-    finite = math.isfinite(loss_value) and math.isfinite(norm_value)
+    shared = torch.stack([loss.float(), grad_norm.float(), torch.tensor(float(stop_requested), device=loss.device)])
+    mean_loss, norm, stop_votes = distributed.mean_across_ranks(shared, run.dist)
+    skipped = ~(torch.isfinite(mean_loss) & torch.isfinite(norm))
     max_norm = run.config.train.clipping_max_norm
-    clipped = finite and max_norm is not None and norm_value > max_norm
-    if finite:
-        if clipped:
-            clip_to_norm(parameters, max_norm, grad_norm)
-        run.optimizer.step()  # after unscale_ the scaler has nothing left to do but update its scale
+    clipped = (norm > max_norm) & ~skipped if max_norm is not None else torch.zeros_like(skipped)
+    if max_norm is not None:
+        clip_to_norm(parameters, max_norm, norm)  # a no-op below max_norm: the coefficient is clamped to 1
+    if run.optimizer.defaults.get("fused"):
+        run.optimizer.found_inf = skipped.float()  # the fused kernel leaves weights and moments alone when set
+        run.optimizer.step()
+    elif not bool(skipped):  # the one host synchronisation of this path
+        run.optimizer.step()
     if scaler is not None:
-        scaler.update()
+        scaler.update()  # after unscale_ the scaler's only task left: lower its scale after an overflow
     run.optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_value, "grad_norm": norm_value, "clipped": clipped, "skipped": not finite, "stop": stop_votes > 0}
+    return torch.stack([mean_loss, norm, clipped.float(), skipped.float(), stop_votes])
+
+
+def read_back(values: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """Step values from the device, in one transfer (one host synchronisation for all of them)."""
+    if not values:
+        return []
+    rows = torch.stack(values).tolist()
+    return [{"loss": loss, "grad_norm": norm, "clipped": clipped > 0, "skipped": skipped > 0, "stop": stop > 0}
+            for loss, norm, clipped, skipped, stop in rows]
 
 
 def validate(run: Run) -> Optional[float]:
@@ -263,14 +277,20 @@ def validate(run: Run) -> Optional[float]:
 
 
 def fit(run: Run) -> dict[str, Any]:
-    """Train from `run.start_step` to the end, or until SIGTERM/SIGINT asks to stop (then checkpoint and return)."""
+    """Train from `run.start_step` to the end, or until SIGTERM/SIGINT asks to stop (then checkpoint and return).
+
+    Step values stay on the device and are read back every `log_interval` steps and before any
+    validation or checkpoint; each is then recorded as its own metrics line.
+    """
     train_config, plan, totals = run.config.train, run.plan, run.totals
     last_step = plan.total_steps - 1
+    read_interval = run.fast_paths["log_interval"]
     bar = progress_bar(plan.total_steps, run.start_step, run.show_progress)
     stop_request = StopRequest()
     started = time.perf_counter()
     train_seconds_at_start = totals["train_seconds"]
     run.start_timed_steps = totals["timed_steps"]
+    pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, learning rate, elapsed, device values)
     try:
         stop_request.install()
         for step in range(run.start_step, plan.total_steps):
@@ -278,39 +298,45 @@ def fit(run: Run) -> dict[str, Any]:
             learning_rate = learning_rate_at(step, plan.total_steps, train_config)
             set_learning_rate(run.optimizer, learning_rate)
             loss = forward_backward(run, step)
-            outcome = optimizer_step(run, loss, stop_request.requested)
+            pending.append((step, learning_rate, time.perf_counter() - started, optimizer_step(run, loss, stop_request.requested)))
+            checkpoint_by_interval = train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0
+            validation_by_interval = train_config.validation_interval is not None and step % train_config.validation_interval == 0
+            read_due = step == last_step or checkpoint_by_interval or validation_by_interval or (step + 1 - run.start_step) % read_interval == 0
+            outcomes = read_back([values for *_, values in pending]) if read_due else []
             if run.fast_paths["compile"] and totals["compile_seconds"] is None:
                 totals["compile_seconds"] = time.perf_counter() - step_clock  # the first step compiles; kept apart
             else:
                 totals["train_seconds"] += time.perf_counter() - step_clock
                 totals["timed_steps"] += 1
-            _record_step(run, step, learning_rate, outcome, time.perf_counter() - started)
-            _show_progress(run, bar, step, outcome, train_seconds_at_start)
-            if step == run.start_step + ESTIMATE_AFTER_STEPS:
-                _log_estimate(run, step, train_seconds_at_start)
-            if totals["consecutive_skipped"] >= train_config.max_consecutive_skipped_steps:
-                run.metrics.flush()
-                raise TrainingStopped(
-                    f"{run.run_dir}: stopped at step {step}: {totals['consecutive_skipped']} steps in a row had non-finite gradients or loss "
-                    f"(max_consecutive_skipped_steps = {train_config.max_consecutive_skipped_steps}); the last checkpoint is untouched. "
-                    f"Try a lower learning_rate, clipping_max_norm, or precision 'bf16'"
-                )
+            bar.update(1)
+            if not read_due:
+                continue
 
-            checkpoint_due = step == last_step or outcome["stop"] or (
-                train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0)
-            if train_config.validation_interval is None:
-                validation_due = checkpoint_due
-            else:
-                validation_due = step % train_config.validation_interval == 0 or step == last_step
+            for (recorded_step, rate, elapsed, _), outcome in zip(pending, outcomes):
+                _record_step(run, recorded_step, rate, outcome, elapsed)
+                if totals["consecutive_skipped"] >= train_config.max_consecutive_skipped_steps:
+                    run.metrics.flush()
+                    raise TrainingStopped(
+                        f"{run.run_dir}: stopped at step {recorded_step}: {totals['consecutive_skipped']} steps in a row had non-finite gradients or loss "
+                        f"(max_consecutive_skipped_steps = {train_config.max_consecutive_skipped_steps}); the last checkpoint is untouched. "
+                        f"Try a lower learning_rate, clipping_max_norm, or precision 'bf16'"
+                    )
+            pending = []
+            stop = any(outcome["stop"] for outcome in outcomes)
+            _show_progress(run, bar, outcomes[-1], train_seconds_at_start)
+            if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
+                _log_estimate(run, step, train_seconds_at_start)
+
+            checkpoint_due = step == last_step or stop or checkpoint_by_interval
+            validation_due = validation_by_interval or step == last_step or (train_config.validation_interval is None and checkpoint_due)
             if validation_due:
                 totals["last_validation_loss"] = validate(run)
                 if totals["last_validation_loss"] is not None:
                     run.metrics.annotate_last(validation_loss=totals["last_validation_loss"])
             if checkpoint_due:
                 _checkpoint(run, step, learning_rate)
-            if checkpoint_due or (step + 1) % train_config.log_interval == 0:
-                run.metrics.flush()
-            if outcome["stop"] and step != last_step:
+            run.metrics.flush()
+            if stop and step != last_step:
                 run.log.line(f"Stopped by {stop_request.signal_name or 'another rank'} after step {step}; checkpoint written. "
                              f"Resume with: gptlab train {run.run_dir} --resume latest")
                 return {"interrupted": True, "stopped_after_step": step, "signal": stop_request.signal_name}
@@ -371,7 +397,7 @@ def _record_step(run: Run, step: int, learning_rate: float, outcome: dict[str, A
     })
 
 
-def _show_progress(run: Run, bar, step: int, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
+def _show_progress(run: Run, bar, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
     totals, plan = run.totals, run.plan
     seconds = max(totals["train_seconds"] - train_seconds_at_start, 1e-9)
     postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{_throughput(run, seconds, since_start=True):,.0f}"}
@@ -379,7 +405,6 @@ def _show_progress(run: Run, bar, step: int, outcome: dict[str, Any], train_seco
         postfix["val"] = f"{totals['last_validation_loss']:.3f}"
     if run.config.train.cost_per_hour is not None:
         postfix["$"] = f"{totals['train_seconds'] / 3600 * run.config.train.cost_per_hour:.2f}"
-    bar.update(1)
     bar.set_postfix(postfix, refresh=False)
 
 
