@@ -1,8 +1,9 @@
 """The training loop: setup -> fit (step, validate, checkpoint) -> summary.
 
 Each optimizer step reads as a person would describe it: set the learning rate; run forward and
-backward over the microbatches; unscale and measure the gradients; read the loss and gradient norm
-back once; skip the step if either is non-finite, else clip and step; record it.
+backward over the microbatches; unscale and measure the gradients; clip them; step, unless the loss
+or a gradient is non-finite. The skip is decided on the device; every log_interval steps the step
+values are read back at once and each step is recorded; then validate and checkpoint when due.
 """
 
 from __future__ import annotations
