@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -154,12 +155,23 @@ def demo(out_dir: Path, seconds: float, steps: Optional[int], seed: int, no_prog
     run_demo(out_dir, seconds, seed, show_progress=not no_progress, steps=steps)
 
 
+# --- sub-commands defined beside the code they drive ------------------------------------------------
+# (each module exposes click commands; registering them here keeps `gptlab --help` complete)
+from gptlab.export.commands import export, import_hf, upload  # noqa: E402
+
+cli.add_command(export)
+cli.add_command(upload)
+cli.add_command(import_hf)
+
+
 def main() -> None:
     try:
         cli.main(prog_name="gptlab", standalone_mode=False)
     except UserError as error:
-        for line in error.lines:
-            click.echo(f"error: {line}", err=True)
+        # Under torchrun every rank meets the same problem; one copy of the message is enough.
+        if os.environ.get("RANK", "0") == "0":
+            for line in error.lines:
+                click.echo(f"error: {line}", err=True)
         sys.exit(error.exit_code)
     except click.exceptions.Abort:
         click.echo("Interrupted.", err=True)
