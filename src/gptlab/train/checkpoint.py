@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +22,7 @@ import torch
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, fsync_directory, read_json
 from gptlab.model import GPT
-from gptlab.weights import load_book_safetensors, save_book_safetensors
+from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
 
 CHECKPOINTS = "checkpoints"
 POINTERS = ("latest", "best")
@@ -124,6 +124,8 @@ def save_checkpoint(
 @dataclass
 class Checkpoint:
     path: Path
+    # What verify() read, kept so that loading right after it does not read every file a second time.
+    _loaded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -134,9 +136,15 @@ class Checkpoint:
         return read_json(self.path / "meta.json")
 
     def load_model(self, model: GPT) -> None:
-        load_book_safetensors(model, self.path / "model.safetensors")
+        weights = self._loaded.pop("model.safetensors", None)
+        if weights is None:
+            load_book_safetensors(model, self.path / "model.safetensors")
+        else:
+            load_book_state_dict(model, weights, str(self.path / "model.safetensors"))
 
     def _load_pt(self, name: str) -> Any:
+        if name in self._loaded:
+            return self._loaded.pop(name)
         path = self.path / name
         try:
             return torch.load(path, weights_only=True, map_location="cpu")
@@ -157,13 +165,10 @@ class Checkpoint:
 
     def verify(self) -> None:
         """Read every file of the checkpoint fully; raise UserError naming the first bad file."""
-        from gptlab.weights import read_book_safetensors
-
-        read_book_safetensors(self.path / "model.safetensors")
-        for name in ("optimizer.pt", "training_state.pt"):
-            self._load_pt(name)
-        if (self.path / "scaler.pt").exists():
-            self._load_pt("scaler.pt")
+        self._loaded["model.safetensors"] = read_book_safetensors(self.path / "model.safetensors")
+        for name in ("optimizer.pt", "training_state.pt", "scaler.pt"):
+            if name != "scaler.pt" or (self.path / name).exists():
+                self._loaded[name] = self._load_pt(name)
         for name in ("meta.json", "config.json"):
             try:
                 read_json(self.path / name)
