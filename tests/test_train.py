@@ -107,3 +107,56 @@ def test_resume_from_a_checkpoint_continues_to_the_same_end(make_run):
     b = torch.load(split / "checkpoints" / "latest" / "optimizer.pt", weights_only=True)
     for key in a["state"]:
         assert torch.equal(a["state"][key]["exp_avg"], b["state"][key]["exp_avg"])
+
+
+def test_charts_are_drawn_in_the_run_directory(make_run):
+    from PIL import Image
+
+    run = make_run(train={"clipping_max_norm": 1.0, "checkpoint_interval": 4})
+    train_run(run, show_progress=False)
+    for name in ("loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"):
+        with Image.open(run / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_init_from_starts_from_another_runs_weights(make_run):
+    from gptlab.runs import open_trained_run
+    from gptlab.train.loop import setup
+
+    first = make_run("first", train={"learning_rate": 0.01})
+    train_run(first, show_progress=False)
+    second = make_run("second", train={"init_from": "../first", "start_train_token": 5000})
+    summary = train_run(second, show_progress=False)
+    # Step 0 of the second run is the first run's final model on the second run's first batch.
+    inputs, targets = setup(make_run("probe", train={"start_train_token": 5000}), show_progress=False).reader.read(0)
+    with torch.no_grad():
+        expected = float(open_trained_run(first, "latest").model(inputs, targets))
+    assert read_metrics(second)[0]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert summary["config"]["train"]["init_from"] == "../first"
+    bad = make_run("bad", train={"init_from": "../nowhere"})
+    result = run_cli("train", str(bad), "--no-progress")
+    assert result.returncode == 2 and "init_from: '../nowhere'" in result.stderr
+
+
+def test_users_hugging_face_dataset_id_is_found_in_the_datasets_folder(tmp_path, brown_dataset):
+    """A dataset downloaded by the users' harness (DATASETS_DIR/<owner>/<name>/ with train and validation
+    safetensors only, no meta.json, no test split) is used as it is, with the users' train.json unchanged."""
+    import shutil
+
+    from conftest import TINY_MODEL
+    from gptlab.evaluate.loss import evaluate_run
+
+    downloaded = tmp_path / "datasets" / "gpjt" / "fineweb-gpt2-tokens"
+    downloaded.mkdir(parents=True)
+    for split in ("train", "validation"):
+        shutil.copy(brown_dataset / f"{split}.safetensors", downloaded / f"{split}.safetensors")
+    run = tmp_path / "runs" / "baseline"
+    run.mkdir(parents=True)
+    (run / "model.json").write_text(json.dumps({**TINY_MODEL, "drop_rate": 0.1}))
+    (run / "train.json").write_text(json.dumps({"microbatch_size": 4, "checkpoint_interval": 617, "dataset": "gpjt/fineweb-gpt2-tokens",
+                                                "min_train_tokens": 4 * 32 * 3, "start_train_token": 0, "start_val_token": 0, "use_amp": False}))
+    result = run_cli("train", str(run), "--datasets-dir", str(tmp_path / "datasets"), "--no-progress", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert str(downloaded) in (run / "train.log").read_text()
+    evaluation = evaluate_run(run, "latest", batches=2, datasets_dir=tmp_path / "datasets")
+    assert evaluation["split"] == "validation"  # the published sets have no test split

@@ -106,8 +106,9 @@ def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], as
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Numerics of the forward pass.")
 @click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `train`.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--save", is_flag=True, help="Also write the result to RUN_DIR/evaluation.json, where `gptlab compare` reads it.")
 def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_token: int, batches: Optional[int],
-             batch_size: Optional[int], precision: str, datasets_dir: Optional[Path], as_json: bool) -> None:
+             batch_size: Optional[int], precision: str, datasets_dir: Optional[Path], as_json: bool, save: bool) -> None:
     """Loss of a run's checkpoint on the test split: mean cross-entropy, the same tokens every time.
 
     The users' published "test set loss" is `--split validation --start-token 50000000 --batches 3200
@@ -116,6 +117,10 @@ def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_to
     from gptlab.evaluate.loss import evaluate_run
 
     result = evaluate_run(run_dir, checkpoint, split_name, start_token, batches, batch_size, precision, datasets_dir)
+    if save:
+        from gptlab.experiments.compare import save_evaluation
+
+        result = save_evaluation(run_dir, result, checkpoint)
     if as_json:
         _print_json(result)
     else:
@@ -162,6 +167,12 @@ from gptlab.export.commands import export, import_hf, upload  # noqa: E402
 cli.add_command(export)
 cli.add_command(upload)
 cli.add_command(import_hf)
+
+from gptlab.experiments.commands import compare, experiment, report  # noqa: E402
+
+cli.add_command(experiment)
+cli.add_command(compare)
+cli.add_command(report)
 
 
 def main() -> None:

@@ -21,6 +21,12 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync the result, then rename it over `path`."""
     path = Path(path)
@@ -28,6 +34,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp_name)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes owner-only files; results are meant to be shared
     try:
         write(tmp_path)
         with open(tmp_path, "rb") as handle:

@@ -36,7 +36,7 @@ from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.precision import Precision, clip_to_norm, configure_precision, global_grad_norm
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog, environment, format_summary, progress_bar
-from gptlab.weights import build_model
+from gptlab.weights import build_model, load_book_safetensors
 
 RESOLVED_CONFIG = "resolved_config.json"
 
@@ -70,6 +70,7 @@ class Run:
     start_step: int = 0
     interval: IntervalStats = field(default_factory=IntervalStats)  # train statistics since the last checkpoint
     start_timed_steps: int = 0
+    charts_drawn_at: float = float("-inf")
     # running totals, saved in every checkpoint so a resumed run carries on counting
     totals: dict[str, Any] = field(default_factory=lambda: {
         "skipped_steps": 0, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 0.0, "timed_steps": 0, "compile_seconds": None,
@@ -82,6 +83,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _initial_weights(run_dir: Path, init_from: str) -> Path:
+    """train.json's init_from -> a model.safetensors: the file itself, a checkpoint folder's, or a run's latest."""
+    path = Path(init_from) if Path(init_from).is_absolute() else Path(run_dir) / init_from
+    for candidate in (path, path / "model.safetensors", path / "checkpoints" / "latest" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{Path(run_dir) / 'train.json'}: init_from: '{init_from}' is neither a model.safetensors, a checkpoint folder, nor a run with checkpoints")
 
 
 def _validation_slice(run_config: RunConfig, dataset: TokenDataset) -> Optional[EvalSlice]:
@@ -127,6 +137,8 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     seed_everything(train_config.random_seed)
     fast_paths = train_config.fast_paths(device.type)
     model = build_model(model_config, device, vocab_multiple=fast_paths["pad_vocab_multiple"], fused_loss=fast_paths["fused_cross_entropy"])
+    if train_config.init_from is not None and resume is None:
+        load_book_safetensors(model, _initial_weights(run_dir, train_config.init_from))
     optimizer = build_optimizer(model, train_config, device)
     trained_model = distributed.wrap(model, dist_context, device)
     if fast_paths["compile"]:
@@ -337,6 +349,8 @@ def fit(run: Run) -> dict[str, Any]:
             if checkpoint_due:
                 _checkpoint(run, step, learning_rate)
             run.metrics.flush()
+            if checkpoint_due:
+                _redraw_charts(run, final=step == last_step or stop)
             if stop and step != last_step:
                 run.log.line(f"Stopped by {stop_request.signal_name or 'another rank'} after step {step}; checkpoint written. "
                              f"Resume with: gptlab train {run.run_dir} --resume latest")
@@ -349,6 +363,20 @@ def fit(run: Run) -> dict[str, Any]:
 
 
 ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
+CHART_SECONDS = 30.0  # charts are redrawn at a checkpoint at most this often (and always at the end)
+
+
+def _redraw_charts(run: Run, final: bool) -> None:
+    """loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in the run directory, as the users' harness drew them.
+
+    Drawing takes about a second; with checkpoints every few seconds it would cost more than training,
+    so it is rate-limited, and drawn whole at the end."""
+    if not run.dist.is_main or (not final and time.perf_counter() - run.charts_drawn_at < CHART_SECONDS):
+        return
+    from gptlab.experiments.charts import draw_run_charts
+
+    draw_run_charts(run.run_dir)
+    run.charts_drawn_at = time.perf_counter()
 
 
 class StopRequest:

@@ -1,0 +1,125 @@
+"""Click commands: `gptlab experiment plan|run|report`, `gptlab compare` and `gptlab report`.
+
+Each parses its arguments, calls one function, prints its result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+FORMAT_OPTION = click.option("--format", "output_format", type=click.Choice(["terminal", "markdown", "csv", "json"]), default="terminal",
+                             show_default=True, help="How to print the table.")
+DATASETS_OPTION = click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                               help="Where Hugging Face datasets are looked for (as for `train`).")
+CHARTS_OPTION = click.option("--charts", "charts_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                             help="Also write loss-overlay.png and test-loss-difference.png into this folder.")
+EXPERIMENT_FILE = click.argument("experiment_file", type=click.Path(dir_okay=False, path_type=Path))
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _show(comparison, output_format: str, charts_dir: Optional[Path], html_path: Optional[Path] = None, title: Optional[str] = None) -> None:
+    from gptlab.experiments.compare import render
+
+    click.echo(render(comparison, output_format), nl=False)
+    if charts_dir is not None:
+        from gptlab.experiments.charts import draw_comparison_charts
+
+        for path in draw_comparison_charts(comparison, charts_dir):
+            _echo_err(f"Wrote {path}")
+    if html_path is not None:
+        from gptlab.experiments.report import write_report
+
+        _echo_err(f"Wrote {write_report(comparison, html_path, title)}")
+
+
+@click.group()
+def experiment() -> None:
+    """Plan, run and report an experiment: a baseline, interventions and their stacks, each over several seeds.
+
+    The experiment file (JSON or TOML) is described in docs/experiments.md.
+    """
+
+
+@experiment.command()
+@EXPERIMENT_FILE
+def plan(experiment_file: Path) -> None:
+    """Write one run directory per (variant, seed) with fully resolved model.json and train.json, and list them."""
+    from gptlab.experiments.plan import format_plan, plan_runs, write_plan
+    from gptlab.experiments.spec import load_experiment
+
+    planned = plan_runs(load_experiment(experiment_file))
+    write_plan(planned)
+    for line in format_plan(planned):
+        click.echo(line)
+
+
+@experiment.command()
+@EXPERIMENT_FILE
+@click.option("--launcher", default=None, metavar="COMMAND",
+              help='Train each run as `COMMAND -m gptlab train RUN_DIR`, e.g. --launcher "torchrun --nproc_per_node 8".')
+@DATASETS_OPTION
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[Path], no_progress: bool) -> None:
+    """Train and evaluate every planned run in turn: finished runs are skipped, interrupted ones resumed.
+
+    Stop it at any time and start it again to carry on.
+    """
+    from gptlab.experiments.runner import run_experiment
+    from gptlab.experiments.spec import load_experiment
+
+    run_experiment(load_experiment(experiment_file), launcher, datasets_dir, show_progress=not no_progress, echo=click.echo)
+
+
+@experiment.command(name="report")
+@EXPERIMENT_FILE
+@FORMAT_OPTION
+@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write an HTML report here.")
+@CHARTS_OPTION
+@DATASETS_OPTION
+def experiment_report(experiment_file: Path, output_format: str, html_path: Optional[Path], charts_dir: Optional[Path], datasets_dir: Optional[Path]) -> None:
+    """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
+    from gptlab.experiments.runner import experiment_comparison
+    from gptlab.experiments.spec import load_experiment
+
+    loaded = load_experiment(experiment_file)
+    _show(experiment_comparison(loaded, datasets_dir, echo=_echo_err), output_format, charts_dir, html_path, f"Experiment {loaded.name}")
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--baseline", "baseline_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The baseline run (its seed group is the baseline); default: the group named baseline, else the first run's.")
+@FORMAT_OPTION
+@CHARTS_OPTION
+@DATASETS_OPTION
+def compare(run_dirs: tuple[Path, ...], baseline_dir: Optional[Path], output_format: str, charts_dir: Optional[Path], datasets_dir: Optional[Path]) -> None:
+    """Table of runs by test loss: improvement over the baseline, beyond or within seed noise, time, tokens/s, cost.
+
+    Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
+    baseline was; runs evaluated on different test tokens are refused.
+    """
+    from gptlab.experiments.compare import compare_runs
+
+    _show(compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err), output_format, charts_dir)
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"), show_default=True,
+              help="Where to write the HTML page.")
+@click.option("--baseline", "baseline_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `compare`.")
+@click.option("--title", default="gptlab comparison", show_default=True, help="Heading of the page.")
+@DATASETS_OPTION
+def report(run_dirs: tuple[Path, ...], html_path: Path, baseline_dir: Optional[Path], title: str, datasets_dir: Optional[Path]) -> None:
+    """One self-contained HTML page: the comparison table, loss overlay, difference-from-baseline chart, and each run's charts."""
+    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.report import write_report
+
+    comparison = compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err)
+    click.echo(f"Wrote {write_report(comparison, html_path, title)}")

@@ -1,0 +1,103 @@
+"""From an experiment file to run directories: one per (variant, seed), with fully resolved configs.
+
+Runs are ordered seed by seed (every variant at the first seed, then every variant at the next), so an
+experiment stopped half-way already holds comparable runs of every variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptlab.config import validate_run_config
+from gptlab.errors import UserError
+from gptlab.experiments.spec import BASELINE, Experiment
+from gptlab.files import atomic_write_json, read_json
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    variant: str
+    seed: int
+    run_dir: Path
+    model: dict[str, Any]
+    train: dict[str, Any]
+    changes: str  # the variant's overrides in words, "-" for the baseline
+
+
+def run_dir_for(experiment: Experiment, variant: str, seed: int) -> Path:
+    return experiment.runs_dir / variant / f"seed-{seed}"
+
+
+def describe_changes(overrides: dict[str, dict[str, Any]]) -> str:
+    parts = [f"{key}={json.dumps(value)}" for file_name in ("model", "train") for key, value in overrides[file_name].items()]
+    return ", ".join(parts) or "-"
+
+
+def _dataset_seen_from(run_dir: Path, baseline_dir: Path, dataset: Any) -> Any:
+    """The baseline's `dataset`, rewritten so that it still points at the same folder from `run_dir`."""
+    if not isinstance(dataset, str) or Path(dataset).is_absolute() or not (baseline_dir / dataset).is_dir():
+        return dataset
+    return os.path.relpath((baseline_dir / dataset).resolve(), run_dir.resolve())
+
+
+def plan_runs(experiment: Experiment) -> list[PlannedRun]:
+    """Every (variant, seed) run with its validated, fully resolved model and train configs; writes nothing."""
+    base_model = read_json(experiment.baseline_dir / "model.json")
+    base_train = read_json(experiment.baseline_dir / "train.json")
+    resolved: dict[str, tuple[dict, dict]] = {}
+    problems: list[str] = []
+    for variant, overrides in experiment.variants.items():
+        label = f"{experiment.path} [{variant} over {experiment.baseline_dir}]"
+        try:
+            config = validate_run_config(Path(f"{label} model.json"), {**base_model, **overrides["model"]},
+                                         Path(f"{label} train.json"), {**base_train, **overrides["train"]})
+        except UserError as error:
+            problems += error.lines
+            continue
+        resolved[variant] = (config.model.model_dump(mode="json"), config.train.model_dump(mode="json"))
+    if problems:
+        raise UserError(*problems)
+    planned = []
+    for seed in experiment.seeds:
+        for variant, (model, train) in resolved.items():
+            run_dir = run_dir_for(experiment, variant, seed)
+            train = {**train, "random_seed": seed, "dataset": _dataset_seen_from(run_dir, experiment.baseline_dir, train["dataset"])}
+            planned.append(PlannedRun(variant, seed, run_dir, model, train, describe_changes(experiment.variants[variant])))
+    return planned
+
+
+def has_started(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints").is_dir() or (run_dir / "summary.json").is_file()
+
+
+def _conflicts(run: PlannedRun) -> list[str]:
+    """Keys where a run that has already trained differs from the plan: retraining it silently would mix configs."""
+    problems = []
+    for file_name, planned in (("model.json", run.model), ("train.json", run.train)):
+        path = run.run_dir / file_name
+        existing = read_json(path) if path.is_file() else {}
+        differing = sorted(key for key in set(planned) | set(existing) if existing.get(key) != planned.get(key))
+        if differing:
+            problems.append(f"{path}: this run has already trained with other values of {', '.join(differing)} than the experiment "
+                            f"file now gives; delete {run.run_dir} to retrain it, or restore the experiment file")
+    return problems
+
+
+def write_plan(planned: list[PlannedRun]) -> None:
+    """Write each run's model.json and train.json; a run that has started must already match its plan."""
+    problems = [line for run in planned if has_started(run.run_dir) for line in _conflicts(run)]
+    if problems:
+        raise UserError(*problems)
+    for run in planned:
+        if not has_started(run.run_dir):
+            atomic_write_json(run.run_dir / "model.json", run.model)
+            atomic_write_json(run.run_dir / "train.json", run.train)
+
+
+def format_plan(planned: list[PlannedRun]) -> list[str]:
+    width = max((len(run.variant) for run in planned), default=len(BASELINE))
+    return [f"{run.variant:<{width}}  seed {run.seed:<6} {run.run_dir}  {run.changes}" for run in planned]

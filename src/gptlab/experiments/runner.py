@@ -1,0 +1,161 @@
+"""`gptlab experiment run`: train and evaluate every planned run in turn, so it can be stopped and restarted.
+
+A run with a summary and a final checkpoint is finished and skipped (evaluated if it has no current
+evaluation); a run with checkpoints but no summary was interrupted and is resumed from its latest
+checkpoint; any other run starts from scratch. With a launcher each run trains in a subprocess
+`LAUNCHER -m gptlab train RUN_DIR ...` (for example under torchrun). A run that stops before its last
+step (SIGTERM, Ctrl-C) stops the experiment: the next `experiment run` resumes it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from gptlab.errors import UserError
+from gptlab.experiments.compare import evaluate_and_save, evaluation_is_current
+from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
+from gptlab.experiments.spec import Experiment
+from gptlab.files import read_json
+from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
+
+FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
+
+
+def last_checkpoint_step(run_dir: Path) -> Optional[int]:
+    if not list_checkpoints(run_dir):
+        return None
+    return int(find_checkpoint(run_dir, "latest").meta["global_step"])
+
+
+def run_state(run_dir: Path) -> str:
+    """finished (summary written and the last step checkpointed), interrupted (checkpoints only) or new."""
+    last_step = last_checkpoint_step(run_dir)
+    summary_path = Path(run_dir) / "summary.json"
+    if summary_path.is_file() and (last_step is None or last_step + 1 >= int(read_json(summary_path)["steps"])):
+        return FINISHED
+    return INTERRUPTED if last_step is not None else NEW
+
+
+def train_command(launcher: str, run_dir: Path, resume: bool, datasets_dir: Optional[Path], show_progress: bool) -> list[str]:
+    command = shlex.split(launcher) + ["-m", "gptlab", "train", str(run_dir)]
+    if resume:
+        command += ["--resume", "latest"]
+    if datasets_dir is not None:
+        command += ["--datasets-dir", str(datasets_dir)]
+    return command + ([] if show_progress else ["--no-progress"])
+
+
+class ExperimentStopped(UserError):
+    """A run stopped before its last step (SIGTERM, SIGINT, a preemption): the experiment stops too, to be resumed."""
+
+    def __init__(self, run_dir: Path, experiment_path: Path, signal_name: Optional[str]):
+        super().__init__(f"{run_dir}: stopped before its last step" + (f" by {signal_name}" if signal_name else "") +
+                         f"; its checkpoints are kept. Run `gptlab experiment run {experiment_path}` again to resume it and go on")
+        self.exit_code = 128 + int(getattr(signal, signal_name)) if signal_name in ("SIGTERM", "SIGINT") else 1
+
+
+def _train_in_process(run: PlannedRun, resume: bool, datasets_dir: Optional[Path], show_progress: bool) -> Optional[str]:
+    """Train in this process; returns the name of the signal that stopped it early, if one did."""
+    from gptlab.train.loop import train_run
+
+    outcome = train_run(run.run_dir, datasets_dir, resume="latest" if resume else None, show_progress=show_progress)
+    return outcome.get("signal") if isinstance(outcome, dict) and outcome.get("interrupted") else None
+
+
+def _train_under_launcher(run: PlannedRun, resume: bool, launcher: str, datasets_dir: Optional[Path], show_progress: bool) -> Optional[str]:
+    """Train in a subprocess. SIGTERM or SIGINT sent to this process is passed on to it as SIGTERM (the training
+    loop's cue to checkpoint and stop), so a scheduler that signals only the parent still stops cleanly."""
+    command = train_command(launcher, run.run_dir, resume, datasets_dir, show_progress)
+    try:
+        process = subprocess.Popen(command)
+    except FileNotFoundError:
+        raise UserError(f"--launcher {launcher}: '{command[0]}' was not found; give a command on PATH, e.g. torchrun --nproc_per_node 8") from None
+    received: list[str] = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        process.send_signal(signal.SIGTERM)
+
+    forwarding = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, pass_on) for signum in (signal.SIGTERM, signal.SIGINT)} if forwarding else {}
+    try:
+        returncode = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        return received[0]
+    if returncode != 0:
+        raise UserError(f"{run.run_dir}: training under `{shlex.join(command)}` failed with exit code {returncode}; "
+                        f"see {run.run_dir / 'train.log'}, then run the experiment again to resume")
+    return None
+
+
+def train_planned(run: PlannedRun, resume: bool, launcher: Optional[str], datasets_dir: Optional[Path], show_progress: bool,
+                  experiment_path: Path = Path("EXPERIMENT_FILE")) -> None:
+    """Train one planned run to its last step, or raise ExperimentStopped."""
+    if launcher is None:
+        signal_name = _train_in_process(run, resume, datasets_dir, show_progress)
+    else:
+        signal_name = _train_under_launcher(run, resume, launcher, datasets_dir, show_progress)
+    if signal_name is not None or run_state(run.run_dir) != FINISHED:
+        raise ExperimentStopped(run.run_dir, experiment_path, signal_name)
+
+
+def _draw_charts(run_dir: Path) -> None:
+    from gptlab.experiments.charts import draw_run_charts
+
+    draw_run_charts(run_dir)
+
+
+def run_experiment(experiment: Experiment, launcher: Optional[str] = None, datasets_dir: Optional[Path] = None,
+                   show_progress: bool = False, echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+    """Plan, then train and evaluate each run not yet done. Returns one record per run."""
+    planned = plan_runs(experiment)
+    write_plan(planned)
+    outcomes = []
+    for number, run in enumerate(planned, start=1):
+        prefix = f"[{number}/{len(planned)}] {run.variant} seed {run.seed} ({run.run_dir})"
+        state = run_state(run.run_dir)
+        if state == FINISHED:
+            echo(f"{prefix}: finished earlier, not retrained")
+        else:
+            resume_step = last_checkpoint_step(run.run_dir) if state == INTERRUPTED else None
+            echo(f"{prefix}: " + (f"resuming after step {resume_step}" if resume_step is not None else "training"))
+            train_planned(run, state == INTERRUPTED, launcher, datasets_dir, show_progress, experiment.path)
+            _draw_charts(run.run_dir)
+        if evaluation_is_current(run.run_dir, experiment.evaluation):
+            evaluation = read_json(run.run_dir / "evaluation.json")
+        else:
+            evaluation = evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
+        echo(f"{prefix}: test loss {evaluation['loss']:.4f}")
+        outcomes.append({"variant": run.variant, "seed": run.seed, "run_dir": str(run.run_dir), "state_before": state, "test_loss": evaluation["loss"]})
+    sys.stdout.flush()
+    return outcomes
+
+
+def experiment_comparison(experiment: Experiment, datasets_dir: Optional[Path] = None, echo: Callable[[str], Any] = print):
+    """The comparison of an experiment's finished runs, grouped by variant; runs not finished yet are noted."""
+    from gptlab.experiments.compare import build_comparison, load_results
+
+    planned = plan_runs(experiment)
+    finished = [run for run in planned if run.run_dir.is_dir() and run_state(run.run_dir) == FINISHED]
+    if not any(run.variant == "baseline" for run in finished):
+        raise UserError(f"{experiment.path}: no baseline run has finished yet; run `gptlab experiment run {experiment.path}` first")
+    for run in finished:  # the file's evaluation keys may have changed since the run was evaluated
+        if not evaluation_is_current(run.run_dir, experiment.evaluation):
+            echo(f"Evaluating {run.run_dir} as {experiment.path} asks ...")
+            evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
+    results = load_results([run.run_dir for run in finished], experiment.evaluation, datasets_dir, echo)
+    labels = {run.run_dir.resolve(): run.variant for run in finished}
+    comparison = build_comparison(results, labels=labels, baseline_dir=next(run.run_dir for run in finished if run.variant == "baseline"))
+    waiting = len(planned) - len(finished)
+    if waiting:
+        comparison.notes.append(f"{waiting} of {len(planned)} planned runs have not finished; `gptlab experiment run {experiment.path}` trains them.")
+    return comparison

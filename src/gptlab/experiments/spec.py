@@ -1,0 +1,219 @@
+"""The experiment file: a baseline run, named interventions, optional stacks of them, and seeds.
+
+JSON or TOML. Every problem is reported at once, one line each, naming the file and the key:
+
+    {
+      "baseline": "baseline",                    # a run directory (model.json + train.json), relative to this file
+      "runs_dir": "runs",                        # where the planned runs go (default: <file stem>-runs beside it)
+      "seeds": [1, 2, 3],
+      "interventions": {
+        "no-dropout": {"model": {"drop_rate": 0.0}},
+        "lr-schedule": {"schedule_learning_rate": true, "warmup_period_percent": 5}
+      },
+      "stacks": {"no-dropout+lr-schedule": ["no-dropout", "lr-schedule"]},
+      "evaluation": {"batches": 100}
+    }
+
+An intervention is {"model": {...}, "train": {...}} or flat keys resolved as `gptlab train --set` does
+(a bare key of model.json or train.json, or one prefixed `model.` / `train.`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from gptlab.config import ModelConfig, TrainConfig
+from gptlab.errors import UserError
+
+BASELINE = "baseline"
+TOP_LEVEL_KEYS = ("name", "description", "baseline", "runs_dir", "seeds", "interventions", "stacks", "evaluation")
+EVALUATION_DEFAULTS: dict[str, Any] = {
+    "checkpoint": "latest", "split": None, "start_token": 0, "batches": None, "batch_size": None, "precision": "fp32",
+}
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment file. `variants` maps each variant name (baseline first) to its overrides."""
+
+    path: Path
+    name: str
+    baseline_dir: Path
+    runs_dir: Path
+    seeds: tuple[int, ...]
+    variants: dict[str, dict[str, dict[str, Any]]]
+    evaluation: dict[str, Any] = field(default_factory=lambda: dict(EVALUATION_DEFAULTS))
+
+
+def read_experiment_file(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: experiment file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise UserError(f"{path}: not valid TOML: {error}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must hold an object of keys, not {type(data).__name__}")
+    return data
+
+
+def config_file_of(key: str) -> Optional[str]:
+    """Which file a bare config key belongs to, as `gptlab train --set` decides."""
+    if key in ModelConfig.model_fields:
+        return "model"
+    if key in TrainConfig.model_fields:
+        return "train"
+    return None
+
+
+def resolve_overrides(where: str, overrides: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """{"model": {...}, "train": {...}} from nested or flat keys; unknown keys become problems."""
+    resolved: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    if not isinstance(overrides, dict):
+        problems.append(f"{where}: must be an object of config keys, e.g. {{\"learning_rate\": 0.001}}")
+        return resolved
+    for key, value in overrides.items():
+        if key in ("model", "train") and isinstance(value, dict):
+            for inner_key, inner_value in value.items():
+                _place(where, key, inner_key, inner_value, resolved, problems)
+            continue
+        file_name, _, bare_key = key.rpartition(".")
+        if file_name not in ("", "model", "train"):
+            problems.append(f"{where}.{key}: prefix the key with 'model.' or 'train.' or nothing")
+            continue
+        _place(where, file_name or config_file_of(bare_key) or "", bare_key, value, resolved, problems)
+    return resolved
+
+
+def _place(where: str, file_name: str, key: str, value: Any, resolved: dict, problems: list[str]) -> None:
+    fields = {"model": ModelConfig.model_fields, "train": TrainConfig.model_fields}.get(file_name)
+    if fields is None or key not in fields:
+        problems.append(f"{where}.{key}: not a key of model.json or train.json (see docs/configuration.md)")
+    elif file_name == "train" and key == "random_seed":
+        problems.append(f"{where}.random_seed: seeds come from the experiment's 'seeds' list; remove it here")
+    else:
+        resolved[file_name][key] = value
+
+
+def _seeds(path: Path, raw: Any, problems: list[str]) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
+        problems.append(f"{path}: seeds: {json.dumps(raw)} is not allowed: give a non-empty list of integers, e.g. [1, 2, 3]")
+        return ()
+    if len(set(raw)) != len(raw):
+        problems.append(f"{path}: seeds: {raw} repeats a seed; each seed once")
+    return tuple(raw)
+
+
+def _check_name(path: Path, section: str, name: str, problems: list[str]) -> None:
+    if not _VARIANT_NAME.match(name) or name == BASELINE:
+        problems.append(f"{path}: {section}.{name}: not allowed as a name: use letters, digits and . _ + - (and not '{BASELINE}')")
+
+
+def _interventions(path: Path, raw: Any, problems: list[str]) -> dict[str, dict]:
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: interventions: must be an object of name -> overrides")
+        return {}
+    found = {}
+    for name, overrides in raw.items():
+        _check_name(path, "interventions", name, problems)
+        found[name] = resolve_overrides(f"{path}: interventions.{name}", overrides, problems)
+    return found
+
+
+def _stacks(path: Path, raw: Any, interventions: dict[str, dict], problems: list[str]) -> dict[str, dict]:
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: stacks: must be an object of name -> list of intervention names")
+        return {}
+    found = {}
+    for name, members in raw.items():
+        where = f"{path}: stacks.{name}"
+        _check_name(path, "stacks", name, problems)
+        if name in interventions:
+            problems.append(f"{where}: also the name of an intervention; give the stack its own name")
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+            problems.append(f"{where}: give a list of two or more intervention names")
+            continue
+        unknown = [m for m in members if m not in interventions]
+        if unknown:
+            problems.append(f"{where}: {', '.join(unknown)} not among the interventions ({', '.join(interventions) or 'none'})")
+            continue
+        found[name] = _combine(where, members, interventions, problems)
+    return found
+
+
+def _combine(where: str, members: list[str], interventions: dict[str, dict], problems: list[str]) -> dict[str, dict]:
+    """The union of the members' overrides; two members setting one key to different values is an error."""
+    combined: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    setter: dict[tuple[str, str], str] = {}
+    for member in members:
+        for file_name, values in interventions[member].items():
+            for key, value in values.items():
+                if (file_name, key) in setter and combined[file_name][key] != value:
+                    problems.append(f"{where}: {setter[file_name, key]} and {member} both set {file_name}.{key}, to "
+                                    f"{json.dumps(combined[file_name][key])} and {json.dumps(value)}; stack interventions that agree")
+                setter[file_name, key] = member
+                combined[file_name][key] = value
+    return combined
+
+
+def _evaluation(path: Path, raw: Any, problems: list[str]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: evaluation: must be an object with keys {', '.join(EVALUATION_DEFAULTS)}")
+        return dict(EVALUATION_DEFAULTS)
+    unknown = sorted(set(raw) - set(EVALUATION_DEFAULTS))
+    if unknown:
+        problems.append(f"{path}: evaluation: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(EVALUATION_DEFAULTS)}")
+    evaluation = {**EVALUATION_DEFAULTS, **{k: v for k, v in raw.items() if k in EVALUATION_DEFAULTS}}
+    if evaluation["precision"] not in ("fp32", "bf16", "fp16"):
+        problems.append(f"{path}: evaluation.precision: {json.dumps(evaluation['precision'])} is not allowed: fp32, bf16 or fp16")
+    if evaluation["split"] not in (None, "test", "validation", "train"):
+        problems.append(f"{path}: evaluation.split: {json.dumps(evaluation['split'])} is not allowed: test, validation or train")
+    for key, minimum in (("start_token", 0), ("batches", 1), ("batch_size", 1)):
+        value = evaluation[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+            problems.append(f"{path}: evaluation.{key}: {json.dumps(value)} is not allowed: an integer >= {minimum}")
+    if not isinstance(evaluation["checkpoint"], str):
+        problems.append(f"{path}: evaluation.checkpoint: give latest, best or a checkpoint folder name")
+    return evaluation
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read and check an experiment file; raises one UserError listing every problem."""
+    path = Path(path)
+    data = read_experiment_file(path)
+    problems = [f"{path}: {key}: unknown key; allowed keys are: {', '.join(TOP_LEVEL_KEYS)}" for key in data if key not in TOP_LEVEL_KEYS]
+    for required in ("baseline", "seeds"):
+        if required not in data:
+            problems.append(f"{path}: {required}: required key is missing")
+    baseline = data.get("baseline")
+    baseline_dir = path.parent / baseline if isinstance(baseline, str) else path.parent
+    if isinstance(baseline, str) and not ((baseline_dir / "model.json").is_file() and (baseline_dir / "train.json").is_file()):
+        problems.append(f"{path}: baseline: {baseline_dir} is not a run directory (it needs model.json and train.json)")
+    elif "baseline" in data and not isinstance(baseline, str):
+        problems.append(f"{path}: baseline: give the path of a run directory, relative to the experiment file")
+    seeds = _seeds(path, data.get("seeds"), problems) if "seeds" in data else ()
+    interventions = _interventions(path, data.get("interventions", {}), problems)
+    stacks = _stacks(path, data.get("stacks", {}), interventions, problems)
+    evaluation = _evaluation(path, data.get("evaluation", {}), problems)
+    runs_dir = data.get("runs_dir", f"{path.stem}-runs")
+    if not isinstance(runs_dir, str) or not runs_dir:
+        problems.append(f"{path}: runs_dir: give a folder path, relative to the experiment file")
+        runs_dir = f"{path.stem}-runs"
+    if problems:
+        raise UserError(*problems)
+    variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks}
+    return Experiment(path, str(data.get("name", path.stem)), baseline_dir, path.parent / runs_dir, seeds, variants, evaluation)

@@ -1,0 +1,101 @@
+"""`gptlab report`: a self-contained HTML page, opened in real headless Chromium (Debian's `chromium` package)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from gptlab.experiments.compare import build_comparison, load_results
+from gptlab.experiments.report import write_report
+from test_compare import RUNS, comparison_runs
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Written into the page under test: after every image has loaded (or failed), record each one's decoded size in the DOM.
+IMAGE_PROBE = """<script>
+window.addEventListener("load", () => {
+  const found = Array.from(document.images).map(img => ({alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight}));
+  const out = document.createElement("pre");
+  out.id = "image-probe";
+  out.textContent = JSON.stringify(found);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.fixture
+def trained(tmp_path_factory, brown_dataset) -> dict[str, list[Path]]:
+    return comparison_runs(tmp_path_factory.getbasetemp() / "comparison-runs", brown_dataset)
+
+
+class _PageParts(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.image_sources: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "img":
+            self.image_sources.append(attributes.get("src", ""))
+        for name in ("src", "href"):
+            if name in attributes and not attributes[name].startswith("data:"):
+                self.external.append(attributes[name])
+
+
+def render_in_chromium(page: Path, profile: Path) -> str:
+    """The DOM of `page` after Chromium has loaded it and run its scripts."""
+    probed = page.with_name(page.stem + "-probed.html")
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
+    result = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+         "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium")
+def test_report_renders_its_table_and_every_image_in_chromium(trained, tmp_path):
+    page = tmp_path / "report.html"
+    run_dirs = [str(run_dir) for runs in trained.values() for run_dir in runs]
+    result = run_cli("report", *run_dirs, "-o", str(page), "--title", "Seeds & <noise>")
+    assert result.returncode == 0, result.stderr
+
+    parts = _PageParts()
+    parts.feed(page.read_text(encoding="utf-8"))
+    assert parts.external == []  # self-contained: nothing to fetch
+    run_count = sum(len(seeds) for _, seeds in RUNS.values())
+    assert len(parts.image_sources) == 2 + 3 * run_count  # overlay, difference, and three charts per run
+    assert all(source.startswith("data:image/png;base64,") for source in parts.image_sources)
+
+    dom = render_in_chromium(page, tmp_path / "profile")
+    probe = json.loads(re.search(r'<pre id="image-probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
+    assert len(probe) == len(parts.image_sources)
+    assert all(image["complete"] and image["width"] in (800, 1200) and image["height"] == 450 for image in probe), probe
+    assert "<h1>Seeds &amp; &lt;noise&gt;</h1>" in dom
+
+    table = re.search(r'<table id="comparison">(.*?)</table>', dom, re.S).group(1)
+    rows = re.findall(r'<tr[^>]*data-run="([^"]+)"[^>]*>(.*?)</tr>', table, re.S)
+    assert sorted(name for name, _ in rows) == sorted(RUNS)
+    cells = {name: re.findall(r"<td>(.*?)</td>", body) for name, body in rows}
+    assert cells["lr10x"][7].startswith("beyond noise (Welch p=") and cells["ckpt5"][7].startswith("within noise (Welch p=")
+    assert cells["baseline"][7] == "baseline" and cells["baseline"][1] == "3"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium")
+def test_report_text_is_escaped_not_interpreted(trained, tmp_path):
+    results = load_results(trained["baseline"] + trained["lr10x"], echo=lambda line: None)
+    hostile = "<script>document.title='owned'</script><b>bold</b>"
+    labels = {run.run_dir.resolve(): "baseline" if run.run_dir in trained["baseline"] else hostile for run in results}
+    page = write_report(build_comparison(results, labels=labels), tmp_path / "escaped.html", title="escaping")
+    dom = render_in_chromium(page, tmp_path / "profile")
+    assert "<title>escaping</title>" in dom and "<b>bold</b>" not in dom
+    assert "&lt;script&gt;document.title='owned'&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in dom
