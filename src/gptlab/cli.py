@@ -174,6 +174,10 @@ cli.add_command(experiment)
 cli.add_command(compare)
 cli.add_command(report)
 
+from gptlab.bench_command import bench  # noqa: E402
+
+cli.add_command(bench)
+
 
 def main() -> None:
     try:
