@@ -83,16 +83,6 @@ def wait_for_quiet(max_wait: float, threshold: float = 1.0) -> float:
     return load
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every trainer in both precisions once (default 3)")
@@ -115,11 +105,12 @@ def main() -> None:
     import torch
 
     import gptlab
+    from gptlab.bench import device_name
 
     precisions = args.precisions.split(",")
     load_at_start = wait_for_quiet(args.max_wait)
     print(f"command: {shlex.join(['python', *sys.argv])}")
-    print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; nproc {os.cpu_count()}; CPU {cpu_model()}; torch threads {torch.get_num_threads()}")
+    print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; nproc {os.cpu_count()}; CPU {device_name(torch.device('cpu'))}; torch threads {torch.get_num_threads()}")
     print(f"gptlab {gptlab.__version__} | Python {platform.python_version()} | torch {torch.__version__} | {platform.platform()}")
     print(f"load average at start: {load_at_start:.2f}" + ("" if load_at_start < 1.0 else " (NOT quiet: waited the maximum)"))
     print(f"config: 4 layers, 256 wide, 4 heads, context 256, batch 8, vocab 50,257, untied, dropout {args.drop_rate}; "
