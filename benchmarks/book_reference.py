@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import ctypes.util
 import json
+import resource
 import sys
 import time
 
@@ -94,13 +95,39 @@ def tune_malloc_like_gptlab() -> bool:
     return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 1 << 30))  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 1 GiB
 
 
-def profile_table(step, row_limit: int = 18) -> str:
-    """Run `step()` once under torch.profiler; the ops with the most self CPU time, as a table."""
+# Kinds of work in a step, for the profile summary: name -> the aten ops that do it.
+OP_KINDS = {
+    "matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "loss log-softmax fwd+bwd": ("aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss_forward", "aten::nll_loss_backward"),
+    "dtype casts (copy_)": ("aten::copy_",),
+    "zero fills (fill_)": ("aten::fill_", "aten::zero_"),
+    "AdamW": ("aten::_fused_adamw_", "aten::lerp_", "aten::addcmul_", "aten::addcdiv_", "aten::sqrt", "aten::mul_", "aten::div_",
+              "aten::_foreach_lerp_", "aten::_foreach_mul_", "aten::_foreach_addcmul_", "aten::_foreach_sqrt",
+              "aten::_foreach_div_", "aten::_foreach_addcdiv_", "aten::_foreach_add_"),
+    "non-finite check": ("aten::abs", "aten::ne", "aten::eq", "aten::isfinite", "aten::all", "aten::logical_and", "aten::isinf",
+                         "aten::isnan", "aten::_foreach_norm", "aten::linalg_vector_norm", "aten::_local_scalar_dense"),
+}
+
+
+def profile_table(step, steps: int = 2, row_limit: int = 18) -> str:
+    """Run `step()` `steps` times under torch.profiler: the ops with the most self CPU time, then self CPU
+    seconds per step summed by kind of work (OP_KINDS), with everything else in one line."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        step()
-    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+        for _ in range(steps):
+            step()
+    averages = profiler.key_averages()
+    seconds = {event.key: event.self_cpu_time_total / 1e6 / steps for event in averages}
+    lines = [averages.table(sort_by="self_cpu_time_total", row_limit=row_limit),
+             f"self CPU seconds per step (mean of {steps}), by kind of work:"]
+    counted = set()
+    for kind, ops in OP_KINDS.items():
+        lines.append(f"  {kind:<26} {sum(seconds.get(op, 0.0) for op in ops):.3f}")
+        counted.update(ops)
+    lines.append(f"  {'everything else':<26} {sum(value for op, value in seconds.items() if op not in counted):.3f}")
+    lines.append(f"  {'total':<26} {sum(seconds.values()):.3f}")
+    return "\n".join(lines)
 
 
 def measure(precision: str, steps: int, warmup_steps: int, config: dict = SMALL_CONFIG, batch_size: int = BATCH_SIZE,
@@ -120,10 +147,12 @@ def measure(precision: str, steps: int, warmup_steps: int, config: dict = SMALL_
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step_seconds = []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for inputs, targets in batches[warmup_steps:]:
         started = time.perf_counter()
         train_step(model, optimizer, inputs, targets, autocast_dtype, scaler)  # .item() waits for the device
         step_seconds.append(time.perf_counter() - started)
+    page_faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) // steps
     if profile:
         inputs, targets = batches[-1]
         print(profile_table(lambda: train_step(model, optimizer, inputs, targets, autocast_dtype, scaler)), file=sys.stderr)
@@ -131,7 +160,7 @@ def measure(precision: str, steps: int, warmup_steps: int, config: dict = SMALL_
     return {"trainer": "book reference", "precision": precision, "device": device, "steps": steps, "warmup_steps": warmup_steps,
             "batch_size": batch_size, "step_ms": [round(s * 1e3, 2) for s in step_seconds],
             "tokens_per_second": tokens_per_step * steps / sum(step_seconds),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": sum(p.numel() for p in model.parameters()), "page_faults_per_step": page_faults_per_step,
             "peak_memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
 
 
@@ -146,7 +175,7 @@ def main() -> None:
     parser.add_argument("--drop-rate", type=float, default=None, help="default: the preset's 0.1")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--tuned-malloc", action="store_true", help="apply gptlab's glibc malloc setting first")
-    parser.add_argument("--profile", action="store_true", help="after timing, print where one more step spends its time (torch.profiler)")
+    parser.add_argument("--profile", action="store_true", help="after timing, print where two more steps spend their time (torch.profiler)")
     args = parser.parse_args()
     tuned = tune_malloc_like_gptlab() if args.tuned_malloc else False
     config = {**PRESETS[args.model], "tie_weights": args.tie_weights}

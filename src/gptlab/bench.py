@@ -180,6 +180,16 @@ def is_out_of_memory(error: BaseException) -> bool:
         marker in message for marker in ("out of memory", "can't allocate", "not enough memory", "simulated out of memory"))
 
 
+def minor_page_faults() -> Optional[int]:
+    """Minor page faults of this process so far (None where `resource` is missing). Many per step on a CPU
+    mean freed memory goes back to the kernel and is faulted in again (see gptlab.train.host)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -378,7 +388,8 @@ RESULT_FIELDS = (
     "run_dir", "overrides", "device", "device_name", "precision", "parameters", "matmul_parameters", "flops_per_token",
     "microbatch_size", "gradient_accumulation_steps", "context_length", "tokens_per_step", "tokens", "warmup_steps",
     "warmup_seconds", "steps", "step_ms", "ms_per_step", "tokens_per_second", "model_tflops_per_second",
-    "peak_tflops", "peak_tflops_source", "mfu", "peak_memory_bytes", "peak_memory_method", "phase_steps", "phases_ms",
+    "peak_tflops", "peak_tflops_source", "mfu", "peak_memory_bytes", "peak_memory_method", "page_faults_per_step",
+    "phase_steps", "phases_ms",
     "config", "environment",
 )
 
@@ -400,12 +411,15 @@ def measure(config: RunConfig, *, steps: int = 10, warmup_steps: int = 3, phase_
             torch.cuda.reset_peak_memory_stats(device)
 
         step_ends = []
+        faults_before = minor_page_faults()
         started = time.perf_counter()
         for step in range(warmup_steps, warmup_steps + steps):
             train_step(run, step)
             step_ends.append(time.perf_counter())
         _sync(device)
         elapsed = time.perf_counter() - started
+        faults = minor_page_faults()
+        page_faults_per_step = (faults - faults_before) // steps if faults is not None and faults_before is not None else None
         step_ms = [round((end - begin) * 1e3, 3) for begin, end in zip([started] + step_ends[:-1], step_ends)]
 
         peak_memory, memory_method = None, None
@@ -437,7 +451,7 @@ def measure(config: RunConfig, *, steps: int = 10, warmup_steps: int = 3, phase_
         "steps": steps, "step_ms": step_ms, "ms_per_step": round(elapsed / steps * 1e3, 3),
         "tokens_per_second": round(tokens_per_second, 1), "model_tflops_per_second": float(f"{achieved:.6g}"),
         "peak_tflops": peak, "peak_tflops_source": peak_source, "mfu": float(f"{achieved / peak:.6g}") if peak else None,
-        "peak_memory_bytes": peak_memory, "peak_memory_method": memory_method,
+        "peak_memory_bytes": peak_memory, "peak_memory_method": memory_method, "page_faults_per_step": page_faults_per_step,
         "phase_steps": phase_steps, "phases_ms": phases,
         "config": config.to_json_dict(),
     }
@@ -671,6 +685,7 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("model TFLOP/s", f"{result['model_tflops_per_second']:.4g}"),
         ("MFU (peak TFLOP/s)", mfu),
         ("peak memory", format_bytes(result["peak_memory_bytes"])),
+        ("minor page faults per step", f"{result['page_faults_per_step']:,}" if result["page_faults_per_step"] is not None else "n/a"),
         *((f"{name} ms per step", f"{phases[name]:,.1f}" if name in phases else "n/a") for name in PHASES),
         ("warm-up s", f"{result['warmup_seconds']:.2f}"),
     ]
