@@ -29,7 +29,7 @@ def test_users_files_validate_unchanged():
     ("train", {"microbatch_size": "12"}, "train.json: microbatch_size: \"12\" is not allowed: input should be a valid integer"),
     ("train", {"learning_rate": -0.001}, "train.json: learning_rate: -0.001 is not allowed: input should be greater than 0"),
     ("train", {"use_amp": "yes"}, "train.json: use_amp: \"yes\" is not allowed"),
-    ("train", {"precision": "fp8"}, "train.json: precision: \"fp8\" is not allowed: input should be 'fp32', 'tf32', 'fp16' or 'bf16'"),
+    ("train", {"precision": "fp8"}, "train.json: precision: \"fp8\" is not allowed: input should be 'fp32', 'tf32', 'fp16', 'bf16' or 'auto'"),
     ("train", {"use_amp": True, "precision": "bf16"}, "train.json: use_amp: true means precision 'fp16' but precision is 'bf16'"),
     ("train", {"min_train_tokens": -5}, "train.json: min_train_tokens: -5 is not allowed"),
     ("model", {"n_heads": 5}, "model.json: n_heads: 5 does not divide emb_dim 32"),

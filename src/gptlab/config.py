@@ -41,7 +41,7 @@ class ModelConfig(BaseModel):
         return self.emb_dim // self.n_heads
 
 
-Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+Precision = Literal["fp32", "tf32", "fp16", "bf16", "auto"]
 Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
 
@@ -68,7 +68,10 @@ class TrainConfig(BaseModel):
     random_seed: int = Field(42, description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.")
 
     # --- gptlab's own keys ---------------------------------------------------------------------
-    precision: Optional[Precision] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler) or 'bf16' (autocast, no scaler).")
+    precision: Optional[Precision] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
+                                           "or 'auto': bf16 on GPUs that support it (else fp16); on a CPU bf16 only where it has native bf16 "
+                                           "and a matmul measures faster, else fp32. Absent with use_amp absent: fp16 on GPUs (the users' "
+                                           "harness), 'auto' on a CPU (where fp16 autocast is several times slower than fp32).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; 'auto' takes CUDA when present.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
@@ -91,9 +94,15 @@ class TrainConfig(BaseModel):
 
     @property
     def effective_precision(self) -> str:
+        """The precision the files ask for: 'auto' is resolved per machine by train/precision.py."""
         if self.precision is not None:
             return self.precision
         return "fp32" if self.use_amp is False else "fp16"
+
+    @property
+    def precision_is_default(self) -> bool:
+        """Neither precision nor use_amp was given, so the precision comes from a default."""
+        return self.precision is None and self.use_amp is None
 
     def fast_paths(self, device_type: str) -> dict[str, Any]:
         """The speed switches in effect on this device type, absent ones resolved to their defaults."""

@@ -77,6 +77,15 @@ def mean_across_ranks(values: torch.Tensor, distributed: Distributed) -> torch.T
     return values
 
 
+def all_ranks_agree(flag: bool, distributed: Distributed, device: torch.device) -> bool:
+    """True only when `flag` is true on every rank, so that a per-machine decision is the same everywhere."""
+    if not distributed.active:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def barrier(distributed: Distributed) -> None:
     if distributed.active:
         dist.barrier()

@@ -30,11 +30,12 @@ from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losse
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.model import GPT
 from gptlab.train import distributed
-from gptlab.train.checkpoint import (find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
+from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
                                      remove_stale_staging, restore_rng_state, save_checkpoint)
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
-from gptlab.train.precision import Precision, clip_to_norm, configure_precision, global_grad_norm
+from gptlab.train.precision import (Precision, PrecisionChoice, choose_precision, clip_to_norm, configure_precision,
+                                    global_grad_norm)
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog, environment, format_summary, progress_bar
 from gptlab.weights import build_model, load_book_safetensors
 
@@ -61,6 +62,7 @@ class Run:
     fast_paths: dict[str, Any]
     optimizer: torch.optim.AdamW
     precision: Precision
+    precision_reason: str
     plan: BatchPlan
     reader: BatchReader
     validation: Optional[EvalSlice]
@@ -133,7 +135,8 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
 
     if device.type == "cpu":
         keep_freed_memory_for_reuse()
-    precision = configure_precision(train_config.effective_precision, device, str(run_dir / "train.json"))
+    precision_choice = _choose_run_precision(run_dir, run_config, device, dist_context, resume)
+    precision = configure_precision(precision_choice.name, device, str(run_dir / "train.json"))
     seed_everything(train_config.random_seed)
     fast_paths = train_config.fast_paths(device.type)
     model = build_model(model_config, device, vocab_multiple=fast_paths["pad_vocab_multiple"], fused_loss=fast_paths["fused_cross_entropy"])
@@ -146,7 +149,8 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     log = RunLog(run_dir, enabled=dist_context.is_main)
     run = Run(
         run_dir=run_dir, config=run_config, dist=dist_context, device=device, dataset=dataset, model=model,
-        trained_model=trained_model, optimizer=optimizer, precision=precision, fast_paths=fast_paths,
+        trained_model=trained_model, optimizer=optimizer, precision=precision,
+        precision_reason=precision_choice.reason, fast_paths=fast_paths,
         plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
         validation=_validation_slice(run_config, dataset), log=log,
         metrics=MetricsFile(run_dir / "metrics.jsonl", enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
@@ -161,6 +165,24 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         (run_dir / "train.log").unlink(missing_ok=True)
     _print_header(run)
     return run
+
+
+def _choose_run_precision(run_dir: Path, run_config: RunConfig, device: torch.device, dist_context: distributed.Distributed,
+                          resume: Optional[str]) -> PrecisionChoice:
+    """train.json's precision for this machine; a resumed run keeps the one its checkpoint recorded when chosen automatically."""
+    train = run_config.train
+    chosen_per_machine = train.precision == "auto" or train.precision_is_default
+    if resume is not None and chosen_per_machine:
+        recorded = find_checkpoint(run_dir, resume).meta.get("precision")
+        if recorded is not None:
+            return PrecisionChoice(recorded, "as recorded by the checkpoint this run resumes from")
+    choice = choose_precision(train, device, run_config.model.emb_dim)
+    if choice.per_machine:  # every rank votes, whatever it chose: bf16 only where all ranks chose it
+        bf16_everywhere = distributed.all_ranks_agree(choice.name == "bf16", dist_context, device)
+        if choice.name == "bf16" and not bf16_everywhere:
+            fallback = "fp16" if device.type == "cuda" else "fp32"
+            return PrecisionChoice(fallback, f"not every rank chose bf16 (here: {choice.reason}), so all take {fallback}")
+    return choice
 
 
 # Train keys that may change between a checkpoint and its resumption without changing what is computed.
@@ -212,7 +234,7 @@ def _print_header(run: Run) -> None:
                  f"{model_config.n_heads} heads, context {model_config.context_length}, tied head: {model_config.tie_weights})")
     run.log.line(f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
                  f"{plan.total_steps:,} steps of {plan.global_batch_tokens:,} tokens")
-    run.log.line(f"Precision: {run.precision.name} | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
+    run.log.line(f"Precision: {run.precision.name} ({run.precision_reason}) | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
                  f"clipping: {train_config.clipping_max_norm or 'off'} | validation: "
                  + (f"{run.validation.batches} batches" if run.validation else "off"))
     for note in not_yet_applied_notes(run.config):
@@ -505,6 +527,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "clipped_fraction": totals["clipped_steps"] / plan.total_steps if train_config.clipping_max_norm is not None else None,
         "peak_learning_rate": totals["peak_learning_rate"],
         "precision": run.precision.name,
+        "precision_reason": run.precision_reason,
         "parameters": run.model.parameter_count(),
         "world_size": run.dist.world_size,
         "device": str(run.device),

@@ -4,11 +4,15 @@ gradient check that finds the global norm and any inf/NaN with a single reductio
 from __future__ import annotations
 
 import contextlib
+import platform
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 
+from gptlab.config import TrainConfig
 from gptlab.errors import UserError
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -29,6 +33,103 @@ class Precision:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+# CPU flags that mean bf16 matmuls run in hardware (x86: AVX512-BF16 or AMX; Arm: the BF16 extension).
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# bf16 must beat fp32 by this factor to be chosen: a tie is not worth bf16's coarser rounding.
+BF16_MIN_SPEEDUP = 1.15
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run trains in, and why: printed in the header and recorded in the summary."""
+
+    name: str
+    reason: str
+    per_machine: bool = False  # decided by this machine's hardware or timing: ranks on different machines may disagree
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[set[str]]:
+    """The CPU's feature flags as Linux reports them; None where they cannot be read (macOS, Windows)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 says "flags", Arm says "Features"
+            flags.update(value.split())
+    return flags or None
+
+
+def bf16_matmul_speedup(width: int, rows: int = 128, repeats: int = 5) -> float:
+    """fp32 time / bf16 time of a (rows x width) @ (width x 4 width) matmul, the shape of a block's MLP.
+
+    The width is held between 256 (large enough to time) and 512 (small enough to stay about a second
+    where bf16 is emulated, which can be 5-60x slower). After one untimed call each (kernel selection,
+    buffers), stops at one bf16 product when that alone is three times slower than fp32.
+    """
+    width = min(max(width, 256), 512)
+    generator = torch.Generator().manual_seed(0)
+    a32 = torch.randn(rows, width, generator=generator)
+    b32 = torch.randn(width, 4 * width, generator=generator)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+
+    def best_of(a: torch.Tensor, b: torch.Tensor, count: int) -> float:
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    best_of(a32, b32, 1)
+    fp32_seconds = best_of(a32, b32, repeats)
+    best_of(a16, b16, 1)
+    bf16_seconds = best_of(a16, b16, 1)
+    if bf16_seconds < 3 * fp32_seconds:
+        bf16_seconds = min(bf16_seconds, best_of(a16, b16, repeats))
+    return fp32_seconds / max(bf16_seconds, 1e-9)
+
+
+def choose_cpu_precision(width: int, flags: Optional[set[str]] = None, measure=bf16_matmul_speedup) -> PrecisionChoice:
+    """fp32, or bf16 where the CPU has native bf16 and a matmul of the model's width measures faster in it."""
+    flags = cpu_flags() if flags is None else flags
+    machine = platform.machine()
+    if flags is not None and not flags & set(NATIVE_BF16_CPU_FLAGS):
+        return PrecisionChoice("fp32", f"this {machine} CPU has no native bf16 (no {'/'.join(NATIVE_BF16_CPU_FLAGS[:2])} flag), "
+                                       "where bf16 is emulated and several times slower", True)
+    speedup = measure(width)
+    if speedup >= BF16_MIN_SPEEDUP:
+        return PrecisionChoice("bf16", f"this CPU has native bf16 and an MLP-shaped matmul measured {speedup:.1f}x faster in bf16 than in fp32", True)
+    return PrecisionChoice("fp32", f"an MLP-shaped matmul measured {1 / speedup:.1f}x slower in bf16 than in fp32 on this CPU "
+                                   f"(bf16 is chosen only when at least {BF16_MIN_SPEEDUP}x faster)" if speedup < 1 else
+                                   f"an MLP-shaped matmul measured only {speedup:.2f}x faster in bf16 than in fp32 on this CPU "
+                                   f"(bf16 is chosen when at least {BF16_MIN_SPEEDUP}x faster)", True)
+
+
+def choose_precision(train: TrainConfig, device: torch.device, width: int) -> PrecisionChoice:
+    """Resolve train.json's precision for this device: explicit values as given, 'auto' and CPU defaults by measurement."""
+    if train.precision == "auto" or (train.precision_is_default and device.type == "cpu"):
+        asked = "precision 'auto'" if train.precision == "auto" else "no precision or use_amp given"
+        if device.type == "cuda":
+            if torch.cuda.is_bf16_supported():
+                return PrecisionChoice("bf16", f"{asked}: this GPU supports bf16", True)
+            return PrecisionChoice("fp16", f"{asked}: this GPU has no bf16, so fp16 with a gradient scaler", True)
+        choice = choose_cpu_precision(width)
+        return PrecisionChoice(choice.name, f"{asked}: {choice.reason}", True)
+    if train.precision is not None:
+        reason = "train.json: precision"
+    elif train.use_amp is not None:
+        reason = f"train.json: use_amp {str(train.use_amp).lower()}"
+    else:
+        reason = "use_amp absent means true in the users' harness"
+    if train.effective_precision == "fp16" and device.type == "cpu":
+        reason += ("; warning: fp16 autocast on a CPU is several times slower than fp32 (no fp16 matmul units): "
+                   "set precision 'auto' to get the faster of fp32 and bf16")
+    return PrecisionChoice(train.effective_precision, reason)
 
 
 def configure_precision(name: str, device: torch.device, source: str = "train.json") -> Precision:
