@@ -143,3 +143,16 @@ def test_cli_train_set_precision_bf16_on_a_use_amp_run(make_run):
     result = run_cli("train", str(run), "--set", "precision=bf16", "--set", "device=cpu", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+
+
+def test_every_train_key_says_what_it_changes():
+    """A new train.json key must be tagged in TRAIN_KEY_ROLES: it decides whether the key may change on
+    resume and whether runs differing in it are seeds of one configuration in `gptlab compare`."""
+    from gptlab.config import BOOKKEEPING_TRAIN_KEYS, RESUME_SAFE_TRAIN_KEYS, TRAIN_KEY_ROLES
+
+    untagged = sorted(set(TrainConfig.model_fields) - set(TRAIN_KEY_ROLES))
+    assert not untagged, f"tag these train.json keys in config.TRAIN_KEY_ROLES: {untagged}"
+    assert set(TRAIN_KEY_ROLES) == set(TrainConfig.model_fields), "TRAIN_KEY_ROLES names keys TrainConfig no longer has"
+    assert BOOKKEEPING_TRAIN_KEYS < RESUME_SAFE_TRAIN_KEYS
+    assert {"learning_rate", "random_seed", "precision", "best_by"}.isdisjoint(RESUME_SAFE_TRAIN_KEYS)
+    assert {"validation_batches", "checkpoint_interval"} <= RESUME_SAFE_TRAIN_KEYS - BOOKKEEPING_TRAIN_KEYS

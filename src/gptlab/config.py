@@ -112,6 +112,33 @@ class TrainConfig(BaseModel):
         return "users-cosine" if self.schedule_learning_rate else "constant"
 
 
+# What each train.json key changes, which decides two rules: a key may change when a run is resumed unless
+# it changes the computation, and runs that differ only in bookkeeping keys (and the seed) are one group in a
+# comparison. "computation": what is trained, or state a resume carries on (best_by picks the `best`
+# checkpoint). "evaluation": only what is measured beside training (validation, which checkpoints exist).
+# "bookkeeping": no number at all (labels, logging cadence, retention, the stop guard, where it runs, as
+# device 'auto' already leaves open). Every model.json key changes the computation. A test fails when a
+# train.json key has no role here.
+KeyRole = Literal["computation", "evaluation", "bookkeeping"]
+TRAIN_KEY_ROLES: dict[str, KeyRole] = {
+    "dataset": "computation", "microbatch_size": "computation", "min_train_tokens": "computation",
+    "start_train_token": "computation", "start_val_token": "evaluation", "gradient_accumulation_steps": "computation",
+    "checkpoint_interval": "evaluation", "validation_batches": "evaluation", "learning_rate": "computation",
+    "weight_decay": "computation", "use_amp": "computation", "clipping_max_norm": "computation",
+    "schedule_learning_rate": "computation", "warmup_period_percent": "computation", "random_seed": "computation",
+    "precision": "computation", "device": "bookkeeping", "betas": "computation", "eps": "computation",
+    "weight_decay_params": "computation", "lr_schedule": "computation", "warmup_steps": "computation",
+    "decay_period_percent": "computation", "min_lr_ratio": "computation", "max_consecutive_skipped_steps": "bookkeeping",
+    "validation_interval": "evaluation", "best_by": "computation", "keep_checkpoints": "bookkeeping",
+    "log_interval": "bookkeeping", "compile": "computation", "pad_vocab_multiple": "computation",
+    "fused_cross_entropy": "computation", "init_from": "computation", "cost_per_hour": "bookkeeping", "machine": "bookkeeping",
+}
+# Train keys that may change between a checkpoint and its resumption without changing what is trained.
+RESUME_SAFE_TRAIN_KEYS = frozenset(key for key, role in TRAIN_KEY_ROLES.items() if role != "computation")
+# Train keys that change no number: runs differing only in these (and random_seed) are seeds of one configuration.
+BOOKKEEPING_TRAIN_KEYS = frozenset(key for key, role in TRAIN_KEY_ROLES.items() if role == "bookkeeping")
+
+
 EvalPrecision = Literal["fp32", "bf16", "fp16"]
 EVAL_PRECISIONS: tuple[str, ...] = get_args(EvalPrecision)
 

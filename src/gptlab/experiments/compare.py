@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from gptlab.config import EvaluationSettings
+from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.experiments import stats
 from gptlab.files import atomic_write_json, read_json
 
 EVALUATION_FILE = "evaluation.json"
 FORMATS = ("terminal", "markdown", "csv", "json")
-# Keys that cannot change the trained model: runs differing only in these (and the seed) form one group.
-BOOKKEEPING_KEYS = {"random_seed", "machine", "cost_per_hour", "log_interval", "keep_checkpoints"}
+# Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
+IGNORED_BY_GROUPING = BOOKKEEPING_TRAIN_KEYS | {"random_seed"}
 SLICE_KEYS = ("split", "start_token", "batches", "batch_size", "context_length")
 
 
@@ -129,7 +129,7 @@ def default_settings(reference_run: Path) -> EvaluationSettings:
 def _group_identity(result: RunResult) -> dict[str, dict[str, Any]]:
     """The configuration minus the seed and bookkeeping, with a local dataset path made absolute."""
     model = dict(result.config["model"])
-    train = {key: value for key, value in result.config["train"].items() if key not in BOOKKEEPING_KEYS}
+    train = {key: value for key, value in result.config["train"].items() if key not in IGNORED_BY_GROUPING}
     dataset = train.get("dataset")
     if isinstance(dataset, str) and (result.run_dir / dataset).is_dir():
         train["dataset"] = str((result.run_dir / dataset).resolve())

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gptlab.config import RunConfig, load_run_config, not_yet_applied_notes
+from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config, not_yet_applied_notes
 from gptlab.data.batches import BatchPlan, BatchReader, plan_training
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
@@ -161,11 +161,6 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         (run_dir / "train.log").unlink(missing_ok=True)
     _print_header(run)
     return run
-
-
-# Train keys that may change between a checkpoint and its resumption without changing what is computed.
-RESUME_SAFE_TRAIN_KEYS = {"checkpoint_interval", "validation_batches", "validation_interval", "keep_checkpoints",
-                          "log_interval", "max_consecutive_skipped_steps", "cost_per_hour", "machine", "device"}
 
 
 def _restore(run: Run, which: str) -> None:
