@@ -15,10 +15,11 @@ import pytest
 from conftest import run_cli, write_run
 from gptlab.data.prepare import prepare_dataset
 from gptlab.experiments.charts import DIFFERENCE_CHART, OVERLAY_CHART, draw_run_charts
+from gptlab.config import EvaluationSettings
 from gptlab.experiments.compare import EVALUATION_FILE, evaluate_and_save
 from gptlab.train.loop import train_run
 
-EVALUATION = {"checkpoint": "latest", "batches": 40}
+EVALUATION = EvaluationSettings(checkpoint="latest", batches=40)
 BASELINE_SEEDS = (1, 2, 3)
 # name -> (train overrides, seeds). The learning rate over 12 steps moves the test loss by far more than the seeds do;
 # checkpoint_interval changes nothing the model computes, so with the baseline's seeds it gives the baseline's losses.

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import run_cli, write_run
+from gptlab.config import TrainConfig
 
 USERS_MODEL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12, "drop_rate": 0.1, "qkv_bias": False}
 USERS_TRAIN = {"microbatch_size": 12, "checkpoint_interval": 617, "dataset": "gpjt/fineweb-gpt2-tokens",
@@ -81,7 +82,7 @@ def test_key_not_yet_applied_is_reported(make_run, monkeypatch):
 
 
 def test_set_overrides_are_typed_and_checked():
-    from gptlab.cli import parse_overrides
+    from gptlab.config import parse_assignments as parse_overrides
     from gptlab.errors import UserError
 
     assert parse_overrides(("learning_rate=0.001", "model.drop_rate=0", "tie_weights=true", "precision=bf16")) == {
@@ -97,3 +98,61 @@ def test_configuration_doc_is_current():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert doc.read_text() == markdown_reference(), "run: python scripts/config_doc.py > docs/configuration.md"
+
+
+@pytest.mark.parametrize("in_file, assignment, replaced, effective", [
+    ({"precision": None, "use_amp": True}, "precision=bf16", "use_amp", ("effective_precision", "bf16")),
+    ({"precision": "fp16"}, "use_amp=false", "precision", ("effective_precision", "fp32")),
+    ({"schedule_learning_rate": True}, "lr_schedule=cosine", "schedule_learning_rate", ("effective_schedule", "cosine")),
+])
+def test_an_override_replaces_its_alias_in_train_json(make_run, in_file, assignment, replaced, effective):
+    """The users' train.json says `use_amp: true` (or `schedule_learning_rate: true`); overriding the finer key
+    (or the switch) replaces the other instead of being refused as a conflict; the file is left as it was."""
+    from gptlab.config import load_run_config, parse_assignments
+
+    run = make_run(train=in_file)
+    before = (run / "train.json").read_text()
+    config = load_run_config(run, parse_assignments((assignment,)))
+    assert getattr(config.train, effective[0]) == effective[1]
+    assert getattr(config.train, replaced) == TrainConfig.model_fields[replaced].default
+    assert (run / "train.json").read_text() == before
+
+
+def test_an_intervention_of_precision_replaces_use_amp(tmp_path, make_run):
+    from gptlab.experiments.plan import plan_runs
+    from gptlab.experiments.spec import load_experiment
+
+    make_run("base", train={"precision": None, "use_amp": True})
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"baseline": "base", "seeds": [1], "interventions": {"bf16": {"precision": "bf16"}}}))
+    planned = {run.variant: run for run in plan_runs(load_experiment(path))}
+    assert planned["bf16"].train["precision"] == "bf16" and planned["bf16"].train["use_amp"] is None
+    assert planned["baseline"].train["use_amp"] is True
+
+
+def test_both_keys_of_an_alias_in_one_override_still_must_agree(make_run):
+    from gptlab.config import load_run_config, parse_assignments
+    from gptlab.errors import UserError
+
+    with pytest.raises(UserError, match="use_amp: true means precision 'fp16' but precision is 'bf16'"):
+        load_run_config(make_run(), parse_assignments(("precision=bf16", "use_amp=true")))
+
+
+def test_cli_train_set_precision_bf16_on_a_use_amp_run(make_run):
+    run = make_run(train={"precision": None, "use_amp": True, "min_train_tokens": 4 * 32 * 2, "validation_batches": 0})
+    result = run_cli("train", str(run), "--set", "precision=bf16", "--set", "device=cpu", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+
+
+def test_every_train_key_says_what_it_changes():
+    """A new train.json key must be tagged in TRAIN_KEY_ROLES: it decides whether the key may change on
+    resume and whether runs differing in it are seeds of one configuration in `gptlab compare`."""
+    from gptlab.config import BOOKKEEPING_TRAIN_KEYS, RESUME_SAFE_TRAIN_KEYS, TRAIN_KEY_ROLES
+
+    untagged = sorted(set(TrainConfig.model_fields) - set(TRAIN_KEY_ROLES))
+    assert not untagged, f"tag these train.json keys in config.TRAIN_KEY_ROLES: {untagged}"
+    assert set(TRAIN_KEY_ROLES) == set(TrainConfig.model_fields), "TRAIN_KEY_ROLES names keys TrainConfig no longer has"
+    assert BOOKKEEPING_TRAIN_KEYS < RESUME_SAFE_TRAIN_KEYS
+    assert {"learning_rate", "random_seed", "precision", "best_by"}.isdisjoint(RESUME_SAFE_TRAIN_KEYS)
+    assert {"validation_batches", "checkpoint_interval"} <= RESUME_SAFE_TRAIN_KEYS - BOOKKEEPING_TRAIN_KEYS

@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from gptlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config
+from gptlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config, merge_overrides, parse_assignments
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenSplitWriter
 from gptlab.errors import UserError
@@ -471,25 +471,6 @@ def _check_options(steps: int, warmup_steps: int, phase_steps: int, peak_tflops:
         raise UserError(f"--peak-tflops {peak_tflops}: must be a positive number of TFLOP/s, e.g. 989 for an H100 in bf16")
 
 
-def _without_conflicts(overrides: dict[str, dict]) -> dict[str, dict]:
-    """An override of `precision` replaces the users' `use_amp` switch (and the other way round), instead of
-    conflicting with the value in train.json."""
-    train = dict(overrides.get("train", {}))
-    if "precision" in train and "use_amp" not in train:
-        train["use_amp"] = None
-    elif "use_amp" in train and "precision" not in train:
-        train["precision"] = None
-    return {"model": dict(overrides.get("model", {})), "train": train}
-
-
-def _merge(*override_sets: dict[str, dict]) -> dict[str, dict]:
-    merged: dict[str, dict] = {"model": {}, "train": {}}
-    for overrides in override_sets:
-        for section in ("model", "train"):
-            merged[section].update((overrides or {}).get(section, {}))
-    return merged
-
-
 def bench_run(run_dir: Path, *, overrides: Optional[dict[str, dict]] = None, settings: tuple[str, ...] = (), steps: int = 10,
               warmup_steps: int = 3, phase_steps: int = 3, synthetic: bool = False, datasets_dir: Optional[Path] = None,
               peak_tflops: Optional[float] = None) -> dict[str, Any]:
@@ -497,7 +478,7 @@ def bench_run(run_dir: Path, *, overrides: Optional[dict[str, dict]] = None, set
     _check_single_process()
     _check_options(steps, warmup_steps, phase_steps, peak_tflops)
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir, _without_conflicts(overrides or {}))
+    config = load_run_config(run_dir, overrides)
     total = warmup_steps + steps + phase_steps + 1
     dataset_dir = None if synthetic else _dataset_for(config, run_dir, datasets_dir, total)
     result = {"run_dir": str(run_dir), "overrides": list(settings)}
@@ -510,23 +491,21 @@ def bench_run(run_dir: Path, *, overrides: Optional[dict[str, dict]] = None, set
 def compare_runs(run_dir: Path, assignments: tuple[str, ...], *, base_overrides: Optional[dict[str, dict]] = None,
                  settings: tuple[str, ...] = (), progress: Optional[Callable[[str], None]] = None, **options: Any) -> dict[str, Any]:
     """`bench_run` once per KEY=VALUE in `assignments`, each on top of `base_overrides`, in that order."""
-    from gptlab.cli import parse_overrides
-
     if not assignments:
         raise UserError("--compare: give one KEY=VALUE per column after RUN_DIR, e.g. --compare precision=fp32 precision=bf16")
     columns_overrides = []
     for assignment in assignments:
+        column = parse_assignments((assignment,), option="--compare")
         try:
-            column = parse_overrides((assignment,))
-            load_run_config(Path(run_dir), _without_conflicts(_merge(base_overrides, column)))
+            load_run_config(Path(run_dir), merge_overrides(base_overrides, column))
         except UserError as error:
-            raise UserError(*[f"--compare {assignment}: {line.replace(f'--set {assignment}: ', '')}" for line in error.lines]) from None
+            raise UserError(*[f"--compare {assignment}: {line}" for line in error.lines]) from None
         columns_overrides.append(column)
     columns = []
     for index, (assignment, column) in enumerate(zip(assignments, columns_overrides), start=1):
         if progress is not None:
             progress(f"[{index}/{len(assignments)}] {assignment}")
-        result = bench_run(run_dir, overrides=_merge(base_overrides, column), settings=(*settings, assignment), **options)
+        result = bench_run(run_dir, overrides=merge_overrides(base_overrides, column), settings=(*settings, assignment), **options)
         columns.append({"column": assignment, **result})
         _release_memory(torch.device(result["device"]))
     return {"run_dir": str(run_dir), "columns": columns, "environment": environment()}
@@ -630,7 +609,7 @@ def find_max_microbatch(run_dir: Path, *, overrides: Optional[dict[str, dict]] =
     if memory_limit_bytes is not None and memory_limit_bytes < 1:
         raise UserError(f"--memory-limit-bytes {memory_limit_bytes}: must be a positive number of bytes")
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir, _without_conflicts(overrides or {}))
+    config = load_run_config(run_dir, overrides)
     from gptlab.train.distributed import from_environment, pick_device
 
     device = pick_device(config.train.device, from_environment())

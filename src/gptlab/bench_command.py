@@ -41,7 +41,7 @@ def bench(run_dir: Path, assignments: tuple[str, ...], steps: int, warmup_steps:
     Formulas and methods: docs/performance.md.
     """
     from gptlab import bench as harness
-    from gptlab.cli import parse_overrides
+    from gptlab.config import parse_assignments
 
     if assignments and not compare:
         raise UserError(f"{assignments[0]}: KEY=VALUE after RUN_DIR is only for --compare; use --set {assignments[0]} to change the config")
@@ -49,7 +49,7 @@ def bench(run_dir: Path, assignments: tuple[str, ...], steps: int, warmup_steps:
         raise UserError("--memory-limit-bytes: only applies with --find-max-microbatch")
     if find_max_microbatch and compare:
         raise UserError("--find-max-microbatch and --compare: give one of them")
-    overrides = parse_overrides(settings)
+    overrides = parse_assignments(settings)
     progress = (lambda line: click.echo(line, err=True))
 
     if find_max_microbatch:

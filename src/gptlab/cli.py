@@ -11,6 +11,7 @@ from typing import Optional
 import click
 
 from gptlab import __version__
+from gptlab.config import EVAL_PRECISIONS
 from gptlab.errors import UserError
 
 CHECKPOINT_HELP = "Which checkpoint: best, latest, or a checkpoint folder name."
@@ -18,30 +19,6 @@ CHECKPOINT_HELP = "Which checkpoint: best, latest, or a checkpoint folder name."
 
 def _print_json(data) -> None:
     click.echo(json.dumps(data, indent=2))
-
-
-def parse_overrides(assignments: tuple[str, ...]) -> dict[str, dict]:
-    """`key=value` pairs -> {"model": {...}, "train": {...}}; the value is read as JSON, else as a string."""
-    from gptlab.config import ModelConfig, TrainConfig
-
-    overrides: dict[str, dict] = {"model": {}, "train": {}}
-    for assignment in assignments:
-        key, separator, raw = assignment.partition("=")
-        if not separator or not key:
-            raise UserError(f"--set {assignment}: expected KEY=VALUE, for example --set learning_rate=0.001")
-        file_name, _, bare_key = key.rpartition(".")
-        if file_name not in ("", "model", "train"):
-            raise UserError(f"--set {assignment}: prefix the key with 'model.' or 'train.' or nothing")
-        if not file_name:
-            file_name = "model" if bare_key in ModelConfig.model_fields else "train" if bare_key in TrainConfig.model_fields else ""
-        if not file_name:
-            raise UserError(f"--set {assignment}: '{bare_key}' is not a key of model.json or train.json")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        overrides[file_name][bare_key] = value
-    return overrides
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -90,9 +67,10 @@ def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], as
     Writes metrics.jsonl (one record per step), checkpoints/ (with `latest` and `best` links),
     train.log and summary.json into RUN_DIR. Works under torchrun for several processes.
     """
+    from gptlab.config import parse_assignments
     from gptlab.train.loop import train_run
 
-    train_run(run_dir, datasets_dir, parse_overrides(assignments), resume, show_progress=not no_progress)
+    train_run(run_dir, datasets_dir, parse_assignments(assignments), resume, show_progress=not no_progress)
 
 
 @cli.command(name="eval")
@@ -103,7 +81,7 @@ def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], as
 @click.option("--start-token", default=0, show_default=True, help="First token of the evaluated slice.")
 @click.option("--batches", type=int, default=None, help="Number of batches (default: every whole batch to the end of the split).")
 @click.option("--batch-size", type=int, default=None, help="Sequences per batch (default: the run's microbatch_size).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Numerics of the forward pass.")
+@click.option("--precision", type=click.Choice(EVAL_PRECISIONS), default="fp32", show_default=True, help="Numerics of the forward pass.")
 @click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `train`.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--save", is_flag=True, help="Also write the result to RUN_DIR/evaluation.json, where `gptlab compare` reads it.")

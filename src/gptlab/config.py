@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     validation_batches: int = Field(20, ge=0, description="Microbatches of validation loss computed at each validation; 0 turns validation off.")
     learning_rate: float = Field(0.0004, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
-    use_amp: Optional[bool] = Field(None, description="The users' switch: true means precision 'fp16', false means 'fp32' (default true when precision is absent).")
+    use_amp: Optional[bool] = Field(None, description="The users' switch: true means precision 'fp16', false means 'fp32'. Absent with precision absent: true on GPUs, as in the users' harness; on a CPU see precision.")
     clipping_max_norm: Optional[float] = Field(None, gt=0, description="Clip the global gradient L2 norm to this value; absent: no clipping.")
     schedule_learning_rate: bool = Field(False, description="The users' schedule: linear warm-up from 1e-5 x lr over warmup_period_percent of the steps, then cosine to lr / 10.")
     warmup_period_percent: float = Field(0, ge=0, le=100, description="Share of the steps spent warming up, in percent.")
@@ -121,6 +121,63 @@ class TrainConfig(BaseModel):
         return "users-cosine" if self.schedule_learning_rate else "constant"
 
 
+# What each train.json key changes, which decides two rules: a key may change when a run is resumed unless
+# it changes the computation, and runs that differ only in bookkeeping keys (and the seed) are one group in a
+# comparison. "computation": what is trained, or state a resume carries on (best_by picks the `best`
+# checkpoint). "evaluation": only what is measured beside training (validation, which checkpoints exist).
+# "bookkeeping": no number at all (labels, logging cadence, retention, the stop guard, where it runs, as
+# device 'auto' already leaves open). Every model.json key changes the computation. A test fails when a
+# train.json key has no role here.
+KeyRole = Literal["computation", "evaluation", "bookkeeping"]
+TRAIN_KEY_ROLES: dict[str, KeyRole] = {
+    "dataset": "computation", "microbatch_size": "computation", "min_train_tokens": "computation",
+    "start_train_token": "computation", "start_val_token": "evaluation", "gradient_accumulation_steps": "computation",
+    "checkpoint_interval": "evaluation", "validation_batches": "evaluation", "learning_rate": "computation",
+    "weight_decay": "computation", "use_amp": "computation", "clipping_max_norm": "computation",
+    "schedule_learning_rate": "computation", "warmup_period_percent": "computation", "random_seed": "computation",
+    "precision": "computation", "device": "bookkeeping", "betas": "computation", "eps": "computation",
+    "weight_decay_params": "computation", "lr_schedule": "computation", "warmup_steps": "computation",
+    "decay_period_percent": "computation", "min_lr_ratio": "computation", "max_consecutive_skipped_steps": "bookkeeping",
+    "validation_interval": "evaluation", "best_by": "computation", "keep_checkpoints": "bookkeeping",
+    "log_interval": "bookkeeping", "compile": "computation", "pad_vocab_multiple": "computation",
+    "fused_cross_entropy": "computation", "init_from": "computation", "cost_per_hour": "bookkeeping", "machine": "bookkeeping",
+}
+# Train keys that may change between a checkpoint and its resumption without changing what is trained.
+RESUME_SAFE_TRAIN_KEYS = frozenset(key for key, role in TRAIN_KEY_ROLES.items() if role != "computation")
+# Train keys that change no number: runs differing only in these (and random_seed) are seeds of one configuration.
+BOOKKEEPING_TRAIN_KEYS = frozenset(key for key, role in TRAIN_KEY_ROLES.items() if role == "bookkeeping")
+
+
+EvalPrecision = Literal["fp32", "bf16", "fp16"]
+EVAL_PRECISIONS: tuple[str, ...] = get_args(EvalPrecision)
+
+
+class EvaluationSettings(BaseModel):
+    """Which tokens a test loss is computed on, and how: `gptlab eval`'s options and an experiment file's
+    `evaluation` block. None means the run's own default (the test split, its microbatch size, every batch)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    checkpoint: str = Field("latest", description="latest, best or a checkpoint folder name.")
+    split: Optional[Literal["test", "validation", "train"]] = Field(None, description="Split to evaluate; absent: test, or validation without a test split.")
+    start_token: int = Field(0, ge=0, description="First token of the evaluated slice.")
+    batches: Optional[int] = Field(None, ge=1, description="Number of batches; absent: every whole batch to the end of the split.")
+    batch_size: Optional[int] = Field(None, ge=1, description="Sequences per batch; absent: the run's microbatch_size.")
+    precision: EvalPrecision = Field("fp32", description="Numerics of the forward pass.")
+
+
+def validate_evaluation(path: Path, data: Any, problems: list[str]) -> EvaluationSettings:
+    """An experiment file's `evaluation` block; problems are collected (named `evaluation.KEY`), defaults returned then."""
+    if not isinstance(data, dict):
+        problems.append(f"{path}: evaluation: must be an object with keys {', '.join(EvaluationSettings.model_fields)}")
+        return EvaluationSettings()
+    try:
+        return EvaluationSettings.model_validate(data)
+    except ValidationError as error:
+        problems += _pydantic_problems(path, EvaluationSettings, error, prefix="evaluation.")
+        return EvaluationSettings()
+
+
 # Keys accepted so that existing configs run, but not acted on yet: reported, never silently ignored.
 NOT_YET_APPLIED: dict[str, str] = {}
 
@@ -154,10 +211,10 @@ def _describe_allowed(model_type: type[BaseModel], key: str) -> str:
     return field.description if field is not None and field.description else ""
 
 
-def _pydantic_problems(path: Path, model_type: type[BaseModel], error: ValidationError) -> list[str]:
+def _pydantic_problems(path: Path, model_type: type[BaseModel], error: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(file)"
+        key = prefix + ".".join(str(part) for part in item["loc"]) or "(file)"
         top_key = str(item["loc"][0]) if item["loc"] else ""
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(sorted(model_type.model_fields))
@@ -217,17 +274,110 @@ def validate_run_config(model_path: Path, model_data: dict, train_path: Path, tr
     return RunConfig(model=model, train=train)
 
 
-def load_run_config(run_dir: Path, overrides: Optional[dict[str, dict[str, Any]]] = None) -> RunConfig:
+# --- overrides: `--set KEY=VALUE`, an experiment's intervention, a bench `--compare` column --------------
+
+Overrides = dict[str, dict[str, Any]]  # {"model": {key: value}, "train": {key: value}}
+
+# The users' switches and gptlab's finer keys that say the same thing. An override of one replaces the
+# other in the file it is applied to, so `--set precision=bf16` works on a train.json with `use_amp: true`.
+ALIASES: dict[str, str] = {"use_amp": "precision", "precision": "use_amp",
+                           "schedule_learning_rate": "lr_schedule", "lr_schedule": "schedule_learning_rate"}
+
+
+def no_overrides() -> Overrides:
+    return {"model": {}, "train": {}}
+
+
+def config_file_of(key: str) -> Optional[str]:
+    """Which file a bare key belongs to: 'model', 'train', or None for neither."""
+    if key in ModelConfig.model_fields:
+        return "model"
+    if key in TrainConfig.model_fields:
+        return "train"
+    return None
+
+
+def _place(where: str, key: str, value: Any, overrides: Overrides, problems: list[str], name_key: bool = False) -> None:
+    """Put `key` (bare, or prefixed `model.` / `train.`) into `overrides`, or report why it cannot go there."""
+    file_name, _, bare_key = key.rpartition(".")
+    if file_name not in ("", "model", "train"):
+        problems.append(f"{where}: prefix the key with 'model.' or 'train.' or nothing")
+        return
+    file_name = file_name or config_file_of(bare_key) or ""
+    fields = {"model": ModelConfig.model_fields, "train": TrainConfig.model_fields}.get(file_name, {})
+    if bare_key not in fields:
+        subject = f"'{bare_key}' is " if name_key else ""
+        problems.append(f"{where}: {subject}not a key of model.json or train.json (see docs/configuration.md)")
+        return
+    overrides[file_name][bare_key] = value
+
+
+def parse_assignments(assignments: tuple[str, ...], option: str = "--set") -> Overrides:
+    """`KEY=VALUE` pairs -> overrides; the value is read as JSON, else as a string."""
+    overrides, problems = no_overrides(), []
+    for assignment in assignments:
+        key, separator, raw = assignment.partition("=")
+        if not separator or not key:
+            problems.append(f"{option} {assignment}: expected KEY=VALUE, for example {option} learning_rate=0.001")
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        _place(f"{option} {assignment}", key, value, overrides, problems, name_key=True)
+    if problems:
+        raise UserError(*problems)
+    return overrides
+
+
+def overrides_from_mapping(where: str, mapping: Any, problems: list[str]) -> Overrides:
+    """Overrides from {"model": {...}, "train": {...}} or flat keys as `--set` takes them; problems are collected."""
+    overrides = no_overrides()
+    if not isinstance(mapping, dict):
+        problems.append(f"{where}: must be an object of config keys, e.g. {{\"learning_rate\": 0.001}}")
+        return overrides
+    for key, value in mapping.items():
+        if key in ("model", "train") and isinstance(value, dict):
+            for inner_key, inner_value in value.items():
+                _place(f"{where}.{inner_key}", f"{key}.{inner_key}", inner_value, overrides, problems)
+        else:
+            _place(f"{where}.{key}", key, value, overrides, problems)
+    return overrides
+
+
+def merge_overrides(*override_sets: Optional[Overrides]) -> Overrides:
+    """Later sets win key by key, and a later key replaces an earlier set's alias of it."""
+    merged = no_overrides()
+    for overrides in override_sets:
+        train = (overrides or {}).get("train", {})
+        for key in train:
+            if key in ALIASES and ALIASES[key] not in train:
+                merged["train"].pop(ALIASES[key], None)
+        merged["model"].update((overrides or {}).get("model", {}))
+        merged["train"].update(train)
+    return merged
+
+
+def apply_overrides(model_data: dict[str, Any], train_data: dict[str, Any], overrides: Optional[Overrides]) -> tuple[dict, dict]:
+    """The two files' contents with `overrides` applied; an overridden key drops its alias from the file
+    (unless the overrides set both), so the override replaces the users' switch instead of conflicting with it."""
+    model_data, train_data = dict(model_data), dict(train_data)
+    model_overrides, train_overrides = (overrides or {}).get("model", {}), (overrides or {}).get("train", {})
+    for key in train_overrides:
+        if key in ALIASES and ALIASES[key] not in train_overrides:
+            train_data.pop(ALIASES[key], None)
+    model_data.update(model_overrides)
+    train_data.update(train_overrides)
+    return model_data, train_data
+
+
+def load_run_config(run_dir: Path, overrides: Optional[Overrides] = None) -> RunConfig:
     """Read `model.json` and `train.json` from a run directory, apply overrides, and validate."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
     model_path, train_path = run_dir / "model.json", run_dir / "train.json"
-    model_data, train_data = _read_json_object(model_path), _read_json_object(train_path)
-    for key, value in (overrides or {}).get("model", {}).items():
-        model_data[key] = value
-    for key, value in (overrides or {}).get("train", {}).items():
-        train_data[key] = value
+    model_data, train_data = apply_overrides(_read_json_object(model_path), _read_json_object(train_path), overrides)
     return validate_run_config(model_path, model_data, train_path, train_data)
 
 

@@ -17,26 +17,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.experiments import stats
 from gptlab.files import atomic_write_json, read_json
 
 EVALUATION_FILE = "evaluation.json"
 FORMATS = ("terminal", "markdown", "csv", "json")
-# Keys that cannot change the trained model: runs differing only in these (and the seed) form one group.
-BOOKKEEPING_KEYS = {"random_seed", "machine", "cost_per_hour", "log_interval", "keep_checkpoints"}
+# Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
+IGNORED_BY_GROUPING = BOOKKEEPING_TRAIN_KEYS | {"random_seed"}
 SLICE_KEYS = ("split", "start_token", "batches", "batch_size", "context_length")
 
 
 # --- evaluations ---------------------------------------------------------------------------------------
 
-def evaluate_and_save(run_dir: Path, settings: dict[str, Any], datasets_dir: Optional[Path] = None) -> dict[str, Any]:
-    """Evaluate a run as `settings` (the experiment file's `evaluation` keys) say and write evaluation.json."""
+def evaluate_and_save(run_dir: Path, settings: EvaluationSettings, datasets_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Evaluate a run as `settings` (the experiment file's `evaluation` block) say and write evaluation.json."""
     from gptlab.evaluate.loss import evaluate_run
 
-    result = evaluate_run(run_dir, settings.get("checkpoint", "latest"), settings.get("split"), settings.get("start_token", 0),
-                          settings.get("batches"), settings.get("batch_size"), settings.get("precision", "fp32"), datasets_dir)
-    return save_evaluation(run_dir, result, settings.get("checkpoint", "latest"))
+    result = evaluate_run(run_dir, settings.checkpoint, settings.split, settings.start_token,
+                          settings.batches, settings.batch_size, settings.precision, datasets_dir)
+    return save_evaluation(run_dir, result, settings.checkpoint)
 
 
 def save_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def save_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: st
     return result
 
 
-def evaluation_is_current(run_dir: Path, settings: dict[str, Any]) -> bool:
+def evaluation_is_current(run_dir: Path, settings: EvaluationSettings) -> bool:
     """evaluation.json exists, identifies its tokens, and was computed as `settings` ask on the checkpoint they name."""
     from gptlab.train.checkpoint import find_checkpoint
 
@@ -56,12 +57,11 @@ def evaluation_is_current(run_dir: Path, settings: dict[str, Any]) -> bool:
     saved = read_json(path)
     if "tokens_sha256" not in saved:
         return False
-    wanted = {"split": settings.get("split"), "start_token": settings.get("start_token"), "batches": settings.get("batches"),
-              "batch_size": settings.get("batch_size"), "precision": settings.get("precision")}
+    wanted = settings.model_dump(include={"split", "start_token", "batches", "batch_size", "precision"})
     if any(value is not None and saved.get(key) != value for key, value in wanted.items()):
         return False
     try:
-        return saved.get("checkpoint") == find_checkpoint(run_dir, settings.get("checkpoint", "latest")).name
+        return saved.get("checkpoint") == find_checkpoint(run_dir, settings.checkpoint).name
     except UserError:
         return False
 
@@ -92,7 +92,7 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def load_results(run_dirs: list[Path], settings: Optional[dict[str, Any]] = None, datasets_dir: Optional[Path] = None,
+def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = None, datasets_dir: Optional[Path] = None,
                  echo: Callable[[str], Any] = print) -> list[RunResult]:
     """Read each run's summary and evaluation, evaluating (with `settings`) and saving where none is saved."""
     results, seen = [], set()
@@ -113,25 +113,23 @@ def load_results(run_dirs: list[Path], settings: Optional[dict[str, Any]] = None
     return results
 
 
-def default_settings(reference_run: Path) -> dict[str, Any]:
+def default_settings(reference_run: Path) -> EvaluationSettings:
     """How to evaluate runs that have no evaluation: as the reference run was evaluated, else its whole test split
     in batches of its microbatch size (so runs with other microbatch sizes still read the same tokens)."""
-    from gptlab.experiments.spec import EVALUATION_DEFAULTS
-
     saved_path = Path(reference_run) / EVALUATION_FILE
     if saved_path.is_file():
         saved = read_json(saved_path)
-        chosen = {key: saved.get(key) for key in ("split", "start_token", "batches", "batch_size", "precision")}
-        return {**EVALUATION_DEFAULTS, **chosen, "checkpoint": saved.get("checkpoint_choice", EVALUATION_DEFAULTS["checkpoint"])}
+        chosen = {key: saved[key] for key in ("split", "start_token", "batches", "batch_size", "precision") if key in saved}
+        return EvaluationSettings(**chosen, checkpoint=saved.get("checkpoint_choice", EvaluationSettings().checkpoint))
     summary_path = Path(reference_run) / "summary.json"
     config = read_json(summary_path)["config"] if summary_path.is_file() else read_json(Path(reference_run) / "resolved_config.json")
-    return {**EVALUATION_DEFAULTS, "batch_size": config["train"]["microbatch_size"]}
+    return EvaluationSettings(batch_size=config["train"]["microbatch_size"])
 
 
 def _group_identity(result: RunResult) -> dict[str, dict[str, Any]]:
     """The configuration minus the seed and bookkeeping, with a local dataset path made absolute."""
     model = dict(result.config["model"])
-    train = {key: value for key, value in result.config["train"].items() if key not in BOOKKEEPING_KEYS}
+    train = {key: value for key, value in result.config["train"].items() if key not in IGNORED_BY_GROUPING}
     dataset = train.get("dataset")
     if isinstance(dataset, str) and (result.run_dir / dataset).is_dir():
         train["dataset"] = str((result.run_dir / dataset).resolve())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptlab.config import validate_run_config
+from gptlab.config import apply_overrides, validate_run_config
 from gptlab.errors import UserError
 from gptlab.experiments.spec import BASELINE, Experiment
 from gptlab.files import atomic_write_json, read_json
@@ -53,8 +53,8 @@ def plan_runs(experiment: Experiment) -> list[PlannedRun]:
     for variant, overrides in experiment.variants.items():
         label = f"{experiment.path} [{variant} over {experiment.baseline_dir}]"
         try:
-            config = validate_run_config(Path(f"{label} model.json"), {**base_model, **overrides["model"]},
-                                         Path(f"{label} train.json"), {**base_train, **overrides["train"]})
+            model_data, train_data = apply_overrides(base_model, base_train, overrides)
+            config = validate_run_config(Path(f"{label} model.json"), model_data, Path(f"{label} train.json"), train_data)
         except UserError as error:
             problems += error.lines
             continue

@@ -25,16 +25,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from gptlab.config import ModelConfig, TrainConfig
+from gptlab.config import EvaluationSettings, Overrides, overrides_from_mapping, validate_evaluation
 from gptlab.errors import UserError
 
 BASELINE = "baseline"
 TOP_LEVEL_KEYS = ("name", "description", "baseline", "runs_dir", "seeds", "interventions", "stacks", "evaluation")
-EVALUATION_DEFAULTS: dict[str, Any] = {
-    "checkpoint": "latest", "split": None, "start_token": 0, "batches": None, "batch_size": None, "precision": "fp32",
-}
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -48,7 +45,7 @@ class Experiment:
     runs_dir: Path
     seeds: tuple[int, ...]
     variants: dict[str, dict[str, dict[str, Any]]]
-    evaluation: dict[str, Any] = field(default_factory=lambda: dict(EVALUATION_DEFAULTS))
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
 
 def read_experiment_file(path: Path) -> dict[str, Any]:
@@ -71,42 +68,13 @@ def read_experiment_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def config_file_of(key: str) -> Optional[str]:
-    """Which file a bare config key belongs to, as `gptlab train --set` decides."""
-    if key in ModelConfig.model_fields:
-        return "model"
-    if key in TrainConfig.model_fields:
-        return "train"
-    return None
-
-
-def resolve_overrides(where: str, overrides: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
-    """{"model": {...}, "train": {...}} from nested or flat keys; unknown keys become problems."""
-    resolved: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    if not isinstance(overrides, dict):
-        problems.append(f"{where}: must be an object of config keys, e.g. {{\"learning_rate\": 0.001}}")
-        return resolved
-    for key, value in overrides.items():
-        if key in ("model", "train") and isinstance(value, dict):
-            for inner_key, inner_value in value.items():
-                _place(where, key, inner_key, inner_value, resolved, problems)
-            continue
-        file_name, _, bare_key = key.rpartition(".")
-        if file_name not in ("", "model", "train"):
-            problems.append(f"{where}.{key}: prefix the key with 'model.' or 'train.' or nothing")
-            continue
-        _place(where, file_name or config_file_of(bare_key) or "", bare_key, value, resolved, problems)
-    return resolved
-
-
-def _place(where: str, file_name: str, key: str, value: Any, resolved: dict, problems: list[str]) -> None:
-    fields = {"model": ModelConfig.model_fields, "train": TrainConfig.model_fields}.get(file_name)
-    if fields is None or key not in fields:
-        problems.append(f"{where}.{key}: not a key of model.json or train.json (see docs/configuration.md)")
-    elif file_name == "train" and key == "random_seed":
+def resolve_overrides(where: str, mapping: Any, problems: list[str]) -> Overrides:
+    """An intervention's overrides, as config.py reads them; the seed is the experiment's to set."""
+    overrides = overrides_from_mapping(where, mapping, problems)
+    if "random_seed" in overrides["train"]:
+        del overrides["train"]["random_seed"]
         problems.append(f"{where}.random_seed: seeds come from the experiment's 'seeds' list; remove it here")
-    else:
-        resolved[file_name][key] = value
+    return overrides
 
 
 def _seeds(path: Path, raw: Any, problems: list[str]) -> tuple[int, ...]:
@@ -157,7 +125,7 @@ def _stacks(path: Path, raw: Any, interventions: dict[str, dict], problems: list
 
 def _combine(where: str, members: list[str], interventions: dict[str, dict], problems: list[str]) -> dict[str, dict]:
     """The union of the members' overrides; two members setting one key to different values is an error."""
-    combined: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    combined: Overrides = {"model": {}, "train": {}}
     setter: dict[tuple[str, str], str] = {}
     for member in members:
         for file_name, values in interventions[member].items():
@@ -168,27 +136,6 @@ def _combine(where: str, members: list[str], interventions: dict[str, dict], pro
                 setter[file_name, key] = member
                 combined[file_name][key] = value
     return combined
-
-
-def _evaluation(path: Path, raw: Any, problems: list[str]) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        problems.append(f"{path}: evaluation: must be an object with keys {', '.join(EVALUATION_DEFAULTS)}")
-        return dict(EVALUATION_DEFAULTS)
-    unknown = sorted(set(raw) - set(EVALUATION_DEFAULTS))
-    if unknown:
-        problems.append(f"{path}: evaluation: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(EVALUATION_DEFAULTS)}")
-    evaluation = {**EVALUATION_DEFAULTS, **{k: v for k, v in raw.items() if k in EVALUATION_DEFAULTS}}
-    if evaluation["precision"] not in ("fp32", "bf16", "fp16"):
-        problems.append(f"{path}: evaluation.precision: {json.dumps(evaluation['precision'])} is not allowed: fp32, bf16 or fp16")
-    if evaluation["split"] not in (None, "test", "validation", "train"):
-        problems.append(f"{path}: evaluation.split: {json.dumps(evaluation['split'])} is not allowed: test, validation or train")
-    for key, minimum in (("start_token", 0), ("batches", 1), ("batch_size", 1)):
-        value = evaluation[key]
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
-            problems.append(f"{path}: evaluation.{key}: {json.dumps(value)} is not allowed: an integer >= {minimum}")
-    if not isinstance(evaluation["checkpoint"], str):
-        problems.append(f"{path}: evaluation.checkpoint: give latest, best or a checkpoint folder name")
-    return evaluation
 
 
 def load_experiment(path: Path) -> Experiment:
@@ -208,7 +155,7 @@ def load_experiment(path: Path) -> Experiment:
     seeds = _seeds(path, data.get("seeds"), problems) if "seeds" in data else ()
     interventions = _interventions(path, data.get("interventions", {}), problems)
     stacks = _stacks(path, data.get("stacks", {}), interventions, problems)
-    evaluation = _evaluation(path, data.get("evaluation", {}), problems)
+    evaluation = validate_evaluation(path, data.get("evaluation", {}), problems)
     runs_dir = data.get("runs_dir", f"{path.stem}-runs")
     if not isinstance(runs_dir, str) or not runs_dir:
         problems.append(f"{path}: runs_dir: give a folder path, relative to the experiment file")

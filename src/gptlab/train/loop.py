@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gptlab.config import RunConfig, load_run_config, not_yet_applied_notes
+from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config, not_yet_applied_notes
 from gptlab.data.batches import BatchPlan, BatchReader, plan_training
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
@@ -183,11 +183,6 @@ def _choose_run_precision(run_dir: Path, run_config: RunConfig, device: torch.de
             fallback = "fp16" if device.type == "cuda" else "fp32"
             return PrecisionChoice(fallback, f"not every rank chose bf16 (here: {choice.reason}), so all take {fallback}")
     return choice
-
-
-# Train keys that may change between a checkpoint and its resumption without changing what is computed.
-RESUME_SAFE_TRAIN_KEYS = {"checkpoint_interval", "validation_batches", "validation_interval", "keep_checkpoints",
-                          "log_interval", "max_consecutive_skipped_steps", "cost_per_hour", "machine", "device"}
 
 
 def _restore(run: Run, which: str) -> None:
