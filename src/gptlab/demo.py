@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from gptlab.bench import seconds_per_step
 from gptlab.config import load_run_config
 from gptlab.data.prepare import prepare_dataset
 from gptlab.data.tokens import TokenDataset
@@ -18,7 +19,7 @@ from gptlab.evaluate.loss import evaluate_run
 from gptlab.evaluate.sample import generate_from_run
 from gptlab.evaluate.unigram import unigram_cross_entropy
 from gptlab.files import atomic_write_json
-from gptlab.bench import seconds_per_step
+from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE
 from gptlab.train.loop import train_run
 
 DEMO_MODEL = {
@@ -42,13 +43,13 @@ def run_demo(out_dir: Path, seconds: float = 180.0, seed: int = 42, show_progres
     dataset = TokenDataset(data_dir)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "checkpoints").exists():
+    if (run_dir / CHECKPOINTS).exists():
         import shutil
 
         shutil.rmtree(run_dir)  # the demo's own run, rebuilt each time: the prepared corpus is kept
         run_dir.mkdir(parents=True)
-    atomic_write_json(run_dir / "model.json", DEMO_MODEL)
-    atomic_write_json(run_dir / "train.json", {**DEMO_TRAIN, "random_seed": seed})
+    atomic_write_json(run_dir / MODEL_FILE, DEMO_MODEL)
+    atomic_write_json(run_dir / TRAIN_FILE, {**DEMO_TRAIN, "random_seed": seed})
 
     config = load_run_config(run_dir)
     tokens_per_step = config.train.microbatch_size * config.model.context_length
@@ -56,7 +57,7 @@ def run_demo(out_dir: Path, seconds: float = 180.0, seed: int = 42, show_progres
         step_seconds = seconds_per_step(config.model, config.train, steps=2)
         steps = max(MIN_STEPS, int(seconds * 0.9 / step_seconds))  # validation and checkpoints take the rest
         click.echo(f"Measured {step_seconds:.2f} s per step; training {steps} steps ({steps * tokens_per_step:,} tokens) to fit {seconds:.0f} s")
-    atomic_write_json(run_dir / "train.json", {**DEMO_TRAIN, "random_seed": seed, "min_train_tokens": steps * tokens_per_step,
+    atomic_write_json(run_dir / TRAIN_FILE, {**DEMO_TRAIN, "random_seed": seed, "min_train_tokens": steps * tokens_per_step,
                                                "checkpoint_interval": max(1, steps // 4)})
 
     summary = train_run(run_dir, show_progress=show_progress)
