@@ -31,18 +31,19 @@ def test_readme_demo_command_trains_a_model_that_beats_the_unigram_baseline(tmp_
 
 
 def test_demo_plan_shrinks_the_model_until_enough_steps_fit_the_budget():
-    from gptlab.demo import DEMO_MODEL, MIN_STEPS, SMALLER_MODELS, TRAINING_SHARE, plan_demo
+    from gptlab.demo import DEMO_MODEL, MIN_STEPS, SMALLER_SIZES, TRAINING_SHARE, plan_demo
 
-    seconds_by_width = {DEMO_MODEL["emb_dim"]: 4.0, SMALLER_MODELS[0]["emb_dim"]: 1.0, SMALLER_MODELS[1]["emb_dim"]: 0.5}
+    widths = [DEMO_MODEL["emb_dim"]] + [model["emb_dim"] for model, _ in SMALLER_SIZES]
+    seconds_by_width = dict(zip(widths, (4.0, 1.0, 0.5)))
     measure = lambda model, train: seconds_by_width[model.emb_dim]  # noqa: E731  (step times of a slow machine)
 
-    model, steps, lines = plan_demo(MIN_STEPS * 4.0 / TRAINING_SHARE, measure)
+    model, train, steps, lines = plan_demo(MIN_STEPS * 4.0 / TRAINING_SHARE, measure)
     assert model == DEMO_MODEL and steps == MIN_STEPS and not any("Shrunk" in line for line in lines)
 
-    model, steps, lines = plan_demo(180, measure)  # 162 s of training: 40 steps of the default, 162 of the next
-    assert model["emb_dim"] == SMALLER_MODELS[0]["emb_dim"] and steps == 162
+    model, train, steps, lines = plan_demo(180, measure)  # 162 s of training: 40 steps of the default size, 162 of the next
+    assert (model, train) == ({**DEMO_MODEL, **SMALLER_SIZES[0][0]}, {**train, **SMALLER_SIZES[0][1]}) and steps == 162
     assert lines[-1].startswith("Shrunk the model to 2 layers x 128 wide")
 
-    model, steps, lines = plan_demo(20, measure)  # not even the smallest fits: it trains the minimum and says by how much it overruns
-    assert model["emb_dim"] == SMALLER_MODELS[1]["emb_dim"] and steps == MIN_STEPS
+    model, train, steps, lines = plan_demo(20, measure)  # not even the smallest fits: it trains the minimum and says by how much it overruns
+    assert model["emb_dim"] == widths[-1] and steps == MIN_STEPS
     assert "2.8x the budget of 20 s" in lines[-1]

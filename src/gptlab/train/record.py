@@ -15,6 +15,20 @@ from tqdm import tqdm
 
 import gptlab
 from gptlab.files import append_jsonl
+from gptlab.rundir import TRAIN_LOG
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name as /proc/cpuinfo gives it (what `lscpu` shows)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def environment() -> dict[str, Any]:
@@ -28,7 +42,7 @@ def environment() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name()
+        info["device_name"] = device_name(torch.device("cuda"))
         info["device_count"] = torch.cuda.device_count()
     return info
 
@@ -37,7 +51,7 @@ class RunLog:
     """Prints a line and appends it to `train.log` (rank 0 only)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
-        self.path = Path(run_dir) / "train.log"
+        self.path = Path(run_dir) / TRAIN_LOG
         self.enabled = enabled
 
     def line(self, text: str = "") -> None:
