@@ -46,4 +46,4 @@ def test_demo_plan_shrinks_the_model_until_enough_steps_fit_the_budget():
 
     model, train, steps, lines = plan_demo(20, measure)  # not even the smallest fits: it trains the minimum and says by how much it overruns
     assert model["emb_dim"] == widths[-1] and steps == MIN_STEPS
-    assert "2.8x the budget of 20 s" in lines[-1]
+    assert f"{MIN_STEPS * 0.5 / (20 * TRAINING_SHARE):.1f}x the budget of 20 s" in lines[-1]
