@@ -56,7 +56,8 @@ def _first_documents(dataset: TokenDataset, end_of_text: int, count: int, charac
         window = split.read(start, min(start + 65536, len(split)))
         ends = np.flatnonzero(window == end_of_text)
         stop = int(ends[0]) if ends.size else len(window)
-        text = decode(window[:stop].astype(np.int64).tolist())
+        ids = window[:stop].astype(np.int64)
+        text = decode(ids.tolist()) if not ids.size or ids.max() < VOCAB_SIZE else "(holds ids outside the vocabulary: not decoded)"
         texts.append(text if len(text) <= characters else text[:characters] + " …")
         start += stop + 1
     return texts

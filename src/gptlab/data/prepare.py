@@ -174,7 +174,7 @@ class _Progress:
 def _settings(source: Source, fractions: SplitFractions, seed: int, rule: SplitRule, max_tokens: Optional[int]) -> dict:
     """Everything that decides the output: a resume is only allowed when these match."""
     return {"source_fingerprint": source.fingerprint, "fractions": asdict(fractions), "seed": seed, "rule": asdict(rule),
-            "max_tokens": max_tokens, "chunk": [CHUNK_DOCUMENTS, CHUNK_BYTES], "gptlab_version": gptlab.__version__}
+            "max_tokens": max_tokens, "gptlab_version": gptlab.__version__}
 
 
 def _staged_names(rule: str) -> tuple[str, ...]:
