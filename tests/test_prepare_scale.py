@@ -239,3 +239,26 @@ def test_inspect_checks_ids_and_separators(tmp_path, brown_dataset):
     assert "token id 60000 is outside the vocabulary [0, 50257)" in result.stderr
     assert "does not end with <|endoftext|>" in result.stderr
     assert len(TokenDataset(tmp_path / "bad").split("train")) == 5  # the older header layout still opens
+
+
+def test_disk_full_is_one_line_and_gives_the_space_back(tmp_path, shard_folder, monkeypatch):
+    """ENOSPC simulated at the writer (mounting a small tmpfs needs privileges the test machines lack)."""
+    import errno
+
+    from gptlab.data.tokens import TokenSplitWriter
+
+    folder, _ = shard_folder
+    real_write = TokenSplitWriter.write
+    written = []
+
+    def write_until_full(self, tokens):
+        if len(written) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(len(tokens))
+        real_write(self, tokens)
+
+    monkeypatch.setattr(TokenSplitWriter, "write", write_until_full)
+    monkeypatch.setattr(prepare_module, "CHUNK_DOCUMENTS", 16)
+    with pytest.raises(UserError, match=r"no space left on the device while writing tokens .* free space and run the command again"):
+        prepare_dataset(str(folder), tmp_path / "out", show_progress=False)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -16,11 +16,13 @@ number of workers and memory stays bounded. Progress is recorded after finished 
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import math
 import multiprocessing
 import os
 import random
+import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -361,10 +363,16 @@ def prepare_dataset(
         meta = _finish(out_dir, source, opened, progress, writers, documents_count, fractions, seed, rule, context_length, started, max_tokens)
     except KeyboardInterrupt:
         _close_writers(writers, keep=True)  # progress so far stays in .prepare-state.json for a resume
+        if state_path.exists():
+            print(f"\nprepare interrupted; run the same command again to resume from row {progress.rows_done:,}", file=sys.stderr)
         raise
-    except BaseException:
+    except BaseException as error:
         _close_writers(writers, keep=False)
-        _remove_staging(out_dir)
+        _remove_staging(out_dir)  # the space of a failed run comes back
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise UserError(f"{out_dir}: no space left on the device while writing tokens "
+                            f"({sum(w.count for w in writers.values()) * 2:,} bytes of tokens were written and are removed again); "
+                            "free space and run the command again") from None
         raise
     finally:
         executor.shutdown(cancel_futures=True)

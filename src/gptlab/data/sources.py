@@ -245,7 +245,7 @@ def _hub_commit(repository: str, revision: Optional[str]) -> Optional[str]:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().dataset_info(repository, revision=revision).sha
+        return HfApi().dataset_info(repository, revision=revision, timeout=10).sha
     except Exception:  # offline or private: the requested revision is still recorded
         return None
 
