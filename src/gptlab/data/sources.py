@@ -132,9 +132,12 @@ def _parquet_rows(paths: list[Path], text_field: str, start: int) -> Iterator[Op
             if row + group_rows <= start:
                 row += group_rows
                 continue
-            texts = parquet.read_row_group(group, columns=[text_field]).column(0).to_pylist()
-            for text in texts[max(0, start - row):]:
-                yield text
+            skip = max(0, start - row)
+            # Batches, not whole row groups: a FineWeb row group holds hundreds of MB of text.
+            for batch in parquet.iter_batches(batch_size=1024, row_groups=[group], columns=[text_field]):
+                texts = batch.column(0).to_pylist()
+                yield from texts[skip:]
+                skip = max(0, skip - len(texts))
             row += group_rows
 
 
