@@ -3,9 +3,8 @@ kill, the Hugging Face path (on a local dataset folder the test writes: no netwo
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +17,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import gptlab.data.prepare as prepare_module
-from conftest import TINY_MODEL, TINY_TRAIN, run_cli, write_run
+from conftest import run_cli, write_run
 from gptlab.data.inspect import inspect_dataset
-from gptlab.data.prepare import STATE_FILE, SplitFractions, iter_documents, prepare_dataset, rows_boundary
+from gptlab.data.prepare import STATE_FILE, iter_documents, prepare_dataset, rows_boundary
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.tokenizer import END_OF_TEXT_ID, encode_documents
@@ -213,7 +212,7 @@ def test_undecodable_jsonl_and_non_text_column_are_one_line(tmp_path, name, writ
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert __import__("re").search(message, lines[0]), lines[0]
+    assert re.search(message, lines[0]), lines[0]
     assert "tokenising" not in result.stderr  # no progress bar before a source error
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import json
 import math
 import multiprocessing
 import os
@@ -33,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 import gptlab
-from gptlab.data.sources import EMBEDDED_CORPORA, Source, SourceOptions, open_source  # noqa: F401 (EMBEDDED_CORPORA re-exported)
+from gptlab.data.sources import Source, SourceOptions, open_source
 from gptlab.data.tokens import SPLIT_NAMES, TokenSplitWriter
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, read_json
