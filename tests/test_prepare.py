@@ -92,12 +92,14 @@ def test_embedded_brown_corpus(brown_dataset):
     ("single.txt", "holds only 5 tokens; train, validation, test need at least 257 each"),
     ("bad.jsonl", "bad.jsonl:2: not valid JSON"),
     ("nofield.jsonl", "string 'text' field"),
+    ("latin.txt", r"latin.txt: byte 0xe9 at offset 3 is not valid utf-8; pass --encoding"),
 ])
 def test_bad_sources_are_clear_errors(tmp_path, source, message):
     (tmp_path / "corpus.csv").write_text("a,b")
     (tmp_path / "single.txt").write_text("only one document here")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{broken\n')
     (tmp_path / "nofield.jsonl").write_text('{"body": "x"}\n')
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9")
     with pytest.raises(UserError, match=message):
         prepare_dataset(str(tmp_path / source), tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out" / "train.safetensors").exists()
