@@ -214,7 +214,8 @@ def _open_hf(spec: str, options: SourceOptions) -> Source:
                                        revision=options.hf_revision, streaming=True)
     except Exception as error:  # datasets raises many types (not found, bad config, bad split, network)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{spec}: cannot open with `datasets` (--name {options.hf_name}, --split {options.hf_split}): {first_line}") from None
+        chosen = ", ".join(f"--{flag} {value}" for flag, value in (("name", options.hf_name), ("split", options.hf_split), ("revision", options.hf_revision)) if value)
+        raise UserError(f"{spec}: cannot open with `datasets` ({chosen}): {first_line}") from None
     features = stream.features
     if features is not None:
         if options.text_field not in features:
