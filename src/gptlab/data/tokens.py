@@ -15,6 +15,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from gptlab.errors import UserError
+from gptlab.files import fsync_directory
 
 SPLIT_NAMES = ("train", "validation", "test")
 TOKENS_KEY = "tokens"
@@ -53,44 +54,64 @@ class TokenSplit:
 
 
 class TokenSplitWriter:
-    """Streams uint16 tokens into a safetensors file without holding the split in memory.
+    """Streams uint16 tokens into a safetensors file without holding the split in memory, and can resume.
 
-    safetensors' own writers need the whole tensor at once, so the (simple, documented) header is
-    written here: 8-byte little-endian header size, a JSON header padded to 8 bytes, then raw data.
-    The file is written under a temporary name and renamed into place by `close()`.
+    safetensors' own writers need the whole tensor at once, so the (simple, documented) format is written
+    here: an 8-byte little-endian header size, a JSON header, then the raw data. The header's room is
+    reserved up front (JSON padded with spaces, which the format allows), the tokens go straight after it
+    into a `.NAME.partial` file, and `close()` fills in the header and renames the file into place: the
+    tokens are written once and never read back. `resume_from=n` reopens a partial file, keeping its
+    first n tokens and dropping anything written after them.
     """
 
-    def __init__(self, path: Path):
+    _HEADER_ROOM = 120  # + the 8-byte size = 128 bytes: room for any length, and 8-byte aligned data
+    DATA_OFFSET = 8 + _HEADER_ROOM
+
+    @staticmethod
+    def partial_path_of(path: Path) -> Path:
+        return Path(path).with_name(f".{Path(path).name}.partial")
+
+    def __init__(self, path: Path, resume_from: int | None = None):
         self.path = Path(path)
-        self._tmp_path = self.path.with_name(f".{self.path.name}.tmp")
-        self._data_path = self.path.with_name(f".{self.path.name}.data.tmp")
-        self._data = open(self._data_path, "wb")
-        self.count = 0
+        self.partial_path = self.partial_path_of(self.path)
+        if resume_from is None:
+            self._data = open(self.partial_path, "wb")
+            self._data.write(b"\0" * (self.DATA_OFFSET))
+            self.count = 0
+        else:
+            self._data = open(self.partial_path, "r+b")
+            self._data.truncate(self.DATA_OFFSET + 2 * resume_from)
+            self._data.seek(0, os.SEEK_END)
+            self.count = resume_from
 
     def write(self, tokens: np.ndarray | list[int]) -> None:
         array = np.asarray(tokens, dtype=np.uint16)
         self._data.write(array.tobytes())
         self.count += int(array.size)
 
+    def sync(self) -> None:
+        """Make every token written so far durable (before recording progress that counts on them)."""
+        self._data.flush()
+        os.fsync(self._data.fileno())
+
     def close(self) -> None:
-        self._data.close()
         header = {TOKENS_KEY: {"dtype": "U16", "shape": [self.count], "data_offsets": [0, 2 * self.count]}}
-        header_bytes = json.dumps(header, separators=(",", ":")).encode()
-        header_bytes += b" " * (-len(header_bytes) % 8)
-        with open(self._tmp_path, "wb") as out, open(self._data_path, "rb") as data:
-            out.write(struct.pack("<Q", len(header_bytes)))
-            out.write(header_bytes)
-            while chunk := data.read(1 << 24):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(self._tmp_path, self.path)
-        self._data_path.unlink()
+        header_bytes = json.dumps(header, separators=(",", ":")).encode().ljust(self._HEADER_ROOM)
+        self._data.seek(0)
+        self._data.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+        self._data.truncate(self.DATA_OFFSET + 2 * self.count)
+        self.sync()
+        self._data.close()
+        os.replace(self.partial_path, self.path)
+        fsync_directory(self.path.parent)
+
+    def detach(self) -> None:
+        """Close the file but keep the partial tokens for a later `resume_from`."""
+        self._data.close()
 
     def abort(self) -> None:
         self._data.close()
-        self._data_path.unlink(missing_ok=True)
-        self._tmp_path.unlink(missing_ok=True)
+        self.partial_path.unlink(missing_ok=True)
 
 
 class TokenDataset:
