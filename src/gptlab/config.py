@@ -223,13 +223,24 @@ def _describe_allowed(model_type: type[BaseModel], key: str) -> str:
     return field.description if field is not None and field.description else ""
 
 
+def _keys_at(model_type: type[BaseModel], path: tuple) -> list[str]:
+    """The keys allowed inside the object at `path` (train.json's `notify` object, say)."""
+    for part in path:
+        field = model_type.model_fields.get(str(part))
+        nested = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        if not nested:
+            break
+        model_type = nested[0]
+    return list(model_type.model_fields)
+
+
 def _pydantic_problems(path: Path, model_type: type[BaseModel], error: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for item in error.errors():
         key = prefix + ".".join(str(part) for part in item["loc"]) or "(file)"
         top_key = str(item["loc"][0]) if item["loc"] else ""
         if item["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(model_type.model_fields))
+            allowed = ", ".join(sorted(_keys_at(model_type, item["loc"][:-1])))
             problems.append(f"{path}: {key}: unknown key; allowed keys are: {allowed}")
         elif item["type"] == "missing":
             problems.append(f"{path}: {key}: required key is missing ({_describe_allowed(model_type, top_key)})")

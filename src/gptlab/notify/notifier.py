@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import random
 import threading
+import time
 from typing import Callable, Optional, Sequence
 
 from gptlab.notify.channels import Channel, Message, redact
@@ -101,9 +102,7 @@ class Notifier:
                 what = str(error) if isinstance(error, HttpError) else type(error).__name__
                 if not _worth_retrying(error) or attempt == self.attempts - 1:
                     break
-                delay = self.first_backoff * 2 ** attempt * random.uniform(0.5, 1.5)
-                if self._closing.wait(delay) and attempt >= 1:
-                    break  # closing: one quick retry is enough
+                time.sleep(self.first_backoff * 2 ** attempt * random.uniform(0.5, 1.5))  # `close` bounds how long this may go on
         self.failures[channel.name] = redact(what, channel.secrets())
         self._report_once(channel.name, f"Notifications via {channel.name} failed ({self.failures[channel.name]}, '{message.event}' message); "
                                         "further failures of this channel are not reported")

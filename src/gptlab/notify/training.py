@@ -25,6 +25,7 @@ class TrainingNotifier:
         self.every_checkpoints = every_checkpoints
         self.machine = machine or socket.gethostname()
         self.checkpoints_seen = 0
+        self.started_sent = False
 
     @classmethod
     def for_run(cls, run_dir: Path, train_config: Any, log: Callable[[str], None], is_main: bool) -> "TrainingNotifier":
@@ -37,6 +38,9 @@ class TrainingNotifier:
 
     # --- the events -------------------------------------------------------------------------------
     def started(self, run: Any, estimate: str) -> None:
+        if self.started_sent:
+            return  # the loop may refine its estimate; one "started" is enough
+        self.started_sent = True
         plan = run.plan
         body = [f"{plan.total_steps - run.start_step:,} steps to go of {plan.total_steps:,} ({plan.global_batch_tokens:,} tokens each), "
                 f"{run.model.parameter_count():,} parameters, {run.precision.name} on {run.dist.world_size} x {run.device.type}",
