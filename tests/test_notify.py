@@ -16,7 +16,9 @@ import gptlab.train.loop as loop
 from conftest import run_cli
 from gptlab.errors import UserError
 from gptlab.notify.channels import Message, Ntfy, Telegram, Webhook, channels_from_environment
+from gptlab.experiments.compare import evaluate_and_save
 from gptlab.notify.notifier import Notifier
+from gptlab.notify.training import send_test_loss
 from gptlab.train.loop import TrainingStopped, train_run
 from standins import StandIn, TelegramStandIn
 
@@ -139,9 +141,13 @@ def test_a_run_reports_start_checkpoints_and_finish_and_no_secret_is_written(mak
     assert events[1].endswith("at step 4/12 (33%)") and events[2].endswith("at step 10/12 (83%)")
     assert all(part in texts[1] for part in ("train loss ", "val loss ", "tokens/s", "so far"))
     assert events[3].endswith(" finished") and "Tokens seen: 1,536" in texts[3] and "Final validation loss" in texts[3]
+    assert json.loads((run / "resolved_config.json").read_text())["train"]["notify"] == NOTIFY["notify"]
+    # the experiment runner's word after it evaluates: the test loss
+    evaluation = evaluate_and_save(run, {"batches": 2, "split": "test"})
+    send_test_loss(run, evaluation)
+    assert telegram.texts()[-1].splitlines()[0].endswith(f"test loss {evaluation['loss']:.4f}")
     out, err = capfd.readouterr()
     assert_no_secret_anywhere(run, out, err)
-    assert json.loads((run / "resolved_config.json").read_text())["train"]["notify"] == NOTIFY["notify"]
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from gptlab.experiments.compare import evaluate_and_save, evaluation_is_current
 from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
 from gptlab.experiments.spec import Experiment
 from gptlab.files import read_json
+from gptlab.notify.training import send_test_loss
 from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
@@ -134,6 +135,7 @@ def run_experiment(experiment: Experiment, launcher: Optional[str] = None, datas
             evaluation = read_json(run.run_dir / "evaluation.json")
         else:
             evaluation = evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
+            send_test_loss(run.run_dir, evaluation)
         echo(f"{prefix}: test loss {evaluation['loss']:.4f}")
         outcomes.append({"variant": run.variant, "seed": run.seed, "run_dir": str(run.run_dir), "state_before": state, "test_loss": evaluation["loss"]})
     sys.stdout.flush()

@@ -67,6 +67,8 @@ class TrainingNotifier:
 
     def finished(self, run: Any, result: dict[str, Any]) -> None:
         """`fit`'s result: the summary, or the record of a stop by signal."""
+        if self.notifier is None:
+            return
         if result.get("interrupted"):
             self._send("stopped", f"{self._name} stopped by {result.get('signal') or 'another rank'} after step {result['stopped_after_step']:,}",
                        [f"Checkpoint written. Resume with: gptlab train {self.run_dir} --resume latest"])
@@ -77,6 +79,8 @@ class TrainingNotifier:
         self.close()
 
     def failed(self, run: Any, error: BaseException) -> None:
+        if self.notifier is None:
+            return
         from gptlab.train.loop import TrainingStopped
 
         if isinstance(error, KeyboardInterrupt):
@@ -116,3 +120,18 @@ def _log_tail(path: Path, count: int) -> list[str]:
             return [line.rstrip("\n")[:300] for line in deque(handle, maxlen=count)]
     except OSError:
         return []
+
+
+def send_test_loss(run_dir: Path, evaluation: dict[str, Any]) -> None:
+    """The experiment runner's last word on a run: the test loss it measured after training."""
+    from gptlab.runs import run_config_of
+
+    train_config = run_config_of(run_dir).train
+    if train_config.notify is None:
+        return
+    notifier = Notifier(channels_from_environment(train_config.notify.channels, source=f"{Path(run_dir) / 'train.json'}: notify"), print)
+    name = TrainingNotifier(notifier, run_dir, machine=train_config.machine)._name
+    notifier.send(Message("evaluated", f"{name}: {evaluation['split']} loss {evaluation['loss']:.4f}",
+                          f"{evaluation['tokens']:,} tokens from token {evaluation['start_token']:,}, checkpoint {evaluation['checkpoint']}, "
+                          f"{evaluation['precision']}"))
+    notifier.close()
