@@ -105,7 +105,8 @@ class LambdaStandIn(StandIn):
 
     The instance type gets capacity in `capacity_region` from poll number `capacity_after` on. Faults:
     `type_faults` maps a poll number to an HTTP status (429 comes with Retry-After: 0); `lose_launch_answers`
-    launches that are carried out but whose connection is then dropped without an answer; an instance
+    launches that are carried out but whose connection is then dropped without an answer (or answered with
+    `lost_launch_status`, a 5xx from a gateway, say); an instance
     is 'booting' for `boot_polls` status reads, then 'active' with an IP.
     """
 
@@ -120,6 +121,8 @@ class LambdaStandIn(StandIn):
         self.boot_polls = boot_polls
         self.type_faults: dict[int, int] = {}
         self.lose_launch_answers = 0
+        self.lost_launch_status: Optional[int] = None  # None: the connection is dropped; else this status is answered
+        self.listing_lag = 0  # instance listings that do not show a new instance yet
         self.type_polls = 0
         self.launches: list[dict] = []
         self.instances: dict[str, dict] = {}
@@ -146,7 +149,9 @@ class LambdaStandIn(StandIn):
             }})
         if method == "GET" and path == "/api/v1/instances":
             with self.lock:
-                return self.reply(handler, 200, {"data": [self._view(i) for i in self.instances]})
+                lagging = bool(self.launches) and self.listing_lag > 0
+                self.listing_lag -= int(lagging)
+                return self.reply(handler, 200, {"data": [] if lagging else [self._view(i) for i in self.instances]})
         if method == "GET" and path.startswith("/api/v1/instances/"):
             instance_id = path.rsplit("/", 1)[1]
             if instance_id not in self.instances:
@@ -163,6 +168,8 @@ class LambdaStandIn(StandIn):
                 self.instances[instance_id] = {"name": body.get("name"), "region": body["region_name"], "type": body["instance_type_name"]}
                 lose = self.lose_launch_answers > 0
                 self.lose_launch_answers -= int(lose)
+            if lose and self.lost_launch_status is not None:
+                return self.reply(handler, self.lost_launch_status, {"error": {"code": "global/internal-error", "message": "stand-in fault"}})
             if lose:
                 handler.close_connection = True  # carried out, but the answer never arrives
                 return None

@@ -47,13 +47,23 @@ def test_launches_once_when_capacity_appears_through_rate_limits_and_server_erro
         assert any("Launched instance i-0001" in text for text in texts) and any("198.51.100.7" in text for text in texts)
 
 
-def test_a_launch_whose_answer_is_lost_is_found_again_not_repeated():
+@pytest.mark.parametrize("lost_answer", [None, 502], ids=["dropped-connection", "gateway-error"])
+def test_a_launch_whose_answer_is_lost_is_found_again_not_repeated(lost_answer):
     with LambdaStandIn(API_KEY, capacity_after=2) as api:
-        api.lose_launch_answers = 1
+        api.lose_launch_answers, api.lost_launch_status = 1, lost_answer
         result = watch(api, "--launch", "--ssh-key", "laptop", "--name", "nightly-a100")
         assert result.returncode == 0, result.stdout + result.stderr
         assert len(api.launches) == 1 and api.launches[0]["name"] == "nightly-a100"
-        assert "The launch got no answer" in result.stdout
+        assert "The launch got no clear answer" in result.stdout
+        assert "Found instance i-0001" in result.stdout and "is up at 198.51.100.7" in result.stdout
+
+
+def test_a_lost_launch_is_looked_for_a_while_before_launching_again():
+    with LambdaStandIn(API_KEY, capacity_after=1) as api:
+        api.lose_launch_answers, api.listing_lag = 1, 2  # the new instance shows in the third listing only
+        result = watch(api, "--launch", "--ssh-key", "laptop", "--name", "nightly-a100", "--interval", "0.5")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(api.launches) == 1 and result.stdout.count("no instance named nightly-a100 yet") == 2
         assert "Found instance i-0001" in result.stdout and "is up at 198.51.100.7" in result.stdout
 
 

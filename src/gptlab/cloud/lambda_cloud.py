@@ -60,7 +60,10 @@ class LambdaCloud:
             "region_name": region, "instance_type_name": instance_type, "ssh_key_names": [ssh_key],
             "file_system_names": [filesystem] if filesystem else [], "quantity": 1, "name": name,
         })
-        return data["instance_ids"][0]
+        try:
+            return str(data["instance_ids"][0])
+        except (TypeError, KeyError, IndexError):
+            raise ProviderError("lambda instance-operations/launch: an answer without an instance id", retry=True, no_response=True) from None
 
     # --- plumbing -----------------------------------------------------------------------------
     @staticmethod

@@ -123,9 +123,9 @@ class Watcher:
                             result.launches += 1
                             launched_id = self.provider.launch(plan.instance_type, region, plan.ssh_key or "", plan.filesystem, plan.name)
                         except ProviderError as error:
-                            if error.no_response:
+                            if error.no_response or (error.status or 0) >= 500:  # it may have been carried out all the same
                                 lost_launch_at = self.clock()
-                                self._state(f"The launch got no answer ({error}); looking for instance {plan.name} before trying again")
+                                self._state(f"The launch got no clear answer ({error}); looking for instance {plan.name} before trying again")
                                 continue
                             if error.no_capacity:
                                 self._state(f"Capacity went before the launch ({error}); watching again")
