@@ -89,6 +89,9 @@ def test_channels_come_from_the_environment_and_missing_variables_are_named():
     assert raised.value.lines == ["notify: telegram needs TELEGRAM_CHAT_ID set in the environment (secrets are read from there only)",
                                   "notify: ntfy needs NTFY_TOPIC set in the environment (secrets are read from there only)",
                                   "notify: 'pager' is not a notification channel; use one of telegram, webhook, ntfy"]
+    with pytest.raises(UserError, match="GPTLAB_WEBHOOK_URL must start with https:// or http://") as raised:
+        channels_from_environment(["webhook"], environ={"GPTLAB_WEBHOOK_URL": "hooks.example.com/T0/s3cret"})
+    assert "s3cret" not in str(raised.value)
     (telegram,) = channels_from_environment(["telegram"], environ={"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": "7"})
     assert (telegram.token, telegram.chat_id, telegram.base_url) == (TOKEN, "7", "https://api.telegram.org")
 

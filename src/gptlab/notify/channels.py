@@ -106,6 +106,11 @@ def channels_from_environment(names: Sequence[str], environ: Optional[Mapping[st
         if missing:
             problems.append(f"{source}: {name} needs {' and '.join(missing)} set in the environment (secrets are read from there only)")
             continue
+        not_web = [variable for variable in ("GPTLAB_WEBHOOK_URL", "TELEGRAM_API_BASE_URL", "NTFY_BASE_URL")
+                   if variable in {v for v, _, _ in ENVIRONMENT[name]} and env.get(variable) and not env[variable].startswith(("http://", "https://"))]
+        if not_web:
+            problems.append(f"{source}: {' and '.join(not_web)} must start with https:// or http:// (the value is not shown: it may hold a secret)")
+            continue
         if name == "telegram":
             channels.append(Telegram(env["TELEGRAM_BOT_TOKEN"], env["TELEGRAM_CHAT_ID"], env.get("TELEGRAM_API_BASE_URL") or Telegram.base_url))
         elif name == "webhook":
