@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from gptlab.notify.channels import Message, channels_from_environment
 from gptlab.notify.notifier import Notifier
@@ -28,13 +28,18 @@ class TrainingNotifier:
         self.started_sent = False
 
     @classmethod
-    def for_run(cls, run_dir: Path, train_config: Any, log: Callable[[str], None], is_main: bool) -> "TrainingNotifier":
-        """From train.json's `notify` key; channel secrets from the environment (a missing one is a UserError now, not at the end)."""
+    def for_run(cls, run_dir: Path, train_config: Any, is_main: bool) -> "TrainingNotifier":
+        """From train.json's `notify` key, channel secrets from the environment: a missing one is a UserError on
+        every process at setup, not a surprise at the end. A failing channel is reported once in train.log."""
+        from gptlab.train.record import RunLog
+
         settings = train_config.notify
-        if settings is None or not is_main:
+        if settings is None:
             return cls(None, run_dir)
         channels = channels_from_environment(settings.channels, source=f"{Path(run_dir) / 'train.json'}: notify")
-        return cls(Notifier(channels, log), run_dir, settings.every_checkpoints, train_config.machine)
+        if not is_main:
+            return cls(None, run_dir)
+        return cls(Notifier(channels, RunLog(run_dir).line), run_dir, settings.every_checkpoints, train_config.machine)
 
     # --- the events -------------------------------------------------------------------------------
     def started(self, run: Any, estimate: str) -> None:

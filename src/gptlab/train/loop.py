@@ -113,6 +113,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     run_config = load_run_config(run_dir, overrides)
     model_config, train_config = run_config.model, run_config.train
     dist_context = distributed.from_environment()
+    notifier = TrainingNotifier.for_run(run_dir, train_config, dist_context.is_main)  # missing secrets fail here, on every rank
     device = distributed.pick_device(train_config.device, dist_context)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{run_dir / 'train.json'}: device: 'cuda' was asked for but torch sees no CUDA device")
@@ -156,7 +157,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
         validation=_validation_slice(run_config, dataset), log=log,
         metrics=MetricsFile(run_dir / "metrics.jsonl", enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
-        notifier=TrainingNotifier.for_run(run_dir, train_config, log.line, dist_context.is_main),
+        notifier=notifier,
     )
     if dist_context.is_main:
         remove_stale_staging(run_dir)
