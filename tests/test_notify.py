@@ -14,6 +14,7 @@ import pytest
 import gptlab.notify.notifier as notifier_module
 import gptlab.train.loop as loop
 from conftest import run_cli
+from gptlab.config import EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.notify.channels import Message, Ntfy, Telegram, Webhook, channels_from_environment
 from gptlab.experiments.compare import evaluate_and_save
@@ -146,7 +147,7 @@ def test_a_run_reports_start_checkpoints_and_finish_and_no_secret_is_written(mak
     assert events[3].endswith(" finished") and "Tokens seen: 1,536" in texts[3] and "Final validation loss" in texts[3]
     assert json.loads((run / "resolved_config.json").read_text())["train"]["notify"] == NOTIFY["notify"]
     # the experiment runner's word after it evaluates: the test loss
-    evaluation = evaluate_and_save(run, {"batches": 2, "split": "test"})
+    evaluation = evaluate_and_save(run, EvaluationSettings(batches=2, split="test"))
     send_test_loss(run, evaluation)
     assert telegram.texts()[-1].splitlines()[0].endswith(f"test loss {evaluation['loss']:.4f}")
     out, err = capfd.readouterr()
