@@ -185,6 +185,12 @@ cli.add_command(data)
 
 cli.add_command(bench)
 
+from gptlab.cloud.commands import cloud  # noqa: E402
+from gptlab.notify.commands import notify  # noqa: E402
+
+cli.add_command(notify)
+cli.add_command(cloud)
+
 
 def main() -> None:
     try:

@@ -42,6 +42,15 @@ class ModelConfig(BaseModel):
         return self.emb_dim // self.n_heads
 
 
+class NotifySettings(BaseModel):
+    """train.json's `notify` object; the channels' secrets come from environment variables (docs/cloud.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    channels: list[Literal["telegram", "webhook", "ntfy"]] = Field(min_length=1, description="Where messages go.")
+    every_checkpoints: Optional[int] = Field(None, gt=0, description="Also send loss, tokens/s and cost every this many checkpoints; absent: never.")
+
+
 Precision = Literal["fp32", "tf32", "fp16", "bf16", "auto"]
 Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
@@ -92,6 +101,9 @@ class TrainConfig(BaseModel):
     init_from: Optional[str] = Field(None, description="Start from these weights instead of a fresh initialisation (optimizer fresh): a model.safetensors in the book layout, a checkpoint folder, or a run directory (its latest checkpoint); relative to the run directory.")
     cost_per_hour: Optional[float] = Field(None, ge=0, description="Price of the machine per hour, for the cost in the summary.")
     machine: Optional[str] = Field(None, description="A label for the hardware, recorded in the summary.")
+    notify: Optional[NotifySettings] = Field(None, description="Messages when the run starts, fails, stops or finishes, e.g. "
+                                             "{\"channels\": [\"telegram\"], \"every_checkpoints\": 5} (channels: telegram, webhook, ntfy); "
+                                             "tokens and addresses come from environment variables only, see docs/cloud.md.")
 
     @property
     def effective_precision(self) -> str:
@@ -141,7 +153,7 @@ TRAIN_KEY_ROLES: dict[str, KeyRole] = {
     "decay_period_percent": "computation", "min_lr_ratio": "computation", "max_consecutive_skipped_steps": "bookkeeping",
     "validation_interval": "evaluation", "best_by": "computation", "keep_checkpoints": "bookkeeping",
     "log_interval": "bookkeeping", "compile": "computation", "pad_vocab_multiple": "computation",
-    "fused_cross_entropy": "computation", "init_from": "computation", "cost_per_hour": "bookkeeping", "machine": "bookkeeping",
+    "fused_cross_entropy": "computation", "init_from": "computation", "cost_per_hour": "bookkeeping", "machine": "bookkeeping", "notify": "bookkeeping",
 }
 # Train keys that may change between a checkpoint and its resumption without changing what is trained.
 RESUME_SAFE_TRAIN_KEYS = frozenset(key for key, role in TRAIN_KEY_ROLES.items() if role != "computation")
@@ -212,13 +224,24 @@ def _describe_allowed(model_type: type[BaseModel], key: str) -> str:
     return field.description if field is not None and field.description else ""
 
 
+def _keys_at(model_type: type[BaseModel], path: tuple) -> list[str]:
+    """The keys allowed inside the object at `path` (train.json's `notify` object, say)."""
+    for part in path:
+        field = model_type.model_fields.get(str(part))
+        nested = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        if not nested:
+            break
+        model_type = nested[0]
+    return list(model_type.model_fields)
+
+
 def _pydantic_problems(path: Path, model_type: type[BaseModel], error: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for item in error.errors():
         key = prefix + ".".join(str(part) for part in item["loc"]) or "(file)"
         top_key = str(item["loc"][0]) if item["loc"] else ""
         if item["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(model_type.model_fields))
+            allowed = ", ".join(sorted(_keys_at(model_type, item["loc"][:-1])))
             problems.append(f"{path}: {key}: unknown key; allowed keys are: {allowed}")
         elif item["type"] == "missing":
             problems.append(f"{path}: {key}: required key is missing ({_describe_allowed(model_type, top_key)})")

@@ -21,7 +21,8 @@ from gptlab.errors import UserError
 from gptlab.experiments.compare import evaluate_and_save, evaluation_is_current
 from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
 from gptlab.experiments.spec import Experiment
-from gptlab.rundir import read_evaluation, read_summary
+from gptlab.rundir import TRAIN_LOG, read_evaluation, read_summary
+from gptlab.notify.training import send_test_loss
 from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
@@ -93,7 +94,7 @@ def _train_under_launcher(run: PlannedRun, resume: bool, launcher: str, datasets
         return received[0]
     if returncode != 0:
         raise UserError(f"{run.run_dir}: training under `{shlex.join(command)}` failed with exit code {returncode}; "
-                        f"see {run.run_dir / 'train.log'}, then run the experiment again to resume")
+                        f"see {run.run_dir / TRAIN_LOG}, then run the experiment again to resume")
     return None
 
 
@@ -134,6 +135,7 @@ def run_experiment(experiment: Experiment, launcher: Optional[str] = None, datas
             evaluation = read_evaluation(run.run_dir)
         else:
             evaluation = evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
+            send_test_loss(run.run_dir, evaluation)
         echo(f"{prefix}: test loss {evaluation['loss']:.4f}")
         outcomes.append({"variant": run.variant, "seed": run.seed, "run_dir": str(run.run_dir), "state_before": state, "test_loss": evaluation["loss"]})
     sys.stdout.flush()

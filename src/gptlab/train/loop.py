@@ -30,6 +30,7 @@ from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losse
 from gptlab.files import atomic_write_text, read_json
 from gptlab.model import GPT
 from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config, write_summary
+from gptlab.notify.training import TrainingNotifier
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints,
@@ -68,6 +69,7 @@ class Run:
     log: RunLog
     metrics: MetricsFile
     show_progress: bool
+    notifier: TrainingNotifier  # messages about the run (started, checkpoints, finished, failed), when train.json asks
     start_step: int = 0
     interval: IntervalStats = field(default_factory=IntervalStats)  # train statistics since the last checkpoint
     start_timed_steps: int = 0
@@ -110,6 +112,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     run_config = load_run_config(run_dir, overrides)
     model_config, train_config = run_config.model, run_config.train
     dist_context = distributed.from_environment()
+    notifier = TrainingNotifier.for_run(run_dir, train_config, dist_context.is_main)  # missing secrets fail here, on every rank
     device = distributed.pick_device(train_config.device, dist_context)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{run_dir / TRAIN_FILE}: device: 'cuda' was asked for but torch sees no CUDA device")
@@ -153,6 +156,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
         validation=_validation_slice(run_config, dataset), log=log,
         metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
+        notifier=notifier,
     )
     if dist_context.is_main:
         remove_stale_checkpoint_staging(run_dir)
@@ -354,7 +358,7 @@ def fit(run: Run) -> dict[str, Any]:
             stop = any(outcome["stop"] for outcome in outcomes)
             _show_progress(run, bar, outcomes[-1], train_seconds_at_start)
             if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
-                _log_estimate(run, step, train_seconds_at_start)
+                run.notifier.started(run, _log_estimate(run, step, train_seconds_at_start))
 
             checkpoint_due = step == last_step or stop or checkpoint_by_interval
             validation_due = validation_by_interval or step == last_step or (train_config.validation_interval is None and checkpoint_due)
@@ -364,6 +368,7 @@ def fit(run: Run) -> dict[str, Any]:
                     run.metrics.annotate_last(validation_loss=totals["last_validation_loss"])
             if checkpoint_due:
                 _checkpoint(run, step, learning_rate)
+                run.notifier.checkpoint(run, step)
             run.metrics.flush()
             if checkpoint_due:
                 _redraw_charts(run, final=step == last_step or stop)
@@ -457,7 +462,7 @@ def _throughput(run: Run, seconds: float, since_start: bool = False) -> float:
     return steps * run.plan.global_batch_tokens / seconds if seconds > 0 else 0.0
 
 
-def _log_estimate(run: Run, step: int, train_seconds_at_start: float) -> None:
+def _log_estimate(run: Run, step: int, train_seconds_at_start: float) -> str:
     """Once the first steps are timed: how long, and what it will cost, to finish."""
     seconds_per_step = (run.totals["train_seconds"] - train_seconds_at_start) / max(1, run.totals["timed_steps"] - run.start_timed_steps)
     remaining = seconds_per_step * (run.plan.total_steps - step - 1)
@@ -466,6 +471,7 @@ def _log_estimate(run: Run, step: int, train_seconds_at_start: float) -> None:
         total_hours = (run.totals["train_seconds"] + remaining) / 3600
         line += f", ${total_hours * run.config.train.cost_per_hour:.2f} for the whole run at ${run.config.train.cost_per_hour}/h"
     run.log.line(line)
+    return line
 
 
 def _peak_memory(device: torch.device) -> Optional[int]:
@@ -547,6 +553,12 @@ def train_run(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Opt
     """Train the run in `run_dir` from its model.json and train.json; returns the summary."""
     try:
         run = setup(run_dir, datasets_dir, overrides, resume, show_progress)
-        return fit(run)
+        try:
+            result = fit(run)
+        except BaseException as error:
+            run.notifier.failed(run, error)
+            raise
+        run.notifier.finished(run, result)
+        return result
     finally:
         distributed.stop()
