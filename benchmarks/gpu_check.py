@@ -57,6 +57,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,31 +142,37 @@ def child_env() -> dict[str, str]:
 
 
 class Job:
-    """One subprocess with its output in log files; started at once, waited for later."""
+    """One subprocess with its output in log files; started at once, waited for later. A thread reaps it,
+    so its seconds end when it ended, however late `wait` is called."""
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, cap: float):
         self.name, self.argv, self.cap = name, [str(a) for a in argv], cap
         self.out_path, self.err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
         self.started = time.monotonic()
+        self.ended: Optional[float] = None
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             # Its own session, so a command over its cap can be stopped with everything it started.
             self.process = subprocess.Popen(self.argv, stdout=out, stderr=err, env=child_env(), cwd=REPO, start_new_session=True)
+        self.reaper = threading.Thread(target=self._reap, daemon=True)
+        self.reaper.start()
         self.result: Optional[dict] = None
+
+    def _reap(self) -> None:
+        self.process.wait()
+        self.ended = time.monotonic()
 
     def wait(self) -> dict:
         if self.result is not None:
             return self.result
-        timed_out = False
-        try:
-            self.process.wait(timeout=max(1.0, self.cap - (time.monotonic() - self.started)))
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        self.reaper.join(timeout=max(1.0, self.cap - (time.monotonic() - self.started)))
+        timed_out = self.reaper.is_alive()
+        if timed_out:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            self.reaper.join()
         stdout = self.out_path.read_text(errors="replace")
         stderr = self.err_path.read_text(errors="replace")
         self.result = {"command": shlex.join(self.argv), "rc": self.process.returncode, "timed_out": timed_out,
-                       "seconds": round(time.monotonic() - self.started, 2), "stdout": stdout, "stderr": stderr}
+                       "seconds": round(self.ended - self.started, 2), "stdout": stdout, "stderr": stderr}
         return self.result
 
 
@@ -415,7 +422,7 @@ def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, brea
             prewarm[precision] = Job(f"prewarm-{precision}", gptlab("bench", speed_dir, "--synthetic", "--steps", "1", "--warmup-steps", "2",
                                                                     "--phase-steps", "0", "--json", "--set", setting), log_dir, plan.caps["bench"])
     preempted, sigterm_sent = jobs["preempted"], False
-    while preempted.process.poll() is None and time.monotonic() - preempted.started < plan.caps["train"]:
+    while preempted.ended is None and time.monotonic() - preempted.started < plan.caps["train"]:
         if metrics_records(runs["preempted"]) >= plan.sigterm_after_records:
             preempted.process.send_signal(signal.SIGTERM)
             sigterm_sent = True

@@ -20,6 +20,7 @@ CHECKS = {"train whole", "train whole-again", "sigterm", "resume", "eval", "gene
 def load_script():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
