@@ -21,6 +21,10 @@ command that overruns its cap is stopped and reported, so the whole run stays bo
 | max_microbatch | `gptlab bench --find-max-microbatch`: bf16, fp32, fp32 capped at 40 GB; eager (`compile=false`), see below | 105 s |
 | total | | 470 s (target 480) |
 
+The JSON is rewritten after every phase, and `--deadline` (570 s on a GPU) stops any command still
+running at that time after the start, so a hang still leaves a JSON within the device's 10-minute
+command limit; SIGTERM to this script stops its commands and writes the JSON so far.
+
 `--find-max-microbatch` runs eager: compiling each trial's microbatch would cost tens of seconds a
 trial, a dozen trials a search. Compilation fuses element-wise ops and keeps fewer activations, so an
 eager peak is an upper bound of the compiled one: "fits eager" implies "fits compiled".
@@ -141,12 +145,17 @@ def child_env() -> dict[str, str]:
     return env
 
 
+DEADLINE: Optional[float] = None  # time.monotonic() after which every command still running is stopped (--deadline)
+LIVE_JOBS: set["Job"] = set()
+
+
 class Job:
     """One subprocess with its output in log files; started at once, waited for later. A thread reaps it,
-    so its seconds end when it ended, however late `wait` is called."""
+    so its seconds end when it ended, however late `wait` is called. Its cap is cut short by DEADLINE."""
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, cap: float):
-        self.name, self.argv, self.cap = name, [str(a) for a in argv], cap
+        self.name, self.argv = name, [str(a) for a in argv]
+        self.cap = cap if DEADLINE is None else max(1.0, min(cap, DEADLINE - time.monotonic()))
         self.out_path, self.err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
         self.started = time.monotonic()
         self.ended: Optional[float] = None
@@ -156,10 +165,20 @@ class Job:
         self.reaper = threading.Thread(target=self._reap, daemon=True)
         self.reaper.start()
         self.result: Optional[dict] = None
+        LIVE_JOBS.add(self)
 
     def _reap(self) -> None:
         self.process.wait()
         self.ended = time.monotonic()
+
+    def stop(self) -> None:
+        """Kill the command and everything it started (its own session), then wait for it."""
+        if self.reaper.is_alive():
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.reaper.join()
 
     def wait(self) -> dict:
         if self.result is not None:
@@ -167,8 +186,8 @@ class Job:
         self.reaper.join(timeout=max(1.0, self.cap - (time.monotonic() - self.started)))
         timed_out = self.reaper.is_alive()
         if timed_out:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.reaper.join()
+            self.stop()
+        LIVE_JOBS.discard(self)
         stdout = self.out_path.read_text(errors="replace")
         stderr = self.err_path.read_text(errors="replace")
         self.result = {"command": shlex.join(self.argv), "rc": self.process.returncode, "timed_out": timed_out,
@@ -211,9 +230,14 @@ def write_json(path: Path, data: Any) -> None:
 
 def command_failure(result: dict) -> str:
     if result["timed_out"]:
-        return f"timed out after {result['seconds']} s (cap)"
+        return f"timed out after {result['seconds']} s (its cap or --deadline)"
     lines = [line for line in result["stderr"].strip().splitlines() if line.strip()]
     return f"exit {result['rc']}" + (f": {lines[-1][:300]}" if lines else "")
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """The device tool stops a command past its limit with SIGTERM: end like an error, so the JSON so far is written."""
+    raise SystemExit(128 + signum)
 
 
 # --- environment -----------------------------------------------------------------------------------
@@ -646,6 +670,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="where runs and checkpoints go (default: a temporary folder, removed after)")
     parser.add_argument("--phases", default="functional,bench,reference,max_microbatch",
                         help="comma-separated subset of functional,bench,reference,max_microbatch (environment and prepare always run)")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds after the start at which every command still running is stopped, so the JSON is "
+                             "written within a time limit (default: 570 on a GPU, under the device's 10-minute command limit; none with --small)")
     parser.add_argument("--break", dest="break_step", choices=["resume"], default=os.environ.get(BREAK_ENV) or None,
                         help=f"for tests: break a functional step on purpose (also ${BREAK_ENV}=resume)")
     args = parser.parse_args(argv)
@@ -658,13 +685,22 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     plan = small_plan() if args.small else gpu_plan()
     started = time.monotonic()
+    global DEADLINE
+    deadline = args.deadline if args.deadline is not None else (None if args.small else 570.0)
+    DEADLINE = started + deadline if deadline else None
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu_check-"))
     work.mkdir(parents=True, exist_ok=True)
     log_dir = (args.out.with_name(args.out.stem + "-logs") if args.out else work / "logs")
     log_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"mode": plan.mode, "command": shlex.join([sys.executable, *sys.argv]), "notes": plan.notes,
                               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "budget_seconds": plan.budgets, "log_dir": str(log_dir), "phases": {}}
+                              "budget_seconds": plan.budgets, "deadline_seconds": deadline, "log_dir": str(log_dir), "phases": {}}
+
+    def save_so_far() -> None:
+        if args.out:
+            write_json(args.out, {**report, "total_seconds": round(time.monotonic() - started, 2)})
+
     try:
         environment = environment_phase(plan, log_dir)
         report["environment"] = environment
@@ -678,6 +714,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         result = run("prepare", gptlab("prepare", "brown", data_dir, "--overwrite"), log_dir, plan.caps["prepare"])
         report["phases"]["prepare"] = {"ok": result["rc"] == 0, "seconds": result["seconds"], "command": summary(result)}
         print(f"prepare: {'ok' if result['rc'] == 0 else command_failure(result)} ({result['seconds']} s)", flush=True)
+        save_so_far()
 
         speed_dir = write_run(work / "speed" / "run", plan.model, {**USERS_TRAIN, "microbatch_size": plan.microbatch})
         if "functional" in chosen:
@@ -686,11 +723,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             else:
                 report["phases"]["functional"] = {"ok": False, "seconds": 0, "checks": {"prepare": {"ok": False, "error": command_failure(result)}}}
             print(f"functional: {'ok' if report['phases']['functional']['ok'] else 'FAILED'} ({report['phases']['functional']['seconds']} s)", flush=True)
+            save_so_far()
         for name, phase in (("bench", lambda: bench_phase(plan, speed_dir, log_dir)), ("reference", lambda: reference_phase(plan, log_dir)),
                             ("max_microbatch", lambda: max_microbatch_phase(plan, speed_dir, log_dir))):
             if name in chosen:
                 report["phases"][name] = phase()
                 print(f"{name}: {'ok' if report['phases'][name]['ok'] else 'FAILED'} ({report['phases'][name]['seconds']} s)", flush=True)
+                save_so_far()
         report["total_seconds"] = round(time.monotonic() - started, 2)
         report["targets"] = targets(report, report["total_seconds"], plan)
         functional_ok = report["phases"].get("functional", {}).get("ok", True)
@@ -700,6 +739,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(table(report), flush=True)
         return report["exit_code"]
     finally:
+        for job in list(LIVE_JOBS):  # only after an error or SIGTERM: normally every job was waited for
+            job.stop()
         if args.out:
             report.setdefault("total_seconds", round(time.monotonic() - started, 2))
             write_json(args.out, report)
