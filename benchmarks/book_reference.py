@@ -39,7 +39,10 @@ SMALL_CONFIG = {"vocab_size": 50257, "context_length": 256, "emb_dim": 256, "n_h
 BATCH_SIZE = 8
 GPT2_SMALL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
               "drop_rate": 0.1, "qkv_bias": False}
-PRESETS = {"small": SMALL_CONFIG, "gpt2-small": GPT2_SMALL}
+# A few million parameters (nearly all in the vocabulary-sized head): what benchmarks/gpu_check.py --small runs on a CPU.
+TINY_CONFIG = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
+               "drop_rate": 0.1, "qkv_bias": False}
+PRESETS = {"tiny": TINY_CONFIG, "small": SMALL_CONFIG, "gpt2-small": GPT2_SMALL}
 
 
 def random_batches(count: int, batch_size: int, context_length: int, vocab_size: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -169,7 +172,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup-steps", type=int, default=2)
-    parser.add_argument("--model", choices=sorted(PRESETS), default="small", help="'small': the CPU comparison's config; 'gpt2-small': context 1024")
+    parser.add_argument("--model", choices=sorted(PRESETS), default="small", help="'small': the CPU comparison's config; 'gpt2-small': context 1024; 'tiny': gpu_check.py --small")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--tie-weights", action="store_true")
     parser.add_argument("--drop-rate", type=float, default=None, help="default: the preset's 0.1")
