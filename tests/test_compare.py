@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_run
-from gptlab.data.prepare import prepare_dataset
-from gptlab.experiments.charts import DIFFERENCE_CHART, OVERLAY_CHART, draw_run_charts
 from gptlab.config import EvaluationSettings
-from gptlab.experiments.compare import EVALUATION_FILE, evaluate_and_save
+from gptlab.data.prepare import prepare_dataset
+from gptlab.experiments.charts import DIFFERENCE_CHART, OVERLAY_CHART
+from gptlab.experiments.compare import evaluate_and_save
+from gptlab.rundir import EVALUATION as EVALUATION_FILE
+from gptlab.train.charts import draw_run_charts
 from gptlab.train.loop import train_run
 
 EVALUATION = EvaluationSettings(checkpoint="latest", batches=40)

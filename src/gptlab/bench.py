@@ -35,6 +35,7 @@ from gptlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config, 
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenSplitWriter
 from gptlab.errors import UserError
+from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 from gptlab.train.loop import Run, forward_backward, optimizer_step, setup
 from gptlab.train.record import environment
 
@@ -277,7 +278,7 @@ def _dataset_for(config: RunConfig, run_dir: Path, datasets_dir: Optional[Path],
     available = len(dataset.split("train")) - config.train.start_train_token
     needed = steps * _tokens_per_step(config) + 1
     if needed > available:
-        raise UserError(f"{run_dir / 'train.json'}: dataset: {dataset.directory} has {max(available, 0):,} train tokens from start_train_token, "
+        raise UserError(f"{run_dir / TRAIN_FILE}: dataset: {dataset.directory} has {max(available, 0):,} train tokens from start_train_token, "
                         f"but bench needs {needed:,} ({steps} steps of {_tokens_per_step(config):,}); use fewer --steps or --synthetic")
     return dataset.directory.resolve()
 
@@ -300,8 +301,8 @@ def prepared_run(config: RunConfig, steps: int, dataset_dir: Optional[Path] = No
                                  min_train_tokens=steps * _tokens_per_step(config), validation_batches=0)
         run_dir = tmp_dir / "run"
         run_dir.mkdir()
-        for name in ("model", "train"):
-            (run_dir / f"{name}.json").write_text(json.dumps(resolved[name]), encoding="utf-8")
+        for name, file_name in (("model", MODEL_FILE), ("train", TRAIN_FILE)):
+            (run_dir / file_name).write_text(json.dumps(resolved[name]), encoding="utf-8")
         with contextlib.redirect_stdout(io.StringIO()):
             run = setup(run_dir, show_progress=False)
         try:
@@ -614,7 +615,7 @@ def find_max_microbatch(run_dir: Path, *, overrides: Optional[dict[str, dict]] =
 
     device = pick_device(config.train.device, from_environment())
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{run_dir / 'train.json'}: device: 'cuda' was asked for but torch sees no CUDA device")
+        raise UserError(f"{run_dir / TRAIN_FILE}: device: 'cuda' was asked for but torch sees no CUDA device")
     _release_memory(device)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)

@@ -96,9 +96,9 @@ def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_to
 
     result = evaluate_run(run_dir, checkpoint, split_name, start_token, batches, batch_size, precision, datasets_dir)
     if save:
-        from gptlab.experiments.compare import save_evaluation
+        from gptlab.rundir import write_evaluation
 
-        result = save_evaluation(run_dir, result, checkpoint)
+        result = write_evaluation(run_dir, result, checkpoint)
     if as_json:
         _print_json(result)
     else:

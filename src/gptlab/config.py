@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import UserError
+from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
 
 class ModelConfig(BaseModel):
@@ -376,7 +377,7 @@ def load_run_config(run_dir: Path, overrides: Optional[Overrides] = None) -> Run
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
-    model_path, train_path = run_dir / "model.json", run_dir / "train.json"
+    model_path, train_path = run_dir / MODEL_FILE, run_dir / TRAIN_FILE
     model_data, train_data = apply_overrides(_read_json_object(model_path), _read_json_object(train_path), overrides)
     return validate_run_config(model_path, model_data, train_path, train_data)
 
@@ -394,7 +395,7 @@ def markdown_reference() -> str:
     """docs/configuration.md, generated from the fields above so the two cannot drift apart."""
     lines = ["# Configuration keys", "",
              "Generated from `src/gptlab/config.py` by `python scripts/config_doc.py > docs/configuration.md`; a test keeps the two in step.", ""]
-    for title, model_type in (("model.json", ModelConfig), ("train.json", TrainConfig)):
+    for title, model_type in ((MODEL_FILE, ModelConfig), (TRAIN_FILE, TrainConfig)):
         lines += [f"## `{title}`", "", "| key | default | meaning |", "|---|---|---|"]
         for name, field in model_type.model_fields.items():
             default = field.default if not isinstance(field.default, tuple) else list(field.default)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import click
 
+from gptlab.bench import seconds_per_step
 from gptlab.config import ModelConfig, TrainConfig, load_run_config
 from gptlab.data.prepare import prepare_dataset
 from gptlab.data.tokens import TokenDataset
@@ -20,7 +21,7 @@ from gptlab.evaluate.loss import evaluate_run
 from gptlab.evaluate.sample import generate_from_run
 from gptlab.evaluate.unigram import unigram_cross_entropy
 from gptlab.files import atomic_write_json
-from gptlab.bench import seconds_per_step
+from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE
 from gptlab.train.loop import train_run
 
 DEMO_MODEL = {
@@ -80,7 +81,7 @@ def run_demo(out_dir: Path, seconds: float = 180.0, seed: int = 42, show_progres
     dataset = TokenDataset(data_dir)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "checkpoints").exists():
+    if (run_dir / CHECKPOINTS).exists():
         import shutil
 
         shutil.rmtree(run_dir)  # the demo's own run, rebuilt each time: the prepared corpus is kept
@@ -93,8 +94,8 @@ def run_demo(out_dir: Path, seconds: float = 180.0, seed: int = 42, show_progres
             click.echo(line)
     tokens_per_step = DEMO_TRAIN["microbatch_size"] * model["context_length"]
     click.echo(f"Training {steps} steps ({steps * tokens_per_step:,} tokens)")
-    atomic_write_json(run_dir / "model.json", model)
-    atomic_write_json(run_dir / "train.json", {**DEMO_TRAIN, "random_seed": seed, "min_train_tokens": steps * tokens_per_step,
+    atomic_write_json(run_dir / MODEL_FILE, model)
+    atomic_write_json(run_dir / TRAIN_FILE, {**DEMO_TRAIN, "random_seed": seed, "min_train_tokens": steps * tokens_per_step,
                                                "checkpoint_interval": max(1, steps // 4)})
     config = load_run_config(run_dir)
 

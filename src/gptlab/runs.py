@@ -8,11 +8,11 @@ from typing import Optional
 
 import torch
 
-from gptlab.config import RunConfig, load_run_config, validate_run_config
+from gptlab.config import RunConfig
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
-from gptlab.files import read_json
 from gptlab.model import GPT
+from gptlab.rundir import read_run_config
 from gptlab.train.checkpoint import Checkpoint, find_checkpoint
 from gptlab.weights import build_model
 
@@ -28,19 +28,10 @@ class TrainedRun:
         return locate_dataset(self.config.train.dataset, self.run_dir, datasets_dir)
 
 
-def run_config_of(run_dir: Path) -> RunConfig:
-    """The resolved configuration written when the run started, else model.json and train.json as they are."""
-    resolved = Path(run_dir) / "resolved_config.json"
-    if resolved.is_file():
-        data = read_json(resolved)
-        return validate_run_config(resolved, data["model"], resolved, data["train"])
-    return load_run_config(Path(run_dir))
-
-
 def open_trained_run(run_dir: Path, which: str = "latest", device: torch.device | str = "cpu") -> TrainedRun:
     """The model of checkpoint `which` (best, latest or a name), in eval mode with dropout off."""
     run_dir = Path(run_dir)
-    config = run_config_of(run_dir)
+    config = read_run_config(run_dir)
     checkpoint = find_checkpoint(run_dir, which)
     model = build_model(config.model.model_copy(update={"drop_rate": 0.0}), device="cpu", initialise=False)
     checkpoint.load_model(model)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
+from gptlab.rundir import TRAIN_FILE
 
 DATASETS_DIR_ENV = "GPTLAB_DATASETS_DIR"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -49,7 +50,7 @@ def locate_dataset(dataset: str, run_dir: Path, datasets_dir: Path | None = None
             download_hf_dataset(dataset, cached)
             return TokenDataset(cached)
     raise UserError(
-        f"{Path(run_dir) / 'train.json'}: dataset: '{dataset}' is neither a token dataset directory "
+        f"{Path(run_dir) / TRAIN_FILE}: dataset: '{dataset}' is neither a token dataset directory "
         f"(relative to the run directory or the working directory) nor in {datasets_dir}; "
         f"make one with `gptlab prepare SOURCE DIR` or give a Hugging Face dataset id"
     )

@@ -1,171 +1,16 @@
-"""PNG charts: per run (loss, gradient norm, learning rate; the users' file names) and per comparison
-(loss curves overlaid; each run's test-loss difference from the baseline against the baseline's seed noise).
-
-Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global state), written
-atomically, and cheap enough to redraw at every checkpoint: steps are binned to at most MAX_POINTS points.
+"""PNG charts of a comparison: loss curves overlaid, and each run's test-loss difference from the baseline
+against the baseline's seed noise. Drawn as a run's own charts are (gptlab.train.charts).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
-from gptlab.files import atomic_write, read_json
+from gptlab.train.charts import DPI, binned, finite, new_figure, read_step_records, save_png
 
-LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
 OVERLAY_CHART, DIFFERENCE_CHART = "loss-overlay.png", "test-loss-difference.png"
-MAX_POINTS = 200
-SIZE, DPI = (8, 4.5), 100
-
-
-def read_step_records(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records with a step; a torn last line (a run killed mid-write) or a stray line is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
-
-
-def _finite(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
-
-
-def bin_size(records: list[dict[str, Any]], points: int = MAX_POINTS) -> int:
-    return max(1, math.ceil(len(records) / points))
-
-
-def binned(records: list[dict[str, Any]], key: str, points: int = MAX_POINTS) -> tuple[list[float], list[float], list[float], list[float]]:
-    """(centre step, min, mean, max) of `key` over consecutive bins of steps; bins without a finite value are left out."""
-    size = bin_size(records, points)
-    centres, lows, means, highs = [], [], [], []
-    for start in range(0, len(records), size):
-        chunk = records[start:start + size]
-        values = [v for v in (_finite(r.get(key)) for r in chunk) if v is not None]
-        if values:
-            centres.append((chunk[0]["step"] + chunk[-1]["step"]) / 2)
-            lows.append(min(values))
-            means.append(sum(values) / len(values))
-            highs.append(max(values))
-    return centres, lows, means, highs
-
-
-def _figure(title: str, xlabel: str, ylabel: str):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
-    axes = figure.add_subplot()
-    axes.set_title(title, fontsize=11)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.grid(True, alpha=0.3)
-    return figure, axes
-
-
-def _save(figure, path: Path) -> Path:
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    return path
-
-
-def _best_step(run_dir: Path) -> Optional[int]:
-    meta = Path(run_dir) / "checkpoints" / "best" / "meta.json"
-    try:
-        return int(read_json(meta)["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _clipping_max_norm(run_dir: Path) -> Optional[float]:
-    for name in ("resolved_config.json", "train.json"):
-        try:
-            data = read_json(Path(run_dir) / name)
-        except (OSError, ValueError):
-            continue
-        return _finite((data.get("train", data) if isinstance(data, dict) else {}).get("clipping_max_norm"))
-    return None
-
-
-def run_title(run_dir: Path) -> str:
-    """`runs/lr/seed-3` rather than `seed-3`."""
-    resolved = Path(run_dir).resolve()
-    return f"{resolved.parent.name}/{resolved.name}"
-
-
-def _interval_words(records: list[dict[str, Any]]) -> str:
-    size = bin_size(records)
-    return "per step" if size == 1 else f"per {size} steps"
-
-
-def _loss_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
-    figure, axes = _figure(f"Loss: {run_title(run_dir)}", "step", "cross-entropy (nats)")
-    centres, lows, means, highs = binned(records, "loss")
-    if centres:
-        if bin_size(records) > 1:
-            axes.fill_between(centres, lows, highs, color="tab:blue", alpha=0.25, linewidth=0, label=f"train loss min-max {_interval_words(records)}")
-        axes.plot(centres, means, color="tab:blue", linewidth=1.5, label=f"train loss mean {_interval_words(records)}")
-    validation = [(r["step"], _finite(r.get("validation_loss"))) for r in records if _finite(r.get("validation_loss")) is not None]
-    if validation:
-        axes.plot(*zip(*validation), "o-", color="tab:orange", markersize=4, linewidth=1, label="validation loss")
-    best = _best_step(run_dir)
-    if best is not None:
-        axes.axvline(best, color="tab:green", linestyle="--", linewidth=1, label=f"best checkpoint (step {best})")
-    axes.legend(loc="upper right", fontsize=8)
-    return _save(figure, Path(run_dir) / LOSS_CHART)
-
-
-def _grad_norm_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
-    figure, axes = _figure(f"Gradient norm (before clipping): {run_title(run_dir)}", "step", "global L2 norm")
-    centres, lows, means, highs = binned(records, "grad_norm")
-    if centres:
-        if bin_size(records) > 1:
-            axes.fill_between(centres, lows, highs, color="tab:purple", alpha=0.25, linewidth=0, label=f"min-max {_interval_words(records)}")
-        axes.plot(centres, means, color="tab:purple", linewidth=1.5, label=f"mean {_interval_words(records)}")
-        if max(highs) > 50 * max(min(lows), 1e-12):
-            axes.set_yscale("log")
-    max_norm = _clipping_max_norm(run_dir)
-    if max_norm is not None:
-        axes.axhline(max_norm, color="tab:red", linestyle="--", linewidth=1.2, label=f"clipping at {max_norm:g}")
-        clipped = sum(1 for r in records if r.get("clipped"))
-        axes.text(0.01, 0.02, f"clipped steps: {clipped} of {len(records)}", transform=axes.transAxes, fontsize=8)
-    axes.legend(loc="upper right", fontsize=8)
-    return _save(figure, Path(run_dir) / GRAD_NORM_CHART)
-
-
-def _learning_rate_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
-    figure, axes = _figure(f"Learning rate: {run_title(run_dir)}", "step", "learning rate")
-    points = [(r["step"], _finite(r.get("learning_rate"))) for r in records if _finite(r.get("learning_rate")) is not None]
-    if points:
-        axes.plot(*zip(*points), color="tab:green", linewidth=1.5)
-    axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    return _save(figure, Path(run_dir) / LEARNING_RATE_CHART)
-
-
-def draw_run_charts(run_dir: Path) -> list[Path]:
-    """Redraw loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in `run_dir` from what is on disk.
-
-    Safe to call at any moment of a run (partial metrics, no checkpoint yet): with no step records it draws
-    nothing. A drawing failure is reported on stderr and never raised, so it cannot stop a training run.
-    """
-    try:
-        records = read_step_records(run_dir)
-        if not records:
-            return []
-        return [_loss_chart(run_dir, records), _grad_norm_chart(run_dir, records), _learning_rate_chart(run_dir, records)]
-    except Exception as error:  # noqa: BLE001 - charts are a view; training and evaluation must go on without them
-        print(f"warning: {run_dir}: charts not drawn ({type(error).__name__}: {error})", file=sys.stderr)
-        return []
-
-
 OVERLAY_POINTS = 60  # coarser than a run's own chart: per-step noise would hide the differences between runs
 
 
@@ -176,7 +21,7 @@ def _loss_curve(run_dir: Path) -> tuple[list[float], list[float], list[tuple[flo
         return [], [], []
     tokens_per_step = (records[0].get("tokens_seen") or 0) / (records[0]["step"] + 1) or 1
     centres, _, means, _ = binned(records, "loss", OVERLAY_POINTS)
-    validation = [(r["step"] * tokens_per_step, _finite(r.get("validation_loss"))) for r in records if _finite(r.get("validation_loss")) is not None]
+    validation = [(r["step"] * tokens_per_step, finite(r.get("validation_loss"))) for r in records if finite(r.get("validation_loss")) is not None]
     return [c * tokens_per_step for c in centres], means, validation
 
 
@@ -218,7 +63,7 @@ def draw_loss_overlay(groups: Sequence[tuple[str, Sequence[Path]]], path: Path) 
         axes.set_ylabel("cross-entropy (nats)")
         axes.grid(True, alpha=0.3)
     whole.legend(loc="upper right", fontsize=8)
-    return _save(figure, Path(path))
+    return save_png(figure, Path(path))
 
 
 def draw_difference_chart(baseline: tuple[str, Sequence[float]], groups: Sequence[tuple[str, Sequence[float]]], path: Path) -> Path:
@@ -228,7 +73,7 @@ def draw_difference_chart(baseline: tuple[str, Sequence[float]], groups: Sequenc
 
     base_label, base_losses = baseline
     base = stats.describe(list(base_losses))
-    figure, axes = _figure(f"Test-loss improvement over {base_label} (positive is better)", "", "baseline mean - test loss (nats)")
+    figure, axes = new_figure(f"Test-loss improvement over {base_label} (positive is better)", "", "baseline mean - test loss (nats)")
     everything = [(base_label, list(base_losses))] + [(label, list(losses)) for label, losses in groups]
     if base.sd is not None:
         half = stats.student_t_quantile(0.975, base.n - 1) * base.sd * math.sqrt(1 + 1 / base.n)
@@ -249,7 +94,7 @@ def draw_difference_chart(baseline: tuple[str, Sequence[float]], groups: Sequenc
     axes.set_xlim(-0.6, len(everything) - 0.4)
     if base.sd is not None:
         axes.legend(loc="best", fontsize=8, title="squares: group mean, 95% CI", title_fontsize=8)
-    return _save(figure, Path(path))
+    return save_png(figure, Path(path))
 
 
 def draw_comparison_charts(comparison, out_dir: Path) -> list[Path]:

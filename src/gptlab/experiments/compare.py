@@ -20,9 +20,8 @@ from typing import Any, Callable, Optional
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.experiments import stats
-from gptlab.files import atomic_write_json, read_json
+from gptlab.rundir import EVALUATION, SUMMARY, read_config_dict, read_evaluation, read_summary, write_evaluation
 
-EVALUATION_FILE = "evaluation.json"
 FORMATS = ("terminal", "markdown", "csv", "json")
 # Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
 IGNORED_BY_GROUPING = BOOKKEEPING_TRAIN_KEYS | {"random_seed"}
@@ -37,25 +36,15 @@ def evaluate_and_save(run_dir: Path, settings: EvaluationSettings, datasets_dir:
 
     result = evaluate_run(run_dir, settings.checkpoint, settings.split, settings.start_token,
                           settings.batches, settings.batch_size, settings.precision, datasets_dir)
-    return save_evaluation(run_dir, result, settings.checkpoint)
-
-
-def save_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
-    """Write RUN_DIR/evaluation.json, noting which checkpoint was asked for (latest, best or a name)."""
-    result = {**result, "checkpoint_choice": checkpoint_choice}
-    atomic_write_json(Path(run_dir) / EVALUATION_FILE, result)
-    return result
+    return write_evaluation(run_dir, result, settings.checkpoint)
 
 
 def evaluation_is_current(run_dir: Path, settings: EvaluationSettings) -> bool:
     """evaluation.json exists, identifies its tokens, and was computed as `settings` ask on the checkpoint they name."""
     from gptlab.train.checkpoint import find_checkpoint
 
-    path = Path(run_dir) / EVALUATION_FILE
-    if not path.is_file():
-        return False
-    saved = read_json(path)
-    if "tokens_sha256" not in saved:
+    saved = read_evaluation(run_dir)
+    if saved is None or "tokens_sha256" not in saved:
         return False
     wanted = settings.model_dump(include={"split", "start_token", "batches", "batch_size", "precision"})
     if any(value is not None and saved.get(key) != value for key, value in wanted.items()):
@@ -85,11 +74,11 @@ class RunResult:
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: has not finished training (no summary.json); finish it with `gptlab train {run_dir} --resume latest` "
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise UserError(f"{run_dir}: has not finished training (no {SUMMARY}); finish it with `gptlab train {run_dir} --resume latest` "
                         f"or `gptlab experiment run FILE`")
-    return read_json(path)
+    return summary
 
 
 def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = None, datasets_dir: Optional[Path] = None,
@@ -103,12 +92,11 @@ def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = 
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: run directory not found")
         summary = _read_summary(run_dir)
-        evaluation_path = run_dir / EVALUATION_FILE
-        evaluation = read_json(evaluation_path) if evaluation_path.is_file() else {}
+        evaluation = read_evaluation(run_dir) or {}
         if "tokens_sha256" not in evaluation:
-            echo(f"Evaluating {run_dir} (no {EVALUATION_FILE} with a token hash yet) ...")
+            echo(f"Evaluating {run_dir} (no {EVALUATION} with a token hash yet) ...")
             evaluation = evaluate_and_save(run_dir, settings or default_settings(run_dir), datasets_dir)
-        config = summary.get("config") or read_json(run_dir / "resolved_config.json")
+        config = read_config_dict(run_dir)
         results.append(RunResult(run_dir, summary, evaluation, config))
     return results
 
@@ -116,13 +104,11 @@ def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = 
 def default_settings(reference_run: Path) -> EvaluationSettings:
     """How to evaluate runs that have no evaluation: as the reference run was evaluated, else its whole test split
     in batches of its microbatch size (so runs with other microbatch sizes still read the same tokens)."""
-    saved_path = Path(reference_run) / EVALUATION_FILE
-    if saved_path.is_file():
-        saved = read_json(saved_path)
+    saved = read_evaluation(reference_run)
+    if saved is not None:
         chosen = {key: saved[key] for key in ("split", "start_token", "batches", "batch_size", "precision") if key in saved}
         return EvaluationSettings(**chosen, checkpoint=saved.get("checkpoint_choice", EvaluationSettings().checkpoint))
-    summary_path = Path(reference_run) / "summary.json"
-    config = read_json(summary_path)["config"] if summary_path.is_file() else read_json(Path(reference_run) / "resolved_config.json")
+    config = read_config_dict(reference_run)
     return EvaluationSettings(batch_size=config["train"]["microbatch_size"])
 
 

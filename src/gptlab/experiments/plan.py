@@ -16,6 +16,7 @@ from gptlab.config import apply_overrides, validate_run_config
 from gptlab.errors import UserError
 from gptlab.experiments.spec import BASELINE, Experiment
 from gptlab.files import atomic_write_json, read_json
+from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE, has_summary
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ def _dataset_seen_from(run_dir: Path, baseline_dir: Path, dataset: Any) -> Any:
 
 def plan_runs(experiment: Experiment) -> list[PlannedRun]:
     """Every (variant, seed) run with its validated, fully resolved model and train configs; writes nothing."""
-    base_model = read_json(experiment.baseline_dir / "model.json")
-    base_train = read_json(experiment.baseline_dir / "train.json")
+    base_model = read_json(experiment.baseline_dir / MODEL_FILE)
+    base_train = read_json(experiment.baseline_dir / TRAIN_FILE)
     resolved: dict[str, tuple[dict, dict]] = {}
     problems: list[str] = []
     for variant, overrides in experiment.variants.items():
@@ -71,13 +72,13 @@ def plan_runs(experiment: Experiment) -> list[PlannedRun]:
 
 
 def has_started(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints").is_dir() or (run_dir / "summary.json").is_file()
+    return (run_dir / CHECKPOINTS).is_dir() or has_summary(run_dir)
 
 
 def _conflicts(run: PlannedRun) -> list[str]:
     """Keys where a run that has already trained differs from the plan: retraining it silently would mix configs."""
     problems = []
-    for file_name, planned in (("model.json", run.model), ("train.json", run.train)):
+    for file_name, planned in ((MODEL_FILE, run.model), (TRAIN_FILE, run.train)):
         path = run.run_dir / file_name
         existing = read_json(path) if path.is_file() else {}
         differing = sorted(key for key in set(planned) | set(existing) if existing.get(key) != planned.get(key))
@@ -94,8 +95,8 @@ def write_plan(planned: list[PlannedRun]) -> None:
         raise UserError(*problems)
     for run in planned:
         if not has_started(run.run_dir):
-            atomic_write_json(run.run_dir / "model.json", run.model)
-            atomic_write_json(run.run_dir / "train.json", run.train)
+            atomic_write_json(run.run_dir / MODEL_FILE, run.model)
+            atomic_write_json(run.run_dir / TRAIN_FILE, run.train)
 
 
 def format_plan(planned: list[PlannedRun]) -> list[str]:

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from gptlab.experiments.charts import GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, draw_comparison_charts, draw_run_charts
+from gptlab.experiments.charts import draw_comparison_charts
 from gptlab.experiments.compare import TABLE_COLUMNS, Comparison, table_cells
 from gptlab.files import atomic_write_text
+from gptlab.rundir import GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART
+from gptlab.train.charts import draw_run_charts
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

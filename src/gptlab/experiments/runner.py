@@ -21,7 +21,7 @@ from gptlab.errors import UserError
 from gptlab.experiments.compare import evaluate_and_save, evaluation_is_current
 from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
 from gptlab.experiments.spec import Experiment
-from gptlab.files import read_json
+from gptlab.rundir import read_evaluation, read_summary
 from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
@@ -36,8 +36,8 @@ def last_checkpoint_step(run_dir: Path) -> Optional[int]:
 def run_state(run_dir: Path) -> str:
     """finished (summary written and the last step checkpointed), interrupted (checkpoints only) or new."""
     last_step = last_checkpoint_step(run_dir)
-    summary_path = Path(run_dir) / "summary.json"
-    if summary_path.is_file() and (last_step is None or last_step + 1 >= int(read_json(summary_path)["steps"])):
+    summary = read_summary(run_dir)
+    if summary is not None and (last_step is None or last_step + 1 >= int(summary["steps"])):
         return FINISHED
     return INTERRUPTED if last_step is not None else NEW
 
@@ -109,7 +109,7 @@ def train_planned(run: PlannedRun, resume: bool, launcher: Optional[str], datase
 
 
 def _draw_charts(run_dir: Path) -> None:
-    from gptlab.experiments.charts import draw_run_charts
+    from gptlab.train.charts import draw_run_charts
 
     draw_run_charts(run_dir)
 
@@ -131,7 +131,7 @@ def run_experiment(experiment: Experiment, launcher: Optional[str] = None, datas
             train_planned(run, state == INTERRUPTED, launcher, datasets_dir, show_progress, experiment.path)
             _draw_charts(run.run_dir)
         if evaluation_is_current(run.run_dir, experiment.evaluation):
-            evaluation = read_json(run.run_dir / "evaluation.json")
+            evaluation = read_evaluation(run.run_dir)
         else:
             evaluation = evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
         echo(f"{prefix}: test loss {evaluation['loss']:.4f}")

@@ -29,6 +29,7 @@ from typing import Any
 
 from gptlab.config import EvaluationSettings, Overrides, overrides_from_mapping, validate_evaluation
 from gptlab.errors import UserError
+from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
 BASELINE = "baseline"
 TOP_LEVEL_KEYS = ("name", "description", "baseline", "runs_dir", "seeds", "interventions", "stacks", "evaluation")
@@ -148,7 +149,7 @@ def load_experiment(path: Path) -> Experiment:
             problems.append(f"{path}: {required}: required key is missing")
     baseline = data.get("baseline")
     baseline_dir = path.parent / baseline if isinstance(baseline, str) else path.parent
-    if isinstance(baseline, str) and not ((baseline_dir / "model.json").is_file() and (baseline_dir / "train.json").is_file()):
+    if isinstance(baseline, str) and not ((baseline_dir / MODEL_FILE).is_file() and (baseline_dir / TRAIN_FILE).is_file()):
         problems.append(f"{path}: baseline: {baseline_dir} is not a run directory (it needs model.json and train.json)")
     elif "baseline" in data and not isinstance(baseline, str):
         problems.append(f"{path}: baseline: give the path of a run directory, relative to the experiment file")

@@ -34,6 +34,7 @@ from gptlab.config import ModelConfig, RunConfig, validate_run_config
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, fsync_directory, read_json
 from gptlab.model import GPT, LAYER_NORM_EPS
+from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE, read_evaluation, read_summary, write_resolved_config
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
 from gptlab.weights import build_model, save_book_safetensors
 
@@ -441,17 +442,10 @@ def write_hf_model(model: GPT, drop_config: ModelConfig, directory: Path) -> Non
     write_tokenizer_files(directory, drop_config.context_length)
 
 
-SAVED_EVALUATION = "evaluation.json"  # what `gptlab eval --save` writes into the run directory
-
-
 def _saved_evaluation(run_dir: Path, checkpoint_name: str) -> Optional[dict]:
-    """RUN_DIR/evaluation.json when it is a loss of exactly this checkpoint, else None."""
-    path = run_dir / SAVED_EVALUATION
-    try:
-        saved = read_json(path) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    if isinstance(saved, dict) and saved.get("checkpoint") == checkpoint_name and isinstance(saved.get("loss"), (int, float)):
+    """RUN_DIR/evaluation.json (`gptlab eval --save`) when it is a loss of exactly this checkpoint, else None."""
+    saved = read_evaluation(run_dir)
+    if saved is not None and saved.get("checkpoint") == checkpoint_name and isinstance(saved.get("loss"), (int, float)):
         return saved
     return None
 
@@ -483,10 +477,9 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite
                         f"{trained.checkpoint.name}; evaluate that checkpoint with `gptlab eval {run_dir} --checkpoint {trained.checkpoint.name} --json`")
     generator = torch.Generator().manual_seed(seed)
     sample_ids = generate_tokens(trained.model, encode(DEFAULT_PROMPT), 20, 1.0, 25, generator)
-    summary_path = run_dir / "summary.json"
     facts = CardFacts(
         config=trained.config, checkpoint_name=trained.checkpoint.name, checkpoint_meta=trained.checkpoint.meta,
-        parameters=trained.model.parameter_count(), summary=read_json(summary_path) if summary_path.is_file() else None,
+        parameters=trained.model.parameter_count(), summary=read_summary(run_dir),
         eval_result=eval_result, sample_prompt=DEFAULT_PROMPT, sample_text=decode(sample_ids), sample_seed=seed,
         repo_id=repo_id,
     )
@@ -518,7 +511,7 @@ def _dataset_value(dataset: str) -> str:
 def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_size: int = 8) -> dict[str, Any]:
     """Turn a local transformers GPT-2 folder into a gptlab run with one weights-only checkpoint
     (`latest` and `best` point at it), ready for `gptlab eval` and `gptlab generate`."""
-    from gptlab.train.checkpoint import CHECKPOINTS, checkpoint_name, point
+    from gptlab.train.checkpoint import checkpoint_name, point
 
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     config_path = model_dir / "config.json"
@@ -542,14 +535,14 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
     ours = from_hf_state_dict(model_config, tensors, source)
     model = build_model(model_config, "cpu", initialise=False)
     load_state_dict_checked(model, ours, source)
-    run_config: RunConfig = validate_run_config(run_dir / "model.json", model_config.model_dump(mode="json"), run_dir / "train.json", run_train)
+    run_config: RunConfig = validate_run_config(run_dir / MODEL_FILE, model_config.model_dump(mode="json"), run_dir / TRAIN_FILE, run_train)
     name = checkpoint_name(IMPORT_STEP)
     meta = {"global_step": IMPORT_STEP, "imported_from": str(model_dir.resolve()), "source_format": "transformers GPT2LMHeadModel",
             "tokens_seen": None, "validation_loss": None, "is_best": True, "effective_config": run_config.to_json_dict()}
     with staged_folder(run_dir) as staging:
-        atomic_write_json(staging / "model.json", model_config.model_dump(mode="json"))
-        atomic_write_json(staging / "train.json", run_train)
-        atomic_write_json(staging / "resolved_config.json", run_config.to_json_dict())
+        atomic_write_json(staging / MODEL_FILE, model_config.model_dump(mode="json"))
+        atomic_write_json(staging / TRAIN_FILE, run_train)
+        write_resolved_config(staging, run_config)
         folder = staging / CHECKPOINTS / name
         folder.mkdir(parents=True)
         save_book_safetensors(model, folder / "model.safetensors")

@@ -22,9 +22,9 @@ import torch
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, fsync_directory, read_json
 from gptlab.model import GPT
+from gptlab.rundir import CHECKPOINTS
 from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
 
-CHECKPOINTS = "checkpoints"
 POINTERS = ("latest", "best")
 
 

@@ -27,9 +27,11 @@ from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
-from gptlab.files import atomic_write_json, atomic_write_text, read_json
+from gptlab.files import atomic_write_text, read_json
 from gptlab.model import GPT
+from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config, write_summary
 from gptlab.train import distributed
+from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
                                      remove_stale_staging, restore_rng_state, save_checkpoint)
 from gptlab.train.host import keep_freed_memory_for_reuse
@@ -38,9 +40,6 @@ from gptlab.train.precision import (Precision, PrecisionChoice, choose_precision
                                     global_grad_norm)
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog, environment, format_summary, progress_bar
 from gptlab.weights import build_model, load_book_safetensors
-
-RESOLVED_CONFIG = "resolved_config.json"
-
 
 class TrainingStopped(UserError):
     """Training cannot usefully go on (too many non-finite steps in a row); the last checkpoint is kept."""
@@ -90,10 +89,10 @@ def seed_everything(seed: int) -> None:
 def _initial_weights(run_dir: Path, init_from: str) -> Path:
     """train.json's init_from -> a model.safetensors: the file itself, a checkpoint folder's, or a run's latest."""
     path = Path(init_from) if Path(init_from).is_absolute() else Path(run_dir) / init_from
-    for candidate in (path, path / "model.safetensors", path / "checkpoints" / "latest" / "model.safetensors"):
+    for candidate in (path, path / "model.safetensors", path / CHECKPOINTS / "latest" / "model.safetensors"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"{Path(run_dir) / 'train.json'}: init_from: '{init_from}' is neither a model.safetensors, a checkpoint folder, nor a run with checkpoints")
+    raise UserError(f"{Path(run_dir) / TRAIN_FILE}: init_from: '{init_from}' is neither a model.safetensors, a checkpoint folder, nor a run with checkpoints")
 
 
 def _validation_slice(run_config: RunConfig, dataset: TokenDataset) -> Optional[EvalSlice]:
@@ -113,7 +112,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     dist_context = distributed.from_environment()
     device = distributed.pick_device(train_config.device, dist_context)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{run_dir / 'train.json'}: device: 'cuda' was asked for but torch sees no CUDA device")
+        raise UserError(f"{run_dir / TRAIN_FILE}: device: 'cuda' was asked for but torch sees no CUDA device")
     if resume is None and list_checkpoints(run_dir):
         raise UserError(f"{run_dir}: already has checkpoints; continue it with `gptlab train {run_dir} --resume latest`, or train in a new run directory")
     distributed.start(dist_context, device)
@@ -128,15 +127,15 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         dataset.split("train"), start_token=train_config.start_train_token, min_tokens=train_config.min_train_tokens,
         microbatch_size=train_config.microbatch_size, context_length=model_config.context_length,
         accumulation_steps=train_config.gradient_accumulation_steps, world_size=dist_context.world_size,
-        source=str(run_dir / "train.json"),
+        source=str(run_dir / TRAIN_FILE),
     )
     if dataset.meta.get("tokenizer", {}).get("vocab_size", model_config.vocab_size) > model_config.vocab_size:
-        raise UserError(f"{run_dir / 'model.json'}: vocab_size: {model_config.vocab_size} is smaller than the dataset's tokenizer ({dataset.meta['tokenizer']['vocab_size']})")
+        raise UserError(f"{run_dir / MODEL_FILE}: vocab_size: {model_config.vocab_size} is smaller than the dataset's tokenizer ({dataset.meta['tokenizer']['vocab_size']})")
 
     if device.type == "cpu":
         keep_freed_memory_for_reuse()
     precision_choice = _choose_run_precision(run_dir, run_config, device, dist_context, resume)
-    precision = configure_precision(precision_choice.name, device, str(run_dir / "train.json"))
+    precision = configure_precision(precision_choice.name, device, str(run_dir / TRAIN_FILE))
     seed_everything(train_config.random_seed)
     fast_paths = train_config.fast_paths(device.type)
     model = build_model(model_config, device, vocab_multiple=fast_paths["pad_vocab_multiple"], fused_loss=fast_paths["fused_cross_entropy"])
@@ -153,16 +152,16 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         precision_reason=precision_choice.reason, fast_paths=fast_paths,
         plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
         validation=_validation_slice(run_config, dataset), log=log,
-        metrics=MetricsFile(run_dir / "metrics.jsonl", enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
+        metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
     )
     if dist_context.is_main:
         remove_stale_staging(run_dir)
     if resume is not None:
         _restore(run, resume)
     elif dist_context.is_main:
-        atomic_write_json(run_dir / RESOLVED_CONFIG, run_config.to_json_dict())
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (run_dir / "train.log").unlink(missing_ok=True)
+        write_resolved_config(run_dir, run_config)
+        (run_dir / METRICS).unlink(missing_ok=True)
+        (run_dir / TRAIN_LOG).unlink(missing_ok=True)
     _print_header(run)
     return run
 
@@ -191,11 +190,11 @@ def _restore(run: Run, which: str) -> None:
     current = run.config.to_json_dict()
     differing_model = sorted(key for key in current["model"] if saved["model"].get(key) != current["model"][key])
     if differing_model:
-        raise UserError(f"{run.run_dir / 'model.json'}: differs from checkpoint {checkpoint.name} in {', '.join(differing_model)}; resume with the model it was trained with")
+        raise UserError(f"{run.run_dir / MODEL_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(differing_model)}; resume with the model it was trained with")
     differing_train = sorted(key for key in current["train"] if saved["train"].get(key) != current["train"][key])
     unsafe = [key for key in differing_train if key not in RESUME_SAFE_TRAIN_KEYS]
     if unsafe:
-        raise UserError(f"{run.run_dir / 'train.json'}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
+        raise UserError(f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
                         f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume")
     checkpoint.load_model(run.model)
     checkpoint.load_optimizer(run.optimizer)
@@ -207,7 +206,7 @@ def _restore(run: Run, which: str) -> None:
     per_rank = state["rng"]
     restore_rng_state(per_rank[run.dist.rank % len(per_rank)] if isinstance(per_rank, list) else per_rank)
     if run.dist.is_main:
-        _truncate_metrics(run.run_dir / "metrics.jsonl", last_step=int(state["step"]))
+        _truncate_metrics(run.run_dir / METRICS, last_step=int(state["step"]))
     run.log.line(f"Resuming from {checkpoint.name} at step {run.start_step}"
                  + (f" (changed: {', '.join(differing_train)})" if differing_train else ""))
 
@@ -390,8 +389,6 @@ def _redraw_charts(run: Run, final: bool) -> None:
     so it is rate-limited, and drawn whole at the end."""
     if not run.dist.is_main or (not final and time.perf_counter() - run.charts_drawn_at < CHART_SECONDS):
         return
-    from gptlab.experiments.charts import draw_run_charts
-
     draw_run_charts(run.run_dir)
     run.charts_drawn_at = time.perf_counter()
 
@@ -539,7 +536,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "dataset": str(run.dataset.directory),
     }
     if run.dist.is_main:
-        atomic_write_json(run.run_dir / "summary.json", summary)
+        write_summary(run.run_dir, summary)
         for line in format_summary(summary):
             run.log.line(line)
     return summary

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 import gptlab
 from gptlab.files import append_jsonl
+from gptlab.rundir import TRAIN_LOG
 
 
 def environment() -> dict[str, Any]:
@@ -37,7 +38,7 @@ class RunLog:
     """Prints a line and appends it to `train.log` (rank 0 only)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
-        self.path = Path(run_dir) / "train.log"
+        self.path = Path(run_dir) / TRAIN_LOG
         self.enabled = enabled
 
     def line(self, text: str = "") -> None:

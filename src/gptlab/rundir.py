@@ -1,0 +1,87 @@
+"""The run directory: the name of every file in it, and reading and writing its configs, summary and evaluation.
+
+    RUN_DIR/
+      model.json, train.json    the users' files; gptlab reads them and never rewrites them
+      resolved_config.json      the configuration after defaults, written once when training starts
+      metrics.jsonl, train.log  one record per step; every line training printed
+      summary.json              written when training reaches its last step
+      evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare)
+      *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
+      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
+
+Every other module names these files through this one, so a reader finds each file's writer and readers
+with one grep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from gptlab.files import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from gptlab.config import RunConfig
+
+MODEL_FILE, TRAIN_FILE = "model.json", "train.json"
+RESOLVED_CONFIG = "resolved_config.json"
+METRICS, TRAIN_LOG = "metrics.jsonl", "train.log"
+SUMMARY = "summary.json"
+EVALUATION = "evaluation.json"
+LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
+CHECKPOINTS = "checkpoints"
+
+
+def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
+    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, config.to_json_dict())
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration written when the run started, else model.json and train.json as they are."""
+    from gptlab.config import load_run_config, validate_run_config
+
+    resolved = Path(run_dir) / RESOLVED_CONFIG
+    if resolved.is_file():
+        data = read_json(resolved)
+        return validate_run_config(resolved, data["model"], resolved, data["train"])
+    return load_run_config(Path(run_dir))
+
+
+def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The configuration a run trained with, as JSON: from summary.json, else resolved_config.json (raw, so a run
+    of an older gptlab with keys since removed can still be compared)."""
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("config"):
+        return summary["config"]
+    return read_json(Path(run_dir) / RESOLVED_CONFIG)
+
+
+def has_summary(run_dir: Path) -> bool:
+    return (Path(run_dir) / SUMMARY).is_file()
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY, summary)
+
+
+def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+    """summary.json, or None when the run has not finished training."""
+    path = Path(run_dir) / SUMMARY
+    return read_json(path) if path.is_file() else None
+
+
+def write_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
+    """Write evaluation.json, noting which checkpoint was asked for (latest, best or a name); returns what was written."""
+    result = {**result, "checkpoint_choice": checkpoint_choice}
+    atomic_write_json(Path(run_dir) / EVALUATION, result)
+    return result
+
+
+def read_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:
+    """evaluation.json, or None when there is none or it cannot be read as a JSON object."""
+    path = Path(run_dir) / EVALUATION
+    try:
+        saved = read_json(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
