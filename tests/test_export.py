@@ -27,6 +27,7 @@ from gptlab.evaluate.loss import evaluate_run
 from gptlab.evaluate.sample import DEFAULT_PROMPT, generate_from_run
 from gptlab.export.commands import _read_eval_result
 from gptlab.export.hf import _saved_evaluation, export_run, import_hf_model
+from gptlab.files import remove_stale_staging
 from gptlab.runs import open_trained_run
 from gptlab.tokenizer import decode, encode
 from gptlab.weights import read_book_safetensors
@@ -303,7 +304,7 @@ def test_export_and_import_refuse_to_clobber_and_leave_nothing_half_written(runs
     aside = tmp_path / f".gone.{dead}-0123abcd.old"  # killed after moving an old export aside, before the new one was in
     (aside / "replaced").mkdir(parents=True)
     (aside / "replaced" / "config.json").write_text("{}")
-    hf_module._remove_stale_siblings(tmp_path / "gone")
+    remove_stale_staging(tmp_path, "gone")
     assert (tmp_path / "gone" / "config.json").is_file() and not aside.exists()
     shutil.rmtree(tmp_path / "gone")
     first = (out / "README.md").read_text()

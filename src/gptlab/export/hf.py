@@ -17,11 +17,7 @@ never sees half an export or half an imported run.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import shutil
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -32,7 +28,7 @@ from safetensors.torch import save_file
 
 from gptlab.config import ModelConfig, RunConfig, validate_run_config
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_json, fsync_directory, read_json
+from gptlab.files import atomic_folder, atomic_write_json, read_json, remove_stale_staging
 from gptlab.model import GPT, LAYER_NORM_EPS
 from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE, read_evaluation, read_summary, write_resolved_config
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
@@ -355,80 +351,6 @@ def check_export_target(out_dir: Path, overwrite: bool, protected: Path) -> None
             raise UserError(f"{out_dir}: not empty and not a previous export (no config.json and model.safetensors); --overwrite only replaces an export")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fresh_sibling(final: Path, kind: str) -> Path:
-    """A new hidden folder beside `final`, with the permissions the user's umask gives (mkdtemp's are 0700)."""
-    while True:
-        candidate = final.parent / f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-
-
-@contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
-    """A temporary folder beside `final`; on success it replaces `final` (which must be absent, empty or
-    replaceable), on any error it is removed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(final)
-    staging = _fresh_sibling(final, "tmp")
-    try:
-        yield staging
-        file_mode = 0o666 & ~_umask()  # safetensors writes 0600; an export is meant to be shared
-        for path in staging.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                os.chmod(path, file_mode)
-                with open(path, "rb") as handle:
-                    os.fsync(handle.fileno())
-        fsync_directory(staging)
-        old = None
-        if final.exists():  # moved aside, not deleted, until the new folder is in place
-            old = _fresh_sibling(final, "old")
-            os.rename(final, old / "replaced")
-        try:
-            os.rename(staging, final)
-        except BaseException:
-            if old is not None:
-                os.rename(old / "replaced", final)
-                old.rmdir()
-            raise
-        fsync_directory(final.parent)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _remove_stale_siblings(final: Path) -> None:
-    """Folders left by a process killed mid-write (its process id no longer runs): staging folders are
-    removed; a folder moved aside for replacement is put back if nothing replaced it."""
-    for path in final.parent.glob(f".{final.name}.*-*.*"):
-        match = re.fullmatch(rf"\.{re.escape(final.name)}\.(\d+)-[0-9a-f]{{8}}\.(tmp|old)", path.name)
-        if match is None or not path.is_dir() or path.is_symlink():
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue
-        if match.group(2) == "old" and not final.exists() and (path / "replaced").is_dir():
-            os.rename(path / "replaced", final)  # killed between moving the old folder aside and renaming the new one in
-            path.rmdir()
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 # --- export -----------------------------------------------------------------------------------------
 
 
@@ -483,7 +405,8 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite
         eval_result=eval_result, sample_prompt=DEFAULT_PROMPT, sample_text=decode(sample_ids), sample_seed=seed,
         repo_id=repo_id,
     )
-    with staged_folder(out_dir) as staging:
+    remove_stale_staging(out_dir.parent, out_dir.name)
+    with atomic_folder(out_dir) as staging:
         write_hf_model(trained.model, trained.config.model, staging)
         (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
         files = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
@@ -539,7 +462,8 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
     name = checkpoint_name(IMPORT_STEP)
     meta = {"global_step": IMPORT_STEP, "imported_from": str(model_dir.resolve()), "source_format": "transformers GPT2LMHeadModel",
             "tokens_seen": None, "validation_loss": None, "is_best": True, "effective_config": run_config.to_json_dict()}
-    with staged_folder(run_dir) as staging:
+    remove_stale_staging(run_dir.parent, run_dir.name)
+    with atomic_folder(run_dir) as staging:
         atomic_write_json(staging / MODEL_FILE, model_config.model_dump(mode="json"))
         atomic_write_json(staging / TRAIN_FILE, run_train)
         write_resolved_config(staging, run_config)

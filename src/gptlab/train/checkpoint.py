@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_json, fsync_directory, read_json
+from gptlab.files import atomic_folder, atomic_write_json, fsync_directory, read_json, remove_stale_staging
 from gptlab.model import GPT
 from gptlab.rundir import CHECKPOINTS
 from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
@@ -67,13 +67,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    fsync_directory(directory)
-
-
 def point(run_dir: Path, pointer: str, name: str) -> None:
     """Atomically make `checkpoints/<pointer>` a relative link to `checkpoints/<name>`."""
     directory = Path(run_dir) / CHECKPOINTS
@@ -99,22 +92,14 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
     final = directory / name
-    staging = directory / f".tmp-{name}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    save_book_safetensors(model, staging / "model.safetensors")
-    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), staging / "scaler.pt")
-    torch.save(training_state, staging / "training_state.pt")
-    atomic_write_json(staging / "meta.json", {**meta, "is_best": is_best})
-    atomic_write_json(staging / "config.json", config)
-    _fsync_tree(staging)
-    if final.exists():  # the same step saved twice within one second: keep the newer
-        shutil.rmtree(final)
-    os.rename(staging, final)
-    fsync_directory(directory)
+    with atomic_folder(final) as staging:  # the same step saved twice within one second: the newer replaces it
+        save_book_safetensors(model, staging / "model.safetensors")
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), staging / "scaler.pt")
+        torch.save(training_state, staging / "training_state.pt")
+        atomic_write_json(staging / "meta.json", {**meta, "is_best": is_best})
+        atomic_write_json(staging / "config.json", config)
     point(run_dir, "latest", name)
     if is_best:
         point(run_dir, "best", name)
@@ -217,14 +202,15 @@ def find_resumable_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoin
     return checkpoint
 
 
-def remove_stale_staging(run_dir: Path) -> None:
+def remove_stale_checkpoint_staging(run_dir: Path) -> None:
     """Remove half-written checkpoint folders and pointer links left by a process killed mid-save."""
     directory = Path(run_dir) / CHECKPOINTS
     if not directory.is_dir():
         return
+    remove_stale_staging(directory)
     for path in directory.iterdir():
         if path.name.startswith(".tmp-") and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            shutil.rmtree(path)  # the staging folder name of gptlab before files.atomic_folder
         elif path.name.startswith(".") and path.name.endswith(".tmp") and path.is_symlink():
             path.unlink()
 

@@ -33,7 +33,7 @@ from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LO
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
-                                     remove_stale_staging, restore_rng_state, save_checkpoint)
+                                     remove_stale_checkpoint_staging, restore_rng_state, save_checkpoint)
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.precision import (Precision, PrecisionChoice, choose_precision, clip_to_norm, configure_precision,
@@ -155,7 +155,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
     )
     if dist_context.is_main:
-        remove_stale_staging(run_dir)
+        remove_stale_checkpoint_staging(run_dir)
     if resume is not None:
         _restore(run, resume)
     elif dist_context.is_main:
