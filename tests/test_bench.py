@@ -165,7 +165,7 @@ def test_find_max_microbatch_under_a_simulated_memory_cap(make_run):
 
 def test_find_max_microbatch_catches_real_out_of_memory_errors(make_run, monkeypatch):
     run_dir = make_run(model=SMALL_VOCAB)
-    real_forward_backward = bench.forward_backward
+    real_forward_backward = bench.harness.forward_backward
 
     def failing(kind):
         def forward_backward(run, step):
@@ -177,7 +177,7 @@ def test_find_max_microbatch_catches_real_out_of_memory_errors(make_run, monkeyp
         return forward_backward
 
     for kind in ("cuda", "cpu"):
-        monkeypatch.setattr(bench, "forward_backward", failing(kind))
+        monkeypatch.setattr(bench.harness, "forward_backward", failing(kind))
         result = bench.find_max_microbatch(run_dir)
         assert result["max_microbatch"] == 5 and result["memory_limit_source"] == "MemAvailable at start"
         assert [t["outcome"] for t in result["trials"] if not t["fits"]] == ["out of memory"] * 3  # 8, 7, 6
@@ -186,7 +186,7 @@ def test_find_max_microbatch_catches_real_out_of_memory_errors(make_run, monkeyp
     def broken(run, step):
         raise RuntimeError("shape mismatch")  # not memory: must not be mistaken for a failed trial
 
-    monkeypatch.setattr(bench, "forward_backward", broken)
+    monkeypatch.setattr(bench.harness, "forward_backward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         bench.find_max_microbatch(run_dir)
 

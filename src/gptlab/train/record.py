@@ -18,6 +18,19 @@ from gptlab.files import append_jsonl
 from gptlab.rundir import TRAIN_LOG
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name as /proc/cpuinfo gives it (what `lscpu` shows)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware, recorded in every run log and benchmark."""
     info: dict[str, Any] = {
@@ -29,7 +42,7 @@ def environment() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name()
+        info["device_name"] = device_name(torch.device("cuda"))
         info["device_count"] = torch.cuda.device_count()
     return info
 
