@@ -24,7 +24,8 @@ from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenSplitWriter
 from gptlab.errors import UserError
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
-from gptlab.train.loop import Run, forward_backward, optimizer_step, setup
+from gptlab.train.loop import forward_backward, optimizer_step, setup
+from gptlab.train.state import Run
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
