@@ -42,7 +42,7 @@ class ModelConfig(BaseModel):
         return self.emb_dim // self.n_heads
 
 
-Precision = Literal["fp32", "tf32", "fp16", "bf16", "auto"]
+PrecisionName = Literal["fp32", "tf32", "fp16", "bf16", "auto"]  # train.json's precision; train.precision.Precision is what it sets up
 Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
 
@@ -69,7 +69,7 @@ class TrainConfig(BaseModel):
     random_seed: int = Field(42, description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.")
 
     # --- gptlab's own keys ---------------------------------------------------------------------
-    precision: Optional[Precision] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
+    precision: Optional[PrecisionName] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
                                            "or 'auto': bf16 on GPUs that support it (else fp16); on a CPU bf16 only where it has native bf16 "
                                            "and a matmul measures faster, else fp32. Absent with use_amp absent: fp16 on GPUs (the users' "
                                            "harness), 'auto' on a CPU (where fp16 autocast is several times slower than fp32).")

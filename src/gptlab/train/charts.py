@@ -10,7 +10,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from gptlab.files import atomic_write, read_json
 from gptlab.rundir import CHECKPOINTS, GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, METRICS, RESOLVED_CONFIG, TRAIN_FILE

@@ -36,7 +36,7 @@ from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_r
 from gptlab.train.precision import PrecisionChoice, choose_precision, clip_to_norm, configure_precision, global_grad_norm
 from gptlab.train.progress import ESTIMATE_AFTER_STEPS, finish_summary, log_estimate, log_header, peak_memory, record_step, show_progress
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
-from gptlab.train.state import Run, RunningTotals
+from gptlab.train.state import RunningTotals, Training
 from gptlab.weights import build_model, load_book_safetensors
 
 
@@ -72,7 +72,7 @@ def _validation_slice(run_config: RunConfig, dataset: TokenDataset) -> Optional[
 
 
 def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,
-          resume: Optional[str] = None, show_progress: bool = True) -> Run:
+          resume: Optional[str] = None, show_progress: bool = True) -> Training:
     run_dir = Path(run_dir)
     run_config = load_run_config(run_dir, overrides)
     model_config, train_config = run_config.model, run_config.train
@@ -113,7 +113,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     if fast_paths["compile"]:
         trained_model = torch.compile(trained_model)
     log = RunLog(run_dir, enabled=dist_context.is_main)
-    run = Run(
+    run = Training(
         run_dir=run_dir, config=run_config, dist=dist_context, device=device, dataset=dataset, model=model,
         trained_model=trained_model, optimizer=optimizer, precision=precision,
         precision_reason=precision_choice.reason, fast_paths=fast_paths,
@@ -151,7 +151,7 @@ def _choose_run_precision(run_dir: Path, run_config: RunConfig, device: torch.de
     return choice
 
 
-def _restore(run: Run, which: str) -> None:
+def _restore(run: Training, which: str) -> None:
     checkpoint = find_resumable_checkpoint(run.run_dir, which)
     saved = read_json(checkpoint.path / "config.json")
     current = run.config.to_json_dict()
@@ -186,7 +186,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def forward_backward(run: Run, step: int) -> torch.Tensor:
+def forward_backward(run: Training, step: int) -> torch.Tensor:
     """Loss of one optimizer step, averaged over its microbatches, with gradients accumulated.
 
     Each backward is of loss / accumulation steps, so the summed gradient is that of one large batch.
@@ -204,7 +204,7 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
     return loss_sum
 
 
-def optimizer_step(run: Run, loss: torch.Tensor, stop_requested: bool = False) -> torch.Tensor:
+def optimizer_step(run: Training, loss: torch.Tensor, stop_requested: bool = False) -> torch.Tensor:
     """Unscale, measure, clip, and apply the step unless the loss or a gradient is non-finite, all on the device.
 
     Returns the step's values as one device tensor [loss, grad norm, clipped, skipped, stop votes], read back
@@ -245,7 +245,7 @@ def read_back(values: list[torch.Tensor]) -> list[dict[str, Any]]:
             for loss, norm, clipped, skipped, stop in rows]
 
 
-def validate(run: Run) -> Optional[float]:
+def validate(run: Training) -> Optional[float]:
     """Validation loss on the same batches every time; each rank takes every world_size-th batch."""
     if run.validation is None:
         return None
@@ -256,7 +256,7 @@ def validate(run: Run) -> Optional[float]:
     return loss_sum / count
 
 
-def fit(run: Run) -> dict[str, Any]:
+def fit(run: Training) -> dict[str, Any]:
     """Train from `run.start_step` to the end, or until SIGTERM/SIGINT asks to stop (then checkpoint and return).
 
     Step values stay on the device and are read back every `log_interval` steps and before any
@@ -332,7 +332,7 @@ def fit(run: Run) -> dict[str, Any]:
 CHART_SECONDS = 30.0  # charts are redrawn at a checkpoint at most this often (and always at the end)
 
 
-def _redraw_charts(run: Run, final: bool) -> None:
+def _redraw_charts(run: Training, final: bool) -> None:
     """loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in the run directory, as the users' harness drew them.
 
     Drawing takes about a second; with checkpoints every few seconds it would cost more than training,
@@ -371,7 +371,7 @@ class StopRequest:
         self._previous.clear()
 
 
-def _checkpoint(run: Run, step: int, learning_rate: float) -> None:
+def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
     train_config, totals = run.config.train, run.totals
     stats = run.interval.summary(clipping=train_config.clipping_max_norm is not None)
     by_validation = train_config.best_by == "validation" and totals.last_validation_loss is not None

@@ -11,12 +11,12 @@ import torch
 from gptlab.config import not_yet_applied_notes
 from gptlab.rundir import write_summary
 from gptlab.train.record import environment, format_summary
-from gptlab.train.state import Run
+from gptlab.train.state import Training
 
 ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
 
 
-def log_header(run: Run) -> None:
+def log_header(run: Training) -> None:
     model_config, train_config, plan = run.config.model, run.config.train, run.plan
     env = environment()
     run.log.line(f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
@@ -32,7 +32,7 @@ def log_header(run: Run) -> None:
         run.log.line(f"Note: {note}")
 
 
-def record_step(run: Run, step: int, learning_rate: float, outcome: dict[str, Any], elapsed: float) -> None:
+def record_step(run: Training, step: int, learning_rate: float, outcome: dict[str, Any], elapsed: float) -> None:
     """Count the step in the totals and the interval statistics, and add its metrics.jsonl record."""
     run.totals.add_step(learning_rate, outcome["clipped"], outcome["skipped"], outcome["loss"])
     run.interval.add(outcome["loss"], outcome["grad_norm"], outcome["clipped"])
@@ -44,7 +44,7 @@ def record_step(run: Run, step: int, learning_rate: float, outcome: dict[str, An
     })
 
 
-def show_progress(run: Run, bar, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
+def show_progress(run: Training, bar, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
     totals = run.totals
     seconds = max(totals.train_seconds - train_seconds_at_start, 1e-9)
     postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{throughput(run, seconds, since_start=True):,.0f}"}
@@ -55,13 +55,13 @@ def show_progress(run: Run, bar, outcome: dict[str, Any], train_seconds_at_start
     bar.set_postfix(postfix, refresh=False)
 
 
-def throughput(run: Run, seconds: float, since_start: bool = False) -> float:
+def throughput(run: Training, seconds: float, since_start: bool = False) -> float:
     """Tokens per second over the timed steps (a compiling first step is not one of them)."""
     steps = run.totals.timed_steps - (run.start_timed_steps if since_start else 0)
     return steps * run.plan.global_batch_tokens / seconds if seconds > 0 else 0.0
 
 
-def log_estimate(run: Run, step: int, train_seconds_at_start: float) -> None:
+def log_estimate(run: Training, step: int, train_seconds_at_start: float) -> None:
     """Once the first steps are timed: how long, and what it will cost, to finish."""
     totals = run.totals
     seconds_per_step = (totals.train_seconds - train_seconds_at_start) / max(1, totals.timed_steps - run.start_timed_steps)
@@ -81,7 +81,7 @@ def json_float(value: float) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def finish_summary(run: Run) -> dict[str, Any]:
+def finish_summary(run: Training) -> dict[str, Any]:
     """The run's summary: written to summary.json and printed (on rank 0), and returned."""
     train_config, totals, plan = run.config.train, run.totals, run.plan
     seconds = totals.train_seconds

@@ -1,4 +1,4 @@
-"""What a training run holds while it runs (`Run`), and the counts it carries across checkpoints (`RunningTotals`)."""
+"""What a training holds while it runs (`Training`), and the counts it carries across checkpoints (`RunningTotals`)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class RunningTotals:
 
 
 @dataclass
-class Run:
+class Training:
     """Everything a training run holds while it runs; built by `gptlab.train.loop.setup`."""
 
     run_dir: Path
