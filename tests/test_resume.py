@@ -154,3 +154,21 @@ def test_resume_refuses_a_changed_model_and_unsafe_train_keys_but_reports_safe_o
     (run / "train.json").write_text(json.dumps({**train, "checkpoint_interval": 3, "validation_batches": 1}))
     train_run(run, resume="latest", show_progress=False)
     assert "Resuming from" in (run / "train.log").read_text() and "changed: checkpoint_interval, validation_batches" in (run / "train.log").read_text()
+
+
+def test_a_checkpoint_of_an_older_gptlab_resumes_and_its_totals_carry_on(make_run):
+    """Before the fast-path switches, training_state.pt's totals were a dict without timed_steps and
+    compile_seconds; such a checkpoint must still resume, and the counts it holds must carry on."""
+    run = make_run(train={"min_train_tokens": 4 * 32 * 6, "checkpoint_interval": 2})
+    train_run(run, show_progress=False)
+    kept = cut_back_to(run, 2)
+    path = run / "checkpoints" / kept / "training_state.pt"
+    state = torch.load(path, weights_only=True)
+    state["totals"] = {"skipped_steps": 7, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 1000.0,
+                       "best_metric": state["totals"]["best_metric"], "peak_learning_rate": 0.003,
+                       "last_train_loss": 5.0, "last_validation_loss": None}
+    del state["interval"]  # older still: no interval statistics either
+    torch.save(state, path)
+    summary = train_run(run, resume="latest", show_progress=False)
+    assert summary["skipped_steps"] == 7 and summary["training_seconds"] > 1000.0
+    assert summary["steps"] == 6 and len(list_checkpoints(run)) == 4

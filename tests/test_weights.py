@@ -82,3 +82,40 @@ def test_mismatched_config_is_a_clear_error(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="bad.safetensors"):
         load_book_safetensors(build_model(ModelConfig(**SMALL)), tmp_path / "bad.safetensors")
+
+
+def test_every_model_key_says_whether_the_book_model_and_gpt2_hold_it():
+    """A new model.json key must be classified: free in both outside formats, or pinned to the value a format holds."""
+    from gptlab.config import FORMAT_FREE_KEYS, FORMAT_PINNED_KEYS, OUTSIDE_FORMATS
+
+    pinned = {key for keys in FORMAT_PINNED_KEYS.values() for key in keys}
+    unclassified = sorted(set(ModelConfig.model_fields) - FORMAT_FREE_KEYS - pinned)
+    assert not unclassified, f"classify these model.json keys in config.FORMAT_FREE_KEYS or FORMAT_PINNED_KEYS: {unclassified}"
+    assert not FORMAT_FREE_KEYS & pinned and set(FORMAT_PINNED_KEYS) == set(OUTSIDE_FORMATS)
+    config = ModelConfig(**SMALL)
+    assert config.loads_in_book_model and config.exports_to_gpt2  # every model gptlab builds today fits both
+
+
+def test_a_model_beyond_the_book_layout_or_gpt2_is_refused_at_the_boundary(tmp_path, monkeypatch):
+    """What a future architecture key (say, a norm other than LayerNorm) will meet, shown with a key pinned for the test."""
+    from gptlab.config import FORMAT_PINNED_KEYS
+    from gptlab.export.hf import hf_config, write_hf_model
+
+    model = build_model(ModelConfig(**SMALL, qkv_bias=True))
+    save_book_safetensors(model, tmp_path / "model.safetensors")
+    monkeypatch.setitem(FORMAT_PINNED_KEYS, "book", {"qkv_bias": False})
+    assert not model.config.loads_in_book_model and model.config.exports_to_gpt2
+    with pytest.raises(UserError) as refused:
+        save_book_safetensors(model, tmp_path / "again.safetensors")
+    assert refused.value.lines == [f"{tmp_path / 'again.safetensors'}: model.json qkv_bias: true cannot be held by the book's GPTModel, "
+                                   "which holds only false"]
+    assert not (tmp_path / "again.safetensors").exists()
+    with pytest.raises(UserError, match="qkv_bias: true cannot be held by the book's GPTModel"):
+        load_book_safetensors(build_model(ModelConfig(**SMALL, qkv_bias=True)), tmp_path / "model.safetensors")
+
+    monkeypatch.setitem(FORMAT_PINNED_KEYS, "gpt2", {"tie_weights": True})
+    with pytest.raises(UserError, match="tie_weights: false cannot be held by transformers' GPT-2"):
+        hf_config(model.config)
+    with pytest.raises(UserError, match="transformers' GPT-2"):
+        write_hf_model(model, model.config, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

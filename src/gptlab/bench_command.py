@@ -40,7 +40,7 @@ def bench(run_dir: Path, assignments: tuple[str, ...], steps: int, warmup_steps:
     and the time spent in data, forward, backward and optimizer. Nothing is written into RUN_DIR.
     Formulas and methods: docs/performance.md.
     """
-    from gptlab import bench as harness
+    from gptlab import bench as throughput
     from gptlab.config import parse_assignments
 
     if assignments and not compare:
@@ -53,18 +53,18 @@ def bench(run_dir: Path, assignments: tuple[str, ...], steps: int, warmup_steps:
     progress = (lambda line: click.echo(line, err=True))
 
     if find_max_microbatch:
-        limit = harness.parse_bytes(memory_limit) if memory_limit is not None else None
-        result = harness.find_max_microbatch(run_dir, overrides=overrides, memory_limit_bytes=limit, progress=progress)
-        lines = harness.format_max_microbatch(result)
+        limit = throughput.parse_bytes(memory_limit) if memory_limit is not None else None
+        result = throughput.find_max_microbatch(run_dir, overrides=overrides, memory_limit_bytes=limit, progress=progress)
+        lines = throughput.format_max_microbatch(result)
     elif compare:
-        result = harness.compare_runs(run_dir, assignments, base_overrides=overrides, settings=settings, progress=progress,
+        result = throughput.compare_speeds(run_dir, assignments, base_overrides=overrides, settings=settings, progress=progress,
                                       steps=steps, warmup_steps=warmup_steps, phase_steps=phase_steps, synthetic=synthetic,
                                       datasets_dir=datasets_dir, peak_tflops=peak_tflops)
-        lines = harness.format_comparison(result)
+        lines = throughput.format_comparison(result)
     else:
-        result = harness.bench_run(run_dir, overrides=overrides, settings=settings, steps=steps, warmup_steps=warmup_steps,
+        result = throughput.bench_run(run_dir, overrides=overrides, settings=settings, steps=steps, warmup_steps=warmup_steps,
                                    phase_steps=phase_steps, synthetic=synthetic, datasets_dir=datasets_dir, peak_tflops=peak_tflops)
-        lines = harness.format_bench(result)
+        lines = throughput.format_bench(result)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -85,7 +85,8 @@ def prepare(source: str, out_dir: Path, validation_fraction: float, test_fractio
 @click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where Hugging Face datasets are looked for and downloaded (default: $GPTLAB_DATASETS_DIR or ./datasets).")
 @click.option("--resume", default=None, metavar="CHECKPOINT", help="Continue from a checkpoint: latest, best, or a folder name.")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config key for this run (repeatable), e.g. --set learning_rate=0.001.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config key for this run (repeatable), e.g. --set learning_rate=0.001; "
+                   "precision=... replaces the users' use_amp, lr_schedule=... their schedule_learning_rate.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics.jsonl is still written).")
 def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], assignments: tuple[str, ...], no_progress: bool) -> None:
     """Train the run in RUN_DIR from its model.json and train.json.

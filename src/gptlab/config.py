@@ -41,6 +41,38 @@ class ModelConfig(BaseModel):
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
 
+    def format_problems(self, format_name: str) -> list[str]:
+        """Why `format_name` ('book' or 'gpt2', see OUTSIDE_FORMATS) cannot hold this model; empty when it can."""
+        return [f"{key}: {json.dumps(getattr(self, key))} cannot be held by {OUTSIDE_FORMATS[format_name]}, which holds only "
+                f"{json.dumps(value)}" for key, value in FORMAT_PINNED_KEYS[format_name].items() if getattr(self, key) != value]
+
+    @property
+    def loads_in_book_model(self) -> bool:
+        """Its weights can be stored in, and loaded from, the book's GPTModel layout (every checkpoint is)."""
+        return not self.format_problems("book")
+
+    @property
+    def exports_to_gpt2(self) -> bool:
+        """It can be exported to, and imported from, transformers' GPT-2."""
+        return not self.format_problems("gpt2")
+
+    def require_format(self, format_name: str, source: str) -> None:
+        """Refuse, with one line per key, a model that `format_name` cannot hold: at the file boundary, not deep inside a conversion."""
+        problems = self.format_problems(format_name)
+        if problems:
+            raise UserError(*[f"{source}: model.json {problem}" for problem in problems])
+
+
+# The two formats outside gptlab that a model must fit: checkpoints are stored in the book's GPTModel layout
+# and runs export to transformers' GPT-2. Both hold every model.json key in FORMAT_FREE_KEYS with any value;
+# a key that takes the architecture beyond one of them (say, RMSNorm instead of LayerNorm) is pinned in
+# FORMAT_PINNED_KEYS to the one value that format holds, so saving, loading or exporting such a model is
+# refused at that boundary. A test fails when a model.json key is in neither.
+OUTSIDE_FORMATS = {"book": "the book's GPTModel", "gpt2": "transformers' GPT-2"}
+FORMAT_FREE_KEYS = frozenset({"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias",
+                              "tie_weights", "init"})
+FORMAT_PINNED_KEYS: dict[str, dict[str, Any]] = {"book": {}, "gpt2": {}}
+
 
 class NotifySettings(BaseModel):
     """train.json's `notify` object; the channels' secrets come from environment variables (docs/cloud.md)."""
@@ -51,7 +83,7 @@ class NotifySettings(BaseModel):
     every_checkpoints: Optional[int] = Field(None, gt=0, description="Also send loss, tokens/s and cost every this many checkpoints; absent: never.")
 
 
-Precision = Literal["fp32", "tf32", "fp16", "bf16", "auto"]
+PrecisionName = Literal["fp32", "tf32", "fp16", "bf16", "auto"]  # train.json's precision; train.precision.Precision is what it sets up
 Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
 
@@ -78,7 +110,7 @@ class TrainConfig(BaseModel):
     random_seed: int = Field(42, description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.")
 
     # --- gptlab's own keys ---------------------------------------------------------------------
-    precision: Optional[Precision] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
+    precision: Optional[PrecisionName] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
                                            "or 'auto': bf16 on GPUs that support it (else fp16); on a CPU bf16 only where it has native bf16 "
                                            "and a matmul measures faster, else fp32. Absent with use_amp absent: fp16 on GPUs (the users' "
                                            "harness), 'auto' on a CPU (where fp16 autocast is several times slower than fp32).")

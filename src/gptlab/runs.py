@@ -18,7 +18,7 @@ from gptlab.weights import build_model
 
 
 @dataclass
-class TrainedRun:
+class TrainedModel:
     run_dir: Path
     config: RunConfig
     checkpoint: Checkpoint
@@ -28,11 +28,11 @@ class TrainedRun:
         return locate_dataset(self.config.train.dataset, self.run_dir, datasets_dir)
 
 
-def open_trained_run(run_dir: Path, which: str = "latest", device: torch.device | str = "cpu") -> TrainedRun:
+def open_trained_run(run_dir: Path, which: str = "latest", device: torch.device | str = "cpu") -> TrainedModel:
     """The model of checkpoint `which` (best, latest or a name), in eval mode with dropout off."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     checkpoint = find_checkpoint(run_dir, which)
     model = build_model(config.model.model_copy(update={"drop_rate": 0.0}), device="cpu", initialise=False)
     checkpoint.load_model(model)
-    return TrainedRun(run_dir, config, checkpoint, model.to(device).eval())
+    return TrainedModel(run_dir, config, checkpoint, model.to(device).eval())

@@ -70,6 +70,7 @@ def to_book_state_dict(model: GPT, with_masks: bool = True) -> dict[str, torch.T
 
 def from_book_state_dict(config: ModelConfig, book: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """The book's names -> gptlab's state dict, checking every expected tensor is present with its shape."""
+    config.require_format("book", source)
     book = dict(book)
     if config.tie_weights:
         # A tied head is stored once; accept it under either name.
@@ -122,6 +123,7 @@ def load_book_state_dict(model: GPT, book: dict[str, torch.Tensor], source: str)
 
 def save_book_safetensors(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write `model.safetensors` as the book's `safetensors.torch.save_model` would (caller handles atomicity)."""
+    model.config.require_format("book", str(path))
     book = to_book_state_dict(model)
     file_metadata = dict(metadata or {})
     if model.config.tie_weights:

@@ -24,7 +24,8 @@ from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenSplitWriter
 from gptlab.errors import UserError
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
-from gptlab.train.loop import Run, forward_backward, optimizer_step, setup
+from gptlab.train.loop import forward_backward, optimizer_step, setup
+from gptlab.train.state import Training
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
@@ -68,7 +69,7 @@ def dataset_for(config: RunConfig, run_dir: Path, datasets_dir: Optional[Path], 
 
 
 @contextlib.contextmanager
-def prepared_run(config: RunConfig, steps: int, dataset_dir: Optional[Path] = None) -> Iterator[Run]:
+def prepared_run(config: RunConfig, steps: int, dataset_dir: Optional[Path] = None) -> Iterator[Training]:
     """`setup` of `config` in a temporary run directory whose data covers `steps` steps.
 
     `dataset_dir` None means random tokens. Nothing is written into the user's run directory, and
@@ -95,14 +96,14 @@ def prepared_run(config: RunConfig, steps: int, dataset_dir: Optional[Path] = No
             del run
 
 
-def train_step(run: Run, step: int) -> None:
+def train_step(run: Training, step: int) -> None:
     """One optimizer step exactly as `fit` takes it (minus recording)."""
     loss = forward_backward(run, step)
     optimizer_step(run, loss)
 
 
 @contextlib.contextmanager
-def phase_clock(run: Run, seconds: dict[str, float]) -> Iterator[None]:
+def phase_clock(run: Training, seconds: dict[str, float]) -> Iterator[None]:
     """Adds to `seconds['data']` the time inside the run's batch reads and to `seconds['backward']` the time
     inside `torch.autograd.backward` (which `Tensor.backward` calls), without changing the step code.
 
@@ -138,7 +139,7 @@ def phase_clock(run: Run, seconds: dict[str, float]) -> Iterator[None]:
         torch.autograd.backward = backward
 
 
-def time_phases(run: Run, steps: range) -> dict[str, float]:
+def time_phases(run: Training, steps: range) -> dict[str, float]:
     seconds = dict.fromkeys(PHASES, 0.0)
     with phase_clock(run, seconds):
         for step in steps:
@@ -155,7 +156,7 @@ def time_phases(run: Run, steps: range) -> dict[str, float]:
     return {name: round(value / len(steps) * 1e3, 3) for name, value in seconds.items()}
 
 
-def step_peak_memory(run: Run, step: int, limit: Optional[int] = None) -> tuple[int, str]:
+def step_peak_memory(run: Training, step: int, limit: Optional[int] = None) -> tuple[int, str]:
     """Run one step and return (peak bytes, how they were measured)."""
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
@@ -167,7 +168,7 @@ def step_peak_memory(run: Run, step: int, limit: Optional[int] = None) -> tuple[
     return tracker.peak, "tensor bytes alive, tracked op by op (TensorBytesTracker)"
 
 
-def _tensors_alive(run: Run) -> list[torch.Tensor]:
+def _tensors_alive(run: Training) -> list[torch.Tensor]:
     tensors = [t for t in run.model.parameters()] + [t for t in run.model.buffers()]
     tensors += [p.grad for p in run.model.parameters() if p.grad is not None]
     for state in run.optimizer.state.values():

@@ -117,7 +117,7 @@ def bench_run(run_dir: Path, *, overrides: Optional[dict[str, dict]] = None, set
     return {key: result[key] for key in RESULT_FIELDS}
 
 
-def compare_runs(run_dir: Path, assignments: tuple[str, ...], *, base_overrides: Optional[dict[str, dict]] = None,
+def compare_speeds(run_dir: Path, assignments: tuple[str, ...], *, base_overrides: Optional[dict[str, dict]] = None,
                  settings: tuple[str, ...] = (), progress: Optional[Callable[[str], None]] = None, **options: Any) -> dict[str, Any]:
     """`bench_run` once per KEY=VALUE in `assignments`, each on top of `base_overrides`, in that order."""
     if not assignments:

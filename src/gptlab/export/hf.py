@@ -99,6 +99,7 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 def from_hf_state_dict(config: ModelConfig, hf: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """GPT2LMHeadModel tensors (with or without the `transformer.` prefix) -> gptlab's state dict."""
+    config.require_format("gpt2", source)
     remaining = {_with_prefix(name): tensor for name, tensor in hf.items() if not _IGNORED_HF_KEYS.match(name)}
     ours: dict[str, torch.Tensor] = {}
     missing: list[str] = []
@@ -181,6 +182,7 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     embd_pdrop sit exactly where gptlab's one rate applies: `from_pretrained` returns the model in eval
     mode (no dropout), and someone fine-tuning it gets the regularisation it was trained with.
     """
+    config.require_format("gpt2", "export")
     gpt2_tokens = config.vocab_size >= VOCAB_SIZE
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -388,6 +390,7 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_export_target(out_dir, overwrite, run_dir)
     trained = open_trained_run(run_dir, checkpoint)
+    trained.config.model.require_format("gpt2", str(run_dir / MODEL_FILE))
     if evaluate:
         from gptlab.evaluate.loss import evaluate_run
 

@@ -60,14 +60,14 @@ class TrainingNotifier:
         if not self.every_checkpoints or self.checkpoints_seen % self.every_checkpoints or step == last_step:
             return  # the last checkpoint is followed by "finished"
         totals = run.totals
-        parts = [f"train loss {_number(totals['last_train_loss'])}"]
-        if totals["last_validation_loss"] is not None:
-            parts.append(f"val loss {_number(totals['last_validation_loss'])}")
-        if totals["train_seconds"] > 0:
-            parts.append(f"{totals['timed_steps'] * run.plan.global_batch_tokens / totals['train_seconds']:,.0f} tokens/s")
+        parts = [f"train loss {_number(totals.last_train_loss)}"]
+        if totals.last_validation_loss is not None:
+            parts.append(f"val loss {_number(totals.last_validation_loss)}")
+        if totals.train_seconds > 0:
+            parts.append(f"{totals.timed_steps * run.plan.global_batch_tokens / totals.train_seconds:,.0f} tokens/s")
         cost_per_hour = run.config.train.cost_per_hour
         if cost_per_hour is not None:
-            parts.append(f"${totals['train_seconds'] / 3600 * cost_per_hour:.2f} so far")
+            parts.append(f"${totals.train_seconds / 3600 * cost_per_hour:.2f} so far")
         self._send("checkpoint", f"{self._name} at step {step + 1:,}/{run.plan.total_steps:,} ({(step + 1) / run.plan.total_steps:.0%})",
                    [" | ".join(parts)])
 

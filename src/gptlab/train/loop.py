@@ -9,76 +9,42 @@ values are read back at once and each step is recorded; then validate and checkp
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config, not_yet_applied_notes
-from gptlab.data.batches import BatchPlan, BatchReader, plan_training
+from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config
+from gptlab.data.batches import BatchReader, plan_training
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
-from gptlab.model import GPT
-from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config, write_summary
 from gptlab.notify.training import TrainingNotifier
+from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
-from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints,
-                                     prune_checkpoints, remove_stale_checkpoint_staging, restore_rng_state, save_checkpoint)
+from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
+                                     remove_stale_checkpoint_staging, restore_rng_state, save_checkpoint)
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
-from gptlab.train.precision import (Precision, PrecisionChoice, choose_precision, clip_to_norm, configure_precision,
-                                    global_grad_norm)
-from gptlab.train.record import IntervalStats, MetricsFile, RunLog, environment, format_summary, progress_bar
+from gptlab.train.precision import PrecisionChoice, choose_precision, clip_to_norm, configure_precision, global_grad_norm
+from gptlab.train.progress import ESTIMATE_AFTER_STEPS, finish_summary, log_estimate, log_header, peak_memory, record_step, show_progress
+from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
+from gptlab.train.state import RunningTotals, Training
 from gptlab.weights import build_model, load_book_safetensors
+
 
 class TrainingStopped(UserError):
     """Training cannot usefully go on (too many non-finite steps in a row); the last checkpoint is kept."""
 
     exit_code = 3
-
-
-@dataclass
-class Run:
-    """Everything a training run holds while it runs; built by `setup`."""
-
-    run_dir: Path
-    config: RunConfig
-    dist: distributed.Distributed
-    device: torch.device
-    dataset: TokenDataset
-    model: GPT
-    trained_model: torch.nn.Module  # the model, or its DDP and/or torch.compile wrapper
-    fast_paths: dict[str, Any]
-    optimizer: torch.optim.AdamW
-    precision: Precision
-    precision_reason: str
-    plan: BatchPlan
-    reader: BatchReader
-    validation: Optional[EvalSlice]
-    log: RunLog
-    metrics: MetricsFile
-    show_progress: bool
-    notifier: TrainingNotifier  # messages about the run (started, checkpoints, finished, failed), when train.json asks
-    start_step: int = 0
-    interval: IntervalStats = field(default_factory=IntervalStats)  # train statistics since the last checkpoint
-    start_timed_steps: int = 0
-    charts_drawn_at: float = float("-inf")
-    # running totals, saved in every checkpoint so a resumed run carries on counting
-    totals: dict[str, Any] = field(default_factory=lambda: {
-        "skipped_steps": 0, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 0.0, "timed_steps": 0, "compile_seconds": None,
-        "best_metric": None, "peak_learning_rate": 0.0, "last_train_loss": None, "last_validation_loss": None,
-    })
 
 
 def seed_everything(seed: int) -> None:
@@ -107,7 +73,7 @@ def _validation_slice(run_config: RunConfig, dataset: TokenDataset) -> Optional[
 
 
 def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,
-          resume: Optional[str] = None, show_progress: bool = True) -> Run:
+          resume: Optional[str] = None, show_progress: bool = True) -> Training:
     run_dir = Path(run_dir)
     run_config = load_run_config(run_dir, overrides)
     model_config, train_config = run_config.model, run_config.train
@@ -149,14 +115,13 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     if fast_paths["compile"]:
         trained_model = torch.compile(trained_model)
     log = RunLog(run_dir, enabled=dist_context.is_main)
-    run = Run(
+    run = Training(
         run_dir=run_dir, config=run_config, dist=dist_context, device=device, dataset=dataset, model=model,
         trained_model=trained_model, optimizer=optimizer, precision=precision,
-        precision_reason=precision_choice.reason, fast_paths=fast_paths,
+        precision_reason=precision_choice.reason, fast_paths=fast_paths, notifier=notifier,
         plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
         validation=_validation_slice(run_config, dataset), log=log,
         metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
-        notifier=notifier,
     )
     if dist_context.is_main:
         remove_stale_checkpoint_staging(run_dir)
@@ -166,7 +131,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         write_resolved_config(run_dir, run_config)
         (run_dir / METRICS).unlink(missing_ok=True)
         (run_dir / TRAIN_LOG).unlink(missing_ok=True)
-    _print_header(run)
+    log_header(run)
     return run
 
 
@@ -188,7 +153,7 @@ def _choose_run_precision(run_dir: Path, run_config: RunConfig, device: torch.de
     return choice
 
 
-def _restore(run: Run, which: str) -> None:
+def _restore(run: Training, which: str) -> None:
     checkpoint = find_resumable_checkpoint(run.run_dir, which)
     saved = read_json(checkpoint.path / "config.json")
     current = run.config.to_json_dict()
@@ -205,8 +170,8 @@ def _restore(run: Run, which: str) -> None:
     checkpoint.load_scaler(run.precision.scaler)
     state = checkpoint.load_training_state()
     run.start_step = int(state["step"]) + 1
-    run.totals.update(state["totals"])
-    run.interval = IntervalStats(**state["interval"]) if "interval" in state else IntervalStats()
+    run.totals = RunningTotals.from_state(state["totals"])
+    run.interval = IntervalStats.from_state(state["interval"]) if "interval" in state else IntervalStats()
     per_rank = state["rng"]
     restore_rng_state(per_rank[run.dist.rank % len(per_rank)] if isinstance(per_rank, list) else per_rank)
     if run.dist.is_main:
@@ -223,23 +188,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _print_header(run: Run) -> None:
-    model_config, train_config, plan = run.config.model, run.config.train, run.plan
-    env = environment()
-    run.log.line(f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
-                 + (f" ({env['device_name']})" if "device_name" in env else "") + f" | world size {run.dist.world_size}")
-    run.log.line(f"Model: {run.model.parameter_count():,} parameters ({model_config.n_layers} layers, {model_config.emb_dim} wide, "
-                 f"{model_config.n_heads} heads, context {model_config.context_length}, tied head: {model_config.tie_weights})")
-    run.log.line(f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
-                 f"{plan.total_steps:,} steps of {plan.global_batch_tokens:,} tokens")
-    run.log.line(f"Precision: {run.precision.name} ({run.precision_reason}) | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
-                 f"clipping: {train_config.clipping_max_norm or 'off'} | validation: "
-                 + (f"{run.validation.batches} batches" if run.validation else "off"))
-    for note in not_yet_applied_notes(run.config):
-        run.log.line(f"Note: {note}")
-
-
-def forward_backward(run: Run, step: int) -> torch.Tensor:
+def forward_backward(run: Training, step: int) -> torch.Tensor:
     """Loss of one optimizer step, averaged over its microbatches, with gradients accumulated.
 
     Each backward is of loss / accumulation steps, so the summed gradient is that of one large batch.
@@ -257,7 +206,7 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
     return loss_sum
 
 
-def optimizer_step(run: Run, loss: torch.Tensor, stop_requested: bool = False) -> torch.Tensor:
+def optimizer_step(run: Training, loss: torch.Tensor, stop_requested: bool = False) -> torch.Tensor:
     """Unscale, measure, clip, and apply the step unless the loss or a gradient is non-finite, all on the device.
 
     Returns the step's values as one device tensor [loss, grad norm, clipped, skipped, stop votes], read back
@@ -298,7 +247,7 @@ def read_back(values: list[torch.Tensor]) -> list[dict[str, Any]]:
             for loss, norm, clipped, skipped, stop in rows]
 
 
-def validate(run: Run) -> Optional[float]:
+def validate(run: Training) -> Optional[float]:
     """Validation loss on the same batches every time; each rank takes every world_size-th batch."""
     if run.validation is None:
         return None
@@ -309,7 +258,7 @@ def validate(run: Run) -> Optional[float]:
     return loss_sum / count
 
 
-def fit(run: Run) -> dict[str, Any]:
+def fit(run: Training) -> dict[str, Any]:
     """Train from `run.start_step` to the end, or until SIGTERM/SIGINT asks to stop (then checkpoint and return).
 
     Step values stay on the device and are read back every `log_interval` steps and before any
@@ -321,8 +270,8 @@ def fit(run: Run) -> dict[str, Any]:
     bar = progress_bar(plan.total_steps, run.start_step, run.show_progress)
     stop_request = StopRequest()
     started = time.perf_counter()
-    train_seconds_at_start = totals["train_seconds"]
-    run.start_timed_steps = totals["timed_steps"]
+    train_seconds_at_start = totals.train_seconds
+    run.start_timed_steps = totals.timed_steps
     pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, learning rate, elapsed, device values)
     try:
         stop_request.install()
@@ -336,36 +285,36 @@ def fit(run: Run) -> dict[str, Any]:
             validation_by_interval = train_config.validation_interval is not None and step % train_config.validation_interval == 0
             read_due = step == last_step or checkpoint_by_interval or validation_by_interval or (step + 1 - run.start_step) % read_interval == 0
             outcomes = read_back([values for *_, values in pending]) if read_due else []
-            if run.fast_paths["compile"] and totals["compile_seconds"] is None:
-                totals["compile_seconds"] = time.perf_counter() - step_clock  # the first step compiles; kept apart
+            if run.fast_paths["compile"] and totals.compile_seconds is None:
+                totals.compile_seconds = time.perf_counter() - step_clock  # the first step compiles; kept apart
             else:
-                totals["train_seconds"] += time.perf_counter() - step_clock
-                totals["timed_steps"] += 1
+                totals.train_seconds += time.perf_counter() - step_clock
+                totals.timed_steps += 1
             bar.update(1)
             if not read_due:
                 continue
 
             for (recorded_step, rate, elapsed, _), outcome in zip(pending, outcomes):
-                _record_step(run, recorded_step, rate, outcome, elapsed)
-                if totals["consecutive_skipped"] >= train_config.max_consecutive_skipped_steps:
+                record_step(run, recorded_step, rate, outcome, elapsed)
+                if totals.consecutive_skipped >= train_config.max_consecutive_skipped_steps:
                     run.metrics.flush()
                     raise TrainingStopped(
-                        f"{run.run_dir}: stopped at step {recorded_step}: {totals['consecutive_skipped']} steps in a row had non-finite gradients or loss "
+                        f"{run.run_dir}: stopped at step {recorded_step}: {totals.consecutive_skipped} steps in a row had non-finite gradients or loss "
                         f"(max_consecutive_skipped_steps = {train_config.max_consecutive_skipped_steps}); the last checkpoint is untouched. "
                         f"Try a lower learning_rate, clipping_max_norm, or precision 'bf16'"
                     )
             pending = []
             stop = any(outcome["stop"] for outcome in outcomes)
-            _show_progress(run, bar, outcomes[-1], train_seconds_at_start)
+            show_progress(run, bar, outcomes[-1], train_seconds_at_start)
             if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
-                run.notifier.started(run, _log_estimate(run, step, train_seconds_at_start))
+                run.notifier.started(run, log_estimate(run, step, train_seconds_at_start))
 
             checkpoint_due = step == last_step or stop or checkpoint_by_interval
             validation_due = validation_by_interval or step == last_step or (train_config.validation_interval is None and checkpoint_due)
             if validation_due:
-                totals["last_validation_loss"] = validate(run)
-                if totals["last_validation_loss"] is not None:
-                    run.metrics.annotate_last(validation_loss=totals["last_validation_loss"])
+                totals.last_validation_loss = validate(run)
+                if totals.last_validation_loss is not None:
+                    run.metrics.annotate_last(validation_loss=totals.last_validation_loss)
             if checkpoint_due:
                 _checkpoint(run, step, learning_rate)
                 run.notifier.checkpoint(run, step)
@@ -380,14 +329,13 @@ def fit(run: Run) -> dict[str, Any]:
         stop_request.restore()
         bar.close()
         run.metrics.flush()
-    return _summary(run)
+    return finish_summary(run)
 
 
-ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
 CHART_SECONDS = 30.0  # charts are redrawn at a checkpoint at most this often (and always at the end)
 
 
-def _redraw_charts(run: Run, final: bool) -> None:
+def _redraw_charts(run: Training, final: bool) -> None:
     """loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in the run directory, as the users' harness drew them.
 
     Drawing takes about a second; with checkpoints every few seconds it would cost more than training,
@@ -426,126 +374,32 @@ class StopRequest:
         self._previous.clear()
 
 
-def _record_step(run: Run, step: int, learning_rate: float, outcome: dict[str, Any], elapsed: float) -> None:
-    totals = run.totals
-    totals["peak_learning_rate"] = max(totals["peak_learning_rate"], learning_rate)
-    totals["clipped_steps"] += int(outcome["clipped"])
-    if outcome["skipped"]:
-        totals["skipped_steps"] += 1
-        totals["consecutive_skipped"] += 1
-    else:
-        totals["consecutive_skipped"] = 0
-        totals["last_train_loss"] = outcome["loss"]
-    run.interval.add(outcome["loss"], outcome["grad_norm"], outcome["clipped"])
-    run.metrics.add({
-        "step": step, "loss": _json_float(outcome["loss"]), "learning_rate": learning_rate,
-        "grad_norm": _json_float(outcome["grad_norm"]), "clipped": outcome["clipped"], "skipped": outcome["skipped"],
-        "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "elapsed_seconds": round(elapsed, 4),
-        "train_seconds": round(totals["train_seconds"], 4),
-    })
-
-
-def _show_progress(run: Run, bar, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
-    totals, plan = run.totals, run.plan
-    seconds = max(totals["train_seconds"] - train_seconds_at_start, 1e-9)
-    postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{_throughput(run, seconds, since_start=True):,.0f}"}
-    if totals["last_validation_loss"] is not None:
-        postfix["val"] = f"{totals['last_validation_loss']:.3f}"
-    if run.config.train.cost_per_hour is not None:
-        postfix["$"] = f"{totals['train_seconds'] / 3600 * run.config.train.cost_per_hour:.2f}"
-    bar.set_postfix(postfix, refresh=False)
-
-
-def _throughput(run: Run, seconds: float, since_start: bool = False) -> float:
-    """Tokens per second over the timed steps (a compiling first step is not one of them)."""
-    steps = run.totals["timed_steps"] - (run.start_timed_steps if since_start else 0)
-    return steps * run.plan.global_batch_tokens / seconds if seconds > 0 else 0.0
-
-
-def _log_estimate(run: Run, step: int, train_seconds_at_start: float) -> str:
-    """Once the first steps are timed: how long, and what it will cost, to finish."""
-    seconds_per_step = (run.totals["train_seconds"] - train_seconds_at_start) / max(1, run.totals["timed_steps"] - run.start_timed_steps)
-    remaining = seconds_per_step * (run.plan.total_steps - step - 1)
-    line = f"Estimate from the first {step + 1 - run.start_step} steps: {seconds_per_step:.3f} s/step, {remaining / 3600:.2f} h to go"
-    if run.config.train.cost_per_hour is not None:
-        total_hours = (run.totals["train_seconds"] + remaining) / 3600
-        line += f", ${total_hours * run.config.train.cost_per_hour:.2f} for the whole run at ${run.config.train.cost_per_hour}/h"
-    run.log.line(line)
-    return line
-
-
-def _peak_memory(device: torch.device) -> Optional[int]:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-def _json_float(value: float) -> Optional[float]:
-    return value if math.isfinite(value) else None
-
-
-def _checkpoint(run: Run, step: int, learning_rate: float) -> None:
+def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
     train_config, totals = run.config.train, run.totals
     stats = run.interval.summary(clipping=train_config.clipping_max_norm is not None)
-    by_validation = train_config.best_by == "validation" and totals["last_validation_loss"] is not None
-    metric = totals["last_validation_loss"] if by_validation else stats["avg_train_loss"]
-    is_best = metric is not None and (totals["best_metric"] is None or metric < totals["best_metric"])
+    by_validation = train_config.best_by == "validation" and totals.last_validation_loss is not None
+    metric = totals.last_validation_loss if by_validation else stats["avg_train_loss"]
+    is_best = metric is not None and (totals.best_metric is None or metric < totals.best_metric)
     if is_best:
-        totals["best_metric"] = metric
+        totals.best_metric = metric
     run.interval = IntervalStats()
     rng_per_rank = gather_rng_states(run.dist)  # a collective: every rank takes part
     if run.dist.is_main:
         meta = {
             "learning_rate": learning_rate, **stats, "global_step": step,
-            "validation_loss": totals["last_validation_loss"], "best_by": "validation" if by_validation else "train",
-            "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "skipped_steps": totals["skipped_steps"],
-            "clipped_steps": totals["clipped_steps"], "peak_learning_rate": totals["peak_learning_rate"],
+            "validation_loss": totals.last_validation_loss, "best_by": "validation" if by_validation else "train",
+            "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "skipped_steps": totals.skipped_steps,
+            "clipped_steps": totals.clipped_steps, "peak_learning_rate": totals.peak_learning_rate,
             "precision": run.precision.name, "schedule": train_config.effective_schedule,
-            "peak_memory_bytes": _peak_memory(run.device), "torch_version": torch.__version__,
+            "peak_memory_bytes": peak_memory(run.device), "torch_version": torch.__version__,
             "effective_config": run.config.to_json_dict(),
         }
-        training_state = {"step": step, "totals": dict(totals), "interval": asdict(run.interval), "rng": rng_per_rank}
+        training_state = {"step": step, "totals": totals.to_state(), "interval": run.interval.to_state(), "rng": rng_per_rank}
         save_checkpoint(run.run_dir, step, run.model, run.optimizer, run.precision.scaler,
                         training_state, meta, run.config.to_json_dict(), is_best)
         if train_config.keep_checkpoints is not None:
             prune_checkpoints(run.run_dir, train_config.keep_checkpoints)
     distributed.barrier(run.dist)
-
-
-def _summary(run: Run) -> dict[str, Any]:
-    train_config, totals, plan = run.config.train, run.totals, run.plan
-    tokens_seen = plan.train_tokens
-    seconds = totals["train_seconds"]
-    summary = {
-        "training_seconds": round(seconds, 3),
-        "tokens_seen": tokens_seen,
-        "tokens_per_second": _throughput(run, seconds),
-        "final_train_loss": totals["last_train_loss"],
-        "final_validation_loss": totals["last_validation_loss"],
-        "steps": plan.total_steps,
-        "skipped_steps": totals["skipped_steps"],
-        "clipped_fraction": totals["clipped_steps"] / plan.total_steps if train_config.clipping_max_norm is not None else None,
-        "peak_learning_rate": totals["peak_learning_rate"],
-        "precision": run.precision.name,
-        "precision_reason": run.precision_reason,
-        "parameters": run.model.parameter_count(),
-        "world_size": run.dist.world_size,
-        "device": str(run.device),
-        "peak_memory_bytes": _peak_memory(run.device),
-        "schedule": train_config.effective_schedule,
-        "fast_paths": run.fast_paths,
-        "compile_seconds": totals["compile_seconds"],
-        "cost_per_hour": train_config.cost_per_hour,
-        "cost": seconds / 3600 * train_config.cost_per_hour if train_config.cost_per_hour is not None else None,
-        "machine": train_config.machine,
-        "not_yet_applied": not_yet_applied_notes(run.config),
-        "environment": environment(),
-        "config": run.config.to_json_dict(),
-        "dataset": str(run.dataset.directory),
-    }
-    if run.dist.is_main:
-        write_summary(run.run_dir, summary)
-        for line in format_summary(summary):
-            run.log.line(line)
-    return summary
 
 
 def train_run(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,

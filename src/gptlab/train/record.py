@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,6 +102,13 @@ class IntervalStats:
         if math.isfinite(grad_norm):
             self.grad_norms.append(grad_norm)
         self.clipped += int(clipped)
+
+    def to_state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> IntervalStats:
+        return cls(**state)
 
     def summary(self, clipping: bool) -> dict[str, Optional[float]]:
         def mean(values: list[float]) -> Optional[float]:
