@@ -156,7 +156,7 @@ def test_model_card_holds_the_facts(runs):
     main = runs[MAIN]
     card = (main["out"] / "README.md").read_text()
     trained = open_trained_run(main["run"], "best")
-    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert card.startswith("---\n") and "\nlibrary_name: transformers\n" in card.split("\n---\n")[0]
     assert f"{trained.model.parameter_count():,}" in card
     assert f"Test loss: {main['eval']['loss']:.4f}" in card and "test split" in card
     sample = generate_from_run(main["run"], seed=CARD_SEED, checkpoint=trained.checkpoint.name)["text"]
@@ -165,6 +165,73 @@ def test_model_card_holds_the_facts(runs):
     assert '"learning_rate": 0.01' in card and "AutoModelForCausalLM.from_pretrained" in card
     other = (runs["tied-nobias"]["out"] / "README.md").read_text()
     assert "Test loss: not recorded" in other and "zero-valued Q/K/V biases" in other
+
+
+def test_model_card_metadata_is_what_the_hub_reads(runs, tmp_path, brown_dataset):
+    """Read back with huggingface_hub's own ModelCard: license, language, tags and a model-index whose eval
+    result is the test loss; and no local path anywhere (the dataset is a local folder here)."""
+    from huggingface_hub import ModelCard
+
+    main = runs[MAIN]
+    export_run(main["run"], tmp_path / "card", eval_result=main["eval"], seed=CARD_SEED, repo_id="alice/tiny-gpt", license="mit")
+    text = (tmp_path / "card" / "README.md").read_text()
+    card = ModelCard(text)
+    data = card.data
+    assert data.license == "mit" and data.language == "en" and {"gpt2", "gptlab"} <= set(data.tags)
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
+    [result] = data.eval_results
+    assert result.metric_type == "loss" and result.metric_value == round(main["eval"]["loss"], 4)
+    assert result.dataset_name == brown_dataset.name and result.dataset_split == "test" and data.model_name == "tiny-gpt"
+    assert "model-index" in text.split("\n---\n")[0]
+    assert not data.datasets  # a local folder is no Hub dataset
+    for local in (str(brown_dataset), str(main["run"]), str(tmp_path)):
+        assert local not in text, local
+
+
+def test_model_card_lists_a_hub_dataset(runs):
+    from huggingface_hub import ModelCard
+
+    from gptlab.export.card import CardFacts, model_card
+
+    trained = open_trained_run(runs[MAIN]["run"], "best")
+    config = trained.config.model_copy(update={"train": trained.config.train.model_copy(update={"dataset": "alice/tiny-stories"})})
+    facts = CardFacts(config=config, checkpoint_name="x", checkpoint_meta={}, parameters=1, summary=None, eval_result=None,
+                      sample_prompt="Hi", sample_text="there", sample_seed=1)
+    assert ModelCard(model_card(facts)).data.datasets == ["alice/tiny-stories"]
+
+
+def test_exported_generation_config_lets_max_new_tokens_pass_without_warnings(runs):
+    """`max_length` in generation_config.json made transformers warn whenever a user passed max_new_tokens."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    out = runs[MAIN]["out"]
+    assert "max_length" not in json.loads((out / "generation_config.json").read_text())
+    model = _load_hf(out)
+    prompt = torch.tensor([encode(DEFAULT_PROMPT)])
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(level=logging.WARNING)
+    hf_logging.add_handler(handler)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            new = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=5)
+            default = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False)
+    finally:
+        hf_logging.remove_handler(handler)
+        hf_logging.set_verbosity(verbosity)
+    messages = [record.getMessage() for record in records] + [str(warning.message) for warning in caught]
+    assert not [m for m in messages if "max_length" in m or "max_new_tokens" in m], messages
+    assert new.shape[1] <= prompt.shape[1] + 5 and default.shape[1] <= 32
 
 
 def test_model_card_reads_a_saved_evaluation_of_the_same_checkpoint(runs, tmp_path):
@@ -448,9 +515,12 @@ def test_upload_dry_run_and_failures_before_any_transfer(runs, tmp_path, monkeyp
 
     run, out = runs[MAIN]["run"], runs[MAIN]["out"]
     closed = f"http://127.0.0.1:{_closed_port()}"
-    result = _gptlab(tmp_path, "upload", str(run), "alice/tiny-gpt", "--dry-run", HF_ENDPOINT=closed)
+    result = _gptlab(tmp_path, "upload", str(run), "alice/tiny-gpt", "--dry-run", "--license", "apache-2.0", HF_ENDPOINT=closed)
     assert result.returncode == 0, result.stderr
     assert "alice/tiny-gpt" in result.stdout and closed in result.stdout
+    # the card it would upload, printed whole: its metadata with the license, and its text
+    assert "license: apache-2.0" in result.stdout and "model_name: tiny-gpt" in result.stdout
+    assert 'AutoModelForCausalLM.from_pretrained("alice/tiny-gpt")' in result.stdout
     for path in out.iterdir():
         size = path.stat().st_size if path.name != "README.md" else None  # the card names the repo id
         assert path.name in result.stdout and (size is None or f"{size:,} bytes" in result.stdout)

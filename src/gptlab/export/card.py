@@ -2,6 +2,9 @@
 
 Every fact comes from the run's own files (resolved config, checkpoint meta, summary.json) or from an
 evaluation and sample made at export time; anything the run did not record is written as "not recorded".
+The metadata block is huggingface_hub's `ModelCardData` (license, language, datasets, tags, and a
+`model-index` with the test loss), so the Hub validates and indexes it. No local path reaches the card: a
+dataset that is not a Hub id is named by its folder's name.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Optional
 
 from gptlab.config import RunConfig
@@ -29,6 +33,13 @@ class CardFacts:
     sample_text: str
     sample_seed: int
     repo_id: Optional[str] = None
+    license: Optional[str] = None  # a Hub license id (mit, apache-2.0, ...), as `--license` gives it
+    language: Optional[str] = "en"  # GPT-2's byte-pair encoding was made for English text
+
+
+def default_new_tokens(context_length: int) -> int:
+    """The export's generate() length: 20 new tokens (transformers' own default), fewer in a tiny context."""
+    return max(1, min(20, context_length - 5))
 
 
 def _number(value: Any, digits: int = 0) -> str:
@@ -68,24 +79,59 @@ def _test_loss(facts: CardFacts) -> str:
         return f"{NOT_RECORDED} (run `gptlab eval --save` on this checkpoint, or give `--eval-result` or `--evaluate` to `gptlab export`)"
     where = (f"{result.get('split', '?')} split, {_number(result.get('tokens'))} tokens from token {_number(result.get('start_token'))}, "
              f"batch size {result.get('batch_size', '?')}, {result.get('precision', '?')}")
-    return f"{result['loss']:.4f} nats per token (mean cross-entropy; {where}; dataset `{result.get('dataset', '?')}`)"
+    return f"{result['loss']:.4f} nats per token (mean cross-entropy; {where}; dataset `{public_dataset(result.get('dataset')) or '?'}`)"
 
 
-def _front_matter(facts: CardFacts) -> str:
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- gpt2", "- gptlab", "- text-generation"]
-    if _HUB_ID.match(facts.config.train.dataset):
-        lines += ["datasets:", f"- {facts.config.train.dataset}"]
-    return "\n".join(lines + ["---"])
+def public_dataset(dataset: Optional[str]) -> Optional[str]:
+    """A Hub dataset id as it is; a local folder by its name only (the card never shows a local path)."""
+    if not dataset:
+        return dataset
+    return dataset if _HUB_ID.match(dataset) and not PurePath(dataset).is_absolute() and ".." not in dataset else PurePath(dataset).name
+
+
+def _public_config(facts: CardFacts) -> dict[str, Any]:
+    config = facts.config.to_json_dict()
+    config["train"]["dataset"] = public_dataset(config["train"].get("dataset"))
+    if config["train"].get("init_from"):
+        config["train"]["init_from"] = PurePath(config["train"]["init_from"]).name
+    return config
+
+
+def card_data(facts: CardFacts) -> Any:
+    """The card's metadata: what the Hub reads to list, filter and rank the model."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = facts.config.train.dataset
+    hub_dataset = dataset if _HUB_ID.match(dataset) and public_dataset(dataset) == dataset else None
+    eval_results = None
+    result = facts.eval_result
+    if result and result.get("loss") is not None:
+        evaluated_on = public_dataset(result.get("dataset")) or public_dataset(dataset)
+        eval_results = [EvalResult(task_type="text-generation", task_name="Causal language modeling", dataset_type=evaluated_on,
+                                   dataset_name=evaluated_on, dataset_split=result.get("split", "test"), metric_type="loss",
+                                   metric_name=f"{result.get('split', 'test')} loss (nats per token)", metric_value=round(float(result["loss"]), 4))]
+    return ModelCardData(
+        library_name="transformers", pipeline_tag="text-generation", license=facts.license, language=facts.language,
+        datasets=[hub_dataset] if hub_dataset else None, tags=["gpt2", "gptlab", "text-generation"],
+        model_name=(facts.repo_id or "").split("/")[-1] or "gptlab-gpt2", eval_results=eval_results,
+    )
 
 
 def model_card(facts: CardFacts) -> str:
+    """The card as huggingface_hub's `ModelCard` writes it: the metadata block, then the text below."""
+    from huggingface_hub import ModelCard
+
+    return str(ModelCard(f"---\n{card_data(facts).to_yaml()}\n---\n\n{_card_text(facts)}"))
+
+
+def _card_text(facts: CardFacts) -> str:
     model, train = facts.config.model, facts.config.train
     meta = facts.checkpoint_meta or {}
     imported_from = meta.get("imported_from")
     tokens_seen = meta.get("tokens_seen", _summary_value(facts, "tokens_seen"))
     zero_biases = 0 if model.qkv_bias else 3 * model.emb_dim * model.n_layers
     name = facts.repo_id or "path/to/this/folder"
-    max_new = max(1, min(20, model.context_length - 5))
+    max_new = default_new_tokens(model.context_length)
     summary = facts.summary or {}
     cost = summary.get("cost")
     cost_text = f"${cost:,.2f} at ${summary.get('cost_per_hour')}/hour" if cost is not None else NOT_RECORDED
@@ -104,7 +150,7 @@ def model_card(facts: CardFacts) -> str:
     ]
     training = [
         "| | |", "|---|---|",
-        f"| data | `{train.dataset}`" + (" (the dataset given at import; not the training data)" if imported_from else "") + " |",
+        f"| data | `{public_dataset(train.dataset)}`" + (" (the dataset given at import; not the training data)" if imported_from else "") + " |",
         f"| tokens seen | {_number(tokens_seen) if not imported_from else NOT_RECORDED} |",
         f"| steps | {_number(meta.get('global_step') + 1) if isinstance(meta.get('global_step'), int) and not imported_from else NOT_RECORDED} |",
         f"| precision | {meta.get('precision') or _summary_value(facts, 'precision') or NOT_RECORDED} |",
@@ -115,12 +161,10 @@ def model_card(facts: CardFacts) -> str:
         f"| throughput | {_number(_summary_value(facts, 'tokens_per_second'))} tokens/s |" if summary.get("tokens_per_second") else f"| throughput | {NOT_RECORDED} |",
         f"| cost | {cost_text} |",
     ]
-    config_json = json.dumps(facts.config.to_json_dict(), indent=2)
+    config_json = json.dumps(_public_config(facts), indent=2)
     longest_run = max((len(run) for run in re.findall(r"`+", facts.sample_text)), default=0)
     fence = "`" * max(3, longest_run + 1)  # generated text cannot close the code block early
     parts = [
-        _front_matter(facts),
-        "",
         f"# GPT-2 style model ({facts.parameters / 1e6:,.1f}M parameters)",
         "",
         origin + " It is a standard `transformers` GPT-2: it loads with `AutoModelForCausalLM` and needs no `trust_remote_code`.",

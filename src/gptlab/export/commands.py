@@ -29,6 +29,10 @@ def _read_eval_result(path: Optional[Path]) -> Optional[dict]:
 
 def _card_options(function):
     """Options shared by `export` and `upload`: what goes into the model card."""
+    function = click.option("--language", default="en", show_default=True,
+                            help="The card's language metadata (an ISO 639-1 code; GPT-2's tokenizer was made for English).")(function)
+    function = click.option("--license", "license_id", default=None, metavar="ID",
+                            help="The card's license metadata, a Hub license id such as mit, apache-2.0 or cc-by-4.0 (default: none stated).")(function)
     function = click.option("--seed", default=123, show_default=True, help="Seed of the smoke-test sample shown in the model card.")(function)
     function = click.option("--evaluate", is_flag=True, help="Compute the test loss for the card now (the whole test split, as `gptlab eval` does).")(function)
     function = click.option("--eval-result", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -43,7 +47,8 @@ def _card_options(function):
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @_card_options
 @click.option("--overwrite", is_flag=True, help="Replace a previous export in OUT_DIR.")
-def export(run_dir: Path, out_dir: Path, checkpoint: str, eval_result: Optional[Path], evaluate: bool, seed: int, overwrite: bool) -> None:
+def export(run_dir: Path, out_dir: Path, checkpoint: str, eval_result: Optional[Path], evaluate: bool, seed: int, overwrite: bool,
+           license_id: Optional[str], language: str) -> None:
     """Write a run's checkpoint as a standard transformers GPT-2 model in OUT_DIR.
 
     OUT_DIR receives config.json, model.safetensors (GPT2LMHeadModel names), generation_config.json, the
@@ -53,7 +58,8 @@ def export(run_dir: Path, out_dir: Path, checkpoint: str, eval_result: Optional[
     """
     from gptlab.export.hf import export_run
 
-    result = export_run(run_dir, out_dir, checkpoint, overwrite, _read_eval_result(eval_result), evaluate, seed)
+    result = export_run(run_dir, out_dir, checkpoint, overwrite, _read_eval_result(eval_result), evaluate, seed,
+                        license=license_id, language=language)
     click.echo(f"Wrote {result['out_dir']} (checkpoint {result['checkpoint']}): {', '.join(result['files'])}")
 
 
@@ -62,8 +68,10 @@ def export(run_dir: Path, out_dir: Path, checkpoint: str, eval_result: Optional[
 @click.argument("repo_id")
 @_card_options
 @click.option("--private", is_flag=True, help="Create the repository as private (an existing repository keeps its visibility).")
-@click.option("--dry-run", is_flag=True, help="Export, list the files and sizes that would be uploaded, and stop: no network, no token needed.")
-def upload(run_dir: Path, repo_id: str, checkpoint: str, eval_result: Optional[Path], evaluate: bool, seed: int, private: bool, dry_run: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Export, print the model card and list the files and sizes that would be uploaded, and stop: "
+                                                "no network, no token needed.")
+def upload(run_dir: Path, repo_id: str, checkpoint: str, eval_result: Optional[Path], evaluate: bool, seed: int, private: bool, dry_run: bool,
+           license_id: Optional[str], language: str) -> None:
     """Export a run's checkpoint and push it to the Hugging Face Hub model repository REPO_ID.
 
     The token is HF_TOKEN or your saved login (`hf auth login`); it is never printed or written. The
@@ -71,8 +79,10 @@ def upload(run_dir: Path, repo_id: str, checkpoint: str, eval_result: Optional[P
     """
     from gptlab.export.upload import upload_run
 
-    result = upload_run(run_dir, repo_id, private, checkpoint, dry_run, _read_eval_result(eval_result), evaluate, seed, echo=click.echo)
+    result = upload_run(run_dir, repo_id, private, checkpoint, dry_run, _read_eval_result(eval_result), evaluate, seed, echo=click.echo,
+                        license=license_id, language=language)
     if dry_run:
+        click.echo(f"Model card (README.md) that would be uploaded:\n{result['card'].rstrip()}\n")
         visibility = "private" if private else "a new repository gets the owner's default visibility"
         click.echo(f"Dry run: would upload to {result['repo_id']} at {result['endpoint']} ({visibility}), checkpoint {result['checkpoint']}:")
         for name, size in result["files"].items():

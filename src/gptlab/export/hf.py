@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from gptlab.config import ModelConfig, RunConfig, validate_run_config
 from gptlab.errors import UserError
+from gptlab.export.card import default_new_tokens
 from gptlab.files import atomic_folder, atomic_write_json, read_json, remove_stale_staging
 from gptlab.model import GPT, LAYER_NORM_EPS
 from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE, read_evaluation, read_summary, write_resolved_config
@@ -214,10 +215,13 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
 
 
 def generation_config(config: ModelConfig) -> dict[str, Any]:
-    """Plain GPT-2 defaults: greedy unless asked otherwise, stop at <|endoftext|>, pad with it."""
+    """Plain GPT-2 defaults: greedy unless asked otherwise, stop at <|endoftext|>, pad with it.
+
+    The length default is `max_new_tokens`, not `max_length`: transformers warns when a caller's
+    max_new_tokens meets a max_length from the file, and warns about its own default when neither is set."""
     gpt2_tokens = config.vocab_size >= VOCAB_SIZE
     ids = {"bos_token_id": END_OF_TEXT_ID, "eos_token_id": END_OF_TEXT_ID, "pad_token_id": END_OF_TEXT_ID} if gpt2_tokens else {}
-    return {**ids, "max_length": config.context_length}
+    return {**ids, "max_new_tokens": default_new_tokens(config.context_length)}
 
 
 def model_config_from_hf(hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> ModelConfig:
@@ -376,8 +380,9 @@ def _saved_evaluation(run_dir: Path, checkpoint_name: str) -> Optional[dict]:
 
 def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite: bool = False,
                eval_result: Optional[dict] = None, evaluate: bool = False, seed: int = 123,
-               repo_id: Optional[str] = None) -> dict[str, Any]:
-    """Write checkpoint `checkpoint` of the run as a transformers GPT-2 folder with a model card.
+               repo_id: Optional[str] = None, license: Optional[str] = None, language: Optional[str] = "en") -> dict[str, Any]:
+    """Write checkpoint `checkpoint` of the run as a transformers GPT-2 folder with a model card (`license`
+    and `language` go into its metadata).
 
     `eval_result` is what `gptlab eval --json` prints; `evaluate=True` computes one now on the default
     slice; with neither, RUN_DIR/evaluation.json (`gptlab eval --save`) is used when it is of this
@@ -406,7 +411,7 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite
         config=trained.config, checkpoint_name=trained.checkpoint.name, checkpoint_meta=trained.checkpoint.meta,
         parameters=trained.model.parameter_count(), summary=read_summary(run_dir),
         eval_result=eval_result, sample_prompt=DEFAULT_PROMPT, sample_text=decode(sample_ids), sample_seed=seed,
-        repo_id=repo_id,
+        repo_id=repo_id, license=license, language=language,
     )
     remove_stale_staging(out_dir.parent, out_dir.name)
     with atomic_folder(out_dir) as staging:

@@ -63,8 +63,9 @@ def hub_token() -> Optional[str]:
 
 def upload_run(run_dir: Path, repo_id: str, private: bool = False, checkpoint: str = "best", dry_run: bool = False,
                eval_result: Optional[dict] = None, evaluate: bool = False, seed: int = 123,
-               echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export checkpoint `checkpoint` of the run and push it to model repository `repo_id` (created if absent)."""
+               echo: Callable[[str], None] = print, license: Optional[str] = None, language: Optional[str] = "en") -> dict[str, Any]:
+    """Export checkpoint `checkpoint` of the run and push it to model repository `repo_id` (created if absent).
+    The result holds the model card (`card`), so a dry run can show what would be published."""
     from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -95,10 +96,12 @@ def upload_run(run_dir: Path, repo_id: str, private: bool = False, checkpoint: s
 
     with tempfile.TemporaryDirectory(prefix="gptlab-upload-") as temporary:
         folder = Path(temporary) / EXPORT_FOLDER
-        exported = export_run(run_dir, folder, checkpoint, eval_result=eval_result, evaluate=evaluate, seed=seed, repo_id=repo_id)
+        exported = export_run(run_dir, folder, checkpoint, eval_result=eval_result, evaluate=evaluate, seed=seed, repo_id=repo_id,
+                              license=license, language=language)
         files = exported["files"]
         result = {"repo_id": repo_id, "endpoint": endpoint, "private": private, "checkpoint": exported["checkpoint"],
-                  "files": files, "total_bytes": sum(files.values()), "dry_run": dry_run, "url": None}
+                  "files": files, "total_bytes": sum(files.values()), "dry_run": dry_run, "url": None,
+                  "card": (folder / "README.md").read_text(encoding="utf-8")}
         if api is None:
             return result
         echo(f"Uploading {len(files)} files ({result['total_bytes']:,} bytes) of {run_dir} checkpoint {exported['checkpoint']} to {repo_id} ...")
