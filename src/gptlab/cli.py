@@ -87,17 +87,23 @@ def prepare(source: str, out_dir: Path, validation_fraction: float, test_fractio
 @click.option("--resume", default=None, metavar="CHECKPOINT", help="Continue from a checkpoint: latest, best, or a folder name.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config key for this run (repeatable), e.g. --set learning_rate=0.001; "
                    "precision=... replaces the users' use_amp, lr_schedule=... their schedule_learning_rate.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (metrics.jsonl is still written).")
-def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], assignments: tuple[str, ...], no_progress: bool) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar: log lines on the console instead (metrics.jsonl is still written).")
+@click.option("--log-to", "log_to", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
+              help="Also send the metrics to this tracker (repeatable); replaces train.json's loggers for this run.")
+def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], assignments: tuple[str, ...], no_progress: bool,
+          log_to: tuple[str, ...]) -> None:
     """Train the run in RUN_DIR from its model.json and train.json.
 
     Writes metrics.jsonl (one record per step), checkpoints/ (with `latest` and `best` links),
     train.log and summary.json into RUN_DIR. Works under torchrun for several processes.
     """
-    from gptlab.config import parse_assignments
+    from gptlab.config import merge_overrides, parse_assignments
     from gptlab.train.loop import train_run
 
-    train_run(run_dir, datasets_dir, parse_assignments(assignments), resume, show_progress=not no_progress)
+    overrides = parse_assignments(assignments)
+    if log_to:
+        overrides = merge_overrides(overrides, {"model": {}, "train": {"loggers": list(dict.fromkeys(log_to))}})
+    train_run(run_dir, datasets_dir, overrides, resume, show_progress=not no_progress)
 
 
 @cli.command(name="eval")

@@ -136,6 +136,9 @@ class TrainConfig(BaseModel):
     notify: Optional[NotifySettings] = Field(None, description="Messages when the run starts, fails, stops or finishes, e.g. "
                                              "{\"channels\": [\"telegram\"], \"every_checkpoints\": 5} (channels: telegram, webhook, ntfy); "
                                              "tokens and addresses come from environment variables only, see docs/cloud.md.")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Experiment trackers that also receive the "
+                                                            "metrics: 'tensorboard' (event files in RUN_DIR/tensorboard) and 'wandb' (needs the wandb package; "
+                                                            "WANDB_PROJECT names the project, WANDB_MODE=offline works without a network); `gptlab train --log-to` adds to them.")
 
     @property
     def effective_precision(self) -> str:
@@ -186,6 +189,7 @@ TRAIN_KEY_ROLES: dict[str, KeyRole] = {
     "validation_interval": "evaluation", "best_by": "computation", "keep_checkpoints": "bookkeeping",
     "log_interval": "bookkeeping", "compile": "computation", "pad_vocab_multiple": "computation",
     "fused_cross_entropy": "computation", "init_from": "computation", "cost_per_hour": "bookkeeping", "machine": "bookkeeping", "notify": "bookkeeping",
+    "loggers": "bookkeeping",
 }
 # Train keys that may change between a checkpoint and its resumption without changing what is trained.
 RESUME_SAFE_TRAIN_KEYS = frozenset(key for key, role in TRAIN_KEY_ROLES.items() if role != "computation")

@@ -8,6 +8,7 @@
       evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
       checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
+      tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
 with one grep.
@@ -30,6 +31,7 @@ SUMMARY = "summary.json"
 EVALUATION = "evaluation.json"
 LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run directory
 
 
 def write_resolved_config(run_dir: Path, config: RunConfig) -> None:

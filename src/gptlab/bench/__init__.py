@@ -18,7 +18,7 @@ This package imports no command module; `gptlab.bench_command` is the click comm
 docs/performance.md gives the formulas and how each number is measured.
 """
 
-from gptlab.bench.flops import PEAK_TFLOPS, flops_per_token, lookup_peak_tflops, matmul_parameters
+from gptlab.flops import PEAK_TFLOPS, flops_per_token, lookup_peak_tflops, matmul_parameters
 from gptlab.bench.harness import PHASES, phase_clock, prepared_run, step_peak_memory, train_step
 from gptlab.bench.memory import (MemoryLimitExceeded, TensorBytesTracker, available_host_memory, format_bytes,
                                  is_out_of_memory, minor_page_faults, parse_bytes)

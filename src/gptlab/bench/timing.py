@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from gptlab.bench.flops import flops_per_token, lookup_peak_tflops, matmul_parameters
+from gptlab.flops import flops_per_token, lookup_peak_tflops, matmul_parameters
 from gptlab.bench.harness import (check_single_process, dataset_for, prepared_run, step_peak_memory, step_tokens, synchronize,
                                   time_phases, train_step)
 from gptlab.bench.memory import minor_page_faults, release_memory

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,9 +34,11 @@ from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
                                      remove_stale_checkpoint_staging, restore_rng_state, save_checkpoint)
 from gptlab.train.host import keep_freed_memory_for_reuse
+from gptlab.train.loggers import MetricLoggers
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.precision import PrecisionChoice, choose_precision, clip_to_norm, configure_precision, global_grad_norm
-from gptlab.train.progress import ESTIMATE_AFTER_STEPS, finish_summary, log_estimate, log_header, peak_memory, record_step, show_progress
+from gptlab.train.progress import (ESTIMATE_AFTER_STEPS, finish_summary, log_estimate, log_header, peak_memory, record_step, show_progress,
+                                   show_validation)
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
 from gptlab.train.state import RunningTotals, Training
 from gptlab.weights import build_model, load_book_safetensors
@@ -121,7 +124,8 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         precision_reason=precision_choice.reason, fast_paths=fast_paths, notifier=notifier,
         plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
         validation=_validation_slice(run_config, dataset), log=log,
-        metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main), show_progress=show_progress and dist_context.is_main,
+        metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main),
+        show_progress=show_progress and dist_context.is_main and sys.stderr.isatty(),  # without a terminal, log lines instead
     )
     if dist_context.is_main:
         remove_stale_checkpoint_staging(run_dir)
@@ -132,6 +136,8 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         (run_dir / METRICS).unlink(missing_ok=True)
         (run_dir / TRAIN_LOG).unlink(missing_ok=True)
     log_header(run)
+    if dist_context.is_main:
+        run.loggers = MetricLoggers(train_config.loggers, run_dir, run_config, run.start_step, warn=run.log.line)
     return run
 
 
@@ -305,7 +311,7 @@ def fit(run: Training) -> dict[str, Any]:
                     )
             pending = []
             stop = any(outcome["stop"] for outcome in outcomes)
-            show_progress(run, bar, outcomes[-1], train_seconds_at_start)
+            show_progress(run, bar, step, learning_rate, outcomes[-1], train_seconds_at_start)
             if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
                 run.notifier.started(run, log_estimate(run, step, train_seconds_at_start))
 
@@ -315,6 +321,7 @@ def fit(run: Training) -> dict[str, Any]:
                 totals.last_validation_loss = validate(run)
                 if totals.last_validation_loss is not None:
                     run.metrics.annotate_last(validation_loss=totals.last_validation_loss)
+                    show_validation(run, step, totals.last_validation_loss)
             if checkpoint_due:
                 _checkpoint(run, step, learning_rate)
                 run.notifier.checkpoint(run, step)
@@ -412,6 +419,8 @@ def train_run(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Opt
         except BaseException as error:
             run.notifier.failed(run, error)
             raise
+        finally:
+            run.loggers.close()  # after a stop or a failure; after the last step finish_summary has finished them
         run.notifier.finished(run, result)
         return result
     finally:

@@ -1,19 +1,28 @@
-"""What the training loop reports: the header, each step's record, the progress bar, the time and cost
-estimate, and the summary at the end. Everything printed also goes to train.log."""
+"""What the training loop reports: the header, each step's record, the progress bar, a log line every
+log_interval steps (and at most every LOG_LINE_SECONDS), validation results, the time and cost estimate,
+and the summary at the end. Everything printed also goes to train.log; the same numbers go to the
+trackers of train.json's `loggers` (gptlab.train.loggers)."""
 
 from __future__ import annotations
 
+import datetime
+import functools
 import math
+import resource
+import sys
+import time
 from typing import Any, Optional
 
 import torch
 
 from gptlab.config import not_yet_applied_notes
+from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.rundir import write_summary
-from gptlab.train.record import environment, format_summary
+from gptlab.train.record import device_name, environment, format_summary
 from gptlab.train.state import Training
 
 ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
+LOG_LINE_SECONDS = 10.0  # a log line at most this often: on a CPU the step values are read back every step
 
 
 def log_header(run: Training) -> None:
@@ -42,17 +51,87 @@ def record_step(run: Training, step: int, learning_rate: float, outcome: dict[st
         "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "elapsed_seconds": round(elapsed, 4),
         "train_seconds": round(run.totals.train_seconds, 4),
     })
+    run.loggers.scalars(step, {"train/loss": outcome["loss"], "train/learning_rate": learning_rate, "train/grad_norm": outcome["grad_norm"]})
 
 
-def show_progress(run: Training, bar, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
+def show_progress(run: Training, bar, step: int, learning_rate: float, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
+    """After the step values are read back: the bar's numbers, speed, cost and memory to the trackers, and a log line when
+    log_interval steps and LOG_LINE_SECONDS have both passed since the last one (and always after the last step).
+    The log line goes to train.log, and to the console too when there is no progress bar on a terminal."""
     totals = run.totals
     seconds = max(totals.train_seconds - train_seconds_at_start, 1e-9)
-    postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{throughput(run, seconds, since_start=True):,.0f}"}
+    tokens_per_second = throughput(run, seconds, since_start=True)
+    postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{tokens_per_second:,.0f}"}
     if totals.last_validation_loss is not None:
         postfix["val"] = f"{totals.last_validation_loss:.3f}"
     if run.config.train.cost_per_hour is not None:
-        postfix["$"] = f"{totals.train_seconds / 3600 * run.config.train.cost_per_hour:.2f}"
+        postfix["$"] = f"{cost_so_far(run):.2f}"
     bar.set_postfix(postfix, refresh=False)
+
+    utilisation = mfu(run, tokens_per_second)
+    run.loggers.scalars(step, {  # each step's loss, learning rate and gradient norm went with its record
+        "speed/tokens_per_second": tokens_per_second, "speed/mfu": utilisation, "cost/dollars": cost_so_far(run),
+        "memory/peak_allocated_gib": _gib(peak_memory(run.device)), "memory/host_peak_rss_gib": _gib(host_peak_rss()),
+    })
+    last_logged_step, last_logged_at = run.last_log_line
+    now = time.monotonic()
+    due = (step - last_logged_step >= run.fast_paths["log_interval"] and now - last_logged_at >= LOG_LINE_SECONDS) or step == run.plan.total_steps - 1
+    if not due:
+        return
+    run.last_log_line = (step, now)
+    steps_timed = max(1, totals.timed_steps - run.start_timed_steps)
+    remaining = seconds / steps_timed * (run.plan.total_steps - step - 1)
+    parts = [f"step {step + 1:,}/{run.plan.total_steps:,}", f"loss {outcome['loss']:.4f}"]
+    if totals.last_validation_loss is not None:
+        parts.append(f"val {totals.last_validation_loss:.4f}")
+    parts += [f"lr {learning_rate:.3e}", f"grad norm {outcome['grad_norm']:.3f}", f"{tokens_per_second:,.0f} tok/s"]
+    if utilisation is not None:
+        parts.append(f"MFU {utilisation:.1%}")
+    parts += [f"elapsed {_clock(totals.train_seconds)}", f"ETA {_clock(remaining)}"]
+    if run.config.train.cost_per_hour is not None:
+        parts.append(f"${cost_so_far(run):.2f}")
+    run.log.line(" | ".join(parts), console=not run.show_progress)
+
+
+def show_validation(run: Training, step: int, loss: float) -> None:
+    """A validation result as its own line, on the console whether or not a progress bar runs."""
+    run.log.line(f"step {step + 1:,}/{run.plan.total_steps:,} | validation loss {loss:.4f} | perplexity {math.exp(min(loss, 700)):,.2f}")
+    run.loggers.scalars(step, {"validation/loss": loss, "validation/perplexity": math.exp(min(loss, 700))})
+
+
+def cost_so_far(run: Training) -> Optional[float]:
+    per_hour = run.config.train.cost_per_hour
+    return run.totals.train_seconds / 3600 * per_hour if per_hour is not None else None
+
+
+def mfu(run: Training, tokens_per_second: float) -> Optional[float]:
+    """Model FLOPs utilisation against the datasheet peak of every process's GPU; None off a known GPU."""
+    peak = _peak_flops(str(run.device), run.precision.name)
+    if peak is None:
+        return None
+    return tokens_per_second * flops_per_token(run.config.model) / (peak * run.dist.world_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _peak_flops(device: str, precision: str) -> Optional[float]:
+    if not device.startswith("cuda"):
+        return None
+    found = lookup_peak_tflops(device_name(torch.device(device)), precision)
+    return found[0] * 1e12 if found else None
+
+
+def host_peak_rss() -> Optional[int]:
+    """This process's peak resident memory in bytes (Linux reports kilobytes, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _gib(size: Optional[int]) -> Optional[float]:
+    return size / 2**30 if size is not None else None
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def throughput(run: Training, seconds: float, since_start: bool = False) -> float:
@@ -117,4 +196,5 @@ def finish_summary(run: Training) -> dict[str, Any]:
         write_summary(run.run_dir, summary)
         for line in format_summary(summary):
             run.log.line(line)
+    run.loggers.finish(summary)
     return summary

@@ -54,10 +54,12 @@ class RunLog:
         self.path = Path(run_dir) / TRAIN_LOG
         self.enabled = enabled
 
-    def line(self, text: str = "") -> None:
+    def line(self, text: str = "", console: bool = True) -> None:
+        """Append to train.log, and print unless `console` is false (a progress bar already shows it)."""
         if not self.enabled:
             return
-        tqdm.write(text, file=sys.stdout)
+        if console:
+            tqdm.write(text, file=sys.stdout)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(text + "\n")
 

@@ -15,6 +15,7 @@ from gptlab.evaluate.loss import EvalSlice
 from gptlab.model import GPT
 from gptlab.notify.training import TrainingNotifier
 from gptlab.train import distributed
+from gptlab.train.loggers import MetricLoggers
 from gptlab.train.precision import Precision
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog
 
@@ -75,10 +76,12 @@ class Training:
     validation: Optional[EvalSlice]
     log: RunLog
     metrics: MetricsFile
-    show_progress: bool
+    show_progress: bool  # a progress bar on a terminal; without one, the log lines go to the console too
     notifier: TrainingNotifier  # messages about the run (started, checkpoints, finished, failed), when train.json asks
     start_step: int = 0
     interval: IntervalStats = field(default_factory=IntervalStats)  # train statistics since the last checkpoint
     start_timed_steps: int = 0
     charts_drawn_at: float = float("-inf")
     totals: RunningTotals = field(default_factory=RunningTotals)
+    loggers: MetricLoggers = field(default_factory=MetricLoggers)  # TensorBoard, wandb
+    last_log_line: tuple[int, float] = (-1, float("-inf"))  # (step, time.monotonic()) of the newest log line
