@@ -136,9 +136,9 @@ class TrainConfig(BaseModel):
     notify: Optional[NotifySettings] = Field(None, description="Messages when the run starts, fails, stops or finishes, e.g. "
                                              "{\"channels\": [\"telegram\"], \"every_checkpoints\": 5} (channels: telegram, webhook, ntfy); "
                                              "tokens and addresses come from environment variables only, see docs/cloud.md.")
-    loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Experiment trackers that also receive the "
+    loggers: list[Literal["tensorboard", "wandb"]] = Field([], description="Experiment trackers that also receive the "
                                                             "metrics: 'tensorboard' (event files in RUN_DIR/tensorboard) and 'wandb' (needs the wandb package; "
-                                                            "WANDB_PROJECT names the project, WANDB_MODE=offline works without a network); `gptlab train --log-to` adds to them.")
+                                                            "WANDB_PROJECT names the project, WANDB_MODE=offline works without a network); `gptlab train --log-to` replaces them for one run.")
 
     @property
     def effective_precision(self) -> str:
