@@ -1,5 +1,6 @@
-"""PNG charts of a comparison: loss curves overlaid, and each run's test-loss difference from the baseline
-against the baseline's seed noise. Drawn as a run's own charts are (gptlab.train.charts).
+"""Charts of a comparison (PNG, or SVG or PDF for print): loss curves overlaid, each group's mean with the
+min-max band of its seeds, and each run's test-loss difference from the baseline against the baseline's
+seed noise. Drawn as a run's own charts are (gptlab.train.charts).
 """
 
 from __future__ import annotations
@@ -8,9 +9,14 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from gptlab.train.charts import DPI, binned, finite, new_figure, read_step_records, save_png
+import numpy as np
+
+from gptlab.files import atomic_write
+
+from gptlab.train.charts import DPI, binned, finite, new_figure, read_step_records
 
 OVERLAY_CHART, DIFFERENCE_CHART = "loss-overlay.png", "test-loss-difference.png"
+CHART_FORMATS = ("png", "svg", "pdf")  # matplotlib writes each; the suffix of the path picks it
 OVERLAY_POINTS = 60  # coarser than a run's own chart: per-step noise would hide the differences between runs
 
 
@@ -30,9 +36,28 @@ def _margin(low: float, high: float, share: float = 0.05) -> tuple[float, float]
     return low - pad, high + pad
 
 
+def save_chart(figure, path: Path) -> Path:
+    path = Path(path)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format=path.suffix.lstrip(".")))
+    return path
+
+
+def _group_band(runs: list[tuple[list[float], list[float], list]]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(tokens, mean, min, max) over a group's seeds, each run's curve read at the first run's points
+    within the range every run covers (seeds of one configuration log the same steps, so it is exact then)."""
+    curves = [(np.asarray(xs), np.asarray(ys)) for xs, ys, _ in runs if xs]
+    if not curves:
+        return [], [], [], []
+    end = min(xs[-1] for xs, _ in curves)
+    grid = curves[0][0][curves[0][0] <= end]
+    stacked = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
+    return grid.tolist(), stacked.mean(axis=0).tolist(), stacked.min(axis=0).tolist(), stacked.max(axis=0).tolist()
+
+
 def draw_loss_overlay(groups: Sequence[tuple[str, Sequence[Path]]], path: Path) -> Path:
-    """Train-loss curves of every run, one colour per group (the baseline first), validation points as dots:
-    left the whole run, right the second half zoomed to the baseline's range, where differences show."""
+    """Train-loss curves, one colour per group (the baseline first): a group of several seeds as its mean with
+    the min-max band of its seeds, a single run as its curve; validation points as dots. Left the whole run,
+    right the second half zoomed to the baseline's range, where differences show."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(12, 4.5), dpi=DPI, layout="constrained")
@@ -40,17 +65,27 @@ def draw_loss_overlay(groups: Sequence[tuple[str, Sequence[Path]]], path: Path) 
     curves = [(index, label, [_loss_curve(run_dir) for run_dir in run_dirs]) for index, (label, run_dirs) in enumerate(groups)]
     last_token = max((xs[-1] for _, _, runs in curves for xs, _, _ in runs if xs), default=0)
     settled, second_half, baseline_half, above = [], [], [], []
+    any_validation = False
     for index, label, runs in curves:
-        in_half = [y for xs, ys, _ in runs for x, y in zip(xs, ys) if x >= last_token / 2]
-        for number, (xs, ys, validation) in enumerate(runs):
-            for axes in (whole, zoom):
-                axes.plot(xs, ys, color=f"C{index % 10}", linewidth=1.1, alpha=0.75, label=label if number == 0 and axes is whole else None)
+        colour = f"C{index % 10}"
+        xs, means, lows, highs = _group_band(runs)
+        seeds = sum(1 for run in runs if run[0])
+        for axes in (whole, zoom):
+            axes.plot(xs, means, color=colour, linewidth=1.2, alpha=0.85,
+                      label=(f"{label} (mean of {seeds} seeds, band: min-max)" if seeds > 1 else label) if axes is whole else None)
+            if seeds > 1:
+                axes.fill_between(xs, lows, highs, color=colour, alpha=0.2, linewidth=0)
+            for _, _, validation in runs:
                 if validation:
-                    axes.plot(*zip(*validation), linestyle="none", marker=".", color=f"C{index % 10}", markersize=5)
-            settled += ys[len(ys) // 10:]  # the first steps (loss ~10.8) would flatten everything that matters
+                    any_validation = True
+                    axes.plot(*zip(*validation), linestyle="none", marker=".", color=colour, markersize=5)
+        in_half = [y for run_xs, ys, _ in runs for x, y in zip(run_xs, ys) if x >= last_token / 2]
+        settled += [y for _, ys, _ in runs for y in ys[len(ys) // 10:]]  # the first steps (loss ~10.8) would flatten everything that matters
         second_half += in_half
         baseline_half += in_half if index == 0 else []
         above += [label] if index and baseline_half and in_half and min(in_half) > max(baseline_half) + (max(baseline_half) - min(baseline_half)) else []
+    if any_validation:  # one legend entry for the dots of every group
+        whole.plot([], [], linestyle="none", marker=".", color="grey", markersize=7, label="validation loss (dots, in the group's colour)")
     if settled:
         whole.set_ylim(*_margin(min(settled), max(settled)))
     if baseline_half:
@@ -63,7 +98,7 @@ def draw_loss_overlay(groups: Sequence[tuple[str, Sequence[Path]]], path: Path) 
         axes.set_ylabel("cross-entropy (nats)")
         axes.grid(True, alpha=0.3)
     whole.legend(loc="upper right", fontsize=8)
-    return save_png(figure, Path(path))
+    return save_chart(figure, Path(path))
 
 
 def draw_difference_chart(baseline: tuple[str, Sequence[float]], groups: Sequence[tuple[str, Sequence[float]]], path: Path) -> Path:
@@ -94,16 +129,19 @@ def draw_difference_chart(baseline: tuple[str, Sequence[float]], groups: Sequenc
     axes.set_xlim(-0.6, len(everything) - 0.4)
     if base.sd is not None:
         axes.legend(loc="best", fontsize=8, title="squares: group mean, 95% CI", title_fontsize=8)
-    return save_png(figure, Path(path))
+    return save_chart(figure, Path(path))
 
 
-def draw_comparison_charts(comparison, out_dir: Path) -> list[Path]:
-    """The overlay and difference charts of a `Comparison` into `out_dir`."""
+def draw_comparison_charts(comparison, out_dir: Path, chart_format: str = "png") -> list[Path]:
+    """The overlay and difference charts of a `Comparison` into `out_dir`, as png, svg or pdf files."""
     out_dir = Path(out_dir)
+    suffix = "." + chart_format
     out_dir.mkdir(parents=True, exist_ok=True)
     ordered = [comparison.baseline] + [g for g in comparison.groups if g is not comparison.baseline]
-    overlay = draw_loss_overlay([(g.label, [r.run_dir for r in g.runs]) for g in ordered], out_dir / OVERLAY_CHART)
+    overlay = draw_loss_overlay([(g.label, [r.run_dir for r in g.runs]) for g in ordered],
+                                out_dir / Path(OVERLAY_CHART).with_suffix(suffix).name)
     by_loss = sorted(ordered[1:], key=lambda g: sum(g.losses) / len(g.losses))
     difference = draw_difference_chart((comparison.baseline.label, comparison.baseline.losses),
-                                       [(g.label, g.losses) for g in by_loss], out_dir / DIFFERENCE_CHART)
+                                       [(g.label, g.losses) for g in by_loss],
+                                       out_dir / Path(DIFFERENCE_CHART).with_suffix(suffix).name)
     return [overlay, difference]

@@ -16,6 +16,8 @@ DATASETS_OPTION = click.option("--datasets-dir", type=click.Path(file_okay=False
                                help="Where Hugging Face datasets are looked for (as for `train`).")
 CHARTS_OPTION = click.option("--charts", "charts_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                              help="Also write loss-overlay.png and test-loss-difference.png into this folder.")
+CHART_FORMAT_OPTION = click.option("--chart-format", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+                                   help="File format of the --charts files (svg and pdf for print and blogs).")
 EXPERIMENT_FILE = click.argument("experiment_file", type=click.Path(dir_okay=False, path_type=Path))
 
 
@@ -23,14 +25,15 @@ def _echo_err(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _show(comparison, output_format: str, charts_dir: Optional[Path], html_path: Optional[Path] = None, title: Optional[str] = None) -> None:
+def _show(comparison, output_format: str, charts_dir: Optional[Path], html_path: Optional[Path] = None, title: Optional[str] = None,
+          chart_format: str = "png") -> None:
     from gptlab.experiments.compare import render
 
     click.echo(render(comparison, output_format), nl=False)
     if charts_dir is not None:
         from gptlab.experiments.charts import draw_comparison_charts
 
-        for path in draw_comparison_charts(comparison, charts_dir):
+        for path in draw_comparison_charts(comparison, charts_dir, chart_format):
             _echo_err(f"Wrote {path}")
     if html_path is not None:
         from gptlab.experiments.report import write_report
@@ -81,14 +84,17 @@ def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[P
 @FORMAT_OPTION
 @click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write an HTML report here.")
 @CHARTS_OPTION
+@CHART_FORMAT_OPTION
 @DATASETS_OPTION
-def experiment_report(experiment_file: Path, output_format: str, html_path: Optional[Path], charts_dir: Optional[Path], datasets_dir: Optional[Path]) -> None:
+def experiment_report(experiment_file: Path, output_format: str, html_path: Optional[Path], charts_dir: Optional[Path], chart_format: str,
+                      datasets_dir: Optional[Path]) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
     from gptlab.experiments.runner import experiment_comparison
     from gptlab.experiments.spec import load_experiment
 
     loaded = load_experiment(experiment_file)
-    _show(experiment_comparison(loaded, datasets_dir, echo=_echo_err), output_format, charts_dir, html_path, f"Experiment {loaded.name}")
+    _show(experiment_comparison(loaded, datasets_dir, echo=_echo_err), output_format, charts_dir, html_path, f"Experiment {loaded.name}",
+          chart_format)
 
 
 @click.command()
@@ -97,8 +103,10 @@ def experiment_report(experiment_file: Path, output_format: str, html_path: Opti
               help="The baseline run (its seed group is the baseline); default: the group named baseline, else the first run's.")
 @FORMAT_OPTION
 @CHARTS_OPTION
+@CHART_FORMAT_OPTION
 @DATASETS_OPTION
-def compare(run_dirs: tuple[Path, ...], baseline_dir: Optional[Path], output_format: str, charts_dir: Optional[Path], datasets_dir: Optional[Path]) -> None:
+def compare(run_dirs: tuple[Path, ...], baseline_dir: Optional[Path], output_format: str, charts_dir: Optional[Path], chart_format: str,
+            datasets_dir: Optional[Path]) -> None:
     """Table of runs by test loss: improvement over the baseline, beyond or within seed noise, time, tokens/s, cost.
 
     Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
@@ -106,7 +114,7 @@ def compare(run_dirs: tuple[Path, ...], baseline_dir: Optional[Path], output_for
     """
     from gptlab.experiments.compare import compare_runs
 
-    _show(compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err), output_format, charts_dir)
+    _show(compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err), output_format, charts_dir, chart_format=chart_format)
 
 
 @click.command()
