@@ -83,7 +83,8 @@ def prepared_run(config: RunConfig, steps: int, dataset_dir: Optional[Path] = No
             dataset_dir, start_token = tmp_dir / "tokens", 0
             _write_random_tokens(dataset_dir, steps * step_tokens(config) + 1, config.model.vocab_size)
         resolved["train"].update(dataset=str(dataset_dir), start_train_token=start_token,
-                                 min_train_tokens=steps * step_tokens(config), validation_batches=0)
+                                 min_train_tokens=steps * step_tokens(config), validation_batches=0,
+                                 loggers=[])  # a benchmark is no run to track in TensorBoard or wandb
         run_dir = tmp_dir / "run"
         run_dir.mkdir()
         for name, file_name in (("model", MODEL_FILE), ("train", TRAIN_FILE)):
