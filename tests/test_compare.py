@@ -226,7 +226,7 @@ def test_comparison_and_run_charts_are_real_pngs(trained, tmp_path):
 
 def troubled_runs(root: Path, dataset: Path, seed_source: Path) -> dict[str, list[Path]]:
     """Real runs (once per session): one that diverges (learning rate 1e6: every step after the first is non-finite),
-    one that stops itself on non-finite steps, and three seeds that start from one run's weights without dropout."""
+    one that stops itself on non-finite steps (2e6), and three seeds that start from one run's weights without dropout."""
     from gptlab.train.loop import TrainingStopped
 
     done = root / "complete"
@@ -237,7 +237,8 @@ def troubled_runs(root: Path, dataset: Path, seed_source: Path) -> dict[str, lis
         train_run(write_run(runs["diverged"][0], dataset, train={"learning_rate": 1e6, "random_seed": 1}), show_progress=False)
         evaluate_and_save(runs["diverged"][0], EVALUATION)
         with pytest.raises(TrainingStopped):
-            train_run(write_run(runs["stopped"][0], dataset, train={"learning_rate": 1e6, "max_consecutive_skipped_steps": 2, "random_seed": 1}),
+            # another learning rate too: max_consecutive_skipped_steps alone is bookkeeping, which would put both in one group
+            train_run(write_run(runs["stopped"][0], dataset, train={"learning_rate": 2e6, "max_consecutive_skipped_steps": 2, "random_seed": 1}),
                       show_progress=False)
         for seed, run_dir in zip((1, 2, 3), runs["seedblind"]):
             train_run(write_run(run_dir, dataset, train={"init_from": str(seed_source), "random_seed": seed}), show_progress=False)
