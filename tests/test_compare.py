@@ -10,7 +10,9 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
+from scipy import stats as scipy_stats
 
 from conftest import run_cli, write_run
 from gptlab.config import EvaluationSettings
@@ -62,6 +64,16 @@ def _loss(run_dir: Path) -> float:
     return json.loads((run_dir / EVALUATION_FILE).read_text())["loss"]
 
 
+def _holm(p_values: list[float]) -> list[float]:
+    """Holm's adjusted p-values by their definition: max over the smaller ones of (m - rank) * p, capped at 1."""
+    order = np.argsort(p_values)
+    adjusted = np.minimum(1, np.maximum.accumulate([(len(p_values) - rank) * p_values[i] for rank, i in enumerate(order)]))
+    result = [0.0] * len(p_values)
+    for rank, i in enumerate(order):
+        result[i] = float(adjusted[rank])
+    return result
+
+
 def _compare_json(*args: str) -> dict:
     result = run_cli("compare", *args, "--format", "json")
     assert result.returncode == 0, result.stderr
@@ -82,22 +94,39 @@ def test_table_groups_seeds_and_labels_differences_beyond_and_within_noise(train
     assert (baseline["min"], baseline["max"]) == (min(baseline_losses), max(baseline_losses))
     assert baseline["ci95_low"] < baseline["test_loss"] < baseline["ci95_high"]
 
+    # lr10x has the baseline's seeds and data order: the paired t-test on per-seed differences decides, Welch beside it
     faster = rows["lr10x"]
-    assert faster["noise"] == "beyond noise" and faster["test"].startswith("Welch's t-test") and faster["p_value"] < 0.05
-    assert faster["improvement"] == pytest.approx(baseline["test_loss"] - statistics.fmean(_loss(d) for d in trained["lr10x"]))
+    base_losses = [_loss(d) for d in trained["baseline"]]
+    faster_losses = [_loss(d) for d in trained["lr10x"]]
+    paired = scipy_stats.ttest_rel(base_losses, faster_losses)
+    assert faster["noise"] == "beyond noise" and faster["decided_by"] == "paired" and faster["test"].startswith("paired t-test (decides)")
+    assert faster["p_value"] == pytest.approx(paired.pvalue, rel=1e-9)
+    assert faster["improvement_ci"] == pytest.approx(list(paired.confidence_interval(0.95)), rel=1e-9)
+    assert faster["p_welch"] == pytest.approx(scipy_stats.ttest_ind(base_losses, faster_losses, equal_var=False).pvalue, rel=1e-9)
+    assert faster["improvement"] == pytest.approx(baseline["test_loss"] - statistics.fmean(faster_losses))
     assert faster["improvement"] > 0 and faster["changes"] == "learning_rate=0.03"
+    assert faster["verdict"].startswith("beyond noise (paired t, Holm p=") and "Welch p=" in faster["verdict"]
 
-    same = rows["ckpt5"]
-    assert same["noise"] == "within noise" and same["test"].startswith("Welch's t-test") and same["p_value"] > 0.5
+    same = rows["ckpt5"]  # computes exactly what the baseline computes: every per-seed difference is 0
+    assert same["noise"] == "within noise" and same["p_value"] == 1.0 and same["improvement"] == 0 and same["cohens_d"] == 0
     assert same["changes"] == "checkpoint_interval=5"
 
-    single = rows["lr20x"]  # a single run, judged by its distance from the baseline seeds
+    single = rows["lr20x"]  # a single run, judged by the single-run t-test and its distance from the baseline seeds
     assert single["seeds"] == 1 and single["noise"] == "beyond noise" and "baseline SDs" in single["test"]
     assert single["baseline_sds"] == pytest.approx((_loss(trained["lr20x"][0]) - baseline["test_loss"]) / baseline["sd"])
-    assert single["improvement"] > 0
+    assert single["p_value"] == pytest.approx(scipy_stats.ttest_ind(base_losses, [_loss(trained["lr20x"][0])]).pvalue, rel=1e-9)
+    assert single["improvement"] > 0 and single["decided_by"] == "single run"
 
     lone = rows["ckpt6"]  # a single run that computes what baseline seed 2 computed
     assert lone["seeds"] == 1 and lone["noise"] == "within noise" and "baseline SDs" in lone["test"]
+
+    # one Holm family of the four interventions; every row carries what a reader signs off on
+    tested = [rows[name] for name in ("lr10x", "ckpt5", "lr20x", "ckpt6")]
+    assert [row["p_holm"] for row in tested] == pytest.approx(_holm([row["p_value"] for row in tested]))
+    for row in tested:
+        assert {"improvement_ci", "cohens_d", "p_value", "p_holm", "verdict"} <= set(row)
+        assert row["noise"] == ("beyond noise" if row["p_holm"] < 0.05 else "within noise")
+    assert any("Holm-adjusted p-values over the 4 interventions" in note for note in table["notes"])
 
     summary = json.loads((trained["lr10x"][0] / "summary.json").read_text())
     assert faster["tokens_seen"] == summary["tokens_seen"] and faster["skipped_steps"] == 0
@@ -120,7 +149,8 @@ def test_markdown_csv_and_terminal_show_the_same_rows(trained):
     terminal = run_cli("compare", *runs).stdout
     for name in RUNS:
         assert name in terminal
-    assert "beyond noise (Welch p=" in terminal and "within noise (Welch p=" in terminal and " SD)" in terminal
+    assert "beyond noise (paired t, Holm p=" in terminal and "within noise (paired t, Holm p=" in terminal and " SD)" in terminal
+    assert "improvement 95% CI" in terminal and "p (Holm)" in terminal
 
 
 def test_one_baseline_seed_says_noise_cannot_be_judged_and_how_many_seeds(trained):
@@ -190,3 +220,141 @@ def test_comparison_and_run_charts_are_real_pngs(trained, tmp_path):
             assert image.size == (800, 450)
     (run_dir / "metrics.jsonl").write_text("")
     assert draw_run_charts(run_dir) == []
+
+
+# --- runs that go wrong, seeds that change nothing, checkpoints that differ ------------------------------
+
+def troubled_runs(root: Path, dataset: Path, seed_source: Path) -> dict[str, list[Path]]:
+    """Real runs (once per session): one that diverges (learning rate 1e6: every step after the first is non-finite),
+    one that stops itself on non-finite steps (2e6), and three seeds that start from one run's weights without dropout."""
+    from gptlab.train.loop import TrainingStopped
+
+    done = root / "complete"
+    runs = {"diverged": [root / "diverged-seed1"], "stopped": [root / "stopped-seed1"],
+            "seedblind": [root / f"seedblind-seed{seed}" for seed in (1, 2, 3)]}
+    if not done.is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        train_run(write_run(runs["diverged"][0], dataset, train={"learning_rate": 1e6, "random_seed": 1}), show_progress=False)
+        evaluate_and_save(runs["diverged"][0], EVALUATION)
+        with pytest.raises(TrainingStopped):
+            # another learning rate too: max_consecutive_skipped_steps alone is bookkeeping, which would put both in one group
+            train_run(write_run(runs["stopped"][0], dataset, train={"learning_rate": 2e6, "max_consecutive_skipped_steps": 2, "random_seed": 1}),
+                      show_progress=False)
+        for seed, run_dir in zip((1, 2, 3), runs["seedblind"]):
+            train_run(write_run(run_dir, dataset, train={"init_from": str(seed_source), "random_seed": seed}), show_progress=False)
+            evaluate_and_save(run_dir, EVALUATION)
+        done.write_text("ok")
+    return runs
+
+
+@pytest.fixture
+def troubled(tmp_path_factory, brown_dataset, trained) -> dict[str, list[Path]]:
+    return troubled_runs(tmp_path_factory.getbasetemp() / "troubled-runs", brown_dataset, trained["baseline"][0])
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} in JSON output")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_diverged_and_stopped_runs_are_verdicts_of_their_own_listed_last(trained, troubled, tmp_path):
+    runs = [*map(str, trained["baseline"]), *map(str, trained["lr10x"]), str(troubled["diverged"][0]), str(troubled["stopped"][0])]
+    result = run_cli("compare", *runs, "--format", "json", "--charts", str(tmp_path / "charts"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    table = _strict_json(result.stdout)
+    assert [row["run"] for row in table["rows"]][-2:] == ["diverged", "stopped"]
+    rows = {row["run"]: row for row in table["rows"]}
+    assert rows["diverged"]["noise"] == "diverged" and rows["diverged"]["verdict"] == "diverged at step 1"
+    assert rows["stopped"]["noise"] == "diverged" and rows["stopped"]["verdict"] == "stopped: non-finite from step 1"
+    for name in ("diverged", "stopped"):
+        assert rows[name]["test_loss"] is None and rows[name]["p_value"] is None and rows[name]["p_holm"] is None
+    # the diverged runs are not in the Holm family: lr10x is the only intervention tested, so its p is not adjusted
+    assert rows["lr10x"]["p_holm"] == rows["lr10x"]["p_value"]
+    with Image.open(tmp_path / "charts" / DIFFERENCE_CHART) as image:
+        assert image.format == "PNG"
+    terminal = run_cli("compare", *runs)
+    assert terminal.returncode == 0 and "diverged at step 1" in terminal.stdout and "stopped: non-finite from step 1" in terminal.stdout
+
+
+def test_a_nan_seed_within_a_group_or_the_baseline_is_left_out_of_every_statistic(trained, troubled):
+    from gptlab.experiments.compare import build_comparison, load_results, render
+
+    diverged = troubled["diverged"][0]
+    results = load_results([*trained["baseline"], *trained["lr10x"], diverged])
+    labels = {**{d.resolve(): "baseline" for d in trained["baseline"]}, **{d.resolve(): "mixed" for d in [*trained["lr10x"], diverged]}}
+    comparison = build_comparison(results, labels=labels)
+    mixed = next(row for row in comparison.rows if row["run"] == "mixed")
+    assert mixed["noise"] == "diverged" and mixed["verdict"] == "diverged at step 1 (1 of 4 seeds)"
+    assert mixed["test_loss"] == pytest.approx(statistics.fmean(_loss(d) for d in trained["lr10x"]))
+    for output_format in ("terminal", "markdown", "csv"):
+        assert "mixed" in render(comparison, output_format)
+    _strict_json(render(comparison, "json"))
+
+    labels = {**{d.resolve(): "baseline" for d in [*trained["baseline"], diverged]}, **{d.resolve(): "lr10x" for d in trained["lr10x"]}}
+    with_nan = build_comparison(results, labels=labels)
+    without = build_comparison(load_results([*trained["baseline"], *trained["lr10x"]]))
+    row_nan, row_clean = (next(r for r in c.rows if r["run"] == "lr10x") for c in (with_nan, without))
+    assert row_nan["p_value"] == pytest.approx(row_clean["p_value"]) and row_nan["improvement_ci"] == pytest.approx(row_clean["improvement_ci"])
+    assert any("1 of 4 seeds did not give a finite test loss (diverged at step 1)" in note for note in with_nan.notes)
+
+
+def test_seeds_that_change_nothing_give_no_noise_estimate_and_say_why(trained, troubled):
+    losses = [_loss(d) for d in troubled["seedblind"]]
+    assert max(losses) - min(losses) < 1e-9 * losses[0]  # the premise: init_from and no dropout leave the seed nothing to do
+    table = _compare_json(*map(str, troubled["seedblind"]), *map(str, trained["lr10x"]), "--baseline", str(troubled["seedblind"][0]))
+    row = next(row for row in table["rows"] if row["run"] == "lr10x")
+    assert row["noise"] == "no noise estimate" and row["p_value"] is None and row["p_holm"] is None
+    assert row["verdict"] == ("no noise estimate: the seeds did not change the result "
+                              "(the seed changes neither initialisation (init_from is set) nor dropout (drop_rate is 0) here)")
+
+
+def test_runs_evaluated_at_other_checkpoints_are_refused_unless_allowed(trained, tmp_path):
+    early = tmp_path / "early-eval"
+    shutil.copytree(trained["ckpt5"][0], early, symlinks=True)
+    step5 = next(path.name for path in (early / "checkpoints").iterdir() if path.name.endswith("-iteration-5"))
+    saved = run_cli("eval", str(early), "--save", "--checkpoint", step5, "--batches", "40")
+    assert saved.returncode == 0, saved.stderr
+    refused = run_cli("compare", *map(str, trained["baseline"]), str(early))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{early}: evaluated at checkpoint step 5, tokens trained 768;" in refused.stderr
+    assert "checkpoint step 11, tokens trained 1,536 (differs in: checkpoint step, tokens trained)" in refused.stderr
+    assert "--allow-mixed-checkpoints" in refused.stderr
+    allowed = run_cli("compare", *map(str, trained["baseline"]), str(early), "--allow-mixed-checkpoints", "--format", "json")
+    assert allowed.returncode == 0, allowed.stderr
+    notes = json.loads(allowed.stdout)["notes"]
+    assert any(note.startswith("Mixed checkpoints allowed (--allow-mixed-checkpoints): ") and str(early) in note for note in notes)
+
+
+def test_seeds_command_plans_by_exact_power_given_or_measured(trained, tmp_path):
+    result = run_cli("experiment", "seeds", "--sd", "1", "--effect", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["seeds_per_arm"] == 6 and plan["power_by_seeds"]["5"] == pytest.approx(0.79, abs=0.01)
+    holm = json.loads(run_cli("experiment", "seeds", "--sd", "1", "--effect", "2", "--interventions", "5", "--json").stdout)
+    assert holm["seeds_per_arm"] > 6 and holm["alpha_per_intervention"] == pytest.approx(0.01)
+    assert run_cli("experiment", "seeds", "--sd", "1", "--effect", "2").stdout.startswith("6 seeds per arm")
+    missing = run_cli("experiment", "seeds", "--effect", "2")
+    assert missing.returncode == 2 and "give --sd" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_seeds_command_measures_the_sd_of_an_experiments_baseline(trained, tmp_path):
+    template = tmp_path / "template"
+    template.mkdir()
+    for name in ("model.json", "train.json"):  # the trained baseline's own files, without its seed
+        data = json.loads((trained["baseline"][0] / name).read_text())
+        data.pop("random_seed", None)
+        (template / name).write_text(json.dumps(data))
+    for seed, run_dir in zip(BASELINE_SEEDS, trained["baseline"]):  # already trained: `experiment run` would skip them
+        shutil.copytree(run_dir, tmp_path / "runs" / "baseline" / f"seed-{seed}", symlinks=True)
+    experiment = tmp_path / "measured.json"
+    experiment.write_text(json.dumps({"baseline": "template", "runs_dir": "runs", "seeds": list(BASELINE_SEEDS),
+                                      "interventions": {"lr": {"learning_rate": 0.03}, "wd": {"weight_decay": 0.0}},
+                                      "evaluation": {"checkpoint": "latest", "batches": 40}}))  # as EVALUATION
+    result = run_cli("experiment", "seeds", str(experiment), "--effect", "0.05", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    sd = statistics.stdev(_loss(d) for d in trained["baseline"])
+    assert plan["sd"] == pytest.approx(sd) and plan["interventions"] == 2 and "measured over 3 baseline seeds" in plan["sd_source"]
+    from gptlab.experiments import stats
+    assert plan["seeds_per_arm"] == stats.seeds_per_arm(0.05, sd, comparisons=2)

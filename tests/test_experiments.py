@@ -58,23 +58,11 @@ def test_describe_and_welch_follow_their_definitions():
     assert stats.describe([5.0]).sd is None and stats.describe([5.0]).ci_low is None
 
     other = [3.9, 4.4, 4.0]
-    result = stats.welch_test(values, other)
+    result = stats.welch_difference(values, other)  # improvement = mean(values) - mean(other)
     variance_sum = sd ** 2 / 4 + stats.describe(other).sd ** 2 / 3
     assert result.t == pytest.approx((mean - sum(other) / 3) / math.sqrt(variance_sum))
     assert result.p == pytest.approx(2 * (1 - _t_cdf_by_integration(abs(result.t), result.df)), abs=1e-8)
-    assert stats.welch_test(values, values).p == pytest.approx(1.0)
-
-
-def test_judge_names_its_test_and_asks_for_seeds_when_the_baseline_has_one():
-    assert stats.judge([1.0, 1.1, 0.9], [1.5, 1.6, 1.55]).test.startswith("Welch's t-test")
-    single = stats.judge([1.0, 1.1, 0.9], [3.0])
-    assert single.label == "beyond noise" and single.sd_distance == pytest.approx(20.0) and "baseline SDs" in single.test
-    assert stats.judge([1.0, 1.1, 0.9], [1.05]).label == "within noise"
-    lonely = stats.judge([1.0], [0.9, 0.95])
-    assert lonely.label == "cannot judge" and lonely.test.startswith("noise cannot be judged: 1 baseline seed;")
-    assert f"{lonely.seeds_needed} seeds needed" in lonely.test and lonely.seeds_needed >= stats.MIN_SEEDS
-    # a difference small beside its seed spread needs more seeds
-    assert stats.judge([1.0], [1.02, 1.07]).seeds_needed > lonely.seeds_needed
+    assert stats.welch_difference(values, values).p == pytest.approx(1.0)
 
 
 # --- experiment files ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from gptlab.experiments.compare import build_comparison, load_results
+from gptlab.experiments.compare import VERDICT_COLUMN, build_comparison, load_results
 from gptlab.experiments.report import write_report
 from test_compare import RUNS, comparison_runs
 
@@ -85,9 +85,10 @@ def test_report_renders_its_table_and_every_image_in_chromium(trained, tmp_path)
     table = re.search(r'<table id="comparison">(.*?)</table>', dom, re.S).group(1)
     rows = re.findall(r'<tr[^>]*data-run="([^"]+)"[^>]*>(.*?)</tr>', table, re.S)
     assert sorted(name for name, _ in rows) == sorted(RUNS)
-    cells = {name: re.findall(r"<td>(.*?)</td>", body) for name, body in rows}
-    assert cells["lr10x"][7].startswith("beyond noise (Welch p=") and cells["ckpt5"][7].startswith("within noise (Welch p=")
-    assert cells["baseline"][7] == "baseline" and cells["baseline"][1] == "3"
+    cells = {name: re.findall(r"<td[^>]*>(.*?)</td>", body) for name, body in rows}
+    assert cells["lr10x"][VERDICT_COLUMN].startswith("beyond noise (paired t, Holm p=")
+    assert cells["ckpt5"][VERDICT_COLUMN].startswith("within noise (paired t, Holm p=")
+    assert cells["baseline"][VERDICT_COLUMN] == "baseline" and cells["baseline"][1] == "3"
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium")

@@ -1,13 +1,14 @@
 """Charts of a comparison (PNG, or SVG or PDF for print): loss curves overlaid, each group's mean with the
-min-max band of its seeds, and each run's test-loss difference from the baseline against the baseline's
-seed noise. Drawn as a run's own charts are (gptlab.train.charts).
+min-max band of its seeds, and each run's test-loss difference from the baseline (each intervention's
+improvement with its own interval, diverged runs marked) against the baseline's seed noise. Drawn as a
+run's own charts are (gptlab.train.charts).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -101,34 +102,55 @@ def draw_loss_overlay(groups: Sequence[tuple[str, Sequence[Path]]], path: Path) 
     return save_chart(figure, Path(path))
 
 
-def draw_difference_chart(baseline: tuple[str, Sequence[float]], groups: Sequence[tuple[str, Sequence[float]]], path: Path) -> Path:
-    """Each run's test-loss improvement over the baseline mean (dots), each group's mean with its 95% interval,
-    and the band in which one more baseline seed would fall 95% of the time (the baseline's seed noise)."""
+def draw_difference_chart(baseline_label: str, rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Each run's test-loss improvement over the baseline mean (dots), each intervention's improvement with its own
+    95% interval from the test that judged it (squares), diverged runs as red crosses along the top, and the band in
+    which one more baseline seed would fall 95% of the time (the baseline's seed noise).
+
+    `rows` are the comparison's rows, the baseline's first: run, run_losses (None where not finite), improvement,
+    improvement_ci and verdict."""
+    from matplotlib.transforms import blended_transform_factory
+
     from gptlab.experiments import stats
 
-    base_label, base_losses = baseline
-    base = stats.describe(list(base_losses))
-    figure, axes = new_figure(f"Test-loss improvement over {base_label} (positive is better)", "", "baseline mean - test loss (nats)")
-    everything = [(base_label, list(base_losses))] + [(label, list(losses)) for label, losses in groups]
-    if base.sd is not None:
+    base_losses = [loss for loss in rows[0]["run_losses"] if loss is not None]
+    base = stats.describe(base_losses) if base_losses else None
+    figure, axes = new_figure(f"Test-loss improvement over {baseline_label} (positive is better)", "", "baseline mean - test loss (nats)")
+    half = None
+    if base is not None and base.sd:
         half = stats.student_t_quantile(0.975, base.n - 1) * base.sd * math.sqrt(1 + 1 / base.n)
         axes.axhspan(-half, half, color="grey", alpha=0.2, label=f"baseline seed noise (95% band, {base.n} seeds)")
     axes.axhline(0, color="black", linewidth=0.8)
-    for position, (label, losses) in enumerate(everything):
-        improvements = [base.mean - loss for loss in losses]
-        axes.plot([position] * len(improvements), improvements, "o", color=f"C{position % 10}", alpha=0.6, markersize=5)
-        described = stats.describe(improvements)
-        if described.ci_low is not None:
-            axes.errorbar([position + 0.15], [described.mean], yerr=[[described.mean - described.ci_low], [described.ci_high - described.mean]],
-                          fmt="s", color=f"C{position % 10}", capsize=4, markersize=6)
-    spread = max(abs(base.mean - loss) for _, losses in everything for loss in losses)
-    if base.sd is not None and spread > 20 * half:  # one far-off group would flatten the band and everything near it
+    top = blended_transform_factory(axes.transData, axes.transAxes)
+    shown: list[float] = [0.0]
+    diverged_labelled = False
+    for position, row in enumerate(rows):
+        colour = f"C{position % 10}"
+        finite = [loss for loss in row["run_losses"] if loss is not None]
+        if base is not None and finite:
+            improvements = [base.mean - loss for loss in finite]
+            axes.plot([position] * len(improvements), improvements, "o", color=colour, alpha=0.6, markersize=5)
+            shown += improvements
+        failed = len(row["run_losses"]) - len(finite)
+        if failed:
+            axes.plot([position], [0.97], "x", color="tab:red", markersize=9, mew=2, transform=top,
+                      label=None if diverged_labelled else "diverged run(s), left out")
+            axes.text(position, 0.93, f"{failed} diverged", transform=top, ha="center", va="top", fontsize=7, color="tab:red")
+            diverged_labelled = True
+        if position and row.get("improvement_ci"):
+            low, high = row["improvement_ci"]
+            middle = row["improvement"]
+            axes.errorbar([position + 0.15], [middle], yerr=[[middle - low], [high - middle]], fmt="s", color=colour, capsize=4, markersize=6,
+                          label="improvement, 95% CI of its test" if position == 1 else None)
+            shown += [low, high]
+    spread = max(abs(value) for value in shown if math.isfinite(value))
+    if half and spread > 20 * half:  # one far-off group would flatten the band and everything near it
         axes.set_yscale("symlog", linthresh=4 * half)
         axes.set_ylabel(f"baseline mean - test loss (nats; log scale beyond ±{4 * half:.2g})")
-    axes.set_xticks(range(len(everything)), [label for label, _ in everything], rotation=20, ha="right", fontsize=9)
-    axes.set_xlim(-0.6, len(everything) - 0.4)
-    if base.sd is not None:
-        axes.legend(loc="best", fontsize=8, title="squares: group mean, 95% CI", title_fontsize=8)
+    axes.set_xticks(range(len(rows)), [row["run"] for row in rows], rotation=20, ha="right", fontsize=9)
+    axes.set_xlim(-0.6, len(rows) - 0.4)
+    if half or diverged_labelled:
+        axes.legend(loc="best", fontsize=8)
     return save_chart(figure, Path(path))
 
 
@@ -140,8 +162,7 @@ def draw_comparison_charts(comparison, out_dir: Path, chart_format: str = "png")
     ordered = [comparison.baseline] + [g for g in comparison.groups if g is not comparison.baseline]
     overlay = draw_loss_overlay([(g.label, [r.run_dir for r in g.runs]) for g in ordered],
                                 out_dir / Path(OVERLAY_CHART).with_suffix(suffix).name)
-    by_loss = sorted(ordered[1:], key=lambda g: sum(g.losses) / len(g.losses))
-    difference = draw_difference_chart((comparison.baseline.label, comparison.baseline.losses),
-                                       [(g.label, g.losses) for g in by_loss],
-                                       out_dir / Path(DIFFERENCE_CHART).with_suffix(suffix).name)
+    baseline_row = next(row for row in comparison.rows if row["run"] == comparison.baseline.label)
+    rows = [baseline_row] + [row for row in comparison.rows if row is not baseline_row]  # the rest by test loss, diverged last
+    difference = draw_difference_chart(comparison.baseline.label, rows, out_dir / Path(DIFFERENCE_CHART).with_suffix(suffix).name)
     return [overlay, difference]

@@ -1,10 +1,11 @@
-"""Click commands: `gptlab experiment plan|run|report`, `gptlab compare` and `gptlab report`.
+"""Click commands: `gptlab experiment plan|run|report|seeds`, `gptlab compare` and `gptlab report`.
 
 Each parses its arguments, calls one function, prints its result.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +20,8 @@ CHARTS_OPTION = click.option("--charts", "charts_dir", type=click.Path(file_okay
 CHART_FORMAT_OPTION = click.option("--chart-format", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
                                    help="File format of the --charts files (svg and pdf for print and blogs).")
 EXPERIMENT_FILE = click.argument("experiment_file", type=click.Path(dir_okay=False, path_type=Path))
+MIXED_OPTION = click.option("--allow-mixed-checkpoints", is_flag=True,
+                            help="Compare runs evaluated at different checkpoint steps or tokens trained (noted under the table).")
 
 
 def _echo_err(line: str) -> None:
@@ -86,15 +89,38 @@ def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[P
 @CHARTS_OPTION
 @CHART_FORMAT_OPTION
 @DATASETS_OPTION
+@MIXED_OPTION
 def experiment_report(experiment_file: Path, output_format: str, html_path: Optional[Path], charts_dir: Optional[Path], chart_format: str,
-                      datasets_dir: Optional[Path]) -> None:
+                      datasets_dir: Optional[Path], allow_mixed_checkpoints: bool) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
     from gptlab.experiments.runner import experiment_comparison
     from gptlab.experiments.spec import load_experiment
 
     loaded = load_experiment(experiment_file)
-    _show(experiment_comparison(loaded, datasets_dir, echo=_echo_err), output_format, charts_dir, html_path, f"Experiment {loaded.name}",
-          chart_format)
+    comparison = experiment_comparison(loaded, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints)
+    _show(comparison, output_format, charts_dir, html_path, f"Experiment {loaded.name}", chart_format)
+
+
+@experiment.command()
+@click.argument("experiment_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--effect", type=click.FloatRange(min=0, min_open=True), required=True,
+              help="The smallest test-loss improvement worth finding (nats).")
+@click.option("--sd", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The seed-to-seed SD of the test loss; default: the baseline's, measured in EXPERIMENT_FILE's finished runs.")
+@click.option("--power", "target_power", type=click.FloatRange(0.5, 1, max_open=True), default=0.8, show_default=True,
+              help="The chance of finding an improvement of that size.")
+@click.option("--interventions", type=click.IntRange(min=1), default=None,
+              help="Interventions judged against one baseline (Holm); default 1, or EXPERIMENT_FILE's count.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@DATASETS_OPTION
+def seeds(experiment_file: Optional[Path], effect: float, sd: Optional[float], target_power: float, interventions: Optional[int],
+          as_json: bool, datasets_dir: Optional[Path]) -> None:
+    """How many seeds per arm find an improvement of --effect with --power: the exact power of the two-sided t-test
+    (noncentral t), at 5% divided by the number of interventions (Holm's first step)."""
+    from gptlab.experiments.seeds import plan_seeds
+
+    plan = plan_seeds(effect, sd, target_power, interventions, experiment_file, datasets_dir, echo=_echo_err)
+    click.echo(json.dumps(plan, indent=2) if as_json else plan["summary"])
 
 
 @click.command()
@@ -105,16 +131,18 @@ def experiment_report(experiment_file: Path, output_format: str, html_path: Opti
 @CHARTS_OPTION
 @CHART_FORMAT_OPTION
 @DATASETS_OPTION
+@MIXED_OPTION
 def compare(run_dirs: tuple[Path, ...], baseline_dir: Optional[Path], output_format: str, charts_dir: Optional[Path], chart_format: str,
-            datasets_dir: Optional[Path]) -> None:
-    """Table of runs by test loss: improvement over the baseline, beyond or within seed noise, time, tokens/s, cost.
+            datasets_dir: Optional[Path], allow_mixed_checkpoints: bool) -> None:
+    """Table of runs by test loss: improvement over the baseline with its interval, beyond or within seed noise, time, tokens/s, cost.
 
     Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
-    baseline was; runs evaluated on different test tokens are refused.
+    baseline was; runs evaluated on different test tokens or checkpoints are refused.
     """
     from gptlab.experiments.compare import compare_runs
 
-    _show(compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err), output_format, charts_dir, chart_format=chart_format)
+    _show(compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints),
+          output_format, charts_dir, chart_format=chart_format)
 
 
 @click.command()

@@ -1,8 +1,11 @@
 """Comparing runs: one table row per group of runs that differ only by seed, each judged against the baseline.
 
 Every test loss in a table must come from exactly the same tokens (same dataset slice, same tokenizer,
-same evaluation precision); otherwise `compare` refuses and says which runs differ and how. A run's
-test loss is read from `RUN_DIR/evaluation.json`, computed and saved there when missing.
+same evaluation precision) of a model trained as far (same checkpoint step, same tokens trained);
+otherwise `compare` refuses and says which runs differ and how (`--allow-mixed-checkpoints` lets the
+training length differ, with a note). A run's test loss is read from `RUN_DIR/evaluation.json`, computed
+and saved there when missing. A run that diverged or stopped on non-finite steps stays in the table with
+that as its verdict (verdicts.py decides; stats.py computes).
 """
 
 from __future__ import annotations
@@ -13,19 +16,23 @@ import json
 import math
 import os
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
-from gptlab.experiments import stats
-from gptlab.rundir import EVALUATION, SUMMARY, read_config_dict, read_evaluation, read_summary, write_evaluation
+from gptlab.experiments import stats, verdicts
+from gptlab.rundir import CHECKPOINTS, EVALUATION, SUMMARY, read_config_dict, read_evaluation, read_summary, write_evaluation
 
 FORMATS = ("terminal", "markdown", "csv", "json")
 # Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
 IGNORED_BY_GROUPING = BOOKKEEPING_TRAIN_KEYS | {"random_seed"}
 SLICE_KEYS = ("split", "start_token", "batches", "batch_size", "context_length")
+# What fixes the order of the batches a run reads (not the seed: item k of the train slice is read at step k).
+DATA_ORDER_KEYS = {"train": ("dataset", "start_train_token", "min_train_tokens", "microbatch_size", "gradient_accumulation_steps"),
+                   "model": ("context_length",)}
 
 
 # --- evaluations ---------------------------------------------------------------------------------------
@@ -63,22 +70,51 @@ class RunResult:
     summary: dict[str, Any]
     evaluation: dict[str, Any]
     config: dict[str, dict[str, Any]]
+    stopped: Optional[str] = None  # why this run has no usable test loss: "diverged at step N", "stopped: non-finite ..."
 
     @property
     def test_loss(self) -> float:
-        return float(self.evaluation["loss"])
+        """The saved loss; NaN where there is none (a run stopped before it could be evaluated) or it was written as null."""
+        loss = self.evaluation.get("loss")
+        return float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) else math.nan
 
     @property
     def seed(self) -> Any:
         return self.config["train"].get("random_seed")
 
 
-def _read_summary(run_dir: Path) -> dict[str, Any]:
+def first_non_finite_step(run_dir: Path) -> Optional[int]:
+    """The first step metrics.jsonl records as skipped or with a non-finite (null) loss."""
+    from gptlab.train.charts import read_step_records
+
+    return next((r["step"] for r in read_step_records(run_dir) if r.get("skipped") or r.get("loss") is None), None)
+
+
+def stopped_on_non_finite(run_dir: Path) -> bool:
+    """Training stopped itself (max_consecutive_skipped_steps): its last recorded step was skipped."""
+    from gptlab.train.charts import read_step_records
+
+    records = read_step_records(run_dir)
+    return bool(records) and bool(records[-1].get("skipped"))
+
+
+def _read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+    """summary.json; None for a run that stopped on non-finite steps (it has a verdict of its own)."""
     summary = read_summary(run_dir)
-    if summary is None:
-        raise UserError(f"{run_dir}: has not finished training (no {SUMMARY}); finish it with `gptlab train {run_dir} --resume latest` "
-                        f"or `gptlab experiment run FILE`")
-    return summary
+    if summary is not None:
+        return summary
+    if stopped_on_non_finite(run_dir):
+        return None
+    raise UserError(f"{run_dir}: has not finished training (no {SUMMARY}); finish it with `gptlab train {run_dir} --resume latest` "
+                    f"or `gptlab experiment run FILE`")
+
+
+def _diverged_words(run_dir: Path, loss: float) -> Optional[str]:
+    """None for a finite test loss, else when the run diverged."""
+    if math.isfinite(loss):
+        return None
+    step = first_non_finite_step(run_dir)
+    return f"diverged at step {step}" if step is not None else f"diverged (test loss {loss})"
 
 
 def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = None, datasets_dir: Optional[Path] = None,
@@ -92,12 +128,19 @@ def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = 
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: run directory not found")
         summary = _read_summary(run_dir)
+        if summary is None:  # stopped on non-finite steps: nothing worth evaluating
+            step = first_non_finite_step(run_dir)
+            results.append(RunResult(run_dir, {}, {}, read_config_dict(run_dir),
+                                     stopped="stopped: non-finite" + (f" from step {step}" if step is not None else "")))
+            continue
         evaluation = read_evaluation(run_dir) or {}
         if "tokens_sha256" not in evaluation:
             echo(f"Evaluating {run_dir} (no {EVALUATION} with a token hash yet) ...")
             evaluation = evaluate_and_save(run_dir, settings or default_settings(run_dir), datasets_dir)
         config = read_config_dict(run_dir)
-        results.append(RunResult(run_dir, summary, evaluation, config))
+        result = RunResult(run_dir, summary, evaluation, config)
+        result.stopped = _diverged_words(run_dir, result.test_loss)
+        results.append(result)
     return results
 
 
@@ -130,7 +173,17 @@ class Group:
 
     @property
     def losses(self) -> list[float]:
+        """Every run's test loss, NaN or inf included; statistics take `finite_losses`."""
         return [run.test_loss for run in self.runs]
+
+    @property
+    def finite_losses(self) -> list[float]:
+        return [run.test_loss for run in self.runs if run.stopped is None]
+
+    def arm(self, baseline: "Group") -> verdicts.Arm:
+        data_order = all(self.identity.get(f, {}).get(k) == baseline.identity.get(f, {}).get(k) for f, keys in DATA_ORDER_KEYS.items() for k in keys)
+        same_world = len({run.summary.get("world_size") for run in self.runs + baseline.runs if run.summary}) <= 1
+        return verdicts.Arm(self.label, [verdicts.RunOutcome(run.seed, run.test_loss, run.stopped) for run in self.runs], data_order and same_world)
 
 
 _SEED_DIR = re.compile(r"^seed[-_]?\d+$")
@@ -184,6 +237,32 @@ def _slice_words(evaluation: dict[str, Any]) -> str:
             f"from token {evaluation.get('start_token', 0):,} in batches of {evaluation.get('batch_size')} x {evaluation.get('context_length')}")
 
 
+def checkpoint_identity(run: RunResult) -> dict[str, Optional[int]]:
+    """The checkpoint step an evaluation read and the tokens trained by then, from that checkpoint's meta.json
+    (or, where it was pruned since, from its folder name and the run's summary)."""
+    from gptlab.train.checkpoint import Checkpoint
+
+    name = str(run.evaluation.get("checkpoint") or "")
+    folder = run.run_dir / CHECKPOINTS / name
+    if name and (folder / "meta.json").is_file():
+        meta = Checkpoint(folder).meta
+        return {"checkpoint step": meta.get("global_step"), "tokens trained": meta.get("tokens_seen")}
+    found = re.search(r"iteration-(\d+)$", name)
+    step = int(found.group(1)) if found else None
+    last = step is not None and run.summary.get("steps") == step + 1
+    return {"checkpoint step": step, "tokens trained": run.summary.get("tokens_seen") if last else None}
+
+
+def _checkpoint_mismatch(run: RunResult, reference: RunResult) -> Optional[str]:
+    ours, theirs = checkpoint_identity(run), checkpoint_identity(reference)
+    differing = [key for key in ours if ours[key] != theirs[key]]
+    if not differing:
+        return None
+    def words(identity: dict[str, Optional[int]]) -> str:
+        return ", ".join(f"{key} {'?' if identity[key] is None else f'{identity[key]:,}'}" for key in differing)
+    return f"{run.run_dir}: evaluated at {words(ours)}; {reference.run_dir} at {words(theirs)} (differs in: {', '.join(differing)})"
+
+
 def _mismatch(run: RunResult, reference: RunResult) -> Optional[str]:
     ours, theirs = run.evaluation, reference.evaluation
     if ours.get("tokenizer_fingerprint") != theirs.get("tokenizer_fingerprint"):
@@ -197,6 +276,23 @@ def _mismatch(run: RunResult, reference: RunResult) -> Optional[str]:
     if ours.get("precision") != theirs.get("precision"):
         return f"{run.run_dir}: evaluated in {ours.get('precision')}, {reference.run_dir} in {theirs.get('precision')}"
     return None
+
+
+def check_same_evaluation(results: list[RunResult], reference: RunResult, allow_mixed_checkpoints: bool = False) -> list[str]:
+    """Refuse a table whose test losses differ in tokens, tokenizer, precision or (unless allowed) how far the model
+    was trained; returns the notes that allowed differences need. Runs stopped before an evaluation are not checked."""
+    evaluated = [run for run in results if run is not reference and run.evaluation]
+    check_same_test_tokens(evaluated, reference)
+    mixed = [problem for run in evaluated if (problem := _checkpoint_mismatch(run, reference))]
+    if mixed and not allow_mixed_checkpoints:
+        raise UserError(
+            "compare: these runs cannot share one table: their test losses come from models trained for different lengths",
+            *mixed,
+            "Evaluate every run at the same checkpoint (the experiment file's evaluation.checkpoint, or `gptlab eval RUN --save "
+            "--checkpoint NAME`), or pass --allow-mixed-checkpoints to compare them anyway",
+        )
+    return [f"Mixed checkpoints allowed (--allow-mixed-checkpoints): {problem}. Such a difference mixes the intervention with training length."
+            for problem in mixed]
 
 
 def check_same_test_tokens(results: list[RunResult], reference: RunResult) -> None:
@@ -228,22 +324,51 @@ def _mean(values: list[Optional[float]]) -> Optional[float]:
 
 
 def _pooled_seed_sd(groups: list[Group]) -> Optional[float]:
-    variances = [stats.describe(g.losses).sd ** 2 for g in groups if len(g.runs) >= 2]
+    variances = [stats.describe(g.finite_losses).sd ** 2 for g in groups if len(g.finite_losses) >= 2]
     return math.sqrt(sum(variances) / len(variances)) if variances else None
 
 
-def _row(group: Group, baseline: Group, noise_sd: Optional[float]) -> dict[str, Any]:
-    described = stats.describe(group.losses)
+def seed_blind_reason(baseline: Group) -> str:
+    """Why a baseline's seeds may all give one loss, from its configuration."""
+    train, model = baseline.identity.get("train", {}), baseline.identity.get("model", {})
+    if train.get("init_from") and model.get("drop_rate") == 0:
+        return "the seed changes neither initialisation (init_from is set) nor dropout (drop_rate is 0) here"
+    if train.get("init_from"):
+        return "initialisation comes from init_from; only dropout depends on the seed"
+    if model.get("drop_rate") == 0:
+        return "drop_rate is 0, so only the initialisation depends on the seed"
+    return "check that random_seed reaches initialisation and dropout"
+
+
+def _row(group: Group, baseline: Group, verdict: Optional[verdicts.Verdict]) -> dict[str, Any]:
+    finite = group.finite_losses
+    described = stats.describe(finite) if finite else None
+    base_finite = baseline.finite_losses
     is_baseline = group is baseline
-    verdict = None if is_baseline else stats.judge(baseline.losses, group.losses, noise_sd)
+    deciding = verdict.deciding if verdict else None
+    improvement = deciding.improvement if deciding else (
+        statistics.fmean(base_finite) - described.mean if described and base_finite and not is_baseline else None)
     summaries = [run.summary for run in group.runs]
     return {
-        "run": group.label, "seeds": described.n, "test_loss": described.mean, "sd": described.sd,
-        "min": described.minimum, "max": described.maximum, "ci95_low": described.ci_low, "ci95_high": described.ci_high,
-        "improvement": None if is_baseline else stats.describe(baseline.losses).mean - described.mean,
-        "noise": "baseline" if is_baseline else verdict.label, "test": "" if is_baseline else verdict.test,
-        "p_value": verdict.p if verdict else None, "baseline_sds": verdict.sd_distance if verdict else None,
+        "run": group.label, "seeds": len(group.runs), "finite_seeds": len(finite),
+        "test_loss": described.mean if described else None, "sd": described.sd if described else None,
+        "min": described.minimum if described else None, "max": described.maximum if described else None,
+        "ci95_low": described.ci_low if described else None, "ci95_high": described.ci_high if described else None,
+        "improvement": improvement,
+        "improvement_ci": [deciding.ci_low, deciding.ci_high] if deciding else None,
+        "cohens_d": deciding.cohens_d if deciding else None,
+        "p_value": deciding.p if deciding else None,
+        "p_holm": verdict.p_holm if verdict else None,
+        "verdict": "baseline" if is_baseline else verdict.words,
+        "noise": "baseline" if is_baseline else verdict.label,
+        "decided_by": verdict.decided_by if verdict else None,
+        "p_welch": verdict.welch.p if verdict and verdict.welch else None,
+        "p_paired": verdict.paired.p if verdict and verdict.paired else None,
+        "paired_improvement_ci": [verdict.paired.ci_low, verdict.paired.ci_high] if verdict and verdict.paired else None,
+        "test": _test_words(verdict) if verdict else "",
+        "baseline_sds": -deciding.cohens_d if deciding and deciding.test == "single run" and deciding.cohens_d is not None else None,
         "seeds_needed": verdict.seeds_needed if verdict else None,
+        "detectable_effect": verdict.detectable_effect if verdict else None,
         "training_seconds": _mean([s.get("training_seconds") for s in summaries]),
         "tokens_per_second": _mean([s.get("tokens_per_second") for s in summaries]),
         "tokens_seen": _mean([s.get("tokens_seen") for s in summaries]),
@@ -251,41 +376,91 @@ def _row(group: Group, baseline: Group, noise_sd: Optional[float]) -> dict[str, 
         "skipped_steps": sum(int(s.get("skipped_steps") or 0) for s in summaries),
         "changes": "-" if is_baseline else describe_difference(group, baseline),
         "run_dirs": [str(run.run_dir) for run in group.runs], "run_seeds": [run.seed for run in group.runs],
-        "run_losses": group.losses,
+        "run_losses": [loss if math.isfinite(loss) else None for loss in group.losses],
+        "run_stopped": [run.stopped for run in group.runs],
     }
 
 
-def _notes(baseline: Group, groups: list[Group], evaluation: dict[str, Any]) -> list[str]:
+def _test_words(verdict: verdicts.Verdict) -> str:
+    """Each test that was computed, with its statistic, the deciding one first."""
+    parts = []
+    for name in ("paired", "welch", "single run"):
+        difference = {"paired": verdict.paired, "welch": verdict.welch, "single run": verdict.single_run}[name]
+        if difference is None:
+            continue
+        words = {"paired": "paired t-test", "welch": "Welch's t-test", "single run": "single-run t-test"}[name]
+        extra = f", {-difference.cohens_d:+.1f} baseline SDs" if name == "single run" and difference.cohens_d is not None else ""
+        decides = " (decides)" if name == verdict.decided_by else ""
+        parts.append(f"{words}{decides}: t = {difference.t:.2f}, df = {difference.df:.1f}, p = {stats.format_p(difference.p)}{extra}")
+    return "; ".join(parts) or verdict.words
+
+
+def _notes(baseline: Group, groups: list[Group], evaluation: dict[str, Any], judgement: verdicts.Judgement) -> list[str]:
+    family = judgement.family_size
     notes = [
         f"Test loss: mean cross-entropy on {_slice_words(evaluation)} (checkpoint {evaluation.get('checkpoint_choice', 'as saved')}, "
         f"{evaluation.get('precision')}); the same tokens for every run (sha256 {str(evaluation.get('tokens_sha256'))[:12]}).",
-        "Improvement = baseline mean - group mean (positive is better). Groups are runs that differ only by seed; "
-        "time, tokens/s, tokens and cost are per-run means; skipped steps are summed over a group's runs.",
-        f"Noise: Welch's t-test (two-sided, {stats.ALPHA:.0%}) when both groups have 2+ seeds; a single run is beyond noise when it lies "
-        "outside the 95% prediction interval of one more baseline seed (shown as its distance in baseline SDs).",
+        "Improvement = baseline mean - group mean (positive is better), with its 95% confidence interval from the test that decides; "
+        "d = improvement / pooled seed SD (Cohen's d). Groups are runs that differ only by seed; time, tokens/s, tokens and cost are "
+        "per-run means; skipped steps are summed over a group's runs.",
+        "Tests (two-sided): the paired t-test on per-seed differences when every seed of a group also exists in the baseline with the "
+        "same data order (Welch's p shown beside it); else Welch's t-test when the group has 2+ seeds; a single run by the single-run "
+        "t-test (its distance from the baseline mean, in baseline SDs, against the 95% prediction interval of one more seed).",
     ]
-    if len(baseline.runs) < 2:
-        notes.append(f"The baseline has 1 seed, so noise cannot be judged: train at least {stats.MIN_SEEDS} seeds of it.")
+    if family > 1:
+        notes.append(f"Verdicts use Holm-adjusted p-values over the {family} interventions tested against one baseline, at "
+                     f"{stats.ALPHA:.0%} family-wise: with {family} interventions that change nothing, the chance that any is called "
+                     "beyond noise stays below 5%. The p column is each test's own.")
+    elif family == 1:
+        notes.append(f"One intervention was tested, so its p-value is not adjusted; beyond noise at p < {stats.ALPHA:.2f}.")
+    base_finite = baseline.finite_losses
+    if len(base_finite) >= 2 and family and not judgement.seed_blind:
+        sizes = sorted({len(g.finite_losses) for g in groups if g is not baseline and g.finite_losses})
+        sd = statistics.stdev(base_finite)
+        detectable = ", ".join(f"{stats.detectable_effect(sd, len(base_finite), n, comparisons=family):.4f} with {n} seed{'s' if n > 1 else ''}"
+                               for n in sizes)
+        notes.append(f"Sensitivity: with the baseline's seed SD ({sd:.4f}) and {len(base_finite)} baseline seeds, an improvement is found "
+                     f"with 80% power when it is at least {detectable} per intervention"
+                     f"{' (Holm-aware, as `gptlab experiment seeds` computes)' if family > 1 else ''}"
+                     f"{'; that is for unpaired tests: pairing by seed finds smaller improvements' if judgement.paired else ''}.")
+    if len(base_finite) < 2:
+        finite = " with a finite test loss" if len(base_finite) < len(baseline.runs) else ""
+        notes.append(f"The baseline has {len(base_finite)} seed{'s' if len(base_finite) != 1 else ''}{finite}, so noise cannot be judged: "
+                     f"train at least {stats.MIN_SEEDS} seeds of it.")
+    notes += judgement.notes
     for group in groups:
         seeds = [run.seed for run in group.runs]
         if len(set(seeds)) < len(seeds):
             notes.append(f"{group.label}: several runs share a seed ({seeds}); repeats of one seed understate the noise.")
+        if group is not baseline and len(group.runs) >= 2 and not group.arm(baseline).same_data_order:
+            notes.append(f"{group.label}: not paired with the baseline by seed: its batches come in another order.")
     return notes
 
 
-def build_comparison(results: list[RunResult], baseline_dir: Optional[Path] = None, labels: Optional[dict[Path, str]] = None) -> Comparison:
-    """Group the runs, check they share test tokens, and judge every group against the baseline group.
+def _sort_key(row: dict[str, Any]) -> tuple:
+    """By mean test loss; groups without a finite one (every run diverged) last, in their given order."""
+    return (row["test_loss"] is None, row["test_loss"] if row["test_loss"] is not None else 0.0)
+
+
+def build_comparison(results: list[RunResult], baseline_dir: Optional[Path] = None, labels: Optional[dict[Path, str]] = None,
+                     allow_mixed_checkpoints: bool = False) -> Comparison:
+    """Group the runs, check they share one evaluation identity, and judge every group against the baseline group.
 
     The baseline is the group holding `baseline_dir`; else the group labelled `baseline`; else the first run's group."""
     if not results:
         raise UserError("compare: no finished runs to compare")
     groups = group_runs(results, labels)
     baseline = _pick_baseline(groups, baseline_dir)
-    check_same_test_tokens(results, baseline.runs[0])
-    noise_sd = _pooled_seed_sd(groups)
-    rows = sorted((_row(group, baseline, noise_sd) for group in groups), key=lambda row: row["test_loss"])
-    evaluation = baseline.runs[0].evaluation
-    return Comparison(baseline, groups, rows, _notes(baseline, groups, evaluation), evaluation)
+    reference = next((run for group in [baseline] + groups for run in group.runs if run.evaluation), None)
+    if reference is None:
+        raise UserError("compare: no run could be evaluated: every run stopped on non-finite steps")
+    mixed_notes = check_same_evaluation(results, reference, allow_mixed_checkpoints)
+    others = [group for group in groups if group is not baseline]
+    judgement = verdicts.judge_interventions(baseline.arm(baseline), [group.arm(baseline) for group in others],
+                                             seed_blind_reason(baseline), _pooled_seed_sd(groups))
+    rows = sorted((_row(group, baseline, judgement.verdicts.get(group.label)) for group in groups), key=_sort_key)
+    evaluation = reference.evaluation
+    return Comparison(baseline, groups, rows, _notes(baseline, groups, evaluation, judgement) + mixed_notes, evaluation)
 
 
 def _pick_baseline(groups: list[Group], baseline_dir: Optional[Path]) -> Group:
@@ -321,26 +496,23 @@ def format_cost(dollars: Optional[float]) -> str:
     return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.3g}"
 
 
-def short_noise(row: dict[str, Any]) -> str:
-    if row["noise"] == "baseline":
-        return "baseline"
-    if row["noise"] == "cannot judge":
-        return row["test"]
-    if row["p_value"] is not None:
-        return f"{row['noise']} (Welch p={stats.format_p(row['p_value'])})"
-    return f"{row['noise']} ({row['baseline_sds']:+.1f} SD)"
+def _p_cell(value: Optional[float]) -> str:
+    return "-" if value is None else stats.format_p(value)
 
 
-TABLE_COLUMNS = ("run", "seeds", "test loss", "sd", "min-max", "95% CI", "improvement", "noise", "time", "tokens/s",
-                 "tokens", "cost", "skipped", "changes")
+TABLE_COLUMNS = ("run", "seeds", "test loss", "sd", "min-max", "improvement", "improvement 95% CI", "d", "p", "p (Holm)", "verdict",
+                 "time", "tokens/s", "tokens", "cost", "skipped", "changes")
+VERDICT_COLUMN = TABLE_COLUMNS.index("verdict")
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     """One row as the strings every text format shows, in TABLE_COLUMNS order."""
-    spread = f"{row['min']:.4f}-{row['max']:.4f}" if row["seeds"] > 1 else "-"
-    interval = f"{row['ci95_low']:.4f}-{row['ci95_high']:.4f}" if row["ci95_low"] is not None else "-"
-    return [row["run"], str(row["seeds"]), _number(row["test_loss"]), _number(row["sd"]), spread, interval,
-            _number(row["improvement"], signed=True), short_noise(row), format_duration(row["training_seconds"]),
+    seeds = str(row["seeds"]) if row["finite_seeds"] == row["seeds"] else f"{row['finite_seeds']} of {row['seeds']} finite"
+    spread = f"{row['min']:.4f}-{row['max']:.4f}" if row["finite_seeds"] > 1 else "-"
+    interval = f"{row['improvement_ci'][0]:+.4f} to {row['improvement_ci'][1]:+.4f}" if row["improvement_ci"] else "-"
+    return [row["run"], seeds, _number(row["test_loss"]), _number(row["sd"]), spread, _number(row["improvement"], signed=True), interval,
+            _number(row["cohens_d"], 2, signed=True), _p_cell(row["p_value"]), _p_cell(row["p_holm"]), row["verdict"],
+            format_duration(row["training_seconds"]),
             f"{row['tokens_per_second']:,.0f}" if row["tokens_per_second"] is not None else "-",
             f"{row['tokens_seen']:,.0f}" if row["tokens_seen"] is not None else "-",
             format_cost(row["cost"]), str(row["skipped_steps"]), row["changes"]]
@@ -362,15 +534,20 @@ def _markdown(comparison: Comparison) -> str:
     return "\n".join(lines + [""] + [f"- {note}" for note in comparison.notes]) + "\n"
 
 
-CSV_FIELDS = ("run", "seeds", "test_loss", "sd", "min", "max", "ci95_low", "ci95_high", "improvement", "noise", "test", "p_value",
-              "baseline_sds", "training_seconds", "tokens_per_second", "tokens_seen", "cost", "skipped_steps", "changes")
+CSV_FIELDS = ("run", "seeds", "finite_seeds", "test_loss", "sd", "min", "max", "ci95_low", "ci95_high", "improvement", "improvement_ci_low",
+              "improvement_ci_high", "cohens_d", "p_value", "p_holm", "verdict", "noise", "decided_by", "p_welch", "p_paired", "test",
+              "baseline_sds", "seeds_needed", "detectable_effect", "training_seconds", "tokens_per_second", "tokens_seen", "cost",
+              "skipped_steps", "changes")
 
 
 def _csv(comparison: Comparison) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({key: ("" if value is None else value) for key, value in row.items()} for row in comparison.rows)
+    for row in comparison.rows:
+        low, high = row["improvement_ci"] or (None, None)
+        flat = {**row, "improvement_ci_low": low, "improvement_ci_high": high}
+        writer.writerow({key: ("" if value is None else value) for key, value in flat.items()})
     return buffer.getvalue()
 
 
@@ -389,11 +566,11 @@ def render(comparison: Comparison, output_format: str = "terminal") -> str:
 
 
 def compare_runs(run_dirs: list[Path], baseline_dir: Optional[Path] = None, datasets_dir: Optional[Path] = None,
-                 echo: Callable[[str], Any] = print) -> Comparison:
+                 echo: Callable[[str], Any] = print, allow_mixed_checkpoints: bool = False) -> Comparison:
     """`gptlab compare`: load (evaluating where needed, as the baseline was evaluated) and build the comparison."""
     if not run_dirs:
         raise UserError("compare: name at least one run directory")
     reference = Path(baseline_dir) if baseline_dir is not None else Path(run_dirs[0])
     runs = list(run_dirs) + ([reference] if baseline_dir is not None else [])
     results = load_results(runs, default_settings(reference), datasets_dir, echo)
-    return build_comparison(results, baseline_dir)
+    return build_comparison(results, baseline_dir, allow_mixed_checkpoints=allow_mixed_checkpoints)

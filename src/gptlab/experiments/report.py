@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from gptlab.experiments.charts import draw_comparison_charts
-from gptlab.experiments.compare import TABLE_COLUMNS, Comparison, table_cells
+from gptlab.experiments.compare import TABLE_COLUMNS, VERDICT_COLUMN, Comparison, table_cells
 from gptlab.files import atomic_write_text
 from gptlab.rundir import GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART
 from gptlab.train.charts import draw_run_charts
@@ -21,8 +21,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
 th { background: #f2f2f2; }
-td:first-child, td:nth-child(8), td:last-child { text-align: left; }
-td:not(:nth-child(8)):not(:last-child) { white-space: nowrap; }
+td:first-child, td.verdict, td:last-child { text-align: left; }
+td:not(.verdict):not(:last-child) { white-space: nowrap; }
 tr.baseline { background: #f7f7ff; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 details { margin: 0.4em 0; }
@@ -40,7 +40,8 @@ def table_html(comparison: Comparison) -> str:
     body = []
     for row in comparison.rows:
         css = ' class="baseline"' if row["noise"] == "baseline" else ""
-        cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in table_cells(row))
+        cells = "".join(f'<td class="verdict">{html.escape(cell)}</td>' if index == VERDICT_COLUMN else f"<td>{html.escape(cell)}</td>"
+                        for index, cell in enumerate(table_cells(row)))
         body.append(f'<tr{css} data-run="{html.escape(row["run"])}">{cells}</tr>')
     return f'<table id="comparison"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -53,7 +54,8 @@ def _run_sections(comparison: Comparison) -> str:
                 draw_run_charts(run.run_dir)
             images = "".join(image_tag(run.run_dir / name, f"{name} of {run.run_dir}") for name in (LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART)
                              if (run.run_dir / name).is_file())
-            title = f"{group.label}, seed {run.seed}: test loss {run.test_loss:.4f} ({run.run_dir})"
+            outcome = run.stopped or f"test loss {run.test_loss:.4f}"
+            title = f"{group.label}, seed {run.seed}: {outcome} ({run.run_dir})"
             sections.append(f"<details><summary>{html.escape(title)}</summary>{images}</details>")
     return "".join(sections)
 

@@ -142,21 +142,26 @@ def run_experiment(experiment: Experiment, launcher: Optional[str] = None, datas
     return outcomes
 
 
-def experiment_comparison(experiment: Experiment, datasets_dir: Optional[Path] = None, echo: Callable[[str], Any] = print):
+def experiment_comparison(experiment: Experiment, datasets_dir: Optional[Path] = None, echo: Callable[[str], Any] = print,
+                          allow_mixed_checkpoints: bool = False):
     """The comparison of an experiment's finished runs, grouped by variant; runs not finished yet are noted."""
     from gptlab.experiments.compare import build_comparison, load_results
 
     planned = plan_runs(experiment)
-    finished = [run for run in planned if run.run_dir.is_dir() and run_state(run.run_dir) == FINISHED]
+    from gptlab.experiments.compare import stopped_on_non_finite
+
+    # a run that stopped itself on non-finite steps is done too: its verdict is that it diverged
+    finished = [run for run in planned if run.run_dir.is_dir() and (run_state(run.run_dir) == FINISHED or stopped_on_non_finite(run.run_dir))]
     if not any(run.variant == "baseline" for run in finished):
         raise UserError(f"{experiment.path}: no baseline run has finished yet; run `gptlab experiment run {experiment.path}` first")
     for run in finished:  # the file's evaluation keys may have changed since the run was evaluated
-        if not evaluation_is_current(run.run_dir, experiment.evaluation):
+        if run_state(run.run_dir) == FINISHED and not evaluation_is_current(run.run_dir, experiment.evaluation):
             echo(f"Evaluating {run.run_dir} as {experiment.path} asks ...")
             evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
     results = load_results([run.run_dir for run in finished], experiment.evaluation, datasets_dir, echo)
     labels = {run.run_dir.resolve(): run.variant for run in finished}
-    comparison = build_comparison(results, labels=labels, baseline_dir=next(run.run_dir for run in finished if run.variant == "baseline"))
+    comparison = build_comparison(results, labels=labels, baseline_dir=next(run.run_dir for run in finished if run.variant == "baseline"),
+                                  allow_mixed_checkpoints=allow_mixed_checkpoints)
     waiting = len(planned) - len(finished)
     if waiting:
         comparison.notes.append(f"{waiting} of {len(planned)} planned runs have not finished; `gptlab experiment run {experiment.path}` trains them.")

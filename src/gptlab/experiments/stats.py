@@ -1,14 +1,25 @@
-"""Seed-noise statistics without SciPy: Student's t distribution from the regularized incomplete beta function.
+"""Seed-noise statistics in plain Python: the numbers behind a verdict, and nothing about runs or tables.
 
-A group is the runs that differ only by seed. It is described by its mean, standard deviation, range and
-a 95% confidence interval of the mean (Student t). A group is judged against the baseline group with
-Welch's t-test (two-sided, unequal variances) when both have several seeds; a single run is judged by
-its distance from the baseline mean in baseline standard deviations, beyond noise when it falls outside
-the 95% prediction interval of one more baseline seed.
+Student's t distribution comes from the regularized incomplete beta function; the noncentral t (for
+power) from one quadrature over the chi distribution. On top of them: a group's mean, SD and 95% interval;
+the three tests that compare an intervention with the baseline, each giving the improvement (baseline
+minus intervention, positive is better) with its 95% interval, Cohen's d and a two-sided p-value:
+
+- Welch's t-test, when both sides have several seeds (unequal variances allowed);
+- the paired t-test on per-seed differences, when the same seeds (and data order) exist on both sides;
+- the single-run test: one run against n baseline seeds, t = improvement / (sd * sqrt(1 + 1/n)) with
+  n - 1 degrees of freedom, the test behind the 95% prediction interval of one more baseline seed (it
+  assumes the run has the baseline's spread);
+
+Holm's step-down adjustment for several interventions judged against one baseline; and the exact power
+of the two-sample t-test, from which the seeds per arm and the smallest detectable effect follow.
+
+SciPy is used only by the tests, as the oracle every function here is checked against.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -61,8 +72,14 @@ def student_t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+def _student_t_density(t: float, df: float) -> float:
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
+
+
 def student_t_quantile(p: float, df: float) -> float:
-    """The t with P(T <= t) = p, by bisection (the CDF is monotone; 200 halvings are far below float noise)."""
+    """The t with P(T <= t) = p: Newton's method on the CDF, kept inside a bracket that bisection shrinks
+    whenever a Newton step would leave it (the CDF is monotone, so the bracket always holds the answer)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
     if p < 0.5:
@@ -70,15 +87,21 @@ def student_t_quantile(p: float, df: float) -> float:
     low, high = 0.0, 1.0
     while student_t_cdf(high, df) < p:
         low, high = high, high * 2
+    t = (low + high) / 2
     for _ in range(200):
-        middle = (low + high) / 2
-        if student_t_cdf(middle, df) < p:
-            low = middle
+        error = student_t_cdf(t, df) - p
+        if error == 0:
+            return t
+        if error < 0:
+            low = t
         else:
-            high = middle
-        if high - low <= 1e-13 * high:
+            high = t
+        step = error / _student_t_density(t, df)
+        proposal = t - step
+        t = proposal if low <= proposal <= high else (low + high) / 2
+        if abs(step) <= 1e-14 * max(1.0, t) or high - low <= 1e-13 * high:
             break
-    return (low + high) / 2
+    return t
 
 
 @dataclass(frozen=True)
@@ -106,68 +129,165 @@ def describe(values: Sequence[float]) -> GroupStats:
 
 
 @dataclass(frozen=True)
-class WelchResult:
+class Difference:
+    """An intervention against the baseline: improvement = baseline mean - intervention mean (positive is better)."""
+
+    test: str  # "welch", "paired" or "single run"
+    improvement: float
+    ci_low: float
+    ci_high: float
     t: float
     df: float
     p: float
+    cohens_d: Optional[float]  # improvement / the pooled seed SD of both sides; None when that SD is 0
 
 
-def welch_test(first: Sequence[float], second: Sequence[float]) -> WelchResult:
-    """Two-sided Welch's t-test of equal means; each side needs two or more values."""
-    a, b = describe(first), describe(second)
-    if a.sd is None or b.sd is None:
+def _two_sided_p(t: float, df: float) -> float:
+    return 2 * (1 - student_t_cdf(abs(t), df))
+
+
+def _difference(test: str, improvement: float, standard_error: float, df: float, pooled_sd: float) -> Difference:
+    """The interval and p-value of `improvement` from its standard error and degrees of freedom."""
+    half_width = student_t_quantile(1 - ALPHA / 2, df) * standard_error
+    if standard_error == 0:  # exactly repeatable: any difference is certain, none is none
+        t, p = (0.0, 1.0) if improvement == 0 else (math.copysign(math.inf, improvement), 0.0)
+    else:
+        t = improvement / standard_error
+        p = _two_sided_p(t, df)
+    return Difference(test, improvement, improvement - half_width, improvement + half_width, t, df, p,
+                      improvement / pooled_sd if pooled_sd > 0 else None)
+
+
+def pooled_sd(baseline: Sequence[float], group: Sequence[float]) -> float:
+    """sqrt(((n1 - 1) s1^2 + (n2 - 1) s2^2) / (n1 + n2 - 2)); a single run adds no degree of freedom."""
+    squares = sum((x - statistics.fmean(side)) ** 2 for side in (baseline, group) for x in side)
+    return math.sqrt(squares / (len(baseline) + len(group) - 2))
+
+
+def welch_difference(baseline: Sequence[float], group: Sequence[float]) -> Difference:
+    """Welch's t-test of equal means (two-sided, unequal variances); two or more values on each side."""
+    base, ours = describe(baseline), describe(group)
+    if base.sd is None or ours.sd is None:
         raise ValueError("Welch's t-test needs at least two values on each side")
-    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
-    difference = a.mean - b.mean
-    if va + vb == 0:  # both groups are exactly repeatable: any difference is real, none is none
-        return WelchResult(0.0 if difference == 0 else math.copysign(math.inf, difference), float(a.n + b.n - 2), 1.0 if difference == 0 else 0.0)
-    t = difference / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
-    return WelchResult(t, df, 2 * (1 - student_t_cdf(abs(t), df)))
+    va, vb = base.sd ** 2 / base.n, ours.sd ** 2 / ours.n
+    df = (va + vb) ** 2 / (va ** 2 / (base.n - 1) + vb ** 2 / (ours.n - 1)) if va + vb > 0 else float(base.n + ours.n - 2)
+    return _difference("welch", base.mean - ours.mean, math.sqrt(va + vb), df, pooled_sd(baseline, group))
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """Whether a group's difference from the baseline is more than seed noise, and by which test."""
-
-    label: str  # "beyond noise", "within noise" or "cannot judge"
-    test: str  # the test and its statistic, in words
-    p: Optional[float] = None
-    sd_distance: Optional[float] = None
-    seeds_needed: Optional[int] = None
+def paired_difference(baseline: Sequence[float], group: Sequence[float]) -> Difference:
+    """The paired t-test on per-seed differences baseline[i] - group[i]; two or more pairs."""
+    if len(baseline) != len(group) or len(baseline) < 2:
+        raise ValueError("the paired t-test needs two or more pairs")
+    differences = describe([b - g for b, g in zip(baseline, group)])
+    return _difference("paired", differences.mean, differences.sd / math.sqrt(differences.n), differences.n - 1,
+                       pooled_sd(baseline, group))
 
 
-def seeds_needed(difference: float, noise_sd: Optional[float]) -> int:
-    """Seeds per side for a two-sided 5% test to detect `difference` with 80% power, given a seed-noise SD."""
-    if noise_sd is None or noise_sd == 0 or difference == 0:
-        return MIN_SEEDS
-    normal = statistics.NormalDist()
-    z = normal.inv_cdf(1 - ALPHA / 2) + normal.inv_cdf(POWER)
-    return max(MIN_SEEDS, math.ceil(2 * (z * noise_sd / abs(difference)) ** 2))
-
-
-def judge(baseline: Sequence[float], group: Sequence[float], noise_sd_hint: Optional[float] = None) -> Verdict:
-    """Compare a group's values with the baseline's. `noise_sd_hint` (a seed SD seen elsewhere) only sizes
-    the advice when the baseline has a single seed."""
+def single_run_difference(baseline: Sequence[float], value: float) -> Difference:
+    """One run against two or more baseline seeds, assuming the run has the baseline's spread."""
     base = describe(baseline)
-    ours = describe(group)
-    if base.n < 2:
-        needed = seeds_needed(ours.mean - base.mean, ours.sd if ours.sd is not None else noise_sd_hint)
-        return Verdict("cannot judge", f"noise cannot be judged: 1 baseline seed; {needed} seeds needed", seeds_needed=needed)
-    if ours.n >= 2:
-        result = welch_test(group, baseline)
-        label = "beyond noise" if result.p < ALPHA else "within noise"
-        return Verdict(label, f"Welch's t-test: t = {result.t:.2f}, df = {result.df:.1f}, p = {format_p(result.p)}", p=result.p)
-    return _single_run_verdict(base, ours.mean)
+    if base.sd is None:
+        raise ValueError("the single-run test needs at least two baseline values")
+    return _difference("single run", base.mean - value, base.sd * math.sqrt(1 + 1 / base.n), base.n - 1, base.sd)
 
 
-def _single_run_verdict(base: GroupStats, value: float) -> Verdict:
-    difference = value - base.mean
-    # One more baseline seed falls within mean ± t * sd * sqrt(1 + 1/n) 95% of the time.
-    allowed = student_t_quantile(1 - ALPHA / 2, base.n - 1) * math.sqrt(1 + 1 / base.n)
-    distance = difference / base.sd if base.sd else (0.0 if difference == 0 else math.copysign(math.inf, difference))
-    label = "beyond noise" if abs(distance) > allowed else "within noise"
-    return Verdict(label, f"single run: {distance:+.1f} baseline SDs (noise: within ±{allowed:.1f})", sd_distance=distance)
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (the family-wise error stays at the level of each comparison)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+# --- power ---------------------------------------------------------------------------------------------
+
+_QUADRATURE_INTERVALS = 2000  # Simpson's rule: the integrand is smooth; error far below 1e-9 for df >= 1
+_SQRT2 = math.sqrt(2)
+
+
+def noncentral_t_cdf(t: float, df: float, noncentrality: float) -> float:
+    """P(T <= t) for T = (Z + noncentrality) / sqrt(V / df), Z standard normal, V chi-square with df degrees.
+
+    Integrated over s = sqrt(V / df): P = E[Phi(t s - noncentrality)], with s's density
+    2 (df/2)^(df/2) / Gamma(df/2) s^(df-1) exp(-df s^2 / 2), by Simpson's rule over where that density lives."""
+    if df < 1:
+        raise ValueError(f"df must be at least 1, got {df}")
+    reach = 10.5 / math.sqrt(df)  # the density is below e^-50 of its peak outside 1 ± reach
+    low, high = max(0.0, 1 - reach), 1 + reach
+    log_front = math.log(2) + df / 2 * math.log(df / 2) - math.lgamma(df / 2)
+    step = (high - low) / _QUADRATURE_INTERVALS
+    total = 0.0
+    for i in range(_QUADRATURE_INTERVALS + 1):
+        s = low + i * step
+        if s > 0:
+            density = math.exp(log_front + (df - 1) * math.log(s) - df * s * s / 2)
+        else:  # s^(df-1) at 0: 1 for df = 1, else 0
+            density = math.exp(log_front) if df == 1 else 0.0
+        weight = 1 if i in (0, _QUADRATURE_INTERVALS) else (4 if i % 2 else 2)
+        total += weight * density * 0.5 * math.erfc(-(t * s - noncentrality) / _SQRT2)
+    return min(1.0, max(0.0, total * step / 3))
+
+
+def power(effect: float, sd: float, n_baseline: int, n_group: int, alpha: float = ALPHA) -> float:
+    """The chance that a two-sided level-`alpha` t-test on n_baseline and n_group seeds (pooled SD, equal spread)
+    finds a true difference `effect` when the seed SD is `sd`. With n_group = 1 this is the single-run test."""
+    df = n_baseline + n_group - 2
+    noncentrality = abs(effect) / (sd * math.sqrt(1 / n_baseline + 1 / n_group))
+    critical = student_t_quantile(1 - alpha / 2, df)
+    return 1 - noncentral_t_cdf(critical, df, noncentrality) + noncentral_t_cdf(-critical, df, noncentrality)
+
+
+def family_alpha(comparisons: int, alpha: float = ALPHA) -> float:
+    """The level a planned comparison must reach when `comparisons` interventions share a baseline under Holm:
+    Holm's first step, alpha / K, is the one a real effect must pass when every other intervention does nothing."""
+    return alpha / max(1, comparisons)
+
+
+MAX_SEEDS = 100_000
+
+
+def seeds_per_arm(effect: float, sd: float, target_power: float = POWER, comparisons: int = 1, alpha: float = ALPHA) -> Optional[int]:
+    """The fewest seeds per arm (baseline and intervention alike) for the exact power of the two-sided t-test to
+    reach `target_power`; None when even MAX_SEEDS would not (or the effect is 0)."""
+    if sd <= 0:
+        raise ValueError(f"sd must be positive, got {sd}")
+    if effect == 0:
+        return None
+    level = family_alpha(comparisons, alpha)
+    if power(effect, sd, MAX_SEEDS, MAX_SEEDS, level) < target_power:
+        return None
+    low, high = 1, 2  # power(low) < target <= power(high); power grows with n
+    while power(effect, sd, high, high, level) < target_power:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if power(effect, sd, middle, middle, level) < target_power:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def detectable_effect(sd: float, n_baseline: int, n_group: int, target_power: float = POWER, comparisons: int = 1,
+                      alpha: float = ALPHA) -> float:
+    """The smallest true difference (in the units of `sd`) found with `target_power` by the test on these seeds."""
+    return sd * _detectable_in_sds(n_baseline, n_group, target_power, family_alpha(comparisons, alpha))
+
+
+@functools.lru_cache(maxsize=256)
+def _detectable_in_sds(n_baseline: int, n_group: int, target_power: float, level: float) -> float:
+    low, high = 0.0, 1.0
+    while power(high, 1.0, n_baseline, n_group, level) < target_power:
+        low, high = high, high * 2
+    while high - low > 1e-6 * high:  # power is smooth in the effect: six digits are plenty for advice
+        middle = (low + high) / 2
+        if power(middle, 1.0, n_baseline, n_group, level) < target_power:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def format_p(p: float) -> str:

@@ -1,0 +1,131 @@
+"""The verdict rules on constructed losses: each case of issue 11 (diverged runs, zero spread, one seed, many
+interventions, paired seeds, unequal spreads, single runs in the Holm family) gives the right verdict."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from scipy import stats as scipy_stats
+
+from gptlab.experiments import stats
+from gptlab.experiments.verdicts import (BEYOND, CANNOT_JUDGE, DIVERGED, NO_NOISE, WITHIN, Arm, RunOutcome, judge_interventions)
+
+BASE = [3.512, 3.498, 3.521, 3.505, 3.490]
+
+
+def arm(label: str, losses, seeds=None, stopped=None, same_data_order: bool = True) -> Arm:
+    seeds = list(seeds) if seeds is not None else list(range(1, len(losses) + 1))
+    stopped = stopped or [None] * len(losses)
+    return Arm(label, [RunOutcome(seed, loss, why) for seed, loss, why in zip(seeds, losses, stopped)], same_data_order)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_single_non_finite_run_is_a_verdict_of_its_own_and_leaves_the_family(bad):
+    judgement = judge_interventions(arm("baseline", BASE), [arm("boom", [bad], stopped=["diverged at step 37"]),
+                                                            arm("good", [3.40])])
+    assert judgement.verdicts["boom"].label == DIVERGED and judgement.verdicts["boom"].words == "diverged at step 37"
+    assert judgement.verdicts["boom"].p_holm is None and judgement.family_size == 1
+    # the finite single run is judged alone, with the same p as without the diverged one
+    assert judgement.verdicts["good"].p_holm == pytest.approx(stats.single_run_difference(BASE, 3.40).p)
+
+
+def test_one_nan_among_several_seeds_never_crashes_and_never_enters_a_statistic():
+    group = arm("mixed", [3.40, math.nan, 3.41], stopped=[None, "diverged at step 12", None])
+    judgement = judge_interventions(arm("baseline", BASE), [group])
+    assert judgement.verdicts["mixed"].label == DIVERGED
+    assert judgement.verdicts["mixed"].words == "diverged at step 12 (1 of 3 seeds)"
+
+    # a NaN baseline seed is left out, named in a note, and the rest decide exactly as without it
+    with_nan = arm("baseline", BASE + [math.nan], stopped=[None] * 5 + ["stopped: non-finite from step 3"])
+    judged = judge_interventions(with_nan, [arm("other", [3.40, 3.39, 3.42], seeds=[7, 8, 9])])
+    clean = judge_interventions(arm("baseline", BASE), [arm("other", [3.40, 3.39, 3.42], seeds=[7, 8, 9])])
+    assert judged.verdicts["other"].p_holm == pytest.approx(clean.verdicts["other"].p_holm)
+    assert judged.verdicts["other"].welch.improvement == pytest.approx(clean.verdicts["other"].welch.improvement)
+    assert any("1 of 6 seeds did not give a finite test loss (stopped: non-finite from step 3)" in note for note in judged.notes)
+
+
+def test_zero_and_near_zero_baseline_spread_gives_no_noise_estimate_with_the_reason():
+    reason = "the seed changes neither initialisation (init_from is set) nor dropout (drop_rate is 0) here"
+    for spread in (0.0, 1e-9):
+        baseline = arm("baseline", [3.5, 3.5 + spread, 3.5 - spread])
+        judgement = judge_interventions(baseline, [arm("tiny", [3.4999] * 3), arm("single", [3.49])], reason)
+        for label in ("tiny", "single"):
+            verdict = judgement.verdicts[label]
+            assert verdict.label == NO_NOISE and verdict.p_holm is None
+            assert verdict.words == f"no noise estimate: the seeds did not change the result ({reason})"
+        assert any("gave the same test loss" in note for note in judgement.notes)
+
+
+def test_one_baseline_seed_cannot_judge_and_sizes_the_advice_by_exact_power():
+    judgement = judge_interventions(arm("baseline", [3.5]), [arm("lr", [3.40, 3.43, 3.41])])
+    verdict = judgement.verdicts["lr"]
+    sd = scipy_stats.tstd([3.40, 3.43, 3.41])
+    assert verdict.label == CANNOT_JUDGE and verdict.words.startswith("noise cannot be judged: 1 baseline seed;")
+    assert verdict.seeds_needed == max(stats.MIN_SEEDS, stats.seeds_per_arm(3.5 - 3.4133333333333336, sd))
+    assert f"{verdict.seeds_needed} seeds needed" in verdict.words
+
+
+def _null_experiment(generator: random.Random, baseline_seeds: int, intervention_seeds: int, interventions: int = 10):
+    baseline = arm("baseline", [generator.gauss(3.5, 0.012) for _ in range(baseline_seeds)])
+    # other seeds than the baseline's, so that no pairing applies: Welch (or the single-run test) decides
+    others = [arm(f"noop{i}", [generator.gauss(3.5, 0.012) for _ in range(intervention_seeds)],
+                  seeds=range(100 + 10 * i, 100 + 10 * i + intervention_seeds)) for i in range(interventions)]
+    return judge_interventions(baseline, others, advise=False)
+
+
+@pytest.mark.parametrize("baseline_seeds, intervention_seeds", [(5, 5), (8, 1)])
+def test_ten_interventions_that_do_nothing_are_rarely_called_beyond_noise(baseline_seeds, intervention_seeds):
+    """Without a correction about 26% (5 seeds each) or 30% (8 baseline seeds, single runs) of such experiments
+    call at least one intervention beyond noise; Holm keeps it at 5%."""
+    generator = random.Random(20)
+    experiments = 300
+    any_beyond = raw_any = 0
+    for _ in range(experiments):
+        judgement = _null_experiment(generator, baseline_seeds, intervention_seeds)
+        any_beyond += any(v.label == BEYOND for v in judgement.verdicts.values())
+        raw_any += any(v.deciding.p < 0.05 for v in judgement.verdicts.values())
+    assert any_beyond / experiments < 0.09  # 5% expected; 0.09 is over 3 standard errors above it
+    assert raw_any / experiments > 0.18  # the uncorrected rate this guards against
+
+
+def test_holm_family_holds_single_runs_and_several_seeded_groups_together():
+    baseline = arm("baseline", BASE)
+    groups = [arm("big", [3.30, 3.31, 3.29], seeds=[7, 8, 9]), arm("single", [3.45]), arm("noop", [3.50, 3.51, 3.505], seeds=[7, 8, 9])]
+    judgement = judge_interventions(baseline, groups)
+    raw = [stats.welch_difference(BASE, [3.30, 3.31, 3.29]).p, stats.single_run_difference(BASE, 3.45).p,
+           stats.welch_difference(BASE, [3.50, 3.51, 3.505]).p]
+    assert [judgement.verdicts[g.label].p_holm for g in groups] == pytest.approx(stats.holm(raw))
+    assert judgement.family_size == 3
+    single = judgement.verdicts["single"]
+    assert single.decided_by == "single run" and "SD" in single.words and "Holm p=" in single.words
+    assert single.label == (BEYOND if stats.holm(raw)[1] < 0.05 else WITHIN)
+    assert judgement.verdicts["big"].label == BEYOND and judgement.verdicts["noop"].label == WITHIN
+    assert judgement.verdicts["big"].detectable_effect == pytest.approx(
+        stats.detectable_effect(scipy_stats.tstd(BASE), 5, 3, comparisons=3))
+
+
+def test_paired_seeds_decide_when_the_data_order_is_the_same_and_welch_is_shown_beside():
+    generator = random.Random(21)
+    baseline = [generator.gauss(3.5, 0.02) for _ in range(5)]
+    shifted = [value - 0.004 + generator.gauss(0, 0.0005) for value in baseline]  # the same seeds, 0.004 better each
+    paired = judge_interventions(arm("baseline", baseline), [arm("tweak", shifted)]).verdicts["tweak"]
+    assert paired.decided_by == "paired" and paired.label == BEYOND
+    assert paired.paired.p == pytest.approx(scipy_stats.ttest_rel(baseline, shifted).pvalue)
+    assert paired.welch.p > 0.05 and "paired t" in paired.words and f"Welch p={stats.format_p(paired.welch.p)}" in paired.words
+
+    other_order = judge_interventions(arm("baseline", baseline), [arm("tweak", shifted, same_data_order=False)]).verdicts["tweak"]
+    assert other_order.decided_by == "welch" and other_order.paired is None and other_order.label == WITHIN
+    other_seeds = judge_interventions(arm("baseline", baseline), [arm("tweak", shifted, seeds=[1, 2, 3, 4, 99])]).verdicts["tweak"]
+    assert other_seeds.decided_by == "welch"
+
+
+def test_unequal_spreads_are_warned_about():
+    wide = [3.40, 3.50, 3.30, 3.45]  # SD about 0.085, against the baseline's 0.012
+    judgement = judge_interventions(arm("baseline", BASE), [arm("wide", wide, seeds=[7, 8, 9, 10]), arm("single", [3.45])])
+    ratio = scipy_stats.tstd(wide) / scipy_stats.tstd(BASE)
+    warning = next(note for note in judgement.notes if note.startswith("wide:"))
+    assert f"{ratio:.1f}x the baseline's" in warning and "single-run test of single" in warning
+    close = judge_interventions(arm("baseline", BASE), [arm("close", [3.50, 3.51, 3.49], seeds=[7, 8, 9])])
+    assert not any("x the baseline's" in note for note in close.notes)
