@@ -206,7 +206,7 @@ def test_token_ids_beyond_the_scanned_start_are_caught_when_read(tmp_path, monke
     ["generate", "RUN", "--seed", "-1"], ["demo", "--seconds", "nan"], ["demo", "--seconds", "0"], ["demo", "--seed", str(2**64)],
     ["prepare", "brown", "OUT", "--validation-fraction", "1.5"], ["prepare", "brown", "OUT", "--test-fraction", "nan"],
     ["bench", "RUN", "--steps", "0"], ["bench", "RUN", "--warmup-steps", "-1"], ["bench", "RUN", "--peak-tflops", "inf"],
-    ["export", "RUN", "OUT", "--seed", "-3"],
+    ["export", "RUN", "OUT", "--seed", "-3"], ["cloud", "watch", "--instance-type", "x", "--interval", "nan"],
 ], ids=lambda args: " ".join(args[:1] + args[-2:]))
 def test_numeric_options_are_checked_when_parsed(args):
     result = CliRunner().invoke(cli, args)
