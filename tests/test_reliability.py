@@ -26,7 +26,7 @@ from gptlab.cli import cli, main
 from gptlab.config import load_run_config
 from gptlab.data.tokens import TokenDataset, TokenSplitWriter
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_json, read_json
+from gptlab.files import atomic_write_json
 from gptlab.train import checkpoint as checkpoints
 from gptlab.train import loop
 from gptlab.train.checkpoint import find_resumable_checkpoint, list_checkpoints, write_checksums
