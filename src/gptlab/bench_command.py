@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from gptlab.click_types import NON_NEGATIVE, POSITIVE, FiniteFloatRange
 from gptlab.errors import UserError
+from gptlab.files import strict_json
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("assignments", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--steps", type=int, default=10, show_default=True, help="Timed training steps.")
-@click.option("--warmup-steps", type=int, default=3, show_default=True, help="Untimed steps first (compilation happens here).")
-@click.option("--phase-steps", type=int, default=3, show_default=True,
+@click.option("--steps", type=POSITIVE, default=10, show_default=True, help="Timed training steps.")
+@click.option("--warmup-steps", type=NON_NEGATIVE, default=3, show_default=True, help="Untimed steps first (compilation happens here).")
+@click.option("--phase-steps", type=NON_NEGATIVE, default=3, show_default=True,
               help="Further steps timed phase by phase (data, forward, backward, optimizer); 0 skips them.")
 @click.option("--synthetic", is_flag=True, help="Random tokens instead of the run's dataset (which then need not exist).")
 @click.option("--compare", is_flag=True,
               help="Benchmark once per KEY=VALUE given after RUN_DIR and print the results side by side, "
                    "e.g. --compare precision=fp32 precision=bf16.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override one config key for every measurement (repeatable).")
-@click.option("--peak-tflops", type=float, default=None,
+@click.option("--peak-tflops", type=FiniteFloatRange(min=0.0, min_open=True), default=None,
               help="Peak TFLOP/s of the device for MFU, instead of the built-in table of GPUs (needed for MFU on a CPU).")
 @click.option("--find-max-microbatch", is_flag=True,
               help="Find the largest microbatch that fits in device memory (doubling, then bisection) instead of timing.")
@@ -66,7 +67,7 @@ def bench(run_dir: Path, assignments: tuple[str, ...], steps: int, warmup_steps:
                                    phase_steps=phase_steps, synthetic=synthetic, datasets_dir=datasets_dir, peak_tflops=peak_tflops)
         lines = throughput.format_bench(result)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(strict_json(result, indent=2))
     else:
         for line in lines:
             click.echo(line)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Optional
 import click
 
 from gptlab import __version__
+from gptlab.click_types import FRACTION, NON_NEGATIVE, POSITIVE, SEED, FiniteFloatRange
 from gptlab.config import EVAL_PRECISIONS
 from gptlab.errors import UserError
 
@@ -18,7 +18,9 @@ CHECKPOINT_HELP = "Which checkpoint: best, latest, or a checkpoint folder name."
 
 
 def _print_json(data) -> None:
-    click.echo(json.dumps(data, indent=2))
+    from gptlab.files import strict_json
+
+    click.echo(strict_json(data, indent=2))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,14 +36,14 @@ def cli() -> None:
 @cli.command()
 @click.argument("source")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True, help="Share of documents (or tokens) for the validation split.")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True, help="Share of documents (or tokens) for the test split.")
+@click.option("--validation-fraction", type=FRACTION, default=0.05, show_default=True, help="Share of documents (or tokens) for the validation split.")
+@click.option("--test-fraction", type=FRACTION, default=0.05, show_default=True, help="Share of documents (or tokens) for the test split.")
 @click.option("--split-by", type=click.Choice(["auto", "documents", "tokens"]), default="auto", show_default=True,
               help="documents: a seeded draw per document; tokens: contiguous token ranges (train first), as the book splits "
                    "its one story; auto: documents when each split would get at least 20 of them, else tokens.")
 @click.option("--split-rule", default=None, metavar="rows:P", help="First P% of rows train, the rest validation, no test "
               "(`datasets`' train[:P%] / train[P%:]); rows:99 is the users' FineWeb split.")
-@click.option("--seed", default=1234, show_default=True, help="Seed of the per-document split draw.")
+@click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed of the per-document split draw.")
 @click.option("--text-field", default="text", show_default=True, help="Field (.jsonl) or column (.parquet, hf:) holding the text.")
 @click.option("--glob", default=None, help="In a folder SOURCE, read only the files matching this pattern (e.g. '**/*.md').")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of .txt/.jsonl files.")
@@ -111,9 +113,9 @@ def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], as
 @click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("--split", "split_name", type=click.Choice(["test", "validation", "train"]), default=None,
               help="Split to evaluate (default: test, or validation when the dataset has no test split).")
-@click.option("--start-token", default=0, show_default=True, help="First token of the evaluated slice.")
-@click.option("--batches", type=int, default=None, help="Number of batches (default: every whole batch to the end of the split).")
-@click.option("--batch-size", type=int, default=None, help="Sequences per batch (default: the run's microbatch_size).")
+@click.option("--start-token", type=NON_NEGATIVE, default=0, show_default=True, help="First token of the evaluated slice.")
+@click.option("--batches", type=POSITIVE, default=None, help="Number of batches (default: every whole batch to the end of the split).")
+@click.option("--batch-size", type=POSITIVE, default=None, help="Sequences per batch (default: the run's microbatch_size).")
 @click.option("--precision", type=click.Choice(EVAL_PRECISIONS), default="fp32", show_default=True, help="Numerics of the forward pass.")
 @click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `train`.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -142,10 +144,10 @@ def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_to
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prompt", default="Every effort moves you", show_default=True, help="Text to continue.")
-@click.option("--tokens", "new_tokens", default=20, show_default=True, help="New tokens to generate.")
-@click.option("--temperature", default=1.0, show_default=True, help="Softmax temperature; 0 is greedy decoding.")
-@click.option("--top-k", default=25, show_default=True, help="Sample only among the k most likely tokens.")
-@click.option("--seed", type=int, default=None, help="Seed for a reproducible sample.")
+@click.option("--tokens", "new_tokens", type=NON_NEGATIVE, default=20, show_default=True, help="New tokens to generate.")
+@click.option("--temperature", type=FiniteFloatRange(min=0.0), default=1.0, show_default=True, help="Softmax temperature; 0 is greedy decoding.")
+@click.option("--top-k", type=POSITIVE, default=25, show_default=True, help="Sample only among the k most likely tokens.")
+@click.option("--seed", type=SEED, default=None, help="Seed for a reproducible sample.")
 @click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def generate(run_dir: Path, prompt: str, new_tokens: int, temperature: float, top_k: int, seed: Optional[int], checkpoint: str, as_json: bool) -> None:
@@ -159,9 +161,9 @@ def generate(run_dir: Path, prompt: str, new_tokens: int, temperature: float, to
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"), show_default=True,
               help="Folder for the prepared corpus and the run.")
-@click.option("--seconds", default=180.0, show_default=True, help="Training time budget; the token count is planned from measured speed.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.0, min_open=True), default=180.0, show_default=True, help="Training time budget; the token count is planned from measured speed.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Train exactly this many steps instead of planning from --seconds.")
-@click.option("--seed", default=42, show_default=True, help="random_seed of the run.")
+@click.option("--seed", type=SEED, default=42, show_default=True, help="random_seed of the run.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, seconds: float, steps: Optional[int], seed: int, no_progress: bool) -> None:
     """Prepare the embedded Brown Corpus, train a small GPT for a few minutes, then print the summary,
@@ -217,6 +219,14 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as error:  # a full device met by a write that has no handling of its own: still one line
+        from gptlab.files import is_out_of_space, out_of_space_error
+
+        if not is_out_of_space(error):
+            raise
+        what = getattr(error, "filename", None) or "a file"
+        click.echo(f"error: {out_of_space_error(what, None, cleaned=False).lines[0]}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ from typing import Any, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import UserError
+from gptlab.files import DuplicateKeyError, loads_no_duplicates
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
 
 class ModelConfig(BaseModel):
     """The GPT-2 architecture of "Build a Large Language Model (from Scratch)"; defaults are GPT-2 small."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     vocab_size: int = Field(50257, gt=0, description="Tokens in the vocabulary (GPT-2 BPE: 50,257).")
     context_length: int = Field(1024, gt=0, description="Longest sequence the position embedding covers.")
@@ -77,7 +78,7 @@ FORMAT_PINNED_KEYS: dict[str, dict[str, Any]] = {"book": {}, "gpt2": {}}
 class NotifySettings(BaseModel):
     """train.json's `notify` object; the channels' secrets come from environment variables (docs/cloud.md)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     channels: list[Literal["telegram", "webhook", "ntfy"]] = Field(min_length=1, description="Where messages go.")
     every_checkpoints: Optional[int] = Field(None, gt=0, description="Also send loss, tokens/s and cost every this many checkpoints; absent: never.")
@@ -90,7 +91,7 @@ Schedule = Literal["constant", "cosine", "linear", "wsd"]
 class TrainConfig(BaseModel):
     """What to train on and how. The first block of keys is the users' harness, with its defaults."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     # --- the users' harness keys -------------------------------------------------------------
     dataset: str = Field(description="A local token dataset directory, or a Hugging Face dataset id downloaded once into the datasets folder.")
@@ -107,7 +108,7 @@ class TrainConfig(BaseModel):
     clipping_max_norm: Optional[float] = Field(None, gt=0, description="Clip the global gradient L2 norm to this value; absent: no clipping.")
     schedule_learning_rate: bool = Field(False, description="The users' schedule: linear warm-up from 1e-5 x lr over warmup_period_percent of the steps, then cosine to lr / 10.")
     warmup_period_percent: float = Field(0, ge=0, le=100, description="Share of the steps spent warming up, in percent.")
-    random_seed: int = Field(42, description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.")
+    random_seed: int = Field(42, ge=-(2**63), le=2**64 - 1, description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.")
 
     # --- gptlab's own keys ---------------------------------------------------------------------
     precision: Optional[PrecisionName] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
@@ -205,7 +206,7 @@ class EvaluationSettings(BaseModel):
     """Which tokens a test loss is computed on, and how: `gptlab eval`'s options and an experiment file's
     `evaluation` block. None means the run's own default (the test split, its microbatch size, every batch)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     checkpoint: str = Field("latest", description="latest, best or a checkpoint folder name.")
     split: Optional[Literal["test", "validation", "train"]] = Field(None, description="Split to evaluate; absent: test, or validation without a test split.")
@@ -247,9 +248,13 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_no_duplicates(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except DuplicateKeyError as error:
+        raise UserError(f"{path}: {error.key}: the key appears more than once; keep one (the last would silently win)") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: must hold a JSON object of keys, not {type(data).__name__}")
     return data

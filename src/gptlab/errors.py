@@ -12,3 +12,7 @@ class UserError(Exception):
     def __init__(self, *lines: str):
         self.lines = [line for line in lines if line]
         super().__init__("\n".join(self.lines))
+
+
+class OutOfSpace(UserError):
+    """A write failed because the device is full; whatever was partly written has been removed."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -11,6 +13,45 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+
+from gptlab.errors import OutOfSpace
+
+
+# torch.save's C++ writer (RuntimeError) and safetensors' Rust writer (SafetensorError) report a full
+# device in their message only.
+_WRITE_FAILURES = ("basic_ios::clear", "file write failed", "No space left", "StorageFull", "Disk quota exceeded")
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """A write failed because the device (or the user's quota) is full."""
+    if isinstance(error, OutOfSpace):
+        return True
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, Exception) and any(text in str(error) for text in _WRITE_FAILURES):
+        return True
+    # torch.save reports a failed write while closing its archive, chained to the original error
+    context = error.__cause__ or error.__context__
+    return context is not None and context is not error and is_out_of_space(context)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def out_of_space_error(what: Path | str, needed_bytes: int | None, after: str = "", cleaned: bool = True) -> OutOfSpace:
+    """One line: what could not be written, the space it needs and the space there is."""
+    where = Path(what)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    needed = f"about {human_bytes(needed_bytes)} needed, " if needed_bytes else ""
+    return OutOfSpace(f"{what}: could not be written: no space left on the device ({needed}{human_bytes(free)} free); "
+                      + (f"the partial write was removed{after}; " if cleaned else "") + "free some space and run it again")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -25,8 +66,8 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, fsync the result, then rename it over `path`."""
+def atomic_write(path: Path, write: Callable[[Path], None], needed_bytes: int | None = None) -> None:
+    """Call `write(tmp_path)`, fsync the result, then rename it over `path` (a full device: one OutOfSpace line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -38,28 +79,80 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as error:
         tmp_path.unlink(missing_ok=True)
+        if is_out_of_space(error):
+            raise out_of_space_error(path, needed_bytes) from None
         raise
     fsync_directory(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), needed_bytes=len(data))
+
+
+def finite_or_null(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None: strict JSON has no such numbers."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_null(value) for value in data]
+    return data
+
+
+def strict_json(data: Any, **options: Any) -> str:
+    """JSON that every parser accepts: NaN and infinities are written as null (a value that is undefined)."""
+    return json.dumps(finite_or_null(data), allow_nan=False, **options)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, strict_json(data, indent=2, sort_keys=False) + "\n")
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
-    """Append records to a JSON-lines file; each line is complete, flushed and fsynced before returning."""
+    """Append records to a JSON-lines file; each line is complete and fsynced before returning, and a failed
+    append is cut back to where it began (never half a line)."""
     if not records:
         return
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(record) + "\n" for record in records))
-        handle.flush()
-        os.fsync(handle.fileno())
+    data = "".join(strict_json(record) + "\n" for record in records).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size_before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as error:
+            os.ftruncate(fd, size_before)
+            if is_out_of_space(error):
+                raise out_of_space_error(path, len(data)) from None
+            raise
+    finally:
+        os.close(fd)
+
+
+class DuplicateKeyError(ValueError):
+    def __init__(self, key: str):
+        super().__init__(f"key '{key}' appears more than once")
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+def loads_no_duplicates(text: str) -> Any:
+    """json.loads, but an object that repeats a key raises DuplicateKeyError (the last one would silently win)."""
+    return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
 
 
 def read_json(path: Path) -> Any:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import click
 
+from gptlab.click_types import FiniteFloatRange
 from gptlab.errors import UserError
 from gptlab.notify.channels import CHANNEL_NAMES
 from gptlab.notify.commands import NOTIFY_HELP
@@ -30,8 +31,8 @@ def cloud() -> None:
 @click.option("--launch", is_flag=True, help="Launch one instance when there is capacity (needs --ssh-key); without it, only tell.")
 @click.option("--ssh-key", default=None, help="Name of an SSH key already added to the provider account.")
 @click.option("--filesystem", default=None, help="A persistent filesystem to attach (it must be in the launch region).")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True, help="Seconds between polls.")
-@click.option("--max-hours", type=click.FloatRange(min=0, min_open=True), default=None, help="Give up after this many hours (exit 1).")
+@click.option("--interval", type=FiniteFloatRange(min=0, min_open=True), default=60.0, show_default=True, help="Seconds between polls.")
+@click.option("--max-hours", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Give up after this many hours (exit 1).")
 @click.option("--notify", "notify_names", multiple=True, type=click.Choice(CHANNEL_NAMES), help=NOTIFY_HELP)
 @click.option("--name", "instance_name", default=None,
               help="Name for the launched instance, how a launch whose answer was lost is found again (default: gptlab-<random>).")

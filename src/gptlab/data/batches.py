@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
-from gptlab.data.tokens import TokenSplit
+from gptlab.data.tokens import TokenSplit, check_ids
 from gptlab.errors import UserError
 
 
@@ -79,15 +80,19 @@ def whole_items(split: TokenSplit, start_token: int, item_tokens: int) -> int:
 class BatchReader:
     """Reads (inputs, targets) for an item of a plan as int64 tensors of shape (microbatch, context)."""
 
-    def __init__(self, split: TokenSplit, plan: BatchPlan, device: torch.device):
+    def __init__(self, split: TokenSplit, plan: BatchPlan, device: torch.device, vocab_size: Optional[int] = None):
         self.split = split
+        self.vocab_size = vocab_size  # when given, every window's ids are checked against it (microseconds per batch)
         self.plan = plan
         self.device = device
         self._pin = device.type == "cuda"
 
     def read_item(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.plan.item_start(item)
-        tokens = self.split.read(start, start + self.plan.item_tokens + 1).astype(np.int64)
+        tokens = self.split.read(start, start + self.plan.item_tokens + 1)
+        if self.vocab_size is not None:
+            check_ids(tokens, self.vocab_size, self.split.path, start)
+        tokens = tokens.astype(np.int64)
         window = torch.from_numpy(tokens)
         shape = (self.plan.microbatch_size, self.plan.context_length)
         inputs, targets = window[:-1].view(shape), window[1:].reshape(shape)

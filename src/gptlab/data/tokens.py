@@ -20,6 +20,21 @@ from gptlab.files import fsync_directory
 SPLIT_NAMES = ("train", "validation", "test")
 TOKENS_KEY = "tokens"
 _INTEGER_DTYPES = {np.dtype("uint16"), np.dtype("int32"), np.dtype("uint32"), np.dtype("int64")}
+MAX_ID_KEY = "max_id"  # in the safetensors header's __metadata__, written by TokenSplitWriter (short: the header room is fixed)
+SCAN_TOKENS = 1 << 24  # a split without a recorded max id is scanned this far when opened (tens of milliseconds)
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, path: Path, first_position: int) -> None:
+    """Refuse ids outside [0, vocab_size): they would crash the embedding lookup (IndexError on CPU, a
+    device-side assert on CUDA) long after the data was read."""
+    if tokens.size == 0:
+        return
+    low, high = tokens.min(), tokens.max()
+    if low >= 0 and high < vocab_size:
+        return
+    position = int(np.flatnonzero((tokens < 0) | (tokens >= vocab_size))[0])
+    raise UserError(f"{path}: token {first_position + position:,} is id {int(tokens[position])}, outside the vocabulary [0, {vocab_size}) "
+                    f"of model.json's vocab_size; the dataset was made with another tokenizer or is damaged")
 
 
 class TokenSplit:
@@ -39,12 +54,24 @@ class TokenSplit:
         if len(shape) != 1:
             raise UserError(f"{self.path}: '{TOKENS_KEY}' must be 1-D, found shape {tuple(shape)}")
         self.length = int(shape[0])
+        recorded = (self._handle.metadata() or {}).get(MAX_ID_KEY)
+        self.max_id = int(recorded) if recorded is not None and recorded.lstrip("-").isdigit() else None
         first = self._slice[0:1] if self.length else np.zeros(0, dtype=np.uint16)
         if first.dtype not in _INTEGER_DTYPES:
             raise UserError(f"{self.path}: '{TOKENS_KEY}' has dtype {first.dtype}; expected uint16 token ids")
 
     def __len__(self) -> int:
         return self.length
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """The recorded max id against vocab_size, else a bounded scan of the start of the split (every
+        batch read for training or evaluation is checked as well, by BatchReader)."""
+        if self.max_id is not None:
+            if self.max_id >= vocab_size:
+                raise UserError(f"{self.path}: holds token ids up to {self.max_id} (recorded when it was prepared), outside the vocabulary "
+                                f"[0, {vocab_size}) of model.json's vocab_size; use a vocab_size above {self.max_id} or a dataset of this tokenizer")
+            return
+        check_ids(self.read(0, min(self.length, SCAN_TOKENS)), vocab_size, self.path, 0)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) as a NumPy array of the file's dtype."""
@@ -61,7 +88,9 @@ class TokenSplitWriter:
     reserved up front (JSON padded with spaces, which the format allows), the tokens go straight after it
     into a `.NAME.partial` file, and `close()` fills in the header and renames the file into place: the
     tokens are written once and never read back. `resume_from=n` reopens a partial file, keeping its
-    first n tokens and dropping anything written after them.
+    first n tokens and dropping anything written after them. The header records the largest token id
+    (unless the file was resumed: its earlier tokens are not read back), so a reader checks the ids
+    against a vocabulary at once.
     """
 
     _HEADER_ROOM = 120  # + the 8-byte size = 128 bytes: room for any length, and 8-byte aligned data
@@ -78,16 +107,20 @@ class TokenSplitWriter:
             self._data = open(self.partial_path, "wb")
             self._data.write(b"\0" * (self.DATA_OFFSET))
             self.count = 0
+            self.max_id: int | None = -1
         else:
             self._data = open(self.partial_path, "r+b")
             self._data.truncate(self.DATA_OFFSET + 2 * resume_from)
             self._data.seek(0, os.SEEK_END)
             self.count = resume_from
+            self.max_id = None
 
     def write(self, tokens: np.ndarray | list[int]) -> None:
         array = np.asarray(tokens, dtype=np.uint16)
         self._data.write(array.tobytes())
         self.count += int(array.size)
+        if array.size and self.max_id is not None:
+            self.max_id = max(self.max_id, int(array.max()))
 
     def sync(self) -> None:
         """Make every token written so far durable (before recording progress that counts on them)."""
@@ -95,7 +128,9 @@ class TokenSplitWriter:
         os.fsync(self._data.fileno())
 
     def close(self) -> None:
-        header = {TOKENS_KEY: {"dtype": "U16", "shape": [self.count], "data_offsets": [0, 2 * self.count]}}
+        header: dict = {TOKENS_KEY: {"dtype": "U16", "shape": [self.count], "data_offsets": [0, 2 * self.count]}}
+        if self.max_id is not None:
+            header["__metadata__"] = {MAX_ID_KEY: str(self.max_id)}
         header_bytes = json.dumps(header, separators=(",", ":")).encode().ljust(self._HEADER_ROOM)
         self._data.seek(0)
         self._data.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
@@ -114,6 +149,16 @@ class TokenSplitWriter:
         self.partial_path.unlink(missing_ok=True)
 
 
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error}); restore it, or delete it to use the splits without it") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: must hold a JSON object, not {type(meta).__name__}; restore it, or delete it to use the splits without it")
+    return meta
+
+
 class TokenDataset:
     """A prepared dataset directory: `train.safetensors`, `validation.safetensors`, optional `test.safetensors`
     and `meta.json`."""
@@ -126,7 +171,7 @@ class TokenDataset:
             raise UserError(f"{self.directory}: not a token dataset (no train.safetensors); make one with `gptlab prepare`")
         self._splits: dict[str, TokenSplit] = {}
         meta_path = self.directory / "meta.json"
-        self.meta: dict = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.meta: dict = _read_meta(meta_path) if meta_path.is_file() else {}
 
     def has_split(self, name: str) -> bool:
         return (self.directory / f"{name}.safetensors").is_file()

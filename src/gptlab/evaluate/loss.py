@@ -54,7 +54,7 @@ def evaluate_batch_losses(model: torch.nn.Module, split: TokenSplit, eval_slice:
     was_training = model.training
     model.eval()
     plan = BatchPlan(eval_slice.start_token, eval_slice.batch_size, eval_slice.context_length)
-    reader = BatchReader(split, plan, device)
+    reader = BatchReader(split, plan, device, vocab_size=getattr(getattr(model, "config", None), "vocab_size", None))
     losses = []
     try:
         for item in range(first, eval_slice.batches, stride):
@@ -84,6 +84,7 @@ def evaluate_run(run_dir, checkpoint: str = "latest", split_name: Optional[str] 
     if split_name is None:
         split_name = "test" if dataset.has_split("test") else "validation"
     split = dataset.split(split_name)
+    split.check_vocabulary(trained.config.model.vocab_size)
     context = trained.config.model.context_length
     chosen = eval_slice_for(split, split_name, start_token, batch_size or trained.config.train.microbatch_size, context, batches)
     precision = configure_precision(precision_name, device, "--precision")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -45,8 +46,8 @@ def generate_from_run(run_dir, prompt: str = DEFAULT_PROMPT, new_tokens: int = 2
     from gptlab.runs import open_trained_run
     from gptlab.tokenizer import decode, encode
 
-    if temperature < 0:
-        raise UserError(f"--temperature: {temperature} is not allowed: use 0 (greedy) or a positive number")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UserError(f"--temperature: {temperature} is not allowed: use 0 (greedy) or a positive finite number")
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k: {top_k} is not allowed: use a positive number of candidates")
     if new_tokens < 0:
@@ -55,6 +56,10 @@ def generate_from_run(run_dir, prompt: str = DEFAULT_PROMPT, new_tokens: int = 2
     prompt_ids = encode(prompt)
     if not prompt_ids:
         raise UserError("--prompt: empty; give at least one character of text")
+    vocab_size = trained.config.model.vocab_size
+    if max(prompt_ids) >= vocab_size:
+        raise UserError(f"--prompt: its GPT-2 token id {max(prompt_ids)} is outside this model's vocabulary [0, {vocab_size}) "
+                        f"(model.json vocab_size); use text whose tokens the model knows")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = generate_tokens(trained.model, prompt_ids, new_tokens, temperature, top_k, generator)
     return {"run": str(run_dir), "checkpoint": trained.checkpoint.name, "prompt": prompt, "text": decode(ids),

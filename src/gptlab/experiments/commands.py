@@ -5,7 +5,6 @@ Each parses its arguments, calls one function, prints its result.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -118,9 +117,10 @@ def seeds(experiment_file: Optional[Path], effect: float, sd: Optional[float], t
     """How many seeds per arm find an improvement of --effect with --power: the exact power of the two-sided t-test
     (noncentral t), at 5% divided by the number of interventions (Holm's first step)."""
     from gptlab.experiments.seeds import plan_seeds
+    from gptlab.files import strict_json
 
     plan = plan_seeds(effect, sd, target_power, interventions, experiment_file, datasets_dir, echo=_echo_err)
-    click.echo(json.dumps(plan, indent=2) if as_json else plan["summary"])
+    click.echo(strict_json(plan, indent=2) if as_json else plan["summary"])
 
 
 @click.command()

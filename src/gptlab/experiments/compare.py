@@ -24,7 +24,9 @@ from typing import Any, Callable, Optional
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.experiments import stats, verdicts
-from gptlab.rundir import CHECKPOINTS, EVALUATION, SUMMARY, read_config_dict, read_evaluation, read_summary, write_evaluation
+from gptlab.files import strict_json
+from gptlab.rundir import (CHECKPOINTS, EVALUATION, MODEL_FILE, RESOLVED_CONFIG, SUMMARY, read_config_dict, read_evaluation,
+                           read_summary, write_evaluation)
 
 FORMATS = ("terminal", "markdown", "csv", "json")
 # Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
@@ -83,6 +85,14 @@ class RunResult:
         return self.config["train"].get("random_seed")
 
 
+def _check_is_run(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run directory not found")
+    if not any((run_dir / name).is_file() for name in (MODEL_FILE, RESOLVED_CONFIG, SUMMARY)):
+        raise UserError(f"{run_dir}: not a run directory (no {MODEL_FILE}, {RESOLVED_CONFIG} or {SUMMARY}); "
+                        f"give directories trained with `gptlab train`")
+
+
 def first_non_finite_step(run_dir: Path) -> Optional[int]:
     """The first step metrics.jsonl records as skipped or with a non-finite (null) loss."""
     from gptlab.train.charts import read_step_records
@@ -125,8 +135,7 @@ def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = 
         if run_dir.resolve() in seen:
             continue
         seen.add(run_dir.resolve())
-        if not run_dir.is_dir():
-            raise UserError(f"{run_dir}: run directory not found")
+        _check_is_run(run_dir)
         summary = _read_summary(run_dir)
         if summary is None:  # stopped on non-finite steps: nothing worth evaluating
             step = first_non_finite_step(run_dir)
@@ -558,7 +567,7 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
 
 def render(comparison: Comparison, output_format: str = "terminal") -> str:
     if output_format == "json":
-        return json.dumps(comparison_json(comparison), indent=2) + "\n"
+        return strict_json(comparison_json(comparison), indent=2) + "\n"
     renderers = {"terminal": _terminal, "markdown": _markdown, "csv": _csv}
     if output_format not in renderers:
         raise UserError(f"--format {output_format}: not a format; choose one of {', '.join(FORMATS)}")
@@ -572,5 +581,8 @@ def compare_runs(run_dirs: list[Path], baseline_dir: Optional[Path] = None, data
         raise UserError("compare: name at least one run directory")
     reference = Path(baseline_dir) if baseline_dir is not None else Path(run_dirs[0])
     runs = list(run_dirs) + ([reference] if baseline_dir is not None else [])
+    for run_dir in runs:  # before the reference's settings are read from it
+        _check_is_run(Path(run_dir))
+        _read_summary(Path(run_dir))
     results = load_results(runs, default_settings(reference), datasets_dir, echo)
     return build_comparison(results, baseline_dir, allow_mixed_checkpoints=allow_mixed_checkpoints)

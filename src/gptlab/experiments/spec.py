@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptlab.config import EvaluationSettings, Overrides, overrides_from_mapping, validate_evaluation
+from gptlab.config import EvaluationSettings, Overrides, apply_overrides, overrides_from_mapping, validate_evaluation, validate_run_config
 from gptlab.errors import UserError
+from gptlab.files import DuplicateKeyError, loads_no_duplicates
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
 BASELINE = "baseline"
@@ -61,9 +62,11 @@ def read_experiment_file(path: Path) -> dict[str, Any]:
             raise UserError(f"{path}: not valid TOML: {error}") from None
     else:
         try:
-            data = json.loads(text)
+            data = loads_no_duplicates(text)
         except json.JSONDecodeError as error:
             raise UserError(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        except DuplicateKeyError as error:
+            raise UserError(f"{path}: {error.key}: the key appears more than once; keep one (the last would silently win)") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: must hold an object of keys, not {type(data).__name__}")
     return data
@@ -139,6 +142,28 @@ def _combine(where: str, members: list[str], interventions: dict[str, dict], pro
     return combined
 
 
+def variant_problems(path: Path, baseline_dir: Path, variants: dict[str, Overrides]) -> list[str]:
+    """Each variant's values checked as the run would check them (types, ranges, finite numbers), so that
+    one reading of the file reports a wrong type inside an intervention beside every other problem."""
+    bases = []
+    for name in ("model.json", "train.json"):
+        try:
+            bases.append(loads_no_duplicates((baseline_dir / name).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            return [f"{baseline_dir / name}: cannot read the baseline's config ({error})"]
+    if not all(isinstance(base, dict) for base in bases):
+        return [f"{baseline_dir}: model.json and train.json must each hold a JSON object"]
+    problems: list[str] = []
+    for variant, overrides in variants.items():
+        label = f"{path} [{variant} over {baseline_dir}]"
+        try:
+            model_data, train_data = apply_overrides(bases[0], bases[1], overrides)
+            validate_run_config(Path(f"{label} model.json"), model_data, Path(f"{label} train.json"), train_data)
+        except UserError as error:
+            problems += error.lines
+    return problems
+
+
 def load_experiment(path: Path) -> Experiment:
     """Read and check an experiment file; raises one UserError listing every problem."""
     path = Path(path)
@@ -161,7 +186,9 @@ def load_experiment(path: Path) -> Experiment:
     if not isinstance(runs_dir, str) or not runs_dir:
         problems.append(f"{path}: runs_dir: give a folder path, relative to the experiment file")
         runs_dir = f"{path.stem}-runs"
+    variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks}
+    if isinstance(baseline, str) and (baseline_dir / "model.json").is_file() and (baseline_dir / "train.json").is_file():
+        problems += variant_problems(path, baseline_dir, variants)
     if problems:
         raise UserError(*problems)
-    variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks}
     return Experiment(path, str(data.get("name", path.stem)), baseline_dir, path.parent / runs_dir, seeds, variants, evaluation)

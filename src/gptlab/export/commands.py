@@ -8,6 +8,7 @@ from typing import Optional
 
 import click
 
+from gptlab.click_types import SEED
 from gptlab.errors import UserError
 
 CHECKPOINT_HELP = "Which checkpoint: best, latest, or a checkpoint folder name."
@@ -33,7 +34,7 @@ def _card_options(function):
                             help="The card's language metadata (an ISO 639-1 code; GPT-2's tokenizer was made for English).")(function)
     function = click.option("--license", "license_id", default=None, metavar="ID",
                             help="The card's license metadata, a Hub license id such as mit, apache-2.0 or cc-by-4.0 (default: none stated).")(function)
-    function = click.option("--seed", default=123, show_default=True, help="Seed of the smoke-test sample shown in the model card.")(function)
+    function = click.option("--seed", type=SEED, default=123, show_default=True, help="Seed of the smoke-test sample shown in the model card.")(function)
     function = click.option("--evaluate", is_flag=True, help="Compute the test loss for the card now (the whole test split, as `gptlab eval` does).")(function)
     function = click.option("--eval-result", type=click.Path(dir_okay=False, path_type=Path), default=None,
                             help="JSON printed by `gptlab eval --json` for this checkpoint; its loss goes into the model card "

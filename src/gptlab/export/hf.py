@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from gptlab.config import ModelConfig, RunConfig, validate_run_config
 from gptlab.errors import UserError
 from gptlab.export.card import default_new_tokens
-from gptlab.files import atomic_folder, atomic_write_json, read_json, remove_stale_staging
+from gptlab.files import (atomic_folder, atomic_write_json, is_out_of_space, out_of_space_error, read_json, remove_stale_staging,
+                          strict_json)
 from gptlab.model import GPT, LAYER_NORM_EPS
 from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE, read_evaluation, read_summary, write_resolved_config
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
@@ -332,7 +333,7 @@ def _check_tokenizer(model_dir: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    path.write_text(strict_json(data, indent=2) + "\n", encoding="utf-8")
 
 
 # --- folders written atomically ---------------------------------------------------------------------
@@ -396,6 +397,9 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite
     check_export_target(out_dir, overwrite, run_dir)
     trained = open_trained_run(run_dir, checkpoint)
     trained.config.model.require_format("gpt2", str(run_dir / MODEL_FILE))
+    if trained.config.model.vocab_size < VOCAB_SIZE:
+        raise UserError(f"{run_dir}: vocab_size {trained.config.model.vocab_size} is smaller than the GPT-2 tokenizer's {VOCAB_SIZE} tokens "
+                        f"that an export carries (and that `import-hf` reads back); export a model with vocab_size >= {VOCAB_SIZE}")
     if evaluate:
         from gptlab.evaluate.loss import evaluate_run
 
@@ -414,10 +418,15 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite
         repo_id=repo_id, license=license, language=language,
     )
     remove_stale_staging(out_dir.parent, out_dir.name)
-    with atomic_folder(out_dir) as staging:
-        write_hf_model(trained.model, trained.config.model, staging)
-        (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
-        files = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
+    try:
+        with atomic_folder(out_dir) as staging:
+            write_hf_model(trained.model, trained.config.model, staging)
+            (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
+            files = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
+    except Exception as error:  # the staging folder is already removed; say so in one line
+        if is_out_of_space(error):
+            raise out_of_space_error(out_dir, 4 * trained.model.parameter_count()) from None
+        raise
     return {"run": str(run_dir), "checkpoint": trained.checkpoint.name, "out_dir": str(out_dir), "files": files,
             "sample": facts.sample_text, "test_loss": eval_result.get("loss") if eval_result else None}
 
@@ -442,7 +451,7 @@ def _dataset_value(dataset: str) -> str:
 def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_size: int = 8) -> dict[str, Any]:
     """Turn a local transformers GPT-2 folder into a gptlab run with one weights-only checkpoint
     (`latest` and `best` point at it), ready for `gptlab eval` and `gptlab generate`."""
-    from gptlab.train.checkpoint import checkpoint_name, point
+    from gptlab.train.checkpoint import checkpoint_name, point, write_checksums
 
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     config_path = model_dir / "config.json"
@@ -480,6 +489,7 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
         save_book_safetensors(model, folder / "model.safetensors")
         atomic_write_json(folder / "meta.json", meta)
         atomic_write_json(folder / "config.json", run_config.to_json_dict())
+        write_checksums(folder)
         point(staging, "latest", name)
         point(staging, "best", name)
     return {"model_dir": str(model_dir), "run_dir": str(run_dir), "checkpoint": name, "model": model_config.model_dump(mode="json"),

@@ -2,13 +2,18 @@
 
 `RUN_DIR/checkpoints/<UTC %Y%m%dZ%H%M%S>-iteration-<step>/` holds `model.safetensors` (the book's
 layout), `optimizer.pt`, `scaler.pt` (fp16 only), `training_state.pt` (step and RNG states),
-`meta.json` and `config.json`. A checkpoint is written into a temporary folder, fsynced and renamed
-into place; the relative symlinks `latest` and `best` are replaced atomically.
+`meta.json`, `config.json` and `checksums.sha256` (the SHA-256 of every other file, in `sha256sum`
+format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand). A checkpoint is written into a
+temporary folder, fsynced and renamed into place; the relative symlinks `latest` and `best` are replaced
+atomically. Every file is checked against its checksum before it is loaded (checkpoints written
+without checksums, such as the users' harness's, are read as they are).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
 import shutil
 import time
@@ -20,12 +25,45 @@ import numpy as np
 import torch
 
 from gptlab.errors import UserError
-from gptlab.files import atomic_folder, atomic_write_json, fsync_directory, read_json, remove_stale_staging
+from gptlab.files import (atomic_folder, atomic_write_json, fsync_directory, is_out_of_space, out_of_space_error, read_json,
+                          remove_stale_staging)
 from gptlab.model import GPT
-from gptlab.rundir import CHECKPOINTS
+from gptlab.rundir import CHECKPOINTS, METRICS
 from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
 
 POINTERS = ("latest", "best")
+ABANDONED_PREFIX = "abandoned-"
+CHECKSUMS = "checksums.sha256"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    lines = [f"{sha256_of(path)}  {path.name}\n" for path in sorted(Path(directory).iterdir()) if path.name != CHECKSUMS]
+    (Path(directory) / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
+
+
+def read_checksums(directory: Path) -> Optional[dict[str, str]]:
+    """{file name: SHA-256} from checksums.sha256, or None for a checkpoint written without one."""
+    path = Path(directory) / CHECKSUMS
+    if not path.is_file():
+        return None
+    checksums = {}
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            digest, separator, name = line.partition("  ")
+            if not separator or len(digest) != 64:
+                raise ValueError(f"malformed line {line[:80]!r}")
+            checksums[name] = digest
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: corrupt or unreadable checkpoint file ({error})") from None
+    return checksums
 
 
 def checkpoint_name(step: int, now: Optional[time.struct_time] = None) -> str:
@@ -67,6 +105,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _checkpoint_bytes(run_dir: Path, model: GPT) -> int:
+    """What the next checkpoint will take: the newest one's size, else float32 weights and Adam's two moments."""
+    existing = list_checkpoints(run_dir)
+    if existing:
+        return sum(path.stat().st_size for path in existing[-1].iterdir() if path.is_file())
+    return 3 * 4 * model.parameter_count()
+
+
 def point(run_dir: Path, pointer: str, name: str) -> None:
     """Atomically make `checkpoints/<pointer>` a relative link to `checkpoints/<name>`."""
     directory = Path(run_dir) / CHECKPOINTS
@@ -92,14 +138,23 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
     final = directory / name
-    with atomic_folder(final) as staging:  # the same step saved twice within one second: the newer replaces it
-        save_book_safetensors(model, staging / "model.safetensors")
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), staging / "scaler.pt")
-        torch.save(training_state, staging / "training_state.pt")
-        atomic_write_json(staging / "meta.json", {**meta, "is_best": is_best})
-        atomic_write_json(staging / "config.json", config)
+    needed = _checkpoint_bytes(run_dir, model)
+    try:
+        with atomic_folder(final) as staging:  # the same step saved twice within one second: the newer replaces it
+            save_book_safetensors(model, staging / "model.safetensors")
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+            if scaler is not None:
+                torch.save(scaler.state_dict(), staging / "scaler.pt")
+            torch.save(training_state, staging / "training_state.pt")
+            atomic_write_json(staging / "meta.json", {**meta, "is_best": is_best})
+            atomic_write_json(staging / "config.json", config)
+            write_checksums(staging)
+    except Exception as error:  # atomic_folder has removed the staging folder: the space comes back
+        if is_out_of_space(error):
+            latest = directory / "latest"
+            kept = f"; `latest` still points to {os.readlink(latest)}" if latest.is_symlink() else ""
+            raise out_of_space_error(final, needed, after=kept) from None
+        raise
     point(run_dir, "latest", name)
     if is_best:
         point(run_dir, "best", name)
@@ -120,9 +175,21 @@ class Checkpoint:
     def meta(self) -> dict[str, Any]:
         return read_json(self.path / "meta.json")
 
+    def check_content(self, name: str) -> None:
+        """Refuse a file whose bytes differ from the checksum written with the checkpoint."""
+        if "_checksums" not in self._loaded:
+            self._loaded["_checksums"] = read_checksums(self.path)
+        expected = (self._loaded["_checksums"] or {}).get(name)
+        path = self.path / name
+        if expected is None or not path.is_file():
+            return
+        if sha256_of(path) != expected:
+            raise UserError(f"{path}: damaged: its content no longer matches the checksum written with the checkpoint ({CHECKSUMS})")
+
     def load_model(self, model: GPT) -> None:
         weights = self._loaded.pop("model.safetensors", None)
         if weights is None:
+            self.check_content("model.safetensors")
             load_book_safetensors(model, self.path / "model.safetensors")
         else:
             load_book_state_dict(model, weights, str(self.path / "model.safetensors"))
@@ -131,15 +198,19 @@ class Checkpoint:
         if name in self._loaded:
             return self._loaded.pop(name)
         path = self.path / name
+        self.check_content(name)
         try:
             return torch.load(path, weights_only=True, map_location="cpu")
         except FileNotFoundError:
             raise UserError(f"{path}: missing from the checkpoint") from None
+        except pickle.UnpicklingError:  # torch's message advises weights_only=False, which would run the file's code
+            raise UserError(f"{path}: refused: it holds pickled objects other than tensors and plain values, "
+                            f"which gptlab never loads (they can run code)") from None
         except Exception as error:  # torch raises several types for truncated or foreign files
             raise UserError(f"{path}: corrupt or unreadable checkpoint file ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
 
     def load_training_state(self) -> dict[str, Any]:
-        return self._load_pt("training_state.pt")
+        return _checked_training_state(self._load_pt("training_state.pt"), self.path / "training_state.pt")
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.load_state_dict(self._load_pt("optimizer.pt"))
@@ -150,15 +221,27 @@ class Checkpoint:
 
     def verify(self) -> None:
         """Read every file of the checkpoint fully; raise UserError naming the first bad file."""
+        self.check_content("model.safetensors")
         self._loaded["model.safetensors"] = read_book_safetensors(self.path / "model.safetensors")
         for name in ("optimizer.pt", "training_state.pt", "scaler.pt"):
             if name != "scaler.pt" or (self.path / name).exists():
                 self._loaded[name] = self._load_pt(name)
+        _checked_training_state(self._loaded["training_state.pt"], self.path / "training_state.pt")
         for name in ("meta.json", "config.json"):
+            self.check_content(name)
             try:
                 read_json(self.path / name)
             except (OSError, ValueError) as error:
                 raise UserError(f"{self.path / name}: corrupt or unreadable checkpoint file ({error})") from None
+
+
+def _checked_training_state(state: Any, path: Path) -> dict[str, Any]:
+    """What resuming reads from training_state.pt, present with the right types (it loaded, but is it ours?)."""
+    expected = {"step": int, "totals": dict, "rng": (list, dict)}
+    wrong = [key for key, kind in expected.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if wrong:
+        raise UserError(f"{path}: not a gptlab training state ({', '.join(wrong)} missing or of the wrong type)")
+    return state
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -167,7 +250,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and "-iteration-" in p.name and not p.name.startswith(".")]
-    return sorted(found, key=lambda p: (int(p.name.rsplit("-", 1)[1]), p.name))
+    return sorted(found, key=lambda p: (step_of(p), p.name))
 
 
 def find_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
@@ -179,8 +262,14 @@ def find_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
     available = [p.name for p in list_checkpoints(run_dir)]
     if not available:
         raise UserError(f"{run_dir}: no checkpoints yet; train it first with `gptlab train {run_dir}`")
-    pointers = [p for p in POINTERS if (directory / p).exists()]
-    raise UserError(f"{run_dir}: no checkpoint '{which}'; choose one of: {', '.join(pointers + available[-5:])}")
+    pointers = [p for p in POINTERS if (candidate.parent / p / "model.safetensors").is_file()]
+    choices = f"choose one of: {', '.join(pointers + available[-5:])}"
+    if candidate.is_symlink() and not candidate.exists():
+        raise UserError(f"{candidate}: points to {os.readlink(candidate)}, which does not exist; {choices}")
+    if candidate.is_dir():
+        held = sorted(path.name for path in candidate.iterdir())
+        raise UserError(f"{candidate}: has no model.safetensors (it holds: {', '.join(held) or 'nothing'}); {choices}")
+    raise UserError(f"{run_dir}: no checkpoint '{which}'; {choices}")
 
 
 def find_resumable_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
@@ -189,17 +278,19 @@ def find_resumable_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoin
     try:
         checkpoint.verify()
     except UserError as error:
-        good = None
-        for path in reversed(list_checkpoints(run_dir)):
-            try:
-                Checkpoint(path).verify()
-                good = path.name
-                break
-            except UserError:
-                continue
-        offer = f"; the newest good checkpoint is {good}: resume with --resume {good}" if good else "; no good checkpoint remains"
-        raise UserError(error.lines[0] + offer) from None
+        raise UserError(error.lines[0] + offer_good_checkpoint(run_dir, "resume with --resume", lambda c: c.verify())) from None
     return checkpoint
+
+
+def offer_good_checkpoint(run_dir: Path, how: str, check) -> str:
+    """'; the newest good checkpoint is X: ...' for the newest checkpoint that passes `check`."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            check(Checkpoint(path))
+        except UserError:
+            continue
+        return f"; the newest good checkpoint is {path.name}: {how} {path.name}"
+    return "; no good checkpoint remains"
 
 
 def remove_stale_checkpoint_staging(run_dir: Path) -> None:
@@ -215,8 +306,59 @@ def remove_stale_checkpoint_staging(run_dir: Path) -> None:
             path.unlink()
 
 
+def set_aside_later_checkpoints(run_dir: Path, resumed: Checkpoint) -> Optional[Path]:
+    """Resuming from an older checkpoint starts a new line of history: move the checkpoints of the old
+    line that come after it into `checkpoints/abandoned-<UTC time>/` (with a copy of the old metrics.jsonl),
+    so pruning, `latest` and `best` only ever see the current line. Nothing is deleted.
+
+    `latest` is pointed at the resumed checkpoint; `best` at the newest remaining checkpoint that was
+    best when written (or removed when none remains). Returns the folder, or None when nothing came later.
+    """
+    directory = Path(run_dir) / CHECKPOINTS
+    resumed_step = step_of(resumed.path)
+    later = [path for path in list_checkpoints(run_dir) if step_of(path) > resumed_step and path.resolve() != resumed.path.resolve()]
+    if not later:
+        return None
+    aside = directory / f"{ABANDONED_PREFIX}{time.strftime('%Y%m%dZ%H%M%S', time.gmtime())}"
+    while aside.exists():
+        aside = aside.with_name(aside.name + "+")
+    aside.mkdir()
+    metrics = Path(run_dir) / METRICS
+    if metrics.is_file():
+        shutil.copy2(metrics, aside / METRICS)
+    for path in later:
+        os.rename(path, aside / path.name)
+    fsync_directory(aside)
+    fsync_directory(directory)
+    if resumed.path.parent.resolve() == directory.resolve():
+        point(run_dir, "latest", resumed.path.name)
+    best_link = directory / "best"
+    if best_link.is_symlink() and not best_link.exists():  # it pointed into the abandoned line
+        still_best = [path for path in list_checkpoints(run_dir) if _was_best(path)]
+        if still_best:
+            point(run_dir, "best", still_best[-1].name)
+        else:
+            best_link.unlink()
+            fsync_directory(directory)
+    return aside
+
+
+def _was_best(path: Path) -> bool:
+    try:
+        return bool(read_json(path / "meta.json").get("is_best"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints, never the one `best` points to."""
+    """Delete all but the newest `keep` checkpoints, never the one `best` points to.
+
+    Only the current line of history is here: an older line was moved aside on resume
+    (`set_aside_later_checkpoints`), so the newest steps are also the newest checkpoints."""
     directory = Path(run_dir) / CHECKPOINTS
     best = (directory / "best").resolve() if (directory / "best").exists() else None
     removed = []

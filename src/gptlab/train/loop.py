@@ -31,8 +31,9 @@ from gptlab.notify.training import TrainingNotifier
 from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
-from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints, prune_checkpoints,
-                                     remove_stale_checkpoint_staging, restore_rng_state, save_checkpoint)
+from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints,
+                                     prune_checkpoints, remove_stale_checkpoint_staging, restore_rng_state, save_checkpoint,
+                                     set_aside_later_checkpoints)
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
@@ -103,6 +104,9 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     )
     if dataset.meta.get("tokenizer", {}).get("vocab_size", model_config.vocab_size) > model_config.vocab_size:
         raise UserError(f"{run_dir / MODEL_FILE}: vocab_size: {model_config.vocab_size} is smaller than the dataset's tokenizer ({dataset.meta['tokenizer']['vocab_size']})")
+    for name in ("train", "validation"):
+        if name == "train" or (train_config.validation_batches > 0 and dataset.has_split(name)):
+            dataset.split(name).check_vocabulary(model_config.vocab_size)
 
     if device.type == "cpu":
         keep_freed_memory_for_reuse()
@@ -122,7 +126,7 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         run_dir=run_dir, config=run_config, dist=dist_context, device=device, dataset=dataset, model=model,
         trained_model=trained_model, optimizer=optimizer, precision=precision,
         precision_reason=precision_choice.reason, fast_paths=fast_paths, notifier=notifier,
-        plan=plan, reader=BatchReader(dataset.split("train"), plan, device),
+        plan=plan, reader=BatchReader(dataset.split("train"), plan, device, vocab_size=model_config.vocab_size),
         validation=_validation_slice(run_config, dataset), log=log,
         metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main),
         show_progress=show_progress and dist_context.is_main and sys.stderr.isatty(),  # without a terminal, log lines instead
@@ -180,10 +184,15 @@ def _restore(run: Training, which: str) -> None:
     run.interval = IntervalStats.from_state(state["interval"]) if "interval" in state else IntervalStats()
     per_rank = state["rng"]
     restore_rng_state(per_rank[run.dist.rank % len(per_rank)] if isinstance(per_rank, list) else per_rank)
+    aside = None
     if run.dist.is_main:
+        aside = set_aside_later_checkpoints(run.run_dir, checkpoint)
         _truncate_metrics(run.run_dir / METRICS, last_step=int(state["step"]))
     run.log.line(f"Resuming from {checkpoint.name} at step {run.start_step}"
                  + (f" (changed: {', '.join(differing_train)})" if differing_train else ""))
+    if aside is not None:
+        run.log.line(f"Note: {checkpoint.name} is older than the run's newest checkpoint: this resume starts a new line of history; "
+                     f"the later checkpoints and the old {METRICS} were moved, not deleted, into {aside}")
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:

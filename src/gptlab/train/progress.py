@@ -37,6 +37,9 @@ def log_header(run: Training) -> None:
     run.log.line(f"Precision: {run.precision.name} ({run.precision_reason}) | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
                  f"clipping: {train_config.clipping_max_norm or 'off'} | validation: "
                  + (f"{run.validation.batches} batches" if run.validation else "off"))
+    if run.validation is None and train_config.validation_batches > 0:
+        run.log.line(f"Note: validation_batches is {train_config.validation_batches} but {run.dataset.directory} has no validation split, "
+                     f"so validation is off" + (" and 'best' is picked by train loss" if train_config.best_by == "validation" else ""))
     for note in not_yet_applied_notes(run.config):
         run.log.line(f"Note: {note}")
 
