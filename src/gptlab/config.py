@@ -19,6 +19,23 @@ from gptlab.files import DuplicateKeyError, loads_no_duplicates
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
 
+class MoESettings(BaseModel):
+    """model.json's `moe` object: each block's feed-forward layer becomes a mixture of experts, as in the users'
+    harness. A router Linear(emb_dim, num_experts, bias=False) scores every expert per token; the top
+    num_active_experts logits are kept (exactly that many, ties resolved as torch.topk does), a softmax over them
+    weights the chosen experts' outputs, which are summed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    num_experts: int = Field(ge=2, description="Feed-forward experts per block, each the book's FeedForward (emb_dim -> 4 emb_dim -> emb_dim).")
+    num_active_experts: int = Field(ge=2, description="Experts each token is sent to, from 2 to num_experts (the users' harness requires at least 2).")
+    log_moe_balance_file: Optional[str] = Field(None, description="Also append each log interval's routing statistics to this JSON-lines file "
+                                                "(a relative path is taken from the working directory, as in the users' harness).")
+    aux_loss_coef: float = Field(0.0, ge=0, description="Weight of the Switch Transformer load-balancing loss, num_experts x sum_i "
+                                 "(share of routed tokens_i x mean router probability_i) per block; 0: off.")
+    router_z_loss_coef: float = Field(0.0, ge=0, description="Weight of the router z-loss, the mean squared logsumexp of the router logits per block; 0: off.")
+
+
 class ModelConfig(BaseModel):
     """The GPT-2 architecture of "Build a Large Language Model (from Scratch)"; defaults are GPT-2 small."""
 
@@ -37,6 +54,8 @@ class ModelConfig(BaseModel):
         description="'torch': PyTorch's default initialisers in the book's module order (the users' harness); "
         "'gpt2': normal(0, 0.02) with residual projections scaled by 1/sqrt(2 * n_layers).",
     )
+    moe: Optional[MoESettings] = Field(None, description="Mixture-of-experts feed-forward layers, e.g. {\"num_experts\": 6, \"num_active_experts\": 2} "
+                                       "(keys: num_experts, num_active_experts, log_moe_balance_file, aux_loss_coef, router_z_loss_coef); absent: the book's dense feed-forward.")
 
     @property
     def head_dim(self) -> int:
@@ -44,8 +63,9 @@ class ModelConfig(BaseModel):
 
     def format_problems(self, format_name: str) -> list[str]:
         """Why `format_name` ('book' or 'gpt2', see OUTSIDE_FORMATS) cannot hold this model; empty when it can."""
-        return [f"{key}: {json.dumps(getattr(self, key))} cannot be held by {OUTSIDE_FORMATS[format_name]}, which holds only "
-                f"{json.dumps(value)}" for key, value in FORMAT_PINNED_KEYS[format_name].items() if getattr(self, key) != value]
+        values = self.model_dump(mode="json")
+        return [f"{key}: {json.dumps(values[key])} cannot be held by {OUTSIDE_FORMATS[format_name]}, which holds only "
+                f"{json.dumps(value)}" for key, value in FORMAT_PINNED_KEYS[format_name].items() if values[key] != value]
 
     @property
     def loads_in_book_model(self) -> bool:
@@ -72,7 +92,9 @@ class ModelConfig(BaseModel):
 OUTSIDE_FORMATS = {"book": "the book's GPTModel", "gpt2": "transformers' GPT-2"}
 FORMAT_FREE_KEYS = frozenset({"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias",
                               "tie_weights", "init"})
-FORMAT_PINNED_KEYS: dict[str, dict[str, Any]] = {"book": {}, "gpt2": {}}
+# `moe`: the users' harness extends the book's GPTModel with experts (router and experts named under each block's
+# `ff`), and checkpoints use that extended layout; transformers' GPT-2 has no experts.
+FORMAT_PINNED_KEYS: dict[str, dict[str, Any]] = {"book": {}, "gpt2": {"moe": None}}
 
 
 class NotifySettings(BaseModel):
@@ -312,6 +334,11 @@ def _cross_field_problems(model_path: Path, model_data: dict, train_path: Path, 
     n_heads = model_data.get("n_heads", ModelConfig.model_fields["n_heads"].default)
     if _positive_int(emb_dim) and _positive_int(n_heads) and emb_dim % n_heads != 0:
         problems.append(f"{model_path}: n_heads: {n_heads} does not divide emb_dim {emb_dim}; use a divisor of emb_dim")
+    moe = model_data.get("moe")
+    if isinstance(moe, dict) and _positive_int(moe.get("num_experts")) and _positive_int(moe.get("num_active_experts")):
+        if moe["num_active_experts"] > moe["num_experts"]:
+            problems.append(f"{model_path}: moe.num_active_experts: {moe['num_active_experts']} is more than moe.num_experts "
+                            f"{moe['num_experts']}; use 2 to {moe['num_experts']}")
     min_tokens = train_data.get("min_train_tokens", -1)
     if isinstance(min_tokens, int) and not isinstance(min_tokens, bool) and (min_tokens == 0 or min_tokens < -1):
         problems.append(f"{train_path}: min_train_tokens: {min_tokens} is not allowed: use -1 (every whole global batch) or a positive count")

@@ -17,9 +17,16 @@ def matmul_parameters(config: ModelConfig) -> int:
     shared matrix counts once, as the head. Biases and LayerNorm parameters (about 0.1% of GPT-2 small)
     are additions and are left out. Computed from the config, so a head padded for speed still counts
     the real vocabulary: MFU credits only useful work.
+
+    With mixture-of-experts blocks only the active parameters count: per block the router (C x E) and
+    num_active_experts experts' MLPs (8 C^2 each), since a token passes through no other expert.
     """
     width = config.emb_dim
-    return config.n_layers * 12 * width * width + config.vocab_size * width
+    if config.moe is None:
+        feed_forward = 8 * width * width
+    else:
+        feed_forward = config.moe.num_active_experts * 8 * width * width + width * config.moe.num_experts
+    return config.n_layers * (4 * width * width + feed_forward) + config.vocab_size * width
 
 
 def flops_per_token(config: ModelConfig) -> int:

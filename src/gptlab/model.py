@@ -4,7 +4,8 @@ Inside, names follow Hugging Face's GPT-2 (`wte`, `h.{i}.attn.c_attn`, `ln_f`, .
 computed by one fused matmul; at the file boundary `gptlab.weights` converts to and from the book's
 `GPTModel` layout. This file knows nothing of devices, precision, ranks or files.
 
-Shapes: B = batch, T = sequence length, C = emb_dim, H = n_heads, D = head_dim = C / H, V = vocab_size.
+Shapes: B = batch, T = sequence length, C = emb_dim, H = n_heads, D = head_dim = C / H, V = vocab_size;
+for mixture-of-experts blocks N = B x T tokens, E = num_experts, K = num_active_experts.
 """
 
 from __future__ import annotations
@@ -55,15 +56,98 @@ class MLP(nn.Module):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
+# Per expert, what MixtureOfExperts.routing_totals sums while training (rows of a (ROUTING_ROWS, E) tensor),
+# and per block the scalars in its last column block: see `routing_statistics`.
+ROUTING_ROWS = 3  # routing weight (softmax over all logits), kept top-k weight, routed token slots
+ROUTING_SCALARS = 4  # router entropy, balance loss, z-loss (each summed over forwards), forwards
+
+
+def _at_least_float32(values: torch.Tensor) -> torch.Tensor:
+    """Softmaxes and router losses in float32 under a bf16 or fp16 autocast, in float64 when the model is."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+
+
+class MixtureOfExperts(nn.Module):
+    """The users' mixture-of-experts feed-forward layer: router, top-K logits kept, softmax, weighted sum.
+
+    Each token's K (token, expert) slots are sorted by expert, so each expert runs one matmul over all of
+    its tokens and the results are added back with index_add_, instead of one boolean-mask gather per
+    expert. An expert that gets no tokens still runs on an empty slice, so every expert's parameters
+    receive a gradient (zero) in every step, as DDP requires without find_unused_parameters.
+    The split sizes are read back to the host once per layer and forward (a synchronisation on GPUs).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        moe = config.moe
+        self.num_active = moe.num_active_experts
+        self.aux_loss_coef, self.router_z_loss_coef = moe.aux_loss_coef, moe.router_z_loss_coef
+        self.router = nn.Linear(config.emb_dim, moe.num_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(config) for _ in range(moe.num_experts))
+        # Routing statistics summed over training forwards since the last `take_routing_totals`; a plain
+        # attribute, not a buffer, so DDP does not overwrite each rank's own counts with rank 0's.
+        self.routing_totals: torch.Tensor | None = None
+        self.router_loss: torch.Tensor | None = None  # the weighted balance and z-losses of the last training forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, width = x.shape
+        tokens = x.reshape(-1, width)  # (N, C)
+        logits = self.router(tokens)  # (N, E)
+        # torch.topk keeps exactly K per token, also when the K-th largest logit is tied; a softmax over the kept
+        # logits is the users' softmax over the logits with the others set to -inf.
+        kept_logits, kept_experts = logits.topk(self.num_active, dim=-1)  # (N, K) each
+        kept_weights = F.softmax(_at_least_float32(kept_logits), dim=-1).to(x.dtype)  # (N, K)
+
+        slot_experts = kept_experts.flatten()  # (N K,): slot s is token s // K's choice s % K
+        order = slot_experts.argsort(stable=True)  # slots grouped by expert, in token order within each
+        slot_tokens = order // self.num_active  # (N K,) the token of each grouped slot
+        tokens_per_expert = torch.bincount(slot_experts, minlength=len(self.experts))  # (E,)
+        grouped = tokens.index_select(0, slot_tokens)  # (N K, C)
+        outputs = torch.cat([expert(part) for expert, part in zip(self.experts, grouped.split(tokens_per_expert.tolist()))])
+        weighted = outputs * kept_weights.flatten()[order].unsqueeze(1)  # (N K, C)
+        mixed = torch.zeros_like(tokens).index_add_(0, slot_tokens, weighted)  # (N, C)
+
+        if self.training:
+            self._routing(logits, kept_experts, kept_weights, tokens_per_expert)
+        return mixed.view(batch, seq_len, width)
+
+    def _routing(self, logits: torch.Tensor, kept_experts: torch.Tensor, kept_weights: torch.Tensor, tokens_per_expert: torch.Tensor) -> None:
+        """Sum this forward's routing statistics (no host synchronisation), and keep the router losses when asked for."""
+        num_tokens, num_experts = logits.shape
+        logits = _at_least_float32(logits)
+        probabilities = F.softmax(logits, dim=-1)  # (N, E) over all logits
+        routing_weight = probabilities.mean(0)  # (E,)
+        slot_share = tokens_per_expert.to(logits.dtype) / (num_tokens * self.num_active)  # (E,) sums to 1
+        balance_loss = num_experts * (slot_share * routing_weight).sum()  # Switch Transformer; 1 when balanced
+        z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+        self.router_loss = None
+        if self.aux_loss_coef or self.router_z_loss_coef:
+            self.router_loss = self.aux_loss_coef * balance_loss + self.router_z_loss_coef * z_loss
+        with torch.no_grad():
+            kept = torch.zeros_like(probabilities).scatter_(1, kept_experts, kept_weights.to(logits.dtype)).mean(0)  # (E,)
+            entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-30))).sum(-1).mean()
+            scalars = torch.stack([entropy, balance_loss.detach(), z_loss.detach(), torch.ones_like(entropy)])
+            totals = torch.cat([torch.stack([routing_weight, kept, slot_share]).flatten(), scalars])
+            self.routing_totals = totals if self.routing_totals is None else self.routing_totals + totals
+
+    def take_routing_totals(self) -> torch.Tensor:
+        """The summed statistics since the last call ((ROUTING_ROWS E + ROUTING_SCALARS,) on the device), then reset."""
+        totals = self.routing_totals
+        self.routing_totals = None
+        if totals is None:
+            totals = torch.zeros(ROUTING_ROWS * len(self.experts) + ROUTING_SCALARS, device=self.router.weight.device)
+        return totals
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: attention then MLP, each on a residual branch."""
+    """Pre-LayerNorm transformer block: attention then MLP (or a mixture of expert MLPs), each on a residual branch."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
-        self.mlp = MLP(config)
+        self.mlp = MixtureOfExperts(config) if config.moe is not None else MLP(config)
         self.drop = nn.Dropout(config.drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +200,29 @@ class GPT(nn.Module):
         padding = (self.padded_vocab_size - self.config.vocab_size) * self.config.emb_dim * (1 if self.config.tie_weights else 2)
         return sum(p.numel() for p in self.parameters()) - padding
 
+    def active_parameter_count(self) -> int:
+        """Parameters a token passes through: with experts, only num_active_experts of each block's experts count."""
+        moe = self.config.moe
+        if moe is None:
+            return self.parameter_count()
+        per_expert = sum(p.numel() for p in self.h[0].mlp.experts[0].parameters())
+        return self.parameter_count() - self.config.n_layers * (moe.num_experts - moe.num_active_experts) * per_expert
+
+    def _experts(self) -> list[MixtureOfExperts]:
+        return [block.mlp for block in self.h if isinstance(block.mlp, MixtureOfExperts)]
+
+    def take_router_loss(self) -> torch.Tensor | None:
+        """The weighted load-balancing and z-losses of the last training forward, summed over blocks; None when both are off."""
+        losses = [layer.router_loss for layer in self._experts() if layer.router_loss is not None]
+        for layer in self._experts():
+            layer.router_loss = None
+        return torch.stack(losses).sum() if losses else None
+
+    def take_routing_totals(self) -> torch.Tensor | None:
+        """(n_layers, ROUTING_ROWS E + ROUTING_SCALARS) statistics summed since the last call, on the device; None without experts."""
+        layers = self._experts()
+        return torch.stack([layer.take_routing_totals() for layer in layers]) if layers else None
+
     @torch.no_grad()
     def init_gpt2(self, generator: torch.Generator | None = None) -> None:
         """GPT-2's initialisation: normal(0, 0.02) weights and embeddings, zero biases, unit LayerNorms,
@@ -140,3 +247,21 @@ class GPT(nn.Module):
 def gpt2_small_config(**overrides) -> ModelConfig:
     """GPT-2 small (124M tied / 163M untied parameters) as the users' `model.json` has it."""
     return ModelConfig(**overrides)
+
+
+def routing_statistics(totals: torch.Tensor) -> list[dict[str, object]]:
+    """`GPT.take_routing_totals()` (already on the host, possibly averaged over ranks) -> one record per layer:
+    mean routing weight per expert (softmax over all logits), mean kept top-K weight per expert (0 where not
+    chosen), share of the routed (token, expert) slots per expert (sums to 1), the router's mean entropy in
+    nats, and the mean balance loss and z-loss (unweighted)."""
+    records = []
+    for layer, row in enumerate(totals.tolist()):
+        forwards = row[-1]
+        if forwards == 0:
+            continue
+        num_experts = (len(row) - ROUTING_SCALARS) // ROUTING_ROWS
+        per_expert = [[value / forwards for value in row[i * num_experts:(i + 1) * num_experts]] for i in range(ROUTING_ROWS)]
+        entropy, balance, z_loss = (value / forwards for value in row[ROUTING_ROWS * num_experts:-1])
+        records.append({"layer": layer, "mean_routing_weight": per_expert[0], "mean_topk_weight": per_expert[1],
+                        "token_fraction": per_expert[2], "router_entropy": entropy, "balance_loss": balance, "router_z_loss": z_loss})
+    return records

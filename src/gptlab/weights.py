@@ -28,13 +28,15 @@ _TOP_LEVEL = [
     ("out_head.weight", "lm_head.weight"),
 ]
 # Per block i: (book name under trf_blocks.{i}., gptlab name under h.{i}.).
+_FEED_FORWARD = [
+    ("layers.0.weight", "c_fc.weight"),
+    ("layers.0.bias", "c_fc.bias"),
+    ("layers.2.weight", "c_proj.weight"),
+    ("layers.2.bias", "c_proj.bias"),
+]
 _PER_BLOCK = [
     ("att.out_proj.weight", "attn.c_proj.weight"),
     ("att.out_proj.bias", "attn.c_proj.bias"),
-    ("ff.layers.0.weight", "mlp.c_fc.weight"),
-    ("ff.layers.0.bias", "mlp.c_fc.bias"),
-    ("ff.layers.2.weight", "mlp.c_proj.weight"),
-    ("ff.layers.2.bias", "mlp.c_proj.bias"),
     ("norm1.scale", "ln_1.weight"),
     ("norm1.shift", "ln_1.bias"),
     ("norm2.scale", "ln_2.weight"),
@@ -43,6 +45,17 @@ _PER_BLOCK = [
 # The book's separate projections, in the order their rows sit in gptlab's fused c_attn.
 _QKV = ("W_query", "W_key", "W_value")
 TIED_ALIAS = {"tok_emb.weight": "out_head.weight"}  # what safetensors.save_model records for a tied head
+
+
+def _block_names(config: ModelConfig) -> list[tuple[str, str]]:
+    """Every tensor of one block but Q, K and V: (book name under trf_blocks.{i}., gptlab name under h.{i}.).
+    With experts, the users' layout: `ff.router.weight` and `ff.experts.{j}.layers.{0,2}.*` in place of `ff.layers.*`."""
+    if config.moe is None:
+        feed_forward = [(f"ff.{book}", f"mlp.{ours}") for book, ours in _FEED_FORWARD]
+    else:
+        feed_forward = [("ff.router.weight", "mlp.router.weight")] + [
+            (f"ff.experts.{j}.{book}", f"mlp.experts.{j}.{ours}") for j in range(config.moe.num_experts) for book, ours in _FEED_FORWARD]
+    return _PER_BLOCK[:2] + feed_forward + _PER_BLOCK[2:]
 
 
 def causal_mask(context_length: int) -> torch.Tensor:
@@ -58,7 +71,7 @@ def to_book_state_dict(model: GPT, with_masks: bool = True) -> dict[str, torch.T
         ours[name] = ours[name][: config.vocab_size]
     book: dict[str, torch.Tensor] = {book_name: ours[our_name] for book_name, our_name in _TOP_LEVEL}
     for i in range(config.n_layers):
-        for book_name, our_name in _PER_BLOCK:
+        for book_name, our_name in _block_names(config):
             book[f"trf_blocks.{i}.{book_name}"] = ours[f"h.{i}.{our_name}"]
         for kind in ("weight", "bias") if config.qkv_bias else ("weight",):
             for part, projection in zip(ours[f"h.{i}.attn.c_attn.{kind}"].chunk(3, dim=0), _QKV):
@@ -90,7 +103,7 @@ def from_book_state_dict(config: ModelConfig, book: dict[str, torch.Tensor], sou
     for book_name, our_name in _TOP_LEVEL:
         ours[our_name] = take(book_name)
     for i in range(config.n_layers):
-        for book_name, our_name in _PER_BLOCK:
+        for book_name, our_name in _block_names(config):
             ours[f"h.{i}.{our_name}"] = take(f"trf_blocks.{i}.{book_name}")
         for kind in ("weight", "bias") if config.qkv_bias else ("weight",):
             parts = [take(f"trf_blocks.{i}.att.{projection}.{kind}") for projection in _QKV]
@@ -99,10 +112,10 @@ def from_book_state_dict(config: ModelConfig, book: dict[str, torch.Tensor], sou
         book.pop(f"trf_blocks.{i}.att.mask", None)  # derived from context_length, never learned
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise UserError(f"{source}: missing tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights) match these weights?")
+        raise UserError(f"{source}: missing tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights, moe) match these weights?")
     if book:
         shown = ", ".join(sorted(book)[:4])
-        raise UserError(f"{source}: unexpected tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights) match these weights?")
+        raise UserError(f"{source}: unexpected tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights, moe) match these weights?")
     return ours
 
 
@@ -179,12 +192,14 @@ def init_like_book(model: GPT) -> None:
             book[f"{prefix}.att.{projection}.weight"] = tensors[0]
             if config.qkv_bias:
                 book[f"{prefix}.att.{projection}.bias"] = tensors[1]
-        for book_name, (fan_in, fan_out) in (
-            ("att.out_proj", (width, width)),
-            ("ff.layers.0", (width, 4 * width)),
-            ("ff.layers.2", (4 * width, width)),
-        ):
-            book[f"{prefix}.{book_name}.weight"], book[f"{prefix}.{book_name}.bias"] = linear(fan_in, fan_out, True)
+        book[f"{prefix}.att.out_proj.weight"], book[f"{prefix}.att.out_proj.bias"] = linear(width, width, True)
+        # With experts, the users' block builds its router, then each expert, where the book builds one feed-forward.
+        if config.moe is not None:
+            book[f"{prefix}.ff.router.weight"] = linear(width, config.moe.num_experts, False)[0]
+        feed_forwards = [f"ff.experts.{j}" for j in range(config.moe.num_experts)] if config.moe is not None else ["ff"]
+        for feed_forward in feed_forwards:
+            for layer, (fan_in, fan_out) in ((0, (width, 4 * width)), (2, (4 * width, width))):
+                book[f"{prefix}.{feed_forward}.layers.{layer}.weight"], book[f"{prefix}.{feed_forward}.layers.{layer}.bias"] = linear(fan_in, fan_out, True)
         for norm in ("norm1", "norm2"):
             book[f"{prefix}.{norm}.scale"] = torch.ones(width)
             book[f"{prefix}.{norm}.shift"] = torch.zeros(width)

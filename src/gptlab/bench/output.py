@@ -39,7 +39,9 @@ def _header(result: dict[str, Any]) -> list[str]:
     return [
         f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | {result['device']} ({result['device_name']})",
         f"model: {config['n_layers']} layers, {config['emb_dim']} wide, {config['n_heads']} heads, context {config['context_length']}, "
-        f"vocab {config['vocab_size']:,}, tied head: {str(config['tie_weights']).lower()}; {result['parameters']:,} parameters",
+        f"vocab {config['vocab_size']:,}, tied head: {str(config['tie_weights']).lower()}; {result['parameters']:,} parameters"
+        + (f" ({result['active_parameters']:,} active: {config['moe']['num_active_experts']} of {config['moe']['num_experts']} experts per token)"
+           if config.get("moe") else ""),
         f"batch: microbatch {result['microbatch_size']} x accumulation {result['gradient_accumulation_steps']} x context {result['context_length']} "
         f"= {result['tokens_per_step']:,} tokens per step; tokens: {result['tokens']}",
         f"steps: {result['warmup_steps']} warm-up, {result['steps']} timed, {result['phase_steps']} timed phase by phase; "

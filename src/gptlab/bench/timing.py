@@ -19,7 +19,7 @@ from gptlab.errors import UserError
 from gptlab.train.record import device_name, environment
 
 RESULT_FIELDS = (
-    "run_dir", "overrides", "device", "device_name", "precision", "parameters", "matmul_parameters", "flops_per_token",
+    "run_dir", "overrides", "device", "device_name", "precision", "parameters", "active_parameters", "matmul_parameters", "flops_per_token",
     "microbatch_size", "gradient_accumulation_steps", "context_length", "tokens_per_step", "tokens", "warmup_steps",
     "warmup_seconds", "steps", "step_ms", "ms_per_step", "tokens_per_second", "model_tflops_per_second",
     "peak_tflops", "peak_tflops_source", "mfu", "peak_memory_bytes", "peak_memory_method", "page_faults_per_step",
@@ -66,6 +66,7 @@ def measure(config: RunConfig, *, steps: int = 10, warmup_steps: int = 3, phase_
         name = device_name(device)
         precision = run.precision.name
         parameters = run.model.parameter_count()
+        active_parameters = run.model.active_parameter_count()
 
     tokens_per_step = step_tokens(config)
     tokens_per_second = tokens_per_step * steps / elapsed
@@ -77,7 +78,7 @@ def measure(config: RunConfig, *, steps: int = 10, warmup_steps: int = 3, phase_
         peak, peak_source = (lookup_peak_tflops(name, precision) or (None, None)) if device.type == "cuda" else (None, None)
     return {
         "device": str(device), "device_name": name, "precision": precision,
-        "parameters": parameters, "matmul_parameters": matmul_parameters(config.model), "flops_per_token": flops,
+        "parameters": parameters, "active_parameters": active_parameters, "matmul_parameters": matmul_parameters(config.model), "flops_per_token": flops,
         "microbatch_size": config.train.microbatch_size, "gradient_accumulation_steps": config.train.gradient_accumulation_steps,
         "context_length": config.model.context_length, "tokens_per_step": tokens_per_step,
         "tokens": str(dataset_dir) if dataset_dir is not None else "synthetic",

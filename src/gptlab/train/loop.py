@@ -41,6 +41,7 @@ from gptlab.train.precision import PrecisionChoice, choose_precision, clip_to_no
 from gptlab.train.progress import (ESTIMATE_AFTER_STEPS, finish_summary, log_estimate, log_header, peak_memory, record_step, show_progress,
                                    show_validation)
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
+from gptlab.train.routing import record_routing
 from gptlab.train.state import RunningTotals, Training
 from gptlab.weights import build_model, load_book_safetensors
 
@@ -215,7 +216,9 @@ def forward_backward(run: Training, step: int) -> torch.Tensor:
         with distributed.gradient_sync(run.trained_model, sync=micro_step == accumulation - 1):
             with run.precision.autocast():
                 loss = run.trained_model(inputs, targets) / accumulation
-            scaled = run.precision.scaler.scale(loss) if run.precision.scaler is not None else loss
+                router_loss = run.model.take_router_loss()  # mixture-of-experts balance and z-losses, when asked for
+            objective = loss if router_loss is None else loss + router_loss / accumulation
+            scaled = run.precision.scaler.scale(objective) if run.precision.scaler is not None else objective
             scaled.backward()
         loss_sum += loss.detach()
     return loss_sum
@@ -319,6 +322,7 @@ def fit(run: Training) -> dict[str, Any]:
                         f"Try a lower learning_rate, clipping_max_norm, or precision 'bf16'"
                     )
             pending = []
+            record_routing(run, step)
             stop = any(outcome["stop"] for outcome in outcomes)
             show_progress(run, bar, step, learning_rate, outcomes[-1], train_seconds_at_start)
             if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
@@ -410,6 +414,8 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
             "peak_memory_bytes": peak_memory(run.device), "torch_version": torch.__version__,
             "effective_config": run.config.to_json_dict(),
         }
+        if run.last_routing is not None:
+            meta["routing"] = run.last_routing
         training_state = {"step": step, "totals": totals.to_state(), "interval": run.interval.to_state(), "rng": rng_per_rank}
         save_checkpoint(run.run_dir, step, run.model, run.optimizer, run.precision.scaler,
                         training_state, meta, run.config.to_json_dict(), is_best)

@@ -30,8 +30,11 @@ def log_header(run: Training) -> None:
     env = environment()
     run.log.line(f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
                  + (f" ({env['device_name']})" if "device_name" in env else "") + f" | world size {run.dist.world_size}")
+    experts = model_config.moe
     run.log.line(f"Model: {run.model.parameter_count():,} parameters ({model_config.n_layers} layers, {model_config.emb_dim} wide, "
-                 f"{model_config.n_heads} heads, context {model_config.context_length}, tied head: {model_config.tie_weights})")
+                 f"{model_config.n_heads} heads, context {model_config.context_length}, tied head: {model_config.tie_weights})"
+                 + (f"; mixture of experts: {experts.num_active_experts} of {experts.num_experts} per token, "
+                    f"{run.model.active_parameter_count():,} active parameters" if experts is not None else ""))
     run.log.line(f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
                  f"{plan.total_steps:,} steps of {plan.global_batch_tokens:,} tokens")
     run.log.line(f"Precision: {run.precision.name} ({run.precision_reason}) | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
@@ -181,6 +184,7 @@ def finish_summary(run: Training) -> dict[str, Any]:
         "precision": run.precision.name,
         "precision_reason": run.precision_reason,
         "parameters": run.model.parameter_count(),
+        "active_parameters": run.model.active_parameter_count(),
         "world_size": run.dist.world_size,
         "device": str(run.device),
         "peak_memory_bytes": peak_memory(run.device),

@@ -85,3 +85,4 @@ class Training:
     totals: RunningTotals = field(default_factory=RunningTotals)
     loggers: MetricLoggers = field(default_factory=MetricLoggers)  # TensorBoard, wandb
     last_log_line: tuple[int, float] = (-1, float("-inf"))  # (step, time.monotonic()) of the newest log line
+    last_routing: Optional[dict[str, Any]] = None  # mixture-of-experts routing statistics last read (train/routing.py)

@@ -1,0 +1,116 @@
+"""One mixture-of-experts feed-forward layer, forward and backward: gptlab's against the users' loop, in one run.
+
+The users' layer (written here from issue 18's description, on the book package's `FeedForward`) masks all
+but the top-k router logits with -inf, takes a softmax, and for each expert gathers its tokens with a
+boolean mask, runs the expert and adds the weighted result back through the mask. gptlab's
+(`gptlab.model.MixtureOfExperts`) sorts the (token, expert) slots by expert, runs each expert once over a
+contiguous slice, and adds the results back with one index_add_. Both hold the same weights; the outputs are
+checked to agree before timing. The two are timed in alternating rounds so that a machine shared with other
+work slows both alike; the median round of each is reported.
+
+Run from the repository root (prints a table and one JSON line):
+
+    python benchmarks/moe_layer.py                                  # GPT-2 small width, 6 experts, 2 active, 4,096 tokens
+    python benchmarks/moe_layer.py --tokens 1024 --rounds 3         # smaller, for a busy machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+from llms_from_scratch.ch04 import FeedForward
+
+from gptlab.config import ModelConfig
+from gptlab.model import MixtureOfExperts
+
+
+class UsersMoE(nn.Module):
+    """The users' layer: top-k logits kept, the rest -inf, softmax, a boolean-mask gather per expert."""
+
+    def __init__(self, cfg: dict, num_experts: int, num_active: int):
+        super().__init__()
+        self.num_active = num_active
+        self.router = nn.Linear(cfg["emb_dim"], num_experts, bias=False)
+        self.experts = nn.ModuleList(FeedForward(cfg) for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.router(x)
+        kept, chosen = torch.topk(logits, self.num_active, dim=-1)
+        weights = torch.softmax(torch.full_like(logits, float("-inf")).scatter(-1, chosen, kept), dim=-1)
+        out = torch.zeros_like(x)
+        for j, expert in enumerate(self.experts):
+            mask = (chosen == j).any(-1)
+            if mask.any():
+                out[mask] += weights[mask][:, j:j + 1] * expert(x[mask])
+        return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def time_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
+    layer.zero_grad(set_to_none=True)
+    started = time.perf_counter()
+    layer(x).backward(grad)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--emb-dim", type=int, default=768)
+    parser.add_argument("--experts", type=int, default=6)
+    parser.add_argument("--active", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch x context)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each, alternating")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads; default: torch's")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    config = ModelConfig(emb_dim=args.emb_dim, n_heads=1, drop_rate=0.0, moe={"num_experts": args.experts, "num_active_experts": args.active})
+    theirs = UsersMoE(config.model_dump(), args.experts, args.active)
+    ours = MixtureOfExperts(config)
+    ours.load_state_dict({name.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): tensor for name, tensor in theirs.state_dict().items()})
+    x = torch.randn(1, args.tokens, args.emb_dim)
+    grad = torch.randn_like(x)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
+
+    for layer in (theirs, ours):  # warm-up: allocator and thread pool
+        time_step(layer, x, grad)
+    seconds: dict[str, list[float]] = {"users_loop": [], "gptlab": []}
+    for _ in range(args.rounds):
+        seconds["users_loop"].append(time_step(theirs, x, grad))
+        seconds["gptlab"].append(time_step(ours, x, grad))
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    result = {
+        "cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "emb_dim": args.emb_dim, "experts": args.experts, "active": args.active, "tokens": args.tokens, "rounds": args.rounds,
+        "tokens_per_second": {name: round(args.tokens / value, 1) for name, value in median.items()},
+        "speedup": round(median["users_loop"] / median["gptlab"], 3),
+        "seconds": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
+    }
+    print(f"{result['cpu']} | torch {result['torch']} | {result['threads']} threads | width {args.emb_dim}, "
+          f"{args.experts} experts, {args.active} active, {args.tokens} tokens, forward + backward, median of {args.rounds} rounds")
+    for name, rate in result["tokens_per_second"].items():
+        print(f"  {name:>10}: {rate:12,.0f} tokens/s")
+    print(f"  gptlab / users' loop: {result['speedup']:.2f}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Mixture-of-experts blocks as the users' harness writes them (issue 18).
+
+The reference below is written from the issue's description of their model on top of the book package's
+own modules: each block's `ff` is a router `nn.Linear(emb_dim, num_experts, bias=False)` and `num_experts`
+book `FeedForward`s; per token the top-k router logits are kept (torch.topk, so exactly k with ties), the
+rest set to -inf, a softmax gives the weights, and the chosen experts' outputs are summed with them, each
+expert applied to a boolean-mask gather of its tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import llms_from_scratch.ch04 as book
+import pytest
+import safetensors.torch
+import numpy as np
+import torch
+import torch.nn as nn
+
+from conftest import read_metrics
+from gptlab.config import ModelConfig, apply_overrides, overrides_from_mapping, validate_run_config
+from gptlab.errors import UserError
+from gptlab.model import MixtureOfExperts, routing_statistics
+from gptlab.weights import build_model, load_book_safetensors, save_book_safetensors, to_book_state_dict
+
+SMALL = dict(vocab_size=300, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+MOE = {"num_experts": 4, "num_active_experts": 2}
+BookFeedForward = book.FeedForward
+
+
+class ReferenceMoE(nn.Module):
+    """The users' MoE feed-forward as the issue describes it."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.num_active = cfg["moe"]["num_active_experts"]
+        self.router = nn.Linear(cfg["emb_dim"], cfg["moe"]["num_experts"], bias=False)
+        self.experts = nn.ModuleList(BookFeedForward(cfg) for _ in range(cfg["moe"]["num_experts"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.router(x)
+        kept, chosen = torch.topk(logits, self.num_active, dim=-1)
+        weights = torch.softmax(torch.full_like(logits, float("-inf")).scatter(-1, chosen, kept), dim=-1)
+        out = torch.zeros_like(x)
+        for j, expert in enumerate(self.experts):
+            mask = (chosen == j).any(-1)
+            if mask.any():
+                out[mask] += weights[mask][:, j:j + 1] * expert(x[mask])
+        return out
+
+
+def reference_model(config: ModelConfig, monkeypatch) -> book.GPTModel:
+    """The book's GPTModel with each block's feed-forward built as the users' MoE, in the book's module order."""
+    cfg = config.model_dump()
+    monkeypatch.setattr(book, "FeedForward", lambda block_cfg: ReferenceMoE(block_cfg))
+    model = book.GPTModel(cfg)
+    monkeypatch.setattr(book, "FeedForward", BookFeedForward)
+    return model.eval()
+
+
+def moe_config(**moe) -> ModelConfig:
+    return ModelConfig(**SMALL, moe={**MOE, **moe})
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+def config_problems(tmp_path, moe) -> list[str]:
+    with pytest.raises(UserError) as error:
+        validate_run_config(tmp_path / "model.json", {**SMALL, "moe": moe}, tmp_path / "train.json", {"dataset": "d", "microbatch_size": 1})
+    return error.value.lines
+
+
+def test_the_users_moe_block_is_accepted_and_bad_ones_get_one_line_each(tmp_path):
+    users = {"num_experts": 6, "num_active_experts": 2, "log_moe_balance_file": "runs/NAME/routing_logits.jsonl"}
+    config = validate_run_config(tmp_path / "model.json", {**SMALL, "moe": users}, tmp_path / "train.json", {"dataset": "d", "microbatch_size": 1})
+    assert config.model.moe.num_experts == 6 and config.model.moe.aux_loss_coef == 0.0
+    assert config.model.model_dump(mode="json")["moe"]["log_moe_balance_file"] == "runs/NAME/routing_logits.jsonl"
+
+    [line] = config_problems(tmp_path, {"num_experts": 6, "num_active_experts": 1})
+    assert line.startswith(f"{tmp_path / 'model.json'}: moe.num_active_experts: 1 is not allowed") and "2" in line
+    [line] = config_problems(tmp_path, {"num_experts": 6, "num_active_experts": 7})
+    assert line == f"{tmp_path / 'model.json'}: moe.num_active_experts: 7 is more than moe.num_experts 6; use 2 to 6"
+    [line] = config_problems(tmp_path, {"num_experts": 6, "num_active_experts": 2, "capacity_factor": 1.25})
+    assert line.startswith(f"{tmp_path / 'model.json'}: moe.capacity_factor: unknown key; allowed keys are: aux_loss_coef, log_moe_balance_file")
+    assert len(config_problems(tmp_path, {"num_experts": 6})) == 1  # num_active_experts missing
+    assert all("\n" not in line for line in config_problems(tmp_path, "six"))
+
+
+def test_moe_is_reachable_as_an_experiment_intervention(tmp_path):
+    problems: list[str] = []
+    overrides = overrides_from_mapping("interventions.moe", {"model": {"moe": {"num_experts": 6, "num_active_experts": 2, "aux_loss_coef": 0.01}}}, problems)
+    assert problems == []
+    model_data, train_data = apply_overrides(dict(SMALL), {"dataset": "d", "microbatch_size": 1}, overrides)
+    config = validate_run_config(tmp_path / "model.json", model_data, tmp_path / "train.json", train_data)
+    assert config.model.moe.aux_loss_coef == 0.01 and config.model.moe.num_active_experts == 2
+
+
+# --- the function and the file layout ----------------------------------------------------------------
+
+def test_same_initialisation_under_a_seed_as_the_users_model(monkeypatch):
+    config = moe_config()
+    torch.manual_seed(7)
+    theirs = reference_model(config, monkeypatch).state_dict()
+    torch.manual_seed(7)
+    ours = to_book_state_dict(build_model(config))
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+
+
+@pytest.mark.parametrize("num_experts, num_active", [(4, 2), (6, 2), (3, 3)])
+def test_their_checkpoint_loads_into_gptlab_and_gives_their_logits(tmp_path, monkeypatch, num_experts, num_active):
+    config = moe_config(num_experts=num_experts, num_active_experts=num_active)
+    torch.manual_seed(3)
+    theirs = reference_model(config, monkeypatch)
+    safetensors.torch.save_model(theirs, tmp_path / "theirs.safetensors")
+    ours = build_model(config.model_copy(update={"init": "gpt2"})).eval()
+    load_book_safetensors(ours, tmp_path / "theirs.safetensors")
+    tokens = torch.randint(0, 300, (3, 16))
+    torch.testing.assert_close(ours(tokens), theirs(tokens), rtol=1e-5, atol=2e-5)
+
+
+def test_a_gptlab_checkpoint_loads_strictly_into_their_model(tmp_path, monkeypatch):
+    config = moe_config()
+    ours = build_model(config.model_copy(update={"init": "gpt2"})).eval()
+    save_book_safetensors(ours, tmp_path / "model.safetensors")
+    theirs = reference_model(config, monkeypatch)
+    missing, unexpected = theirs.load_state_dict(safetensors.torch.load_file(tmp_path / "model.safetensors"), strict=True)
+    assert missing == unexpected == []
+    safetensors.torch.load_model(theirs, tmp_path / "model.safetensors")  # their strict load_model
+    names = set(safetensors.torch.load_file(tmp_path / "model.safetensors"))
+    assert {"trf_blocks.1.ff.router.weight", "trf_blocks.1.ff.experts.3.layers.2.bias"} <= names
+    assert not any(name.startswith("trf_blocks.0.ff.layers") for name in names)
+    tokens = torch.randint(0, 300, (2, 16))
+    torch.testing.assert_close(theirs(tokens), ours(tokens), rtol=1e-5, atol=2e-5)
+
+
+def test_a_dense_checkpoint_is_refused_by_an_moe_model_in_one_line(tmp_path):
+    save_book_safetensors(build_model(ModelConfig(**SMALL)), tmp_path / "dense.safetensors")
+    with pytest.raises(UserError) as error:
+        load_book_safetensors(build_model(moe_config()), tmp_path / "dense.safetensors")
+    assert len(error.value.lines) == 1 and "missing tensors trf_blocks.0.ff.router.weight" in error.value.lines[0] and "moe" in error.value.lines[0]
+
+
+def test_ties_at_the_lowest_kept_logit_keep_exactly_k_experts_as_topk_does(monkeypatch):
+    """Their fixed bug: with a tie at the k-th logit, keeping every logit >= the k-th value keeps too many."""
+    config = moe_config(num_experts=5, num_active_experts=2)
+    cfg = config.model_dump()
+    torch.manual_seed(0)
+    reference = ReferenceMoE(cfg)
+    ours = MixtureOfExperts(config)
+    ours.load_state_dict({k.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): v for k, v in reference.state_dict().items()})
+    with torch.no_grad():
+        # Logits per token: expert 0 far ahead, experts 1, 2 and 3 tied for the second place, expert 4 last.
+        reference.router.weight.zero_()
+        reference.router.weight[0, 0], reference.router.weight[1:4, 0], reference.router.weight[4, 0] = 3.0, 1.0, -2.0
+        ours.router.weight.copy_(reference.router.weight)
+    x = torch.randn(2, 8, 32)
+    x[..., 0] = 1.0
+    ours.train()
+    torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-6)
+    [layer] = routing_statistics(ours.take_routing_totals()[None])
+    kept = layer["mean_topk_weight"]
+    assert sum(value > 0 for value in kept) == 2 and kept[0] > 0.5  # exactly k experts, one of them the tied ones
+    assert sum(layer["token_fraction"]) == pytest.approx(1.0) and layer["token_fraction"][0] == pytest.approx(0.5)
+    # The bug the users fixed keeps every expert whose logit is at least the k-th: 4 experts here.
+    logits = reference.router(x)
+    assert int((logits >= logits.topk(2, dim=-1).values[..., -1:]).sum(-1).max()) == 4
+
+
+def test_routing_statistics_on_a_router_the_test_sets():
+    config = moe_config(num_experts=4, num_active_experts=2)
+    layer = MixtureOfExperts(config).train()
+    router = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, -1.0], [-1.0, 0.5]])  # only the first two input features matter
+    with torch.no_grad():
+        layer.router.weight.zero_()
+        layer.router.weight[:, :2] = router
+    x = torch.zeros(1, 3, 32)
+    x[0, :, :2] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    layer(x)
+    layer(x)  # two forwards: statistics are means over forwards
+    [stats] = routing_statistics(layer.take_routing_totals()[None])
+    # The expected values in float64 NumPy, from the definitions (SciPy is not a test dependency here).
+    logits = (x[0, :, :2] @ router.T).numpy().astype(np.float64)
+
+    def softmax(values):
+        exps = np.exp(values - values.max(axis=-1, keepdims=True))
+        return exps / exps.sum(axis=-1, keepdims=True)
+
+    probabilities = softmax(logits)
+    top2 = (-logits).argsort(axis=1, kind="stable")[:, :2]
+    kept = sum(softmax(logits[t, top2[t]]) @ (top2[t][:, None] == range(4)) for t in range(3)) / 3
+    counts = [float((top2 == j).sum()) / 6 for j in range(4)]  # share of the 3 x 2 routed slots
+    assert stats["mean_routing_weight"] == pytest.approx(probabilities.mean(0).tolist(), rel=1e-5)
+    assert stats["mean_topk_weight"] == pytest.approx(kept.tolist(), rel=1e-5)
+    assert stats["token_fraction"] == pytest.approx(counts)
+    assert stats["router_entropy"] == pytest.approx(-(probabilities * np.log(probabilities)).sum(axis=1).mean(), rel=1e-5)
+    assert stats["balance_loss"] == pytest.approx(4 * sum(c * p for c, p in zip(counts, probabilities.mean(0))), rel=1e-5)
+    assert stats["router_z_loss"] == pytest.approx((np.log(np.exp(logits).sum(axis=1)) ** 2).mean(), rel=1e-5)
+    assert layer.take_routing_totals().abs().sum() == 0  # taking resets
+    layer.eval()(x)
+    assert layer.take_routing_totals().abs().sum() == 0  # evaluation is not counted
+
+
+def test_every_expert_gets_a_gradient_even_without_tokens():
+    """DDP needs a gradient for every parameter in every step; an expert no token chose gets a zero one."""
+    config = moe_config(num_experts=4, num_active_experts=2)
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    with torch.no_grad():
+        for block in model.h:
+            # The block's LayerNorm output sums to emb_dim x its shift for every token, so these logits are +-32:
+            # experts 0 and 1 are always chosen, 2 and 3 never.
+            block.ln_2.bias.fill_(1.0)
+            block.mlp.router.weight[:2] = 1.0
+            block.mlp.router.weight[2:] = -1.0
+    tokens = torch.randint(0, 300, (2, 16))
+    model(tokens, tokens).backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    assert model.h[0].mlp.experts[3].c_fc.weight.grad.abs().sum() == 0 < model.h[0].mlp.experts[0].c_fc.weight.grad.abs().sum()
+
+
+@pytest.mark.parametrize("coefficient", ["aux_loss_coef", "router_z_loss_coef"])
+def test_router_loss_gradients_match_finite_differences(coefficient):
+    config = moe_config(num_experts=4, num_active_experts=2, **{coefficient: 0.5})
+    torch.manual_seed(0)
+    layer = MixtureOfExperts(config).double().train()
+    x = torch.randn(2, 8, 32, dtype=torch.float64)
+
+    def router_loss(router_weight: torch.Tensor) -> torch.Tensor:
+        torch.func.functional_call(layer, {"router.weight": router_weight}, (x,))
+        return layer.router_loss
+
+    router = layer.router.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(router_loss, (router,), eps=1e-6, atol=1e-6)
+    assert router_loss(router).item() > 0
+
+
+def test_no_router_loss_by_default():
+    layer = MixtureOfExperts(moe_config()).train()
+    layer(torch.randn(1, 4, 32))
+    assert layer.router_loss is None
+
+
+def test_active_parameters_and_flops_count_only_the_chosen_experts():
+    from gptlab.bench.flops import matmul_parameters
+
+    config = ModelConfig(**{**SMALL, "moe": {"num_experts": 6, "num_active_experts": 2}})
+    model = build_model(config)
+    expert = 8 * 32 * 32 + 4 * 32 + 32
+    assert model.parameter_count() - model.active_parameter_count() == 2 * 4 * expert
+    dense = ModelConfig(**SMALL)
+    assert matmul_parameters(config) - matmul_parameters(dense) == 2 * (8 * 32 * 32 + 32 * 6)
+
+
+def test_export_to_gpt2_refuses_an_moe_model_in_one_line(tmp_path):
+    from gptlab.export.hf import hf_config, write_hf_model
+
+    config = moe_config()
+    assert config.loads_in_book_model and not config.exports_to_gpt2
+    with pytest.raises(UserError) as error:
+        hf_config(config)
+    [line] = error.value.lines
+    assert "moe" in line and "cannot be held by transformers' GPT-2" in line
+    with pytest.raises(UserError):
+        write_hf_model(build_model(config), config, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
