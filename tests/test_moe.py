@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import llms_from_scratch.ch04 as book
+import numpy as np
 import pytest
 import safetensors.torch
-import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from conftest import read_metrics
 from gptlab.config import ModelConfig, apply_overrides, overrides_from_mapping, validate_run_config
@@ -267,3 +272,105 @@ def test_export_to_gpt2_refuses_an_moe_model_in_one_line(tmp_path):
     with pytest.raises(UserError):
         write_hf_model(build_model(config), config, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+TRAIN_MOE = {"num_experts": 4, "num_active_experts": 2}
+
+
+def test_routing_statistics_go_to_metrics_the_balance_file_and_checkpoint_meta(make_run, tmp_path, monkeypatch):
+    from gptlab.train.loop import train_run
+
+    monkeypatch.chdir(tmp_path)  # the balance file's relative path is taken from the working directory, as in the users' harness
+    moe = {**TRAIN_MOE, "log_moe_balance_file": "runs/moe/routing_logits.jsonl", "aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}
+    run = make_run("moe", model={"moe": moe}, train={"checkpoint_interval": 5})
+    summary = train_run(run, show_progress=False)
+    assert summary["active_parameters"] < summary["parameters"]
+    records = read_metrics(run)
+    with_routing = [r for r in records if "routing" in r]
+    assert [r["step"] for r in with_routing] == [0, 2, 5, 8, 10, 11]  # every read-back: each log interval and each checkpoint
+    for record in with_routing:
+        assert [layer["layer"] for layer in record["routing"]] == [0, 1]
+        for layer in record["routing"]:
+            assert sum(layer["mean_routing_weight"]) == pytest.approx(1.0, abs=1e-5)
+            assert sum(layer["mean_topk_weight"]) == pytest.approx(1.0, abs=1e-5)
+            assert sum(layer["token_fraction"]) == pytest.approx(1.0, abs=1e-5)
+            assert 0 < layer["router_entropy"] <= math.log(4) + 1e-6 and layer["balance_loss"] >= 1 - 1e-5
+    assert all(math.isfinite(r["loss"]) and "balance_loss" not in r for r in records)  # the LM loss is logged apart from the router losses
+    balance_lines = [json.loads(line) for line in (tmp_path / "runs/moe/routing_logits.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in balance_lines] == [0, 2, 5, 8, 10, 11]
+    assert balance_lines[-1]["layers"] == with_routing[-1]["routing"]
+    meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
+    assert meta["routing"] == {"step": 11, "layers": with_routing[-1]["routing"]}
+    assert "mixture of experts: 2 of 4 per token" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_small_moe_run_beats_the_unigram_baseline(make_run):
+    """About 100 k tokens (200 steps of 512); at emb_dim 64 the GPT-2-vocabulary head dominates the time."""
+    from gptlab.evaluate.loss import evaluate_run
+    from gptlab.evaluate.unigram import unigram_cross_entropy
+    from gptlab.runs import open_trained_run
+    from gptlab.train.loop import train_run
+
+    run = make_run("moe", model={"moe": TRAIN_MOE, "emb_dim": 64}, train={"min_train_tokens": 16 * 32 * 200, "microbatch_size": 16, "log_interval": 50})
+    train_run(run, show_progress=False)
+    evaluation = evaluate_run(run)
+    trained = open_trained_run(run, "latest", torch.device("cpu"))
+    dataset = trained.dataset(None)
+    unigram = unigram_cross_entropy(dataset.split("train"), dataset.split("test"), 50257, test_tokens=evaluation["tokens"] + 1)
+    assert evaluation["loss"] < unigram, (evaluation["loss"], unigram)
+
+
+@pytest.mark.slow
+def test_an_moe_run_resumes_bit_identically(make_run):
+    from gptlab.train.checkpoint import list_checkpoints
+    from gptlab.train.loop import train_run
+
+    train = {"min_train_tokens": 4 * 32 * 8, "checkpoint_interval": 4}
+    model = {"moe": {**TRAIN_MOE, "aux_loss_coef": 0.01}, "drop_rate": 0.1}
+    whole = make_run("whole", model=model, train=train)
+    train_run(whole, show_progress=False)
+    split = make_run("split", model=model, train=train)
+    train_run(split, show_progress=False)
+    for path in list_checkpoints(split):
+        if int(path.name.rsplit("-", 1)[1]) > 4:
+            shutil.rmtree(path)
+    (split / "checkpoints" / "latest").unlink()
+    os.symlink(list_checkpoints(split)[-1].name, split / "checkpoints" / "latest")
+    train_run(split, resume="latest", show_progress=False)
+    assert [r["loss"] for r in read_metrics(split)] == [r["loss"] for r in read_metrics(whole)]
+    assert "routing" in read_metrics(split)[-1]  # statistics cover each read interval, which a resume restarts, so they are not compared
+    expected, resumed = (load_file(run / "checkpoints" / "latest" / "model.safetensors") for run in (whole, split))
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_accumulation(make_run):
+    """DDP without find_unused_parameters: every expert gets a gradient in every step, and routing is per token."""
+    from test_distributed import TORCHRUN, torchrun
+
+    if not os.path.exists(TORCHRUN):
+        pytest.skip("torchrun not installed")
+    common = {"min_train_tokens": 4 * 32 * 2 * 4, "checkpoint_interval": 2, "validation_batches": 2}
+    model = {"moe": {**TRAIN_MOE, "aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}}
+    two = make_run("two", model=model, train={**common, "gradient_accumulation_steps": 1})
+    one = make_run("one", model=model, train={**common, "gradient_accumulation_steps": 2})
+    result = torchrun(2, "train", str(two), "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "-m", "gptlab", "train", str(one), "--no-progress"], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    two_records, one_records = read_metrics(two), read_metrics(one)
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == list(range(4))
+    for a, b in zip(two_records, one_records):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert ("routing" in a) == ("routing" in b)
+        for layer_a, layer_b in zip(a.get("routing", []), b.get("routing", [])):  # statistics averaged over ranks = over microbatches
+            assert layer_a["token_fraction"] == pytest.approx(layer_b["token_fraction"], abs=1e-6)
+            assert layer_a["balance_loss"] == pytest.approx(layer_b["balance_loss"], abs=1e-5)
+    two_weights, one_weights = (load_file(run / "checkpoints" / "latest" / "model.safetensors") for run in (two, one))
+    for name in one_weights:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=0, atol=1e-5)
