@@ -304,6 +304,10 @@ def test_routing_statistics_go_to_metrics_the_balance_file_and_checkpoint_meta(m
     meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
     assert meta["routing"] == {"step": 11, "layers": with_routing[-1]["routing"]}
     assert "mixture of experts: 2 of 4 per token" in (run / "train.log").read_text()
+    from PIL import Image
+
+    with Image.open(run / "routing-chart.png") as chart:  # one panel per layer, drawn at the end of the run
+        assert chart.size[0] >= 600
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ METRICS, TRAIN_LOG = "metrics.jsonl", "train.log"
 SUMMARY = "summary.json"
 EVALUATION = "evaluation.json"
 LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
+ROUTING_CHART = "routing-chart.png"  # mixture-of-experts runs only
 CHECKPOINTS = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run directory
 

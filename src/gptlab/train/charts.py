@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from gptlab.files import atomic_write, read_json
-from gptlab.rundir import CHECKPOINTS, GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, METRICS, RESOLVED_CONFIG, TRAIN_FILE
+from gptlab.rundir import CHECKPOINTS, GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, METRICS, RESOLVED_CONFIG, ROUTING_CHART, TRAIN_FILE
 
 MAX_POINTS = 200
 SIZE, DPI = (8, 4.5), 100
@@ -148,8 +148,39 @@ def _learning_rate_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     return save_png(figure, Path(run_dir) / LEARNING_RATE_CHART)
 
 
+def _routing_chart(run_dir: Path, records: list[dict[str, Any]]) -> Optional[Path]:
+    """Mixture-of-experts runs: per layer, each expert's mean routing weight (softmax over all logits) at each read-back,
+    against the uniform 1 / num_experts; an expert drifting to 0 or a few taking everything is router saturation."""
+    from matplotlib.figure import Figure
+
+    routed = [r for r in records if isinstance(r.get("routing"), list) and r["routing"]]
+    if not routed:
+        return None
+    layers = sorted({layer["layer"] for r in routed for layer in r["routing"]})
+    columns = min(3, len(layers))
+    rows = math.ceil(len(layers) / columns)
+    figure = Figure(figsize=(4 * columns, 2.8 * rows + 0.6), dpi=DPI, layout="constrained")
+    figure.suptitle(f"Mean routing weight per expert: {run_title(run_dir)}", fontsize=11)
+    for position, layer in enumerate(layers):
+        axes = figure.add_subplot(rows, columns, position + 1)
+        points = [(r["step"], entry["mean_routing_weight"]) for r in routed for entry in r["routing"] if entry["layer"] == layer]
+        steps = [step for step, _ in points]
+        num_experts = len(points[0][1])
+        for expert in range(num_experts):
+            axes.plot(steps, [weights[expert] for _, weights in points], linewidth=1.2, label=f"expert {expert}")
+        axes.axhline(1 / num_experts, color="gray", linestyle="--", linewidth=1, label="uniform")
+        axes.set_title(f"layer {layer}", fontsize=9)
+        axes.set_xlabel("step")
+        axes.set_ylim(0, 1)
+        axes.grid(True, alpha=0.3)
+        if position == 0:
+            axes.legend(fontsize=7, ncol=2)
+    return save_png(figure, Path(run_dir) / ROUTING_CHART)
+
+
 def draw_run_charts(run_dir: Path) -> list[Path]:
-    """Redraw loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in `run_dir` from what is on disk.
+    """Redraw loss-chart.png, grad-norm-chart.png and learning-rate-chart.png (and routing-chart.png for a mixture
+    of experts) in `run_dir` from what is on disk.
 
     Safe to call at any moment of a run (partial metrics, no checkpoint yet): with no step records it draws
     nothing. A drawing failure is reported on stderr and never raised, so it cannot stop a training run.
@@ -158,7 +189,8 @@ def draw_run_charts(run_dir: Path) -> list[Path]:
         records = read_step_records(run_dir)
         if not records:
             return []
-        return [_loss_chart(run_dir, records), _grad_norm_chart(run_dir, records), _learning_rate_chart(run_dir, records)]
+        drawn = [_loss_chart(run_dir, records), _grad_norm_chart(run_dir, records), _learning_rate_chart(run_dir, records)]
+        return drawn + [path for path in [_routing_chart(run_dir, records)] if path is not None]
     except Exception as error:  # noqa: BLE001 - charts are a view; training and evaluation must go on without them
         print(f"warning: {run_dir}: charts not drawn ({type(error).__name__}: {error})", file=sys.stderr)
         return []
