@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import llms_from_scratch.ch04 as book
 import numpy as np
@@ -378,3 +379,37 @@ def test_two_processes_match_one_process_with_accumulation(make_run):
     two_weights, one_weights = (load_file(run / "checkpoints" / "latest" / "model.safetensors") for run in (two, one))
     for name in one_weights:
         torch.testing.assert_close(two_weights[name], one_weights[name], rtol=0, atol=1e-5)
+
+
+def test_a_bad_moe_block_stops_gptlab_train_with_one_line_and_exit_2(make_run):
+    from conftest import run_cli
+
+    run = make_run("bad", model={"moe": {"num_experts": 6, "num_active_experts": 7}})
+    result = run_cli("train", str(run), "--no-progress")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("moe.num_active_experts: 7 is more than moe.num_experts 6; use 2 to 6")
+    assert "Traceback" not in result.stderr and not (run / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_by_their_model_trains_on_evaluates_and_samples_in_gptlab(make_run, monkeypatch):
+    from conftest import TINY_MODEL
+    from gptlab.data.tokens import TokenDataset
+    from gptlab.evaluate.loss import evaluate_run
+    from gptlab.evaluate.sample import generate_from_run
+    from gptlab.train.loop import train_run
+
+    config = ModelConfig(**TINY_MODEL, moe=TRAIN_MOE)
+    torch.manual_seed(11)
+    theirs = reference_model(config, monkeypatch)
+    run = make_run("theirs", model={"moe": TRAIN_MOE}, train={"init_from": "their.safetensors", "min_train_tokens": 4 * 32 * 3})
+    safetensors.torch.save_model(theirs, run / "their.safetensors")
+    train_run(run, show_progress=False)
+    # Step 0 reads item 0, the first 4 x 32 tokens: gptlab's first loss is their model's loss on them.
+    dataset = TokenDataset(Path(json.loads((run / "train.json").read_text())["dataset"]))
+    window = torch.from_numpy(dataset.split("train").read(0, 4 * 32 + 1).astype(np.int64))
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(theirs(window[:-1].view(4, 32)).flatten(0, 1), window[1:])
+    assert read_metrics(run)[0]["loss"] == pytest.approx(expected.item(), abs=1e-4)
+    assert math.isfinite(evaluate_run(run)["loss"])
+    assert generate_from_run(run, new_tokens=5, seed=1)["text"].startswith("Every effort moves you")
