@@ -66,7 +66,9 @@ def test_comparison_charts_in_the_format_asked_for(tmp_path):
 
     baseline = group("baseline", [_fake_run(tmp_path / f"b{seed}", seed, 0.0) for seed in range(3)], [3.50, 3.52, 3.49])
     other = group("lr10x", [_fake_run(tmp_path / "x", 9, 0.2)], [3.61])
-    comparison = SimpleNamespace(baseline=baseline, groups=[baseline, other])
+    rows = [{"run": "baseline", "run_losses": baseline.losses, "improvement": None, "improvement_ci": None},
+            {"run": "lr10x", "run_losses": other.losses, "improvement": -0.107, "improvement_ci": [-0.15, -0.06]}]
+    comparison = SimpleNamespace(baseline=baseline, groups=[baseline, other], rows=rows)
     written = draw_comparison_charts(comparison, tmp_path / "charts", "svg")
     assert [path.name for path in written] == ["loss-overlay.svg", "test-loss-difference.svg"]
     assert all("<svg" in path.read_text() for path in written)
