@@ -192,8 +192,16 @@ def test_find_max_microbatch_catches_real_out_of_memory_errors(make_run, monkeyp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps 0: must be at least 1"),
-    (["--peak-tflops", "0"], "--peak-tflops 0.0: must be a positive"),
+    (["--steps", "0"], "Invalid value for '--steps': 0 is not in the range x>=1."),
+    (["--peak-tflops", "0"], "Invalid value for '--peak-tflops': 0.0 is not in the range x>0.0."),
+])
+def test_numeric_options_out_of_range_are_refused_when_parsed(make_run, args, message):
+    result = invoke(str(make_run()), *args)
+    assert result.exit_code == 2 and message in result.output and result.exception is not None
+    assert not isinstance(result.exception, UserError)  # click's own usage error, before any work
+
+
+@pytest.mark.parametrize("args, message", [
     (["--compare"], "--compare: give one KEY=VALUE per column"),
     (["--compare", "precision=fp99"], "--compare precision=fp99: "),
     (["--compare", "nosuchkey=1"], "--compare nosuchkey=1: 'nosuchkey' is not a key"),
