@@ -10,6 +10,7 @@ Shapes: B = batch, T = sequence length, C = emb_dim, H = n_heads, D = head_dim =
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -70,6 +71,36 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln_1(x)))
         x = x + self.drop(self.mlp(self.ln_2(x)))
         return x
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """`total`: every parameter stored (weights, gradients and optimizer state scale with it); `matmul`:
+    weights that take part in a matmul for each token (FLOPs scale with it, gptlab/flops.py). A block whose
+    tokens use only part of its weights (mixture of experts) makes the two differ beyond the embeddings."""
+
+    total: int
+    matmul: int
+
+
+def parameter_counts(config: ModelConfig, vocab_multiple: int = 1) -> ParameterCounts:
+    """The one place FLOPs and memory estimates take parameter counts from, computed from the config (a test
+    checks them against a built GPT). `vocab_multiple` pads the embedding and head rows as GPT does; the
+    padding is stored, so it counts in `total`, never in `matmul`.
+
+    matmul: per block Q, K, V and the attention output (4 C^2) and the MLP (8 C^2), plus the output head
+    (V x C). Position embeddings and an untied token embedding are look-ups, not matmuls; a tied model's
+    shared matrix counts once, as the head. Biases and LayerNorms (about 0.1% of GPT-2 small) are additions.
+    """
+    width, layers = config.emb_dim, config.n_layers
+    padded_vocab = -(-config.vocab_size // vocab_multiple) * vocab_multiple
+    attention = width * 3 * width + (3 * width if config.qkv_bias else 0) + width * width + width
+    mlp = width * 4 * width + 4 * width + 4 * width * width + width
+    layer_norms = 2 * 2 * width
+    embeddings = padded_vocab * width + config.context_length * width
+    head = 0 if config.tie_weights else padded_vocab * width
+    total = embeddings + layers * (attention + mlp + layer_norms) + 2 * width + head
+    return ParameterCounts(total=total, matmul=layers * 12 * width * width + config.vocab_size * width)
 
 
 class GPT(nn.Module):

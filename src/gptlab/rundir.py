@@ -32,6 +32,11 @@ EVALUATION = "evaluation.json"
 LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run directory
+# The checkpoint eval, generate, export, upload and experiments use when none is named: the run's last one.
+# Runs compared after the same token budget are then compared at equal tokens, whatever `best_by` and the
+# validation cadence picked as `best`; it is also what litgpt and the Hugging Face Trainer hand back by
+# default, and what `--resume` continues. `--checkpoint best` still asks for the best one.
+DEFAULT_CHECKPOINT = "latest"
 
 
 def write_resolved_config(run_dir: Path, config: RunConfig) -> None:

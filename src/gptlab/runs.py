@@ -12,7 +12,7 @@ from gptlab.config import RunConfig
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.model import GPT
-from gptlab.rundir import read_run_config
+from gptlab.rundir import DEFAULT_CHECKPOINT, read_run_config
 from gptlab.train.checkpoint import Checkpoint, find_checkpoint
 from gptlab.weights import build_model
 
@@ -28,7 +28,7 @@ class TrainedModel:
         return locate_dataset(self.config.train.dataset, self.run_dir, datasets_dir)
 
 
-def open_trained_run(run_dir: Path, which: str = "latest", device: torch.device | str = "cpu") -> TrainedModel:
+def open_trained_run(run_dir: Path, which: str = DEFAULT_CHECKPOINT, device: torch.device | str = "cpu") -> TrainedModel:
     """The model of checkpoint `which` (best, latest or a name), in eval mode with dropout off."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)

@@ -20,6 +20,7 @@ from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.rundir import write_summary
 from gptlab.train.record import device_name, environment, format_summary
 from gptlab.train.state import Training
+from gptlab.words import counted
 
 ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
 LOG_LINE_SECONDS = 10.0  # a log line at most this often: on a CPU the step values are read back every step
@@ -30,8 +31,8 @@ def log_header(run: Training) -> None:
     env = environment()
     run.log.line(f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
                  + (f" ({env['device_name']})" if "device_name" in env else "") + f" | world size {run.dist.world_size}")
-    run.log.line(f"Model: {run.model.parameter_count():,} parameters ({model_config.n_layers} layers, {model_config.emb_dim} wide, "
-                 f"{model_config.n_heads} heads, context {model_config.context_length}, tied head: {model_config.tie_weights})")
+    run.log.line(f"Model: {run.model.parameter_count():,} parameters ({counted(model_config.n_layers, 'layer')}, {model_config.emb_dim} wide, "
+                 f"{counted(model_config.n_heads, 'head')}, context {model_config.context_length}, tied head: {model_config.tie_weights})")
     run.log.line(f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
                  f"{plan.total_steps:,} steps of {plan.global_batch_tokens:,} tokens")
     run.log.line(f"Precision: {run.precision.name} ({run.precision_reason}) | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
