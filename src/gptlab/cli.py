@@ -13,8 +13,9 @@ from gptlab import __version__
 from gptlab.click_types import FRACTION, NON_NEGATIVE, POSITIVE, SEED, FiniteFloatRange
 from gptlab.config import EVAL_PRECISIONS
 from gptlab.errors import UserError
+from gptlab.rundir import DEFAULT_CHECKPOINT
 
-CHECKPOINT_HELP = "Which checkpoint: best, latest, or a checkpoint folder name."
+CHECKPOINT_HELP = "Which checkpoint: latest (the last one written), best, or a checkpoint folder name."
 
 
 def _print_json(data) -> None:
@@ -28,7 +29,7 @@ def _print_json(data) -> None:
 def cli() -> None:
     """Pre-train GPT-2-style base models from scratch and measure which training changes pay off.
 
-    A run is a directory holding model.json and train.json (the same files the users' DDP harness reads).
+    A run is a directory holding model.json and train.json (the same files the ddp-base-model-from-scratch harness's ddp_train.py reads).
     Typical path: prepare -> train -> eval -> generate. `gptlab demo` does all four on the embedded corpus.
     """
 
@@ -84,6 +85,21 @@ def prepare(source: str, out_dir: Path, validation_fraction: float, test_fractio
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--preset", required=True, type=click.Choice(["gpt2-small", "gpt2-small-tied", "gpt2-medium", "gpt2-large", "gpt2-xl", "demo"]),
+              help="GPT-2 sizes with the book's values and the ddp-base-model-from-scratch baseline's train.json; "
+                   "demo: the small model of `gptlab demo`.")
+@click.option("--dataset", default=None, help="train.json's dataset (default: gpjt/fineweb-gpt2-tokens; demo: data/brown).")
+def init(run_dir: Path, preset: str, dataset: Optional[str]) -> None:
+    """Start a run: write RUN_DIR/model.json and train.json from a preset. Never overwrites either file."""
+    from gptlab.presets import init_run
+
+    result = init_run(run_dir, preset, dataset)
+    click.echo(f"Wrote {run_dir / 'model.json'} and {run_dir / 'train.json'} ({preset}, {result['parameters']:,} parameters). "
+               f"Next: gptlab train {run_dir} --dry-run")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where Hugging Face datasets are looked for and downloaded (default: $GPTLAB_DATASETS_DIR or ./datasets).")
 @click.option("--resume", default=None, metavar="CHECKPOINT", help="Continue from a checkpoint: latest, best, or a folder name.")
@@ -92,25 +108,44 @@ def prepare(source: str, out_dir: Path, validation_fraction: float, test_fractio
 @click.option("--no-progress", is_flag=True, help="No progress bar: log lines on the console instead (metrics.jsonl is still written).")
 @click.option("--log-to", "log_to", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
               help="Also send the metrics to this tracker (repeatable); replaces train.json's loggers for this run.")
+@click.option("--dry-run", is_flag=True, help="Validate the files and the dataset and print the plan (steps, tokens, checkpoints, "
+              "FLOPs, memory per GPU, which cards fit, time and cost); write nothing. See docs/planning.md.")
+@click.option("--world-size", type=int, default=1, show_default=True, help="With --dry-run: GPUs the run will use (torchrun's nproc_per_node x nodes).")
+@click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --dry-run: a `gptlab bench --json` result whose measured tokens/s (and MFU) the time estimate uses.")
+@click.option("--mfu", type=float, default=None, help="With --dry-run: model FLOPs utilisation assumed on every card (default 0.35, or the --bench file's).")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], assignments: tuple[str, ...], no_progress: bool,
-          log_to: tuple[str, ...]) -> None:
+          log_to: tuple[str, ...], dry_run: bool, world_size: int, bench_file: Optional[Path], mfu: Optional[float], as_json: bool) -> None:
     """Train the run in RUN_DIR from its model.json and train.json.
 
     Writes metrics.jsonl (one record per step), checkpoints/ (with `latest` and `best` links),
     train.log and summary.json into RUN_DIR. Works under torchrun for several processes.
     """
     from gptlab.config import merge_overrides, parse_assignments
-    from gptlab.train.loop import train_run
 
     overrides = parse_assignments(assignments)
-    if log_to:
-        overrides = merge_overrides(overrides, {"model": {}, "train": {"loggers": list(dict.fromkeys(log_to))}})
-    train_run(run_dir, datasets_dir, overrides, resume, show_progress=not no_progress)
+    if not dry_run:
+        planning_only = [name for name, given in (("--world-size", world_size != 1), ("--bench", bench_file), ("--mfu", mfu), ("--json", as_json)) if given]
+        if planning_only:
+            raise UserError(f"{', '.join(planning_only)}: only with --dry-run")
+        from gptlab.train.loop import train_run
+
+        if log_to:
+            overrides = merge_overrides(overrides, {"model": {}, "train": {"loggers": list(dict.fromkeys(log_to))}})
+        train_run(run_dir, datasets_dir, overrides, resume, show_progress=not no_progress)
+        return
+    if resume is not None:
+        raise UserError("--resume: not with --dry-run, which plans a run from its first step")
+    from gptlab.bench.plan import format_plan, plan_run
+
+    plan = plan_run(run_dir, world_size=world_size, datasets_dir=datasets_dir, overrides=overrides, bench_file=bench_file, mfu=mfu)
+    _print_json(plan) if as_json else click.echo("\n".join(format_plan(plan)))
 
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
+@click.option("--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help=CHECKPOINT_HELP)
 @click.option("--split", "split_name", type=click.Choice(["test", "validation", "train"]), default=None,
               help="Split to evaluate (default: test, or validation when the dataset has no test split).")
 @click.option("--start-token", type=NON_NEGATIVE, default=0, show_default=True, help="First token of the evaluated slice.")
@@ -144,11 +179,12 @@ def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_to
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prompt", default="Every effort moves you", show_default=True, help="Text to continue.")
-@click.option("--tokens", "new_tokens", type=NON_NEGATIVE, default=20, show_default=True, help="New tokens to generate.")
+@click.option("--max-new-tokens", "--tokens", "new_tokens", type=NON_NEGATIVE, default=20, show_default=True,
+              help="New tokens to generate (--tokens is the older name).")
 @click.option("--temperature", type=FiniteFloatRange(min=0.0), default=1.0, show_default=True, help="Softmax temperature; 0 is greedy decoding.")
 @click.option("--top-k", type=POSITIVE, default=25, show_default=True, help="Sample only among the k most likely tokens.")
 @click.option("--seed", type=SEED, default=None, help="Seed for a reproducible sample.")
-@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
+@click.option("--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help=CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def generate(run_dir: Path, prompt: str, new_tokens: int, temperature: float, top_k: int, seed: Optional[int], checkpoint: str, as_json: bool) -> None:
     """Continue a prompt with a run's model: the smoke test (top-k, then temperature, then a draw)."""

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import UserError
 from gptlab.files import DuplicateKeyError, loads_no_duplicates
-from gptlab.rundir import MODEL_FILE, TRAIN_FILE
+from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, TRAIN_FILE
 
 
 class MoESettings(BaseModel):
@@ -51,7 +51,7 @@ class ModelConfig(BaseModel):
     tie_weights: bool = Field(False, description="The output head shares the token-embedding matrix.")
     init: Literal["torch", "gpt2"] = Field(
         "torch",
-        description="'torch': PyTorch's default initialisers in the book's module order (the users' harness); "
+        description="'torch': PyTorch's default initialisers in the book's module order (the ddp-base-model-from-scratch harness); "
         "'gpt2': normal(0, 0.02) with residual projections scaled by 1/sqrt(2 * n_layers).",
     )
     moe: Optional[MoESettings] = Field(None, description="Mixture-of-experts feed-forward layers, e.g. {\"num_experts\": 6, \"num_active_experts\": 2} "
@@ -111,11 +111,11 @@ Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
 
 class TrainConfig(BaseModel):
-    """What to train on and how. The first block of keys is the users' harness, with its defaults."""
+    """What to train on and how. The first block of keys is the ddp-base-model-from-scratch harness's (ddp_train.py), with its defaults."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-    # --- the users' harness keys -------------------------------------------------------------
+    # --- the ddp-base-model-from-scratch harness's keys ---------------------------------------------
     dataset: str = Field(description="A local token dataset directory, or a Hugging Face dataset id downloaded once into the datasets folder.")
     microbatch_size: int = Field(gt=0, description="Sequences per forward/backward pass on one process.")
     min_train_tokens: int = Field(-1, description="Tokens to train on, rounded up to whole global batches; -1 takes every whole global batch.")
@@ -126,7 +126,7 @@ class TrainConfig(BaseModel):
     validation_batches: int = Field(20, ge=0, description="Microbatches of validation loss computed at each validation; 0 turns validation off.")
     learning_rate: float = Field(0.0004, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
-    use_amp: Optional[bool] = Field(None, description="The users' switch: true means precision 'fp16', false means 'fp32'. Absent with precision absent: true on GPUs, as in the users' harness; on a CPU see precision.")
+    use_amp: Optional[bool] = Field(None, description="The ddp-base-model-from-scratch harness's switch: true means precision 'fp16', false means 'fp32'. Absent with precision absent: true on GPUs, as in the ddp-base-model-from-scratch harness; on a CPU see precision.")
     clipping_max_norm: Optional[float] = Field(None, gt=0, description="Clip the global gradient L2 norm to this value; absent: no clipping.")
     schedule_learning_rate: bool = Field(False, description="The users' schedule: linear warm-up from 1e-5 x lr over warmup_period_percent of the steps, then cosine to lr / 10.")
     warmup_period_percent: float = Field(0, ge=0, le=100, description="Share of the steps spent warming up, in percent.")
@@ -135,19 +135,19 @@ class TrainConfig(BaseModel):
     # --- gptlab's own keys ---------------------------------------------------------------------
     precision: Optional[PrecisionName] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
                                            "or 'auto': bf16 on GPUs that support it (else fp16); on a CPU bf16 only where it has native bf16 "
-                                           "and a matmul measures faster, else fp32. Absent with use_amp absent: fp16 on GPUs (the users' "
+                                           "and a matmul measures faster, else fp32. Absent with use_amp absent: fp16 on GPUs (the ddp-base-model-from-scratch "
                                            "harness), 'auto' on a CPU (where fp16 autocast is several times slower than fp32).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; 'auto' takes CUDA when present.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    weight_decay_params: Literal["all", "matrices"] = Field("all", description="'all' decays every parameter (the users' harness); 'matrices' only 2-D weight matrices other than embeddings.")
+    weight_decay_params: Literal["all", "matrices"] = Field("all", description="'all' decays every parameter (the ddp-base-model-from-scratch harness); 'matrices' only 2-D weight matrices other than embeddings.")
     lr_schedule: Optional[Schedule] = Field(None, description="'constant', 'cosine', 'linear' or 'wsd' (warm-up, stable, decay); absent: the users' schedule_learning_rate switch decides.")
     warmup_steps: Optional[int] = Field(None, ge=0, description="Warm-up length in steps; overrides warmup_period_percent.")
     decay_period_percent: float = Field(20, gt=0, le=100, description="For 'wsd': share of the steps, in percent, spent decaying at the end.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The schedule's floor as a fraction of the peak learning rate.")
     max_consecutive_skipped_steps: int = Field(20, gt=0, description="Stop when this many steps in a row had non-finite gradients or loss.")
     validation_interval: Optional[int] = Field(None, gt=0, description="Validate every this many steps; absent: at each checkpoint.")
-    best_by: Literal["validation", "train"] = Field("validation", description="Which loss picks the 'best' checkpoint: validation loss, or average train loss since the last checkpoint (the users' harness).")
+    best_by: Literal["validation", "train"] = Field("validation", description="Which loss picks the 'best' checkpoint: validation loss, or average train loss since the last checkpoint (the ddp-base-model-from-scratch harness).")
     keep_checkpoints: Optional[int] = Field(None, gt=0, description="Keep only the newest N checkpoints (plus 'best'); absent: keep all.")
     log_interval: Optional[int] = Field(None, gt=0, description="Steps between reading the step values (loss, gradient norm, skips) back from the device, the only host synchronisation of training; every step is still recorded. Absent: 10 on CUDA, 1 on CPU.")
     compile: Optional[bool] = Field(None, description="torch.compile the model; absent: on for CUDA, off on CPU. The first step's time, compilation included, is reported apart from training time.")
@@ -230,7 +230,7 @@ class EvaluationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-    checkpoint: str = Field("latest", description="latest, best or a checkpoint folder name.")
+    checkpoint: str = Field(DEFAULT_CHECKPOINT, description="latest (the last one written), best or a checkpoint folder name.")
     split: Optional[Literal["test", "validation", "train"]] = Field(None, description="Split to evaluate; absent: test, or validation without a test split.")
     start_token: int = Field(0, ge=0, description="First token of the evaluated slice.")
     batches: Optional[int] = Field(None, ge=1, description="Number of batches; absent: every whole batch to the end of the split.")

@@ -21,19 +21,11 @@ from gptlab.evaluate.loss import evaluate_run
 from gptlab.evaluate.sample import generate_from_run
 from gptlab.evaluate.unigram import unigram_cross_entropy
 from gptlab.files import atomic_write_json
+from gptlab.presets import DEMO_MODEL, DEMO_STEPS, DEMO_TRAIN
 from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE
 from gptlab.train.loop import train_run
+from gptlab.words import counted
 
-DEMO_MODEL = {
-    "vocab_size": 50257, "context_length": 128, "emb_dim": 256, "n_heads": 4, "n_layers": 4,
-    "drop_rate": 0.0, "qkv_bias": False, "tie_weights": True, "init": "gpt2",
-}
-# 'auto': bf16 where this machine runs it faster (a GPU, or a CPU with native bf16), fp32 elsewhere.
-DEMO_TRAIN = {
-    "dataset": "../data", "microbatch_size": 8, "learning_rate": 0.003, "weight_decay": 0.1,
-    "weight_decay_params": "matrices", "precision": "auto", "lr_schedule": "cosine", "warmup_period_percent": 5,
-    "clipping_max_norm": 1.0, "validation_batches": 16, "validation_interval": 50,
-}
 # Smaller sizes for slower machines, tried in order until MIN_STEPS fit the budget: (model.json, train.json
 # changes). The GPT-2 vocabulary stays (the unigram comparison needs it), so the head dominates the step and
 # width shrinks it most; each keeps 1,024 tokens a step. In 100 fp32 steps (seed 42, 2026-11-27) they reach
@@ -42,7 +34,7 @@ SMALLER_SIZES = (
     ({"emb_dim": 128, "n_heads": 4, "n_layers": 2, "context_length": 64}, {"microbatch_size": 16}),
     ({"emb_dim": 64, "n_heads": 2, "n_layers": 2, "context_length": 64}, {"microbatch_size": 16}),
 )
-MIN_STEPS = 120  # each size beats the unigram baseline from about 100 steps on (60 do not); 120 leaves a margin
+MIN_STEPS = DEMO_STEPS  # each size beats the unigram baseline from about 100 steps on (60 do not); 120 leaves a margin
 TRAINING_SHARE = 0.9  # of --seconds; validation, checkpoints, evaluation and sampling take the rest
 
 
@@ -60,7 +52,7 @@ def plan_demo(seconds: float, measure: Callable[[ModelConfig, TrainConfig], floa
         model_config = ModelConfig(**model)
         step_seconds = measure(model_config, TrainConfig(**train))
         steps = int(seconds * TRAINING_SHARE / step_seconds)
-        shape = (f"{model_config.n_layers} layer{'s' if model_config.n_layers != 1 else ''} x {model_config.emb_dim} wide, "
+        shape = (f"{counted(model_config.n_layers, 'layer')} x {model_config.emb_dim} wide, "
                  f"context {model_config.context_length}, microbatch {train['microbatch_size']}")
         lines.append(f"Measured {step_seconds:.2f} s per step for {shape}")
         if steps >= MIN_STEPS:

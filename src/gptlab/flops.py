@@ -6,27 +6,15 @@ import re
 from typing import Optional
 
 from gptlab.config import ModelConfig
+from gptlab.model import parameter_counts
 
 
 
 def matmul_parameters(config: ModelConfig) -> int:
-    """Weights that take part in a matmul for every token: per block Q, K, V and the attention output
-    (4 C^2) and the MLP (8 C^2), plus the output head (V x C).
-
-    Position embeddings and an untied token embedding are table look-ups, not matmuls; a tied model's
-    shared matrix counts once, as the head. Biases and LayerNorm parameters (about 0.1% of GPT-2 small)
-    are additions and are left out. Computed from the config, so a head padded for speed still counts
-    the real vocabulary: MFU credits only useful work.
-
-    With mixture-of-experts blocks only the active parameters count: per block the router (C x E) and
-    num_active_experts experts' MLPs (8 C^2 each), since a token passes through no other expert.
-    """
-    width = config.emb_dim
-    if config.moe is None:
-        feed_forward = 8 * width * width
-    else:
-        feed_forward = config.moe.num_active_experts * 8 * width * width + width * config.moe.num_experts
-    return config.n_layers * (4 * width * width + feed_forward) + config.vocab_size * width
+    """Weights that take part in a matmul for every token (gptlab.model.parameter_counts says which, with a
+    mixture of experts only the router and the active experts); computed from the config, so a head padded for
+    speed still counts the real vocabulary: MFU credits only useful work."""
+    return parameter_counts(config).matmul
 
 
 def flops_per_token(config: ModelConfig) -> int:

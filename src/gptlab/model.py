@@ -11,6 +11,7 @@ for mixture-of-experts blocks N = B x T tokens, E = num_experts, K = num_active_
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -154,6 +155,43 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln_1(x)))
         x = x + self.drop(self.mlp(self.ln_2(x)))
         return x
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """`total`: every parameter stored (weights, gradients and optimizer state scale with it); `matmul`:
+    weights that take part in a matmul for each token (FLOPs scale with it, gptlab/flops.py). A block whose
+    tokens use only part of its weights (mixture of experts) makes the two differ beyond the embeddings."""
+
+    total: int
+    matmul: int
+
+
+def parameter_counts(config: ModelConfig, vocab_multiple: int = 1) -> ParameterCounts:
+    """The one place FLOPs and memory estimates take parameter counts from, computed from the config (a test
+    checks them against a built GPT). `vocab_multiple` pads the embedding and head rows as GPT does; the
+    padding is stored, so it counts in `total`, never in `matmul`.
+
+    matmul: per block Q, K, V and the attention output (4 C^2) and the MLP (8 C^2), plus the output head
+    (V x C). Position embeddings and an untied token embedding are look-ups, not matmuls; a tied model's
+    shared matrix counts once, as the head. Biases and LayerNorms (about 0.1% of GPT-2 small) are additions.
+    With mixture-of-experts blocks `total` holds every expert and the router (C x E, no bias), and `matmul`
+    only the router and num_active_experts experts' MLPs, since a token passes through no other expert.
+    """
+    width, layers = config.emb_dim, config.n_layers
+    padded_vocab = -(-config.vocab_size // vocab_multiple) * vocab_multiple
+    attention = width * 3 * width + (3 * width if config.qkv_bias else 0) + width * width + width
+    mlp = width * 4 * width + 4 * width + 4 * width * width + width
+    mlp_matmul = 8 * width * width
+    if config.moe is not None:
+        router = width * config.moe.num_experts
+        mlp = config.moe.num_experts * mlp + router
+        mlp_matmul = config.moe.num_active_experts * mlp_matmul + router
+    layer_norms = 2 * 2 * width
+    embeddings = padded_vocab * width + config.context_length * width
+    head = 0 if config.tie_weights else padded_vocab * width
+    total = embeddings + layers * (attention + mlp + layer_norms) + 2 * width + head
+    return ParameterCounts(total=total, matmul=layers * (4 * width * width + mlp_matmul) + config.vocab_size * width)
 
 
 class GPT(nn.Module):

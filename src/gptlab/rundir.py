@@ -33,6 +33,11 @@ LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-
 ROUTING_CHART = "routing-chart.png"  # mixture-of-experts runs only
 CHECKPOINTS = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run directory
+# The checkpoint eval, generate, export, upload and experiments use when none is named: the run's last one.
+# Runs compared after the same token budget are then compared at equal tokens, whatever `best_by` and the
+# validation cadence picked as `best`; it is also what litgpt and the Hugging Face Trainer hand back by
+# default, and what `--resume` continues. `--checkpoint best` still asks for the best one.
+DEFAULT_CHECKPOINT = "latest"
 
 
 def write_resolved_config(run_dir: Path, config: RunConfig) -> None:

@@ -14,7 +14,7 @@ from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.model import GPT
-from gptlab.rundir import RESOLVED_CONFIG, read_run_config
+from gptlab.rundir import DEFAULT_CHECKPOINT, RESOLVED_CONFIG, read_run_config
 from gptlab.train.checkpoint import Checkpoint, find_checkpoint, offer_good_checkpoint
 from gptlab.weights import build_model
 
@@ -30,7 +30,7 @@ class TrainedModel:
         return locate_dataset(self.config.train.dataset, self.run_dir, datasets_dir)
 
 
-def open_trained_run(run_dir: Path, which: str = "latest", device: torch.device | str = "cpu") -> TrainedModel:
+def open_trained_run(run_dir: Path, which: str = DEFAULT_CHECKPOINT, device: torch.device | str = "cpu") -> TrainedModel:
     """The model of checkpoint `which` (best, latest or a name), in eval mode with dropout off."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)

@@ -6,6 +6,7 @@ from typing import Any
 
 from gptlab.bench.harness import PHASES
 from gptlab.bench.memory import format_bytes
+from gptlab.words import counted
 
 
 def _rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -38,7 +39,7 @@ def _header(result: dict[str, Any]) -> list[str]:
     config = result["config"]["model"]
     return [
         f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | {result['device']} ({result['device_name']})",
-        f"model: {config['n_layers']} layers, {config['emb_dim']} wide, {config['n_heads']} heads, context {config['context_length']}, "
+        f"model: {counted(config['n_layers'], 'layer')}, {config['emb_dim']} wide, {counted(config['n_heads'], 'head')}, context {config['context_length']}, "
         f"vocab {config['vocab_size']:,}, tied head: {str(config['tie_weights']).lower()}; {result['parameters']:,} parameters"
         + (f" ({result['active_parameters']:,} active: {config['moe']['num_active_experts']} of {config['moe']['num_experts']} experts per token)"
            if config.get("moe") else ""),

@@ -1,4 +1,4 @@
-"""Which tokens each step reads: the users' harness rule, so a run reads the same data at any world size.
+"""Which tokens each step reads: the ddp-base-model-from-scratch harness's rule, so a run reads the same data at any world size.
 
 The training slice starts at `start_train_token` and holds N tokens, N a whole number of global batches;
 one more token is read for the targets. Inputs are slice[:-1] and targets slice[1:], each cut into

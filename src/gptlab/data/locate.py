@@ -1,6 +1,6 @@
 """Finding a run's dataset: a local directory, or a Hugging Face dataset downloaded once into a datasets folder.
 
-The users' harness downloads `dataset` with `snapshot_download` into `DATASETS_DIR/<repository id>/`;
+The ddp-base-model-from-scratch harness (ddp_train.py) downloads `dataset` with `snapshot_download` into `DATASETS_DIR/<repository id>/`;
 gptlab looks in the same place, so their existing downloads are reused as they are.
 """
 
@@ -23,7 +23,7 @@ def default_datasets_dir() -> Path:
 
 
 def download_hf_dataset(repo_id: str, target: Path) -> None:
-    """Download a whole dataset repository into `target` (the users' harness layout)."""
+    """Download a whole dataset repository into `target` (the ddp-base-model-from-scratch harness's layout)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -34,13 +34,36 @@ def download_hf_dataset(repo_id: str, target: Path) -> None:
         raise UserError(f"dataset '{repo_id}': download into {target} failed ({first_line}); download it there yourself or give a local directory") from None
 
 
+def readable_path(path: Path) -> Path:
+    """`path` without `..` and symbolic-link detours (`runs/x/../../data` -> `data`), relative to the working
+    directory when it lies under it, else absolute: how it appears in logs, summaries and evaluations."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return resolved
+
+
+def is_hub_id(dataset: str) -> bool:
+    """`dataset` reads as a Hugging Face repository id (OWNER/NAME)."""
+    return bool(_REPO_ID.match(dataset))
+
+
+def find_local_dataset(dataset: str, run_dir: Path, datasets_dir: Path | None = None) -> TokenDataset | None:
+    """`dataset` already on this machine, by the same search as `locate_dataset`; None when it is not. Downloads nothing."""
+    try:
+        return locate_dataset(dataset, run_dir, datasets_dir, download=False)
+    except UserError:
+        return None
+
+
 def locate_dataset(dataset: str, run_dir: Path, datasets_dir: Path | None = None, download: bool = True) -> TokenDataset:
     """Resolve train.json's `dataset` value, in this order: a path (absolute, or relative to the run
     directory, then to the working directory); `<datasets_dir>/<repository id>`; a download of that id."""
     candidates = [Path(dataset)] if Path(dataset).is_absolute() else [Path(run_dir) / dataset, Path(dataset)]
     for candidate in candidates:
         if (candidate / "train.safetensors").is_file():
-            return TokenDataset(candidate)
+            return TokenDataset(readable_path(candidate))
     datasets_dir = Path(datasets_dir) if datasets_dir is not None else default_datasets_dir()
     if _REPO_ID.match(dataset):
         cached = datasets_dir / dataset

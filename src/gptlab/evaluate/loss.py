@@ -11,6 +11,7 @@ from gptlab.data.batches import BatchPlan, BatchReader, whole_items
 from gptlab.data.tokens import TokenSplit
 from gptlab.errors import UserError
 from gptlab.train.precision import Precision
+from gptlab.rundir import DEFAULT_CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def evaluate_loss(model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSli
     return float(evaluate_batch_losses(model, split, eval_slice, precision, device).mean())
 
 
-def evaluate_run(run_dir, checkpoint: str = "latest", split_name: Optional[str] = None, start_token: int = 0,
+def evaluate_run(run_dir, checkpoint: str = DEFAULT_CHECKPOINT, split_name: Optional[str] = None, start_token: int = 0,
                  batches: Optional[int] = None, batch_size: Optional[int] = None, precision_name: str = "fp32",
                  datasets_dir=None, device_name: str = "auto") -> dict:
     """Test loss of a run's checkpoint; the result names exactly which tokens it was computed on."""

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from gptlab.model import GPT
+from gptlab.rundir import DEFAULT_CHECKPOINT
 
 
 @torch.no_grad()
@@ -40,7 +41,7 @@ DEFAULT_PROMPT = "Every effort moves you"
 
 
 def generate_from_run(run_dir, prompt: str = DEFAULT_PROMPT, new_tokens: int = 20, temperature: float = 1.0,
-                      top_k: Optional[int] = 25, seed: Optional[int] = None, checkpoint: str = "latest") -> dict:
+                      top_k: Optional[int] = 25, seed: Optional[int] = None, checkpoint: str = DEFAULT_CHECKPOINT) -> dict:
     """The users' smoke test on a run's checkpoint; with a seed the text is the same every time."""
     from gptlab.errors import UserError
     from gptlab.runs import open_trained_run
@@ -51,7 +52,7 @@ def generate_from_run(run_dir, prompt: str = DEFAULT_PROMPT, new_tokens: int = 2
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k: {top_k} is not allowed: use a positive number of candidates")
     if new_tokens < 0:
-        raise UserError(f"--tokens: {new_tokens} is not allowed: use 0 or more")
+        raise UserError(f"--max-new-tokens: {new_tokens} is not allowed: use 0 or more")
     trained = open_trained_run(run_dir, checkpoint)
     prompt_ids = encode(prompt)
     if not prompt_ids:

@@ -10,8 +10,10 @@ import click
 
 from gptlab.click_types import SEED
 from gptlab.errors import UserError
+from gptlab.rundir import DEFAULT_CHECKPOINT
+from gptlab.words import counted
 
-CHECKPOINT_HELP = "Which checkpoint: best, latest, or a checkpoint folder name."
+CHECKPOINT_HELP = "Which checkpoint: latest (the last one written), best, or a checkpoint folder name."
 
 
 def _read_eval_result(path: Optional[Path]) -> Optional[dict]:
@@ -39,7 +41,7 @@ def _card_options(function):
     function = click.option("--eval-result", type=click.Path(dir_okay=False, path_type=Path), default=None,
                             help="JSON printed by `gptlab eval --json` for this checkpoint; its loss goes into the model card "
                                  "(default: RUN_DIR/evaluation.json from `gptlab eval --save`, when it is of this checkpoint).")(function)
-    function = click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)(function)
+    function = click.option("--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help=CHECKPOINT_HELP)(function)
     return function
 
 
@@ -109,5 +111,5 @@ def import_hf(model_dir: Path, run_dir: Path, dataset: str, microbatch_size: int
 
     result = import_hf_model(model_dir, run_dir, dataset, microbatch_size)
     model = result["model"]
-    click.echo(f"Imported {result['model_dir']} into {result['run_dir']}: {result['parameters']:,} parameters, {model['n_layers']} layers, "
+    click.echo(f"Imported {result['model_dir']} into {result['run_dir']}: {result['parameters']:,} parameters, {counted(model['n_layers'], 'layer')}, "
                f"{model['emb_dim']} wide, context {model['context_length']}, tied head: {model['tie_weights']}, QKV bias: {model['qkv_bias']}")

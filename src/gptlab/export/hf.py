@@ -32,7 +32,7 @@ from gptlab.export.card import default_new_tokens
 from gptlab.files import (atomic_folder, atomic_write_json, is_out_of_space, out_of_space_error, read_json, remove_stale_staging,
                           strict_json)
 from gptlab.model import GPT, LAYER_NORM_EPS
-from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE, read_evaluation, read_summary, write_resolved_config
+from gptlab.rundir import CHECKPOINTS, DEFAULT_CHECKPOINT, MODEL_FILE, TRAIN_FILE, read_evaluation, read_summary, write_resolved_config
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
 from gptlab.weights import build_model, save_book_safetensors
 
@@ -379,7 +379,7 @@ def _saved_evaluation(run_dir: Path, checkpoint_name: str) -> Optional[dict]:
     return None
 
 
-def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", overwrite: bool = False,
+def export_run(run_dir: Path, out_dir: Path, checkpoint: str = DEFAULT_CHECKPOINT, overwrite: bool = False,
                eval_result: Optional[dict] = None, evaluate: bool = False, seed: int = 123,
                repo_id: Optional[str] = None, license: Optional[str] = None, language: Optional[str] = "en") -> dict[str, Any]:
     """Write checkpoint `checkpoint` of the run as a transformers GPT-2 folder with a model card (`license`

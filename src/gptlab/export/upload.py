@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from gptlab.errors import UserError
+from gptlab.rundir import DEFAULT_CHECKPOINT
 
 EXPORT_FOLDER = "export"
 
@@ -61,7 +62,7 @@ def hub_token() -> Optional[str]:
         raise UserError(f"upload: cannot read the Hugging Face token ({type(error).__name__}); check HF_TOKEN or run `hf auth login`") from None
 
 
-def upload_run(run_dir: Path, repo_id: str, private: bool = False, checkpoint: str = "best", dry_run: bool = False,
+def upload_run(run_dir: Path, repo_id: str, private: bool = False, checkpoint: str = DEFAULT_CHECKPOINT, dry_run: bool = False,
                eval_result: Optional[dict] = None, evaluate: bool = False, seed: int = 123,
                echo: Callable[[str], None] = print, license: Optional[str] = None, language: Optional[str] = "en") -> dict[str, Any]:
     """Export checkpoint `checkpoint` of the run and push it to model repository `repo_id` (created if absent).

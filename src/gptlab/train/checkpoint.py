@@ -1,4 +1,4 @@
-"""Checkpoints on disk, in the users' harness layout.
+"""Checkpoints on disk, in the ddp-base-model-from-scratch harness's layout.
 
 `RUN_DIR/checkpoints/<UTC %Y%m%dZ%H%M%S>-iteration-<step>/` holds `model.safetensors` (the book's
 layout), `optimizer.pt`, `scaler.pt` (fp16 only), `training_state.pt` (step and RNG states),

@@ -53,7 +53,7 @@ class TrainingStopped(UserError):
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and torch (CPU and every CUDA device), as the users' harness seeds before building the model."""
+    """Python, NumPy and torch (CPU and every CUDA device), as the ddp-base-model-from-scratch harness seeds before building the model."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -356,7 +356,7 @@ CHART_SECONDS = 30.0  # charts are redrawn at a checkpoint at most this often (a
 
 
 def _redraw_charts(run: Training, final: bool) -> None:
-    """loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in the run directory, as the users' harness drew them.
+    """loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in the run directory, as the ddp-base-model-from-scratch harness drew them.
 
     Drawing takes about a second; with checkpoints every few seconds it would cost more than training,
     so it is rate-limited, and drawn whole at the end."""

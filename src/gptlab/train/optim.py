@@ -16,7 +16,7 @@ USERS_FINAL_FACTOR = 0.1  # the users' cosine eta_min = lr / 10
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float, which: str) -> list[dict]:
-    """'all': one group, every parameter decayed (the users' harness). 'matrices': decay only 2-D weight
+    """'all': one group, every parameter decayed (the ddp-base-model-from-scratch harness). 'matrices': decay only 2-D weight
     matrices that are not embeddings, as GPT-2 did; biases, LayerNorm parameters and embeddings are not."""
     parameters = list(dict(model.named_parameters()).items())  # a tied tensor appears once
     if which == "all":

@@ -125,7 +125,7 @@ def choose_precision(train: TrainConfig, device: torch.device, width: int) -> Pr
     elif train.use_amp is not None:
         reason = f"train.json: use_amp {str(train.use_amp).lower()}"
     else:
-        reason = "use_amp absent means true in the users' harness"
+        reason = "use_amp absent means true in the ddp-base-model-from-scratch harness"
     if train.effective_precision == "fp16" and device.type == "cpu":
         reason += ("; warning: fp16 autocast on a CPU is several times slower than fp32 (no fp16 matmul units): "
                    "set precision 'auto' to get the faster of fp32 and bf16")

@@ -20,6 +20,7 @@ from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.rundir import write_summary
 from gptlab.train.record import device_name, environment, format_summary
 from gptlab.train.state import Training
+from gptlab.words import counted
 
 ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
 LOG_LINE_SECONDS = 10.0  # a log line at most this often: on a CPU the step values are read back every step
@@ -31,8 +32,8 @@ def log_header(run: Training) -> None:
     run.log.line(f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
                  + (f" ({env['device_name']})" if "device_name" in env else "") + f" | world size {run.dist.world_size}")
     experts = model_config.moe
-    run.log.line(f"Model: {run.model.parameter_count():,} parameters ({model_config.n_layers} layers, {model_config.emb_dim} wide, "
-                 f"{model_config.n_heads} heads, context {model_config.context_length}, tied head: {model_config.tie_weights})"
+    run.log.line(f"Model: {run.model.parameter_count():,} parameters ({counted(model_config.n_layers, 'layer')}, {model_config.emb_dim} wide, "
+                 f"{counted(model_config.n_heads, 'head')}, context {model_config.context_length}, tied head: {model_config.tie_weights})"
                  + (f"; mixture of experts: {experts.num_active_experts} of {experts.num_experts} per token, "
                     f"{run.model.active_parameter_count():,} active parameters" if experts is not None else ""))
     run.log.line(f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
