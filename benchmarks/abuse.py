@@ -33,12 +33,22 @@ from gptlab.train.checkpoint import list_checkpoints, step_of, write_checksums
 
 VOCAB = 256
 MODEL = {"vocab_size": VOCAB, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}
-TRAIN = {"microbatch_size": 2, "min_train_tokens": 2 * 16 * 6, "learning_rate": 0.003, "precision": "fp32",
-         "validation_batches": 1, "checkpoint_interval": 1, "log_interval": 1, "best_by": "train"}
+TRAIN = {
+    "microbatch_size": 2,
+    "min_train_tokens": 2 * 16 * 6,
+    "learning_rate": 0.003,
+    "precision": "fp32",
+    "validation_batches": 1,
+    "checkpoint_interval": 1,
+    "log_interval": 1,
+    "best_by": "train",
+}
 
 
 def gptlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gptlab", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def dataset(directory: Path, splits=("train", "validation", "test"), bad_id_at: int | None = None) -> Path:
@@ -54,8 +64,14 @@ def dataset(directory: Path, splits=("train", "validation", "test"), bad_id_at: 
     return directory
 
 
-def run_dir(path: Path, data: Path, model: dict | None = None, train: dict | None = None, raw_train: str | None = None,
-            raw_model: str | None = None) -> Path:
+def run_dir(
+    path: Path,
+    data: Path,
+    model: dict | None = None,
+    train: dict | None = None,
+    raw_train: str | None = None,
+    raw_model: str | None = None,
+) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "model.json").write_text(raw_model or json.dumps({**MODEL, **(model or {})}))
     (path / "train.json").write_text(raw_train or json.dumps({"dataset": str(data), **TRAIN, **(train or {})}))
@@ -64,7 +80,10 @@ def run_dir(path: Path, data: Path, model: dict | None = None, train: dict | Non
 
 def classify(result: subprocess.CompletedProcess, expect_refusal: bool, check=None) -> tuple[str, str]:
     err = result.stderr
-    first = next((line for line in err.splitlines() if line.startswith(("error:", "Error:"))), err.strip().splitlines()[-1] if err.strip() else "")
+    first = next(
+        (line for line in err.splitlines() if line.startswith(("error:", "Error:"))),
+        err.strip().splitlines()[-1] if err.strip() else "",
+    )
     if "Traceback (most recent call last)" in err:
         return "traceback", err.strip().splitlines()[-1]
     if expect_refusal:
@@ -103,8 +122,23 @@ class Abuse:
         gptlab("train", run, "--no-progress")
         before = {path.name for path in list_checkpoints(run)}
         resumed = next(name for name in before if name.endswith("-iteration-2"))
-        process = subprocess.Popen([sys.executable, "-m", "gptlab", "train", str(run), "--resume", resumed, "--set", "keep_checkpoints=2",
-                                    "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gptlab",
+                "train",
+                str(run),
+                "--resume",
+                resumed,
+                "--set",
+                "keep_checkpoints=2",
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.time() + 120
         while time.time() < deadline and process.poll() is None:  # stop it right after its first new checkpoint
             if any(path.name not in before for path in (run / "checkpoints").glob("*-iteration-*")):
@@ -118,20 +152,36 @@ class Abuse:
         ok = then.returncode == 0 and kept_old == len([n for n in before if step_of(Path(n)) > 2])
         detail = f"then --resume latest: exit {then.returncode}; old later checkpoints kept aside: {kept_old}"
         if "Traceback" in err + then.stderr:
-            self.record("data-loss", "resume from iteration-2 with keep_checkpoints=2, stopped", ("traceback", (err + then.stderr).strip().splitlines()[-1]))
+            self.record(
+                "data-loss",
+                "resume from iteration-2 with keep_checkpoints=2, stopped",
+                ("traceback", (err + then.stderr).strip().splitlines()[-1]),
+            )
         else:
-            self.record("data-loss", "resume from iteration-2 with keep_checkpoints=2, stopped", ("right" if ok else "silent", detail))
+            self.record(
+                "data-loss",
+                "resume from iteration-2 with keep_checkpoints=2, stopped",
+                ("right" if ok else "silent", detail),
+            )
 
     # --- accepted when it must be refused -------------------------------------------------------------
     def non_finite(self) -> None:
         for key in ("learning_rate", "weight_decay", "eps", "clipping_max_norm"):
-            text = json.dumps({"dataset": str(self.data), **TRAIN, key: 1.0}).replace(f'"{key}": 1.0', f'"{key}": Infinity')
+            text = json.dumps({"dataset": str(self.data), **TRAIN, key: 1.0}).replace(
+                f'"{key}": 1.0', f'"{key}": Infinity'
+            )
             run = run_dir(self.work / f"inf-{key}", self.data, raw_train=text)
             self.refuse("accepted", f"train.json {key}: Infinity", "train", run, "--no-progress")
         run = run_dir(self.work / "nan-set", self.data)
         self.refuse("accepted", "--set learning_rate=NaN", "train", run, "--set", "learning_rate=NaN", "--no-progress")
         text = json.dumps(MODEL).replace('"drop_rate": 0.0', '"drop_rate": NaN')
-        self.refuse("accepted", "model.json drop_rate: NaN", "train", run_dir(self.work / "nan-model", self.data, raw_model=text), "--no-progress")
+        self.refuse(
+            "accepted",
+            "model.json drop_rate: NaN",
+            "train",
+            run_dir(self.work / "nan-model", self.data, raw_model=text),
+            "--no-progress",
+        )
 
     def damaged_tensor_bytes(self) -> None:
         run = self.copy("damaged")
@@ -140,43 +190,106 @@ class Abuse:
         data[-4000:-3000] = b"\xff" * 1000
         weights.write_bytes(bytes(data))
         offers = lambda result: "newest good checkpoint" in result.stderr  # noqa: E731
-        self.refuse("accepted", "tensor bytes overwritten: eval --checkpoint latest", "eval", run, "--checkpoint", "latest", check=offers)
-        self.refuse("accepted", "tensor bytes overwritten: train --resume latest", "train", run, "--resume", "latest", "--no-progress", check=offers)
-        self.refuse("accepted", "tensor bytes overwritten: generate --checkpoint latest", "generate", run, "--checkpoint", "latest", check=offers)
+        self.refuse(
+            "accepted",
+            "tensor bytes overwritten: eval --checkpoint latest",
+            "eval",
+            run,
+            "--checkpoint",
+            "latest",
+            check=offers,
+        )
+        self.refuse(
+            "accepted",
+            "tensor bytes overwritten: train --resume latest",
+            "train",
+            run,
+            "--resume",
+            "latest",
+            "--no-progress",
+            check=offers,
+        )
+        self.refuse(
+            "accepted",
+            "tensor bytes overwritten: generate --checkpoint latest",
+            "generate",
+            run,
+            "--checkpoint",
+            "latest",
+            check=offers,
+        )
 
     def out_of_vocabulary_ids(self) -> None:
         bad = dataset(self.work / "bad-ids", bad_id_at=150)
-        self.refuse("accepted", "token id 300 >= vocab_size: train", "train", run_dir(self.work / "bad-train", bad), "--no-progress")
+        self.refuse(
+            "accepted",
+            "token id 300 >= vocab_size: train",
+            "train",
+            run_dir(self.work / "bad-train", bad),
+            "--no-progress",
+        )
         run = self.copy("bad-eval")
         train = json.loads((run / "resolved_config.json").read_text())
         train["train"]["dataset"] = str(bad)
         (run / "resolved_config.json").write_text(json.dumps(train))
         self.refuse("accepted", "token id 300 >= vocab_size: eval", "eval", run, "--checkpoint", "latest")
-        self.refuse("accepted", "prompt token ids >= vocab_size: generate", "generate", self.trained, "--prompt", "Every effort moves you")
+        self.refuse(
+            "accepted",
+            "prompt token ids >= vocab_size: generate",
+            "generate",
+            self.trained,
+            "--prompt",
+            "Every effort moves you",
+        )
 
     def numeric_options(self) -> None:
         run = self.trained
-        for args in (["eval", run, "--batches", "0"], ["eval", run, "--batches", "-1"], ["eval", run, "--batch-size", "0"],
-                     ["eval", run, "--start-token", "-100"], ["generate", run, "--temperature", "nan"], ["generate", run, "--temperature", "inf"],
-                     ["generate", run, "--top-k", "0"], ["generate", run, "--tokens", "-1"], ["generate", run, "--seed", str(2**64)],
-                     ["demo", "--seconds", "nan"], ["prepare", "brown", self.work / "x", "--validation-fraction", "2"],
-                     ["bench", run, "--steps", "0"], ["export", run, self.work / "y", "--seed", "-1"]):
+        for args in (
+            ["eval", run, "--batches", "0"],
+            ["eval", run, "--batches", "-1"],
+            ["eval", run, "--batch-size", "0"],
+            ["eval", run, "--start-token", "-100"],
+            ["generate", run, "--temperature", "nan"],
+            ["generate", run, "--temperature", "inf"],
+            ["generate", run, "--top-k", "0"],
+            ["generate", run, "--tokens", "-1"],
+            ["generate", run, "--seed", str(2**64)],
+            ["demo", "--seconds", "nan"],
+            ["prepare", "brown", self.work / "x", "--validation-fraction", "2"],
+            ["bench", run, "--steps", "0"],
+            ["export", run, self.work / "y", "--seed", "-1"],
+        ):
             self.refuse("accepted", " ".join(str(a) for a in [args[0], *args[-2:]] if a != run), *args)
 
     def no_validation_split(self) -> None:
         data = dataset(self.work / "train-only", splits=("train",))
         run = run_dir(self.work / "no-val", data, train={"min_train_tokens": 2 * 16 * 2})
         result = gptlab("train", run, "--no-progress")
-        self.record("accepted", "validation_batches 1, dataset without validation split",
-                    classify(result, False, lambda r: "no validation split" in r.stdout))
+        self.record(
+            "accepted",
+            "validation_batches 1, dataset without validation split",
+            classify(result, False, lambda r: "no validation split" in r.stdout),
+        )
 
     def duplicate_keys(self) -> None:
         text = json.dumps(MODEL)[:-1] + ', "n_layers": 3}'
-        self.refuse("accepted", "model.json repeats n_layers", "train", run_dir(self.work / "dup-model", self.data, raw_model=text), "--no-progress",
-                    check=lambda r: "n_layers" in r.stderr)
+        self.refuse(
+            "accepted",
+            "model.json repeats n_layers",
+            "train",
+            run_dir(self.work / "dup-model", self.data, raw_model=text),
+            "--no-progress",
+            check=lambda r: "n_layers" in r.stderr,
+        )
         text = json.dumps({"dataset": str(self.data), **TRAIN})[:-1] + ', "learning_rate": 0.1}'
-        self.refuse("accepted", "train.json repeats learning_rate", "train", run_dir(self.work / "dup-train", self.data, raw_train=text),
-                    "--no-progress", check=lambda r: "learning_rate" in r.stderr)
+        self.refuse(
+            "accepted",
+            "train.json repeats learning_rate",
+            "train",
+            run_dir(self.work / "dup-train", self.data, raw_train=text),
+            "--no-progress",
+            check=lambda r: "learning_rate" in r.stderr,
+        )
 
     def edited_model_json(self) -> None:
         run = self.copy("edited")
@@ -184,35 +297,78 @@ class Abuse:
         for command in ("eval", "generate"):
             extra = ["--prompt", "a", "--tokens", "2"] if command == "generate" else []
             result = gptlab(command, run, "--checkpoint", "latest", *extra)
-            self.record("accepted", f"{command} after model.json was edited",
-                        classify(result, False, lambda r: "using resolved_config.json" in r.stderr))
+            self.record(
+                "accepted",
+                f"{command} after model.json was edited",
+                classify(result, False, lambda r: "using resolved_config.json" in r.stderr),
+            )
 
     # --- tracebacks ---------------------------------------------------------------------------------------
     def disk_full(self) -> None:
         device = self.work / "device"
         device.mkdir()
-        mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", f"abuse-{uuid.uuid4().hex[:6]}", str(device)],
-                                                       capture_output=True).returncode == 0
+        mounted = (
+            os.geteuid() == 0
+            and subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=2m", f"abuse-{uuid.uuid4().hex[:6]}", str(device)],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
         if not mounted:
             print("skipped   disk-full: mounting a 2 MiB tmpfs needs root", flush=True)
             return
         try:
             clean = lambda result: not [p for p in device.rglob("*") if ".tmp" in p.name]  # noqa: E731
             run = run_dir(device / "run", self.data)
-            self.refuse("traceback", "disk full while training (checkpoint)", "train", run, "--no-progress",
-                        check=lambda r: "needed" in r.stderr and clean(r))
+            self.refuse(
+                "traceback",
+                "disk full while training (checkpoint)",
+                "train",
+                run,
+                "--no-progress",
+                check=lambda r: "needed" in r.stderr and clean(r),
+            )
             shutil.rmtree(run)
-            evaluated = Path(shutil.copytree(self.trained, device / "evaluated", symlinks=True,
-                                             ignore=shutil.ignore_patterns("*iteration-[0-4]", "*.png")))
+            evaluated = Path(
+                shutil.copytree(
+                    self.trained,
+                    device / "evaluated",
+                    symlinks=True,
+                    ignore=shutil.ignore_patterns("*iteration-[0-4]", "*.png"),
+                )
+            )
             _fill(device / "filler", 0)
-            self.refuse("traceback", "disk full: eval --save", "eval", evaluated, "--checkpoint", "latest", "--save", check=clean)
+            self.refuse(
+                "traceback",
+                "disk full: eval --save",
+                "eval",
+                evaluated,
+                "--checkpoint",
+                "latest",
+                "--save",
+                check=clean,
+            )
             shutil.rmtree(evaluated)
             _fill(device / "filler", 100 << 10)
             self.refuse("traceback", "disk full: prepare brown", "prepare", "brown", device / "brown", check=clean)
-            gpt2_sized = run_dir(self.work / "gpt2-sized", self.data, model={"vocab_size": 50257, "emb_dim": 8, "n_heads": 2},
-                                 train={"min_train_tokens": 32, "checkpoint_interval": None, "validation_batches": 0})
+            gpt2_sized = run_dir(
+                self.work / "gpt2-sized",
+                self.data,
+                model={"vocab_size": 50257, "emb_dim": 8, "n_heads": 2},
+                train={"min_train_tokens": 32, "checkpoint_interval": None, "validation_batches": 0},
+            )
             gptlab("train", gpt2_sized, "--no-progress")
-            self.refuse("traceback", "disk full: export", "export", gpt2_sized, device / "exported", "--checkpoint", "latest", check=clean)
+            self.refuse(
+                "traceback",
+                "disk full: export",
+                "export",
+                gpt2_sized,
+                device / "exported",
+                "--checkpoint",
+                "latest",
+                check=clean,
+            )
         finally:
             subprocess.run(["umount", "-l", str(device)], check=False)
 
@@ -220,33 +376,86 @@ class Abuse:
         for name, content in (("meta-invalid", "{oops"), ("meta-list", "[1, 2]")):
             data = Path(shutil.copytree(self.data, self.work / name))
             (data / "meta.json").write_text(content)
-            self.refuse("traceback", f"dataset meta.json {content!r}", "train", run_dir(self.work / f"run-{name}", data), "--no-progress")
+            self.refuse(
+                "traceback",
+                f"dataset meta.json {content!r}",
+                "train",
+                run_dir(self.work / f"run-{name}", data),
+                "--no-progress",
+            )
 
     def other_tracebacks(self) -> None:
         (self.work / "not-a-run").mkdir()
         self.refuse("traceback", "compare on a directory that is not a run", "compare", self.work / "not-a-run")
         run = self.copy("no-model")
         (run / "checkpoints" / "latest" / "model.safetensors").unlink()
-        self.refuse("traceback", "latest lacks model.safetensors", "eval", run, "--checkpoint", "latest",
-                    check=lambda r: "has no model.safetensors" in r.stderr)
+        self.refuse(
+            "traceback",
+            "latest lacks model.safetensors",
+            "eval",
+            run,
+            "--checkpoint",
+            "latest",
+            check=lambda r: "has no model.safetensors" in r.stderr,
+        )
         run = self.copy("pickle")
         latest = (run / "checkpoints" / "latest").resolve()
         state = latest / "training_state.pt"
-        subprocess.run([sys.executable, "-c", "import torch, sys\nclass Payload: pass\ntorch.save({'step': 5, 'x': Payload()}, sys.argv[1])",
-                        str(state)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import torch, sys\nclass Payload: pass\ntorch.save({'step': 5, 'x': Payload()}, sys.argv[1])",
+                str(state),
+            ],
+            check=True,
+        )
         write_checksums(latest)
-        self.refuse("traceback", "pickled object in training_state.pt (checksum matches)", "train", run, "--resume", "latest", "--no-progress",
-                    check=lambda r: "weights_only=False" not in r.stderr)
-        subprocess.run([sys.executable, "-c", "import torch, sys; torch.save({'step': 5}, sys.argv[1])", str(state)], check=True)
+        self.refuse(
+            "traceback",
+            "pickled object in training_state.pt (checksum matches)",
+            "train",
+            run,
+            "--resume",
+            "latest",
+            "--no-progress",
+            check=lambda r: "weights_only=False" not in r.stderr,
+        )
+        subprocess.run(
+            [sys.executable, "-c", "import torch, sys; torch.save({'step': 5}, sys.argv[1])", str(state)], check=True
+        )
         write_checksums(latest)
-        self.refuse("traceback", "training_state.pt of another shape (checksum matches)", "train", run, "--resume", "latest", "--no-progress")
-        self.refuse("traceback", "export of a 256-token model (GPT-2 tokenizer)", "export", self.trained, self.work / "exported")
+        self.refuse(
+            "traceback",
+            "training_state.pt of another shape (checksum matches)",
+            "train",
+            run,
+            "--resume",
+            "latest",
+            "--no-progress",
+        )
+        self.refuse(
+            "traceback", "export of a 256-token model (GPT-2 tokenizer)", "export", self.trained, self.work / "exported"
+        )
         experiment = self.work / "exp.json"
         baseline = self.copy("baseline")
-        experiment.write_text(json.dumps({"baseline": baseline.name, "seeds": "many", "interventions": {
-            "fast": {"learning_rate": "fast"}, "wide": {"model": {"emb_dim": 12.5}}}}))
-        self.refuse("traceback", "experiment plan: bad seeds + wrong types inside interventions", "experiment", "plan", experiment,
-                    check=lambda r: all(word in r.stderr for word in ("seeds", "learning_rate", "emb_dim")))
+        experiment.write_text(
+            json.dumps(
+                {
+                    "baseline": baseline.name,
+                    "seeds": "many",
+                    "interventions": {"fast": {"learning_rate": "fast"}, "wide": {"model": {"emb_dim": 12.5}}},
+                }
+            )
+        )
+        self.refuse(
+            "traceback",
+            "experiment plan: bad seeds + wrong types inside interventions",
+            "experiment",
+            "plan",
+            experiment,
+            check=lambda r: all(word in r.stderr for word in ("seeds", "learning_rate", "emb_dim")),
+        )
 
 
 def _fill(path: Path, leave_bytes: int) -> None:
@@ -261,15 +470,28 @@ def _fill(path: Path, leave_bytes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=None, help="Folder to work in (default: a fresh temporary one, removed after).")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="Folder to work in (default: a fresh temporary one, removed after)."
+    )
     parser.add_argument("--only", default="", help="Run only the groups whose method name contains this.")
     options = parser.parse_args()
     work = options.work or Path(tempfile.mkdtemp(prefix="gptlab-abuse-"))
     started = time.perf_counter()
     try:
         abuse = Abuse(work)
-        groups = ["resume_from_older_checkpoint", "non_finite", "damaged_tensor_bytes", "out_of_vocabulary_ids", "numeric_options",
-                  "no_validation_split", "duplicate_keys", "edited_model_json", "disk_full", "broken_meta", "other_tracebacks"]
+        groups = [
+            "resume_from_older_checkpoint",
+            "non_finite",
+            "damaged_tensor_bytes",
+            "out_of_vocabulary_ids",
+            "numeric_options",
+            "no_validation_split",
+            "duplicate_keys",
+            "edited_model_json",
+            "disk_full",
+            "broken_meta",
+            "other_tracebacks",
+        ]
         for group in groups:
             if options.only in group:
                 getattr(abuse, group)()
@@ -277,8 +499,10 @@ def main() -> None:
         if options.work is None:
             shutil.rmtree(work, ignore_errors=True)
     counts = Counter(outcome for *_, outcome, _ in abuse.rows)
-    print(f"\n{len(abuse.rows)} cases in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
-                                                                                        ("right", "traceback", "silent", "unclear")))
+    print(
+        f"\n{len(abuse.rows)} cases in {time.perf_counter() - started:.0f} s: "
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("right", "traceback", "silent", "unclear"))
+    )
     sys.exit(0 if counts.get("right", 0) == len(abuse.rows) else 1)
 
 

@@ -48,8 +48,17 @@ def main() -> None:
     saves, loads, size = [], [], 0
     for repeat in range(args.repeats):
         started = time.perf_counter()
-        path = save_checkpoint(run_dir, repeat, model, optimizer, None, {"step": repeat, "totals": {}, "rng": []},
-                               {"global_step": repeat}, {"model": config.model_dump(mode="json"), "train": {}}, is_best=False)
+        path = save_checkpoint(
+            run_dir,
+            repeat,
+            model,
+            optimizer,
+            None,
+            {"step": repeat, "totals": {}, "rng": []},
+            {"global_step": repeat},
+            {"model": config.model_dump(mode="json"), "train": {}},
+            is_best=False,
+        )
         saves.append(time.perf_counter() - started)
         size = folder_bytes(path)
         started = time.perf_counter()

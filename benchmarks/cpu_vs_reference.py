@@ -39,7 +39,9 @@ TRAINERS = ("gptlab", "reference", "reference+malloc")
 NO_TRIM = "gptlab, no heap trim"  # optional: gptlab with glibc's heap trimming also turned off (see --no-trim-variant)
 
 
-def gptlab_worker(precision: str, steps: int, warmup_steps: int, drop_rate: float, profile: bool = False, no_trim: bool = False) -> dict:
+def gptlab_worker(
+    precision: str, steps: int, warmup_steps: int, drop_rate: float, profile: bool = False, no_trim: bool = False
+) -> dict:
     from book_reference import BATCH_SIZE, SMALL_CONFIG, profile_table
 
     from gptlab.bench import measure, prepared_run, train_step
@@ -53,8 +55,10 @@ def gptlab_worker(precision: str, steps: int, warmup_steps: int, drop_rate: floa
         keep_freed_memory_for_reuse()
         ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD = the largest int
 
-    config = RunConfig(model=ModelConfig(**{**SMALL_CONFIG, "drop_rate": drop_rate}, tie_weights=False),
-                       train=TrainConfig(dataset="random tokens", microbatch_size=BATCH_SIZE, precision=precision, device="cpu"))
+    config = RunConfig(
+        model=ModelConfig(**{**SMALL_CONFIG, "drop_rate": drop_rate}, tie_weights=False),
+        train=TrainConfig(dataset="random tokens", microbatch_size=BATCH_SIZE, precision=precision, device="cpu"),
+    )
     result = measure(config, steps=steps, warmup_steps=warmup_steps, phase_steps=0, measure_memory=False)
     if profile:
         with prepared_run(config, warmup_steps + steps + 2) as run:
@@ -62,18 +66,38 @@ def gptlab_worker(precision: str, steps: int, warmup_steps: int, drop_rate: floa
             for _ in range(warmup_steps + steps):  # the same steps as timed above, then two profiled
                 train_step(run, next(steps_taken))
             print(profile_table(lambda: train_step(run, next(steps_taken))), file=sys.stderr)
-    return {"trainer": "gptlab", "precision": precision, "steps": steps, "warmup_steps": warmup_steps,
-            "step_ms": result["step_ms"], "tokens_per_second": result["tokens_per_second"], "parameters": result["parameters"],
-            "page_faults_per_step": result["page_faults_per_step"]}
+    return {
+        "trainer": "gptlab",
+        "precision": precision,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "step_ms": result["step_ms"],
+        "tokens_per_second": result["tokens_per_second"],
+        "parameters": result["parameters"],
+        "page_faults_per_step": result["page_faults_per_step"],
+    }
 
 
 def run_worker(trainer: str, precision: str, args: argparse.Namespace) -> dict:
-    common = ["--precision", precision, "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--drop-rate", str(args.drop_rate)]
+    common = [
+        "--precision",
+        precision,
+        "--steps",
+        str(args.steps),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--drop-rate",
+        str(args.drop_rate),
+    ]
     common += ["--profile"] if args.profile else []
     if trainer in ("gptlab", NO_TRIM):
-        command = [sys.executable, str(Path(__file__)), "--worker", *common] + (["--no-trim"] if trainer == NO_TRIM else [])
+        command = [sys.executable, str(Path(__file__)), "--worker", *common] + (
+            ["--no-trim"] if trainer == NO_TRIM else []
+        )
     else:
-        command = [sys.executable, str(HERE / "book_reference.py"), *common] + (["--tuned-malloc"] if trainer == "reference+malloc" else [])
+        command = [sys.executable, str(HERE / "book_reference.py"), *common] + (
+            ["--tuned-malloc"] if trainer == "reference+malloc" else []
+        )
     load_before = os.getloadavg()[0]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -96,16 +120,30 @@ def wait_for_quiet(max_wait: float, threshold: float = 1.0) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every trainer in both precisions once (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds; each runs every trainer in both precisions once (default 3)"
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first (default 2)")
-    parser.add_argument("--drop-rate", type=float, default=0.1, help="dropout of both models (default 0.1, the users' setting)")
+    parser.add_argument(
+        "--drop-rate", type=float, default=0.1, help="dropout of both models (default 0.1, the users' setting)"
+    )
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated, from fp32 and bf16 (default both)")
-    parser.add_argument("--max-wait", type=float, default=300, help="seconds to wait for the load average to fall below 1.0 (default 300)")
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=300,
+        help="seconds to wait for the load average to fall below 1.0 (default 300)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement to this file")
-    parser.add_argument("--profile", action="store_true", help="also print, per measurement, where two more steps spend their time")
-    parser.add_argument("--no-trim-variant", action="store_true",
-                        help="also measure gptlab with glibc's heap trimming turned off (M_TRIM_THRESHOLD at its maximum)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print, per measurement, where two more steps spend their time"
+    )
+    parser.add_argument(
+        "--no-trim-variant",
+        action="store_true",
+        help="also measure gptlab with glibc's heap trimming turned off (M_TRIM_THRESHOLD at its maximum)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-trim", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
@@ -113,7 +151,11 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
 
     if args.worker:
-        print(json.dumps(gptlab_worker(args.precision, args.steps, args.warmup_steps, args.drop_rate, args.profile, args.no_trim)))
+        print(
+            json.dumps(
+                gptlab_worker(args.precision, args.steps, args.warmup_steps, args.drop_rate, args.profile, args.no_trim)
+            )
+        )
         return
 
     import torch
@@ -124,11 +166,21 @@ def main() -> None:
     precisions = args.precisions.split(",")
     load_at_start = wait_for_quiet(args.max_wait)
     print(f"command: {shlex.join(['python', *sys.argv])}")
-    print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; nproc {os.cpu_count()}; CPU {device_name(torch.device('cpu'))}; torch threads {torch.get_num_threads()}")
-    print(f"gptlab {gptlab.__version__} | Python {platform.python_version()} | torch {torch.__version__} | {platform.platform()}")
-    print(f"load average at start: {load_at_start:.2f}" + ("" if load_at_start < 1.0 else " (NOT quiet: waited the maximum)"))
-    print(f"config: 4 layers, 256 wide, 4 heads, context 256, batch 8, vocab 50,257, untied, dropout {args.drop_rate}; "
-          f"{args.warmup_steps} warm-up + {args.steps} timed steps per measurement, {args.rounds} rounds\n", flush=True)
+    print(
+        f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; nproc {os.cpu_count()}; CPU {device_name(torch.device('cpu'))}; torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"gptlab {gptlab.__version__} | Python {platform.python_version()} | torch {torch.__version__} | {platform.platform()}"
+    )
+    print(
+        f"load average at start: {load_at_start:.2f}"
+        + ("" if load_at_start < 1.0 else " (NOT quiet: waited the maximum)")
+    )
+    print(
+        f"config: 4 layers, 256 wide, 4 heads, context 256, batch 8, vocab 50,257, untied, dropout {args.drop_rate}; "
+        f"{args.warmup_steps} warm-up + {args.steps} timed steps per measurement, {args.rounds} rounds\n",
+        flush=True,
+    )
 
     trainers = TRAINERS + ((NO_TRIM,) if args.no_trim_variant else ())
     measurements = []
@@ -140,31 +192,70 @@ def main() -> None:
             result = run_worker(trainer, precision, args)
             result["round"] = round_index + 1
             measurements.append(result)
-            print(f"round {round_index + 1}: {trainer:<20} {precision}  {result['tokens_per_second']:>8,.0f} tokens/s  "
-                  f"(load {result['load_before']:.2f}; {result['page_faults_per_step']:,} minor page faults/step; steps ms {result['step_ms']})", flush=True)
+            print(
+                f"round {round_index + 1}: {trainer:<20} {precision}  {result['tokens_per_second']:>8,.0f} tokens/s  "
+                f"(load {result['load_before']:.2f}; {result['page_faults_per_step']:,} minor page faults/step; steps ms {result['step_ms']})",
+                flush=True,
+            )
 
     load_at_end = os.getloadavg()[0]
     print(f"\nload average at end: {load_at_end:.2f}\n")
-    print("| precision | gptlab tokens/s | reference tokens/s | gptlab / reference | target | reference + gptlab's malloc setting | gptlab / that |")
+    print(
+        "| precision | gptlab tokens/s | reference tokens/s | gptlab / reference | target | reference + gptlab's malloc setting | gptlab / that |"
+    )
     print("|---|---|---|---|---|---|---|")
     summary = {}
     for precision in precisions:
-        median = {trainer: statistics.median(m["tokens_per_second"] for m in measurements
-                                             if m["trainer"] == trainer and m["precision"] == precision) for trainer in trainers}
+        median = {
+            trainer: statistics.median(
+                m["tokens_per_second"] for m in measurements if m["trainer"] == trainer and m["precision"] == precision
+            )
+            for trainer in trainers
+        }
         ratio = median["gptlab"] / median["reference"]
         verdict = "PASS" if ratio >= TARGETS[precision] else "FAIL"
-        summary[precision] = {**median, "ratio": ratio, "ratio_vs_tuned_reference": median["gptlab"] / median["reference+malloc"], "verdict": verdict}
-        print(f"| {precision} | {median['gptlab']:,.0f} | {median['reference']:,.0f} | {ratio:.2f}x | >= {TARGETS[precision]}x {verdict} | "
-              f"{median['reference+malloc']:,.0f} | {median['gptlab'] / median['reference+malloc']:.2f}x |")
+        summary[precision] = {
+            **median,
+            "ratio": ratio,
+            "ratio_vs_tuned_reference": median["gptlab"] / median["reference+malloc"],
+            "verdict": verdict,
+        }
+        print(
+            f"| {precision} | {median['gptlab']:,.0f} | {median['reference']:,.0f} | {ratio:.2f}x | >= {TARGETS[precision]}x {verdict} | "
+            f"{median['reference+malloc']:,.0f} | {median['gptlab'] / median['reference+malloc']:.2f}x |"
+        )
         if args.no_trim_variant:
-            print(f"|   {NO_TRIM} | {median[NO_TRIM]:,.0f} | | {median[NO_TRIM] / median['reference']:.2f}x | | | {median[NO_TRIM] / median['reference+malloc']:.2f}x |")
-    print("\n(medians over rounds; per-round ratios:", ", ".join(
-        f"{p} " + "/".join(f"{a['tokens_per_second'] / b['tokens_per_second']:.2f}" for a, b in zip(
-            [m for m in measurements if m["trainer"] == "gptlab" and m["precision"] == p],
-            [m for m in measurements if m["trainer"] == "reference" and m["precision"] == p])) for p in precisions) + ")")
+            print(
+                f"|   {NO_TRIM} | {median[NO_TRIM]:,.0f} | | {median[NO_TRIM] / median['reference']:.2f}x | | | {median[NO_TRIM] / median['reference+malloc']:.2f}x |"
+            )
+    print(
+        "\n(medians over rounds; per-round ratios:",
+        ", ".join(
+            f"{p} "
+            + "/".join(
+                f"{a['tokens_per_second'] / b['tokens_per_second']:.2f}"
+                for a, b in zip(
+                    [m for m in measurements if m["trainer"] == "gptlab" and m["precision"] == p],
+                    [m for m in measurements if m["trainer"] == "reference" and m["precision"] == p],
+                )
+            )
+            for p in precisions
+        )
+        + ")",
+    )
     if args.json is not None:
-        args.json.write_text(json.dumps({"measurements": measurements, "summary": summary, "load_at_start": load_at_start,
-                                         "load_at_end": load_at_end}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "measurements": measurements,
+                    "summary": summary,
+                    "load_at_start": load_at_start,
+                    "load_at_end": load_at_end,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,16 @@ from pathlib import Path
 from gptlab.data.prepare import prepare_dataset
 from gptlab.train.record import environment
 
-MODEL = {"vocab_size": 50257, "context_length": 128, "emb_dim": 256, "n_heads": 4, "n_layers": 4, "drop_rate": 0.0, "tie_weights": True, "init": "gpt2"}
+MODEL = {
+    "vocab_size": 50257,
+    "context_length": 128,
+    "emb_dim": 256,
+    "n_heads": 4,
+    "n_layers": 4,
+    "drop_rate": 0.0,
+    "tie_weights": True,
+    "init": "gpt2",
+}
 
 
 def run(command: list[str], threads: int) -> None:
@@ -39,18 +48,34 @@ def main() -> None:
     for name, accumulation, launcher, threads in (
         ("1 process, accumulation 2, 2 threads", 2, [sys.executable, "-m", "gptlab"], 2),
         ("1 process, accumulation 2, 1 thread", 2, [sys.executable, "-m", "gptlab"], 1),
-        ("2 processes (torchrun, gloo), accumulation 1, 1 thread each", 1, [torchrun, "--standalone", "--nproc_per_node=2", "-m", "gptlab"], 1),
+        (
+            "2 processes (torchrun, gloo), accumulation 1, 1 thread each",
+            1,
+            [torchrun, "--standalone", "--nproc_per_node=2", "-m", "gptlab"],
+            1,
+        ),
     ):
         run_dir = work / name.split(",")[0].replace(" ", "-") / str(threads)
         run_dir.mkdir(parents=True)
         (run_dir / "model.json").write_text(json.dumps(MODEL))
-        (run_dir / "train.json").write_text(json.dumps({"dataset": str(work / "data"), "microbatch_size": args.microbatch, "precision": "fp32",
-                                                        "gradient_accumulation_steps": accumulation, "min_train_tokens": tokens,
-                                                        "validation_batches": 0}))
+        (run_dir / "train.json").write_text(
+            json.dumps(
+                {
+                    "dataset": str(work / "data"),
+                    "microbatch_size": args.microbatch,
+                    "precision": "fp32",
+                    "gradient_accumulation_steps": accumulation,
+                    "min_train_tokens": tokens,
+                    "validation_batches": 0,
+                }
+            )
+        )
         run([*launcher, "train", str(run_dir), "--no-progress"], threads)
         summary = json.loads((run_dir / "summary.json").read_text())
         rows.append((name, summary["training_seconds"], summary["tokens_per_second"], summary["final_train_loss"]))
-    print(f"\n{args.steps} steps of {2 * args.microbatch} x {MODEL['context_length']} tokens, 4 layers x 256 wide, fp32")
+    print(
+        f"\n{args.steps} steps of {2 * args.microbatch} x {MODEL['context_length']} tokens, 4 layers x 256 wide, fp32"
+    )
     print("| setup | training seconds | tokens/s | final train loss |")
     print("|---|---|---|---|")
     for name, seconds, speed, loss in rows:

@@ -74,17 +74,38 @@ LOGITS_TOLERANCE = 1e-3  # max |logit difference| between two fp32 implementatio
 GIB = 1 << 30
 
 # The users' GPT-2 small and their baseline train.json (shared/USERS-FILES.md), as they run it.
-USERS_MODEL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
-               "drop_rate": 0.1, "qkv_bias": False}
-USERS_TRAIN = {"microbatch_size": 12, "checkpoint_interval": 617, "dataset": "gpjt/fineweb-gpt2-tokens",
-               "min_train_tokens": 3260190720, "start_train_token": 0, "start_val_token": 0}
-TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
-              "drop_rate": 0.1, "qkv_bias": False}  # = book_reference.py's "tiny" preset
+USERS_MODEL = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+USERS_TRAIN = {
+    "microbatch_size": 12,
+    "checkpoint_interval": 617,
+    "dataset": "gpjt/fineweb-gpt2-tokens",
+    "min_train_tokens": 3260190720,
+    "start_train_token": 0,
+    "start_val_token": 0,
+}
+TINY_MODEL = {
+    "vocab_size": 50257,
+    "context_length": 32,
+    "emb_dim": 32,
+    "n_heads": 2,
+    "n_layers": 2,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}  # = book_reference.py's "tiny" preset
 
 
 @dataclass
 class Plan:
     """Shapes, step counts and time caps of one mode."""
+
     mode: str
     model: dict
     microbatch: int
@@ -106,32 +127,113 @@ class Plan:
 
 def gpu_plan() -> Plan:
     return Plan(
-        mode="gpu", model=USERS_MODEL, microbatch=12, train_steps=60, checkpoint_interval=10, sigterm_after_records=20, eval_batches=4,
-        bench_args=["--steps", "20", "--warmup-steps", "5", "--phase-steps", "3"], prewarm=True,
-        reference_args=["--device", "cuda", "--model", "gpt2-small", "--batch-size", "12", "--steps", "20", "--warmup-steps", "3"],
+        mode="gpu",
+        model=USERS_MODEL,
+        microbatch=12,
+        train_steps=60,
+        checkpoint_interval=10,
+        sigterm_after_records=20,
+        eval_batches=4,
+        bench_args=["--steps", "20", "--warmup-steps", "5", "--phase-steps", "3"],
+        prewarm=True,
+        reference_args=[
+            "--device",
+            "cuda",
+            "--model",
+            "gpt2-small",
+            "--batch-size",
+            "12",
+            "--steps",
+            "20",
+            "--warmup-steps",
+            "3",
+        ],
         max_microbatch_limits={"bf16": None, "fp32": None, "fp32_40GB": "40GB"},
-        max_microbatch_settings=["--set", "compile=false"], device_settings=[], functional_train={},
-        budgets={"environment": 10, "prepare": 20, "functional": 170, "bench": 105, "reference": 60, "max_microbatch": 105, "total": 480},
-        caps={"environment": 60, "prepare": 120, "train": 300, "resume": 180, "eval": 120, "generate": 120, "export": 120,
-              "bench": 150, "reference": 90, "max_microbatch": 150},
+        max_microbatch_settings=["--set", "compile=false"],
+        device_settings=[],
+        functional_train={},
+        budgets={
+            "environment": 10,
+            "prepare": 20,
+            "functional": 170,
+            "bench": 105,
+            "reference": 60,
+            "max_microbatch": 105,
+            "total": 480,
+        },
+        caps={
+            "environment": 60,
+            "prepare": 120,
+            "train": 300,
+            "resume": 180,
+            "eval": 120,
+            "generate": 120,
+            "export": 120,
+            "bench": 150,
+            "reference": 90,
+            "max_microbatch": 150,
+        },
         notes=["find-max-microbatch runs eager (compile=false): an eager peak bounds the compiled one from above"],
     )
 
 
 def small_plan() -> Plan:
     return Plan(
-        mode="small", model=TINY_MODEL, microbatch=2, train_steps=24, checkpoint_interval=10, sigterm_after_records=8, eval_batches=8,
-        bench_args=["--steps", "2", "--warmup-steps", "1", "--phase-steps", "1"], prewarm=False,
-        reference_args=["--device", "cpu", "--model", "tiny", "--batch-size", "2", "--steps", "2", "--warmup-steps", "1"],
+        mode="small",
+        model=TINY_MODEL,
+        microbatch=2,
+        train_steps=24,
+        checkpoint_interval=10,
+        sigterm_after_records=8,
+        eval_batches=8,
+        bench_args=["--steps", "2", "--warmup-steps", "1", "--phase-steps", "1"],
+        prewarm=False,
+        reference_args=[
+            "--device",
+            "cpu",
+            "--model",
+            "tiny",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+        ],
         max_microbatch_limits={"bf16": "96MiB", "fp32": "96MiB", "fp32_40GB": "64MiB"},
-        max_microbatch_settings=[], device_settings=["--set", "device=cpu"], functional_train={"device": "cpu", "use_amp": False},
-        budgets={"environment": 30, "prepare": 30, "functional": 120, "bench": 90, "reference": 45, "max_microbatch": 90, "total": 405},
-        caps={name: 600 for name in ("environment", "prepare", "train", "resume", "eval", "generate", "export", "bench",
-                                     "reference", "max_microbatch")},
-        notes=["small mode: tiny model on the CPU; its figures prove the script works, the targets are for GPT-2 small on a GPU",
-               "the functional runs train in fp32 (use_amp: false): fp16 autocast on a CPU without native fp16 is several times slower",
-               "fp16 + scaler is benchmarked through CPU autocast all the same, for 2 timed steps",
-               "no torch.compile (the CPU default); the device memory limits are simulated (96 MiB; 64 MiB stands in for 40 GB)"],
+        max_microbatch_settings=[],
+        device_settings=["--set", "device=cpu"],
+        functional_train={"device": "cpu", "use_amp": False},
+        budgets={
+            "environment": 30,
+            "prepare": 30,
+            "functional": 120,
+            "bench": 90,
+            "reference": 45,
+            "max_microbatch": 90,
+            "total": 405,
+        },
+        caps={
+            name: 600
+            for name in (
+                "environment",
+                "prepare",
+                "train",
+                "resume",
+                "eval",
+                "generate",
+                "export",
+                "bench",
+                "reference",
+                "max_microbatch",
+            )
+        },
+        notes=[
+            "small mode: tiny model on the CPU; its figures prove the script works, the targets are for GPT-2 small on a GPU",
+            "the functional runs train in fp32 (use_amp: false): fp16 autocast on a CPU without native fp16 is several times slower",
+            "fp16 + scaler is benchmarked through CPU autocast all the same, for 2 timed steps",
+            "no torch.compile (the CPU default); the device memory limits are simulated (96 MiB; 64 MiB stands in for 40 GB)",
+        ],
     )
 
 
@@ -140,7 +242,9 @@ def small_plan() -> Plan:
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "src")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -161,7 +265,9 @@ class Job:
         self.ended: Optional[float] = None
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             # Its own session, so a command over its cap can be stopped with everything it started.
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=err, env=child_env(), cwd=REPO, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=err, env=child_env(), cwd=REPO, start_new_session=True
+            )
         self.reaper = threading.Thread(target=self._reap, daemon=True)
         self.reaper.start()
         self.result: Optional[dict] = None
@@ -190,8 +296,14 @@ class Job:
         LIVE_JOBS.discard(self)
         stdout = self.out_path.read_text(errors="replace")
         stderr = self.err_path.read_text(errors="replace")
-        self.result = {"command": shlex.join(self.argv), "rc": self.process.returncode, "timed_out": timed_out,
-                       "seconds": round(self.ended - self.started, 2), "stdout": stdout, "stderr": stderr}
+        self.result = {
+            "command": shlex.join(self.argv),
+            "rc": self.process.returncode,
+            "timed_out": timed_out,
+            "seconds": round(self.ended - self.started, 2),
+            "stdout": stdout,
+            "stderr": stderr,
+        }
         return self.result
 
 
@@ -276,17 +388,29 @@ def nvidia_smi() -> Optional[dict]:
         return None
     fields = "name,driver_version,memory.total,clocks.max.sm,power.limit,pci.bus_id"
     try:
-        result = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError) as error:
         return {"error": str(error)}
-    rows = [dict(zip(fields.split(","), (cell.strip() for cell in line.split(",")))) for line in result.stdout.strip().splitlines()]
+    rows = [
+        dict(zip(fields.split(","), (cell.strip() for cell in line.split(","))))
+        for line in result.stdout.strip().splitlines()
+    ]
     return {"gpus": rows} if result.returncode == 0 else {"error": result.stderr.strip()[-300:]}
 
 
 def git_commit() -> Optional[str]:
     try:
-        result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if result.returncode != 0:
@@ -297,8 +421,13 @@ def git_commit() -> Optional[str]:
 def environment_phase(plan: Plan, log_dir: Path) -> dict:
     result = run("environment", [sys.executable, "-c", ENVIRONMENT_SNIPPET], log_dir, plan.caps["environment"])
     info = json_output(result) or {}
-    info.update(cpu=cpu_model(), cpu_count=os.cpu_count(), nvidia_smi=nvidia_smi(), gptlab_commit=git_commit(),
-                python_executable=sys.executable)
+    info.update(
+        cpu=cpu_model(),
+        cpu_count=os.cpu_count(),
+        nvidia_smi=nvidia_smi(),
+        gptlab_commit=git_commit(),
+        python_executable=sys.executable,
+    )
     ok = result["rc"] == 0
     return {"ok": ok, "seconds": result["seconds"], "info": info, **({} if ok else {"error": command_failure(result)})}
 
@@ -344,8 +473,13 @@ def compare_weights(a_path: Path, b_path: Path) -> dict:
 
     a, b = load_file(a_path), load_file(b_path)
     if a.keys() != b.keys():
-        return {"same_names": False, "bit_identical": False, "max_abs_diff": math.inf,
-                "only_in_first": sorted(a.keys() - b.keys())[:5], "only_in_second": sorted(b.keys() - a.keys())[:5]}
+        return {
+            "same_names": False,
+            "bit_identical": False,
+            "max_abs_diff": math.inf,
+            "only_in_first": sorted(a.keys() - b.keys())[:5],
+            "only_in_second": sorted(b.keys() - a.keys())[:5],
+        }
     identical, largest, worst = True, 0.0, None
     for name in sorted(a):
         if a[name].shape != b[name].shape or a[name].dtype != b[name].dtype:
@@ -360,7 +494,6 @@ def compare_weights(a_path: Path, b_path: Path) -> dict:
 
 def nudge_weights(path: Path) -> str:
     """--break resume: add 1e-3 to the first floating tensor of a checkpoint, so the resumed run must differ."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -379,14 +512,18 @@ def judge_resume(resumed: dict, noise: dict) -> tuple[bool, str]:
     if not resumed.get("same_names", False):
         return False, "the resumed run's weights do not have the uninterrupted run's tensors"
     if noise.get("bit_identical"):
-        return False, (f"two uninterrupted runs are bit-identical, but the resumed one differs (max |diff| "
-                       f"{resumed['max_abs_diff']:.3g} in {resumed.get('largest_in')})")
+        return False, (
+            f"two uninterrupted runs are bit-identical, but the resumed one differs (max |diff| "
+            f"{resumed['max_abs_diff']:.3g} in {resumed.get('largest_in')})"
+        )
     bound = RESUME_NOISE_FACTOR * noise["max_abs_diff"]
     verdict = resumed["max_abs_diff"] <= bound
-    return verdict, (f"not bit-identical; max |diff| {resumed['max_abs_diff']:.3g} vs {noise['max_abs_diff']:.3g} between two "
-                     f"uninterrupted runs (allowed {RESUME_NOISE_FACTOR:g}x: {bound:.3g}); the uninterrupted runs already "
-                     "differ, so the device's kernels are not bit-reproducible here (atomic adds in the embedding "
-                     "backward and in compiled reductions)")
+    return verdict, (
+        f"not bit-identical; max |diff| {resumed['max_abs_diff']:.3g} vs {noise['max_abs_diff']:.3g} between two "
+        f"uninterrupted runs (allowed {RESUME_NOISE_FACTOR:g}x: {bound:.3g}); the uninterrupted runs already "
+        "differ, so the device's kernels are not bit-reproducible here (atomic adds in the embedding "
+        "backward and in compiled reductions)"
+    )
 
 
 def compare_logits(run_dir: Path, export_dir: Path, data_dir: Path) -> dict:
@@ -399,7 +536,10 @@ def compare_logits(run_dir: Path, export_dir: Path, data_dir: Path) -> dict:
     try:
         from llms_from_scratch.ch04 import GPTModel
     except ImportError as error:
-        return {"ok": False, "error": f"llms_from_scratch is not importable ({error}); scripts/gpu_wheels.sh brings its wheel"}
+        return {
+            "ok": False,
+            "error": f"llms_from_scratch is not importable ({error}); scripts/gpu_wheels.sh brings its wheel",
+        }
     model_config = json.loads((run_dir / "model.json").read_text())
     book = GPTModel({**model_config, "drop_rate": 0.0})  # the users' smoke test forces dropout off
     if model_config.get("tie_weights"):
@@ -414,12 +554,24 @@ def compare_logits(run_dir: Path, export_dir: Path, data_dir: Path) -> dict:
         book_logits = book(tokens).float()
         export_logits = exported(tokens).logits.float()
     if book_logits.shape != export_logits.shape:
-        return {"ok": False, "error": f"logits shapes differ: checkpoint {tuple(book_logits.shape)}, export {tuple(export_logits.shape)}"}
+        return {
+            "ok": False,
+            "error": f"logits shapes differ: checkpoint {tuple(book_logits.shape)}, export {tuple(export_logits.shape)}",
+        }
     difference = (book_logits - export_logits).abs().max().item()
-    greedy = exported.generate(tokens[:, :4], max_new_tokens=8, do_sample=False, pad_token_id=model_config["vocab_size"] - 1)
-    return {"ok": difference <= LOGITS_TOLERANCE, "max_abs_diff": difference, "tolerance": LOGITS_TOLERANCE, "tokens": length,
-            "checkpoint": str(checkpoint.parent.name), "export_vocab_size": exported.config.vocab_size,
-            "logit_scale": book_logits.abs().max().item(), "export_greedy_ids": greedy[0].tolist()}
+    greedy = exported.generate(
+        tokens[:, :4], max_new_tokens=8, do_sample=False, pad_token_id=model_config["vocab_size"] - 1
+    )
+    return {
+        "ok": difference <= LOGITS_TOLERANCE,
+        "max_abs_diff": difference,
+        "tolerance": LOGITS_TOLERANCE,
+        "tokens": length,
+        "checkpoint": str(checkpoint.parent.name),
+        "export_vocab_size": exported.config.vocab_size,
+        "logit_scale": book_logits.abs().max().item(),
+        "export_greedy_ids": greedy[0].tolist(),
+    }
 
 
 def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, break_resume: bool) -> dict:
@@ -432,19 +584,47 @@ def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, brea
         return bool(ok)
 
     tokens = plan.train_steps * plan.microbatch * plan.model["context_length"]
-    train = {"dataset": str(data_dir), "microbatch_size": plan.microbatch, "checkpoint_interval": plan.checkpoint_interval,
-             "min_train_tokens": tokens, "validation_batches": 2, "random_seed": 42}
+    train = {
+        "dataset": str(data_dir),
+        "microbatch_size": plan.microbatch,
+        "checkpoint_interval": plan.checkpoint_interval,
+        "min_train_tokens": tokens,
+        "validation_batches": 2,
+        "random_seed": 42,
+    }
     train.update(plan.functional_train)
-    runs = {name: write_run(work / "functional" / name, plan.model, train) for name in ("whole", "whole-again", "preempted")}
+    runs = {
+        name: write_run(work / "functional" / name, plan.model, train) for name in ("whole", "whole-again", "preempted")
+    }
 
     # The three trainings at once (and, on a GPU, the benches' compilation into torch's compile cache).
-    jobs = {name: Job(f"train-{name}", gptlab("train", runs[name], "--no-progress"), log_dir, plan.caps["train"]) for name in runs}
+    jobs = {
+        name: Job(f"train-{name}", gptlab("train", runs[name], "--no-progress"), log_dir, plan.caps["train"])
+        for name in runs
+    }
     prewarm = {}
     if plan.prewarm:
         speed_dir = work / "speed" / "run"
         for precision, setting in (("bf16", "precision=bf16"), ("fp32", "use_amp=false")):
-            prewarm[precision] = Job(f"prewarm-{precision}", gptlab("bench", speed_dir, "--synthetic", "--steps", "1", "--warmup-steps", "2",
-                                                                    "--phase-steps", "0", "--json", "--set", setting), log_dir, plan.caps["bench"])
+            prewarm[precision] = Job(
+                f"prewarm-{precision}",
+                gptlab(
+                    "bench",
+                    speed_dir,
+                    "--synthetic",
+                    "--steps",
+                    "1",
+                    "--warmup-steps",
+                    "2",
+                    "--phase-steps",
+                    "0",
+                    "--json",
+                    "--set",
+                    setting,
+                ),
+                log_dir,
+                plan.caps["bench"],
+            )
     preempted, sigterm_sent = jobs["preempted"], False
     while preempted.ended is None and time.monotonic() - preempted.started < plan.caps["train"]:
         if metrics_records(runs["preempted"]) >= plan.sigterm_after_records:
@@ -455,19 +635,39 @@ def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, brea
     results = {name: job.wait() for name, job in jobs.items()}
     commands.update({f"train {name}": summary(result) for name, result in results.items()})
     for name in ("whole", "whole-again"):
-        check(f"train {name}", results[name]["rc"] == 0 and (runs[name] / "summary.json").is_file(),
-              **({} if results[name]["rc"] == 0 else {"error": command_failure(results[name])}))
+        check(
+            f"train {name}",
+            results[name]["rc"] == 0 and (runs[name] / "summary.json").is_file(),
+            **({} if results[name]["rc"] == 0 else {"error": command_failure(results[name])}),
+        )
     stdout = results["preempted"]["stdout"]
-    stopped_at = int(stdout.split("Stopped by SIGTERM after step ")[1].split(";")[0]) if "Stopped by SIGTERM after step " in stdout else None
-    check("sigterm", sigterm_sent and results["preempted"]["rc"] == 0 and stopped_at is not None
-          and stopped_at < plan.train_steps - 1 and not (runs["preempted"] / "summary.json").exists(),
-          sent_after_records=plan.sigterm_after_records if sigterm_sent else None, stopped_after_step=stopped_at,
-          of_steps=plan.train_steps, **({} if results["preempted"]["rc"] == 0 else {"error": command_failure(results["preempted"])}))
+    stopped_at = (
+        int(stdout.split("Stopped by SIGTERM after step ")[1].split(";")[0])
+        if "Stopped by SIGTERM after step " in stdout
+        else None
+    )
+    check(
+        "sigterm",
+        sigterm_sent
+        and results["preempted"]["rc"] == 0
+        and stopped_at is not None
+        and stopped_at < plan.train_steps - 1
+        and not (runs["preempted"] / "summary.json").exists(),
+        sent_after_records=plan.sigterm_after_records if sigterm_sent else None,
+        stopped_after_step=stopped_at,
+        of_steps=plan.train_steps,
+        **({} if results["preempted"]["rc"] == 0 else {"error": command_failure(results["preempted"])}),
+    )
 
     if checks["sigterm"]["ok"]:
         if break_resume:
             checks["sigterm"]["nudged_for_test"] = nudge_weights(latest_weights_path(runs["preempted"]))
-        result = run("resume", gptlab("train", runs["preempted"], "--resume", "latest", "--no-progress"), log_dir, plan.caps["resume"])
+        result = run(
+            "resume",
+            gptlab("train", runs["preempted"], "--resume", "latest", "--no-progress"),
+            log_dir,
+            plan.caps["resume"],
+        )
         commands["resume"] = summary(result)
         resumed_ok = result["rc"] == 0 and (runs["preempted"] / "summary.json").is_file()
         if resumed_ok and checks["train whole"]["ok"] and checks["train whole-again"]["ok"]:
@@ -475,36 +675,81 @@ def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, brea
             noise = compare_weights(latest_weights_path(runs["whole"]), latest_weights_path(runs["whole-again"]))
             verdict, reason = judge_resume(resumed, noise)
             whole_losses, resumed_losses = read_losses(runs["whole"]), read_losses(runs["preempted"])
-            loss_diff = (max(abs(a - b) for a, b in zip(whole_losses, resumed_losses))
-                         if whole_losses and len(whole_losses) == len(resumed_losses) else None)
-            check("resume", verdict, reason=reason, resumed_vs_whole=resumed, whole_vs_whole_again=noise,
-                  steps_recorded=[len(whole_losses), len(resumed_losses)], max_step_loss_diff=loss_diff)
+            loss_diff = (
+                max(abs(a - b) for a, b in zip(whole_losses, resumed_losses))
+                if whole_losses and len(whole_losses) == len(resumed_losses)
+                else None
+            )
+            check(
+                "resume",
+                verdict,
+                reason=reason,
+                resumed_vs_whole=resumed,
+                whole_vs_whole_again=noise,
+                steps_recorded=[len(whole_losses), len(resumed_losses)],
+                max_step_loss_diff=loss_diff,
+            )
         else:
-            check("resume", False, error=command_failure(result) if result["rc"] != 0 else "the resumed run or an uninterrupted one did not finish")
+            check(
+                "resume",
+                False,
+                error=command_failure(result)
+                if result["rc"] != 0
+                else "the resumed run or an uninterrupted one did not finish",
+            )
     else:
         check("resume", False, error="not attempted: the SIGTERM step failed")
 
-    final = runs["preempted"] if checks["resume"]["ok"] or (runs["preempted"] / "summary.json").is_file() else runs["whole"]
-    result = run("eval", gptlab("eval", final, "--checkpoint", "latest", "--batches", plan.eval_batches, "--json"), log_dir, plan.caps["eval"])
+    final = (
+        runs["preempted"] if checks["resume"]["ok"] or (runs["preempted"] / "summary.json").is_file() else runs["whole"]
+    )
+    result = run(
+        "eval",
+        gptlab("eval", final, "--checkpoint", "latest", "--batches", plan.eval_batches, "--json"),
+        log_dir,
+        plan.caps["eval"],
+    )
     commands["eval"] = summary(result)
     evaluation = json_output(result) or {}
     loss = evaluation.get("loss")
-    check("eval", isinstance(loss, (int, float)) and math.isfinite(loss), loss=loss, split=evaluation.get("split"),
-          tokens=evaluation.get("tokens"), **({} if result["rc"] == 0 else {"error": command_failure(result)}))
+    check(
+        "eval",
+        isinstance(loss, (int, float)) and math.isfinite(loss),
+        loss=loss,
+        split=evaluation.get("split"),
+        tokens=evaluation.get("tokens"),
+        **({} if result["rc"] == 0 else {"error": command_failure(result)}),
+    )
 
     new_tokens = 20
-    result = run("generate", gptlab("generate", final, "--checkpoint", "latest", "--json", "--seed", "1", "--tokens", new_tokens),
-                 log_dir, plan.caps["generate"])
+    result = run(
+        "generate",
+        gptlab("generate", final, "--checkpoint", "latest", "--json", "--seed", "1", "--tokens", new_tokens),
+        log_dir,
+        plan.caps["generate"],
+    )
     commands["generate"] = summary(result)
     sample = json_output(result) or {}
-    check("generate", len(sample.get("token_ids", [])) >= new_tokens and bool(sample.get("text")), text=sample.get("text"),
-          **({} if result["rc"] == 0 else {"error": command_failure(result)}))
+    check(
+        "generate",
+        len(sample.get("token_ids", [])) >= new_tokens and bool(sample.get("text")),
+        text=sample.get("text"),
+        **({} if result["rc"] == 0 else {"error": command_failure(result)}),
+    )
 
     export_dir = work / "functional" / "export"
-    result = run("export", gptlab("export", final, export_dir, "--checkpoint", "latest", "--overwrite"), log_dir, plan.caps["export"])
+    result = run(
+        "export",
+        gptlab("export", final, export_dir, "--checkpoint", "latest", "--overwrite"),
+        log_dir,
+        plan.caps["export"],
+    )
     commands["export"] = summary(result)
-    if check("export", result["rc"] == 0 and (export_dir / "config.json").is_file(),
-             **({} if result["rc"] == 0 else {"error": command_failure(result)})):
+    if check(
+        "export",
+        result["rc"] == 0 and (export_dir / "config.json").is_file(),
+        **({} if result["rc"] == 0 else {"error": command_failure(result)}),
+    ):
         try:
             logits = compare_logits(final, export_dir, data_dir)
         except Exception as error:  # noqa: BLE001 - any failure here is the check's verdict, reported with its cause
@@ -516,10 +761,21 @@ def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, brea
     prewarmed = {}
     for precision, job in prewarm.items():
         result = job.wait()
-        prewarmed[precision] = {**summary(result), "compile_and_warmup_seconds": (json_output(result) or {}).get("warmup_seconds")}
-    return {"ok": all(item["ok"] for item in checks.values()), "seconds": round(time.monotonic() - started, 2),
-            "steps": plan.train_steps, "checkpoint_interval": plan.checkpoint_interval, "microbatch": plan.microbatch,
-            "model": plan.model, "checks": checks, "commands": commands, "prewarm": prewarmed or None}
+        prewarmed[precision] = {
+            **summary(result),
+            "compile_and_warmup_seconds": (json_output(result) or {}).get("warmup_seconds"),
+        }
+    return {
+        "ok": all(item["ok"] for item in checks.values()),
+        "seconds": round(time.monotonic() - started, 2),
+        "steps": plan.train_steps,
+        "checkpoint_interval": plan.checkpoint_interval,
+        "microbatch": plan.microbatch,
+        "model": plan.model,
+        "checks": checks,
+        "commands": commands,
+        "prewarm": prewarmed or None,
+    }
 
 
 # --- speed and memory ------------------------------------------------------------------------------
@@ -529,53 +785,138 @@ SPEED_SETTINGS = {  # name -> (gptlab bench --set, book_reference --precision)
     "fp16": ("use_amp=true", "fp16"),  # the users' use_amp: fp16 autocast + GradScaler + TF32
     "fp32": ("use_amp=false", "fp32"),  # the users' fp32: TF32 off
 }
-BENCH_FIELDS = ("precision", "device_name", "microbatch_size", "context_length", "tokens_per_step", "steps", "warmup_steps",
-                "warmup_seconds", "ms_per_step", "tokens_per_second", "model_tflops_per_second", "peak_tflops",
-                "peak_tflops_source", "mfu", "peak_memory_bytes", "peak_memory_method", "phases_ms", "parameters")
+BENCH_FIELDS = (
+    "precision",
+    "device_name",
+    "microbatch_size",
+    "context_length",
+    "tokens_per_step",
+    "steps",
+    "warmup_steps",
+    "warmup_seconds",
+    "ms_per_step",
+    "tokens_per_second",
+    "model_tflops_per_second",
+    "peak_tflops",
+    "peak_tflops_source",
+    "mfu",
+    "peak_memory_bytes",
+    "peak_memory_method",
+    "phases_ms",
+    "parameters",
+)
 
 
 def bench_phase(plan: Plan, speed_dir: Path, log_dir: Path) -> dict:
     started, results = time.monotonic(), {}
     for name, (setting, _) in SPEED_SETTINGS.items():
-        result = run(f"bench-{name}", gptlab("bench", speed_dir, "--synthetic", "--json", *plan.bench_args, *plan.device_settings,
-                                            "--set", setting), log_dir, plan.caps["bench"])
+        result = run(
+            f"bench-{name}",
+            gptlab(
+                "bench", speed_dir, "--synthetic", "--json", *plan.bench_args, *plan.device_settings, "--set", setting
+            ),
+            log_dir,
+            plan.caps["bench"],
+        )
         output = json_output(result)
-        results[name] = ({"ok": True, **{key: output.get(key) for key in BENCH_FIELDS}, "command": summary(result)}
-                         if output else {"ok": False, "error": command_failure(result), "command": summary(result)})
-    return {"ok": all(r["ok"] for r in results.values()), "seconds": round(time.monotonic() - started, 2), "runs": results}
+        results[name] = (
+            {"ok": True, **{key: output.get(key) for key in BENCH_FIELDS}, "command": summary(result)}
+            if output
+            else {"ok": False, "error": command_failure(result), "command": summary(result)}
+        )
+    return {
+        "ok": all(r["ok"] for r in results.values()),
+        "seconds": round(time.monotonic() - started, 2),
+        "runs": results,
+    }
 
 
 def reference_phase(plan: Plan, log_dir: Path) -> dict:
     started, results = time.monotonic(), {}
     for name, (_, precision) in SPEED_SETTINGS.items():
-        result = run(f"reference-{name}", [sys.executable, str(REPO / "benchmarks" / "book_reference.py"), *plan.reference_args,
-                                          "--precision", precision], log_dir, plan.caps["reference"])
+        result = run(
+            f"reference-{name}",
+            [
+                sys.executable,
+                str(REPO / "benchmarks" / "book_reference.py"),
+                *plan.reference_args,
+                "--precision",
+                precision,
+            ],
+            log_dir,
+            plan.caps["reference"],
+        )
         try:
             output = json.loads(result["stdout"].strip().splitlines()[-1]) if result["rc"] == 0 else None
         except (json.JSONDecodeError, IndexError):
             output = None
-        results[name] = ({"ok": True, **{k: output.get(k) for k in ("precision", "device", "batch_size", "steps", "tokens_per_second",
-                                                                    "peak_memory_bytes", "parameters")}, "command": summary(result)}
-                         if output else {"ok": False, "error": command_failure(result), "command": summary(result)})
-    return {"ok": all(r["ok"] for r in results.values()), "seconds": round(time.monotonic() - started, 2), "runs": results}
+        results[name] = (
+            {
+                "ok": True,
+                **{
+                    k: output.get(k)
+                    for k in (
+                        "precision",
+                        "device",
+                        "batch_size",
+                        "steps",
+                        "tokens_per_second",
+                        "peak_memory_bytes",
+                        "parameters",
+                    )
+                },
+                "command": summary(result),
+            }
+            if output
+            else {"ok": False, "error": command_failure(result), "command": summary(result)}
+        )
+    return {
+        "ok": all(r["ok"] for r in results.values()),
+        "seconds": round(time.monotonic() - started, 2),
+        "runs": results,
+    }
 
 
 def max_microbatch_phase(plan: Plan, speed_dir: Path, log_dir: Path) -> dict:
     started, results = time.monotonic(), {}
     for name, limit in plan.max_microbatch_limits.items():
         setting = SPEED_SETTINGS[name.split("_")[0]][0]
-        argv = gptlab("bench", speed_dir, "--find-max-microbatch", "--json", *plan.device_settings, *plan.max_microbatch_settings,
-                      "--set", setting, *(["--memory-limit-bytes", limit] if limit else []))
+        argv = gptlab(
+            "bench",
+            speed_dir,
+            "--find-max-microbatch",
+            "--json",
+            *plan.device_settings,
+            *plan.max_microbatch_settings,
+            "--set",
+            setting,
+            *(["--memory-limit-bytes", limit] if limit else []),
+        )
         result = run(f"max-microbatch-{name}", argv, log_dir, plan.caps["max_microbatch"])
         output = json_output(result)
         if output:
-            results[name] = {"ok": True, "memory_limit": limit or "the device", "max_microbatch": output.get("max_microbatch"),
-                             "memory_limit_bytes": output.get("memory_limit_bytes"), "memory_limit_source": output.get("memory_limit_source"),
-                             "trials": [(t["microbatch"], t["outcome"], t["peak_memory_bytes"]) for t in output.get("trials", [])],
-                             "precision": output.get("precision"), "command": summary(result)}
+            results[name] = {
+                "ok": True,
+                "memory_limit": limit or "the device",
+                "max_microbatch": output.get("max_microbatch"),
+                "memory_limit_bytes": output.get("memory_limit_bytes"),
+                "memory_limit_source": output.get("memory_limit_source"),
+                "trials": [(t["microbatch"], t["outcome"], t["peak_memory_bytes"]) for t in output.get("trials", [])],
+                "precision": output.get("precision"),
+                "command": summary(result),
+            }
         else:
-            results[name] = {"ok": False, "memory_limit": limit or "the device", "error": command_failure(result), "command": summary(result)}
-    return {"ok": all(r["ok"] for r in results.values()), "seconds": round(time.monotonic() - started, 2), "runs": results}
+            results[name] = {
+                "ok": False,
+                "memory_limit": limit or "the device",
+                "error": command_failure(result),
+                "command": summary(result),
+            }
+    return {
+        "ok": all(r["ok"] for r in results.values()),
+        "seconds": round(time.monotonic() - started, 2),
+        "runs": results,
+    }
 
 
 # --- targets and the table -------------------------------------------------------------------------
@@ -599,35 +940,77 @@ def targets(report: dict, total_seconds: float, plan: Plan) -> list[dict]:
     functional = phases.get("functional", {})
     checks = functional.get("checks", {})
     failed = [name for name, check in checks.items() if not check["ok"]]
-    rows.append(row("functional pass", "every check ok", None, functional.get("ok"),
-                    (f"{len(checks) - len(failed)}/{len(checks)} checks ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
-                    if checks else "not run"))
+    rows.append(
+        row(
+            "functional pass",
+            "every check ok",
+            None,
+            functional.get("ok"),
+            (
+                f"{len(checks) - len(failed)}/{len(checks)} checks ok"
+                + (f"; failed: {', '.join(failed)}" if failed else "")
+            )
+            if checks
+            else "not run",
+        )
+    )
     mfu = value(bench, "bf16", "mfu")
-    rows.append(row("bf16 MFU", ">= 55% of the datasheet peak", mfu, None if mfu is None else mfu >= 0.55,
-                    f"{mfu * 100:.1f}%" if mfu is not None else "n/a (no peak for this device)"))
+    rows.append(
+        row(
+            "bf16 MFU",
+            ">= 55% of the datasheet peak",
+            mfu,
+            None if mfu is None else mfu >= 0.55,
+            f"{mfu * 100:.1f}%" if mfu is not None else "n/a (no peak for this device)",
+        )
+    )
     for name, factor in (("fp16", 4.0), ("fp32", 1.3)):
         ours, theirs = value(bench, name, "tokens_per_second"), value(reference, name, "tokens_per_second")
         ratio = ours / theirs if ours and theirs else None
         label = "use_amp (fp16 + scaler)" if name == "fp16" else "fp32, TF32 off"
-        rows.append(row(f"{label} vs book reference", f">= {factor:g}x", ratio, None if ratio is None else ratio >= factor,
-                        f"{ratio:.2f}x ({ours:,.0f} vs {theirs:,.0f} tokens/s)" if ratio else "n/a"))
+        rows.append(
+            row(
+                f"{label} vs book reference",
+                f">= {factor:g}x",
+                ratio,
+                None if ratio is None else ratio >= factor,
+                f"{ratio:.2f}x ({ours:,.0f} vs {theirs:,.0f} tokens/s)" if ratio else "n/a",
+            )
+        )
     for name, limit_gib in (("fp32", 17.5), ("bf16", 12.0)):
         peak = value(bench, name, "peak_memory_bytes")
         microbatch = value(bench, name, "microbatch_size")
-        rows.append(row(f"{name} peak memory at microbatch {microbatch or plan.microbatch}", f"<= {limit_gib:g} GiB",
-                        peak / GIB if peak else None, None if not peak else peak / GIB <= limit_gib,
-                        f"{peak / GIB:.2f} GiB" if peak else "n/a"))
+        rows.append(
+            row(
+                f"{name} peak memory at microbatch {microbatch or plan.microbatch}",
+                f"<= {limit_gib:g} GiB",
+                peak / GIB if peak else None,
+                None if not peak else peak / GIB <= limit_gib,
+                f"{peak / GIB:.2f} GiB" if peak else "n/a",
+            )
+        )
     capped = value(largest, "fp32_40GB", "max_microbatch")
     limit = plan.max_microbatch_limits["fp32_40GB"]
-    rows.append(row(f"fp32 fits {limit} at the users' microbatch", f"max microbatch >= {plan.microbatch}", capped,
-                    None if capped is None else capped >= plan.microbatch, f"max microbatch {capped}" if capped is not None else "n/a"))
+    rows.append(
+        row(
+            f"fp32 fits {limit} at the users' microbatch",
+            f"max microbatch >= {plan.microbatch}",
+            capped,
+            None if capped is None else capped >= plan.microbatch,
+            f"max microbatch {capped}" if capped is not None else "n/a",
+        )
+    )
     budget = plan.budgets["total"]
-    rows.append(row("whole check", f"<= {budget:g} s", total_seconds, total_seconds <= budget, f"{total_seconds:.0f} s"))
+    rows.append(
+        row("whole check", f"<= {budget:g} s", total_seconds, total_seconds <= budget, f"{total_seconds:.0f} s")
+    )
     return rows
 
 
 def table(report: dict) -> str:
-    lines = [f"gpu_check ({report['mode']} mode) on {report['environment']['info'].get('gpu') or report['environment']['info'].get('cpu')}"]
+    lines = [
+        f"gpu_check ({report['mode']} mode) on {report['environment']['info'].get('gpu') or report['environment']['info'].get('cpu')}"
+    ]
     for note in report["notes"]:
         lines.append(f"  note: {note}")
     speed = [("setting", "gptlab tokens/s", "MFU", "peak memory", "reference tokens/s", "ratio")]
@@ -636,12 +1019,30 @@ def table(report: dict) -> str:
     for name in SPEED_SETTINGS:
         ours, theirs = bench.get(name, {}), reference.get(name, {})
         tps, ref = ours.get("tokens_per_second"), theirs.get("tokens_per_second")
-        speed.append((name, f"{tps:,.0f}" if tps else "failed", f"{ours['mfu'] * 100:.1f}%" if ours.get("mfu") else "n/a",
-                      f"{ours['peak_memory_bytes'] / GIB:.2f} GiB" if ours.get("peak_memory_bytes") else "n/a",
-                      f"{ref:,.0f}" if ref else "failed", f"{tps / ref:.2f}x" if tps and ref else "n/a"))
+        speed.append(
+            (
+                name,
+                f"{tps:,.0f}" if tps else "failed",
+                f"{ours['mfu'] * 100:.1f}%" if ours.get("mfu") else "n/a",
+                f"{ours['peak_memory_bytes'] / GIB:.2f} GiB" if ours.get("peak_memory_bytes") else "n/a",
+                f"{ref:,.0f}" if ref else "failed",
+                f"{tps / ref:.2f}x" if tps and ref else "n/a",
+            )
+        )
     for name, entry in report["phases"].get("max_microbatch", {}).get("runs", {}).items():
-        speed.append((f"max microbatch {name}", str(entry.get("max_microbatch", "failed")), "", f"limit {entry['memory_limit']}", "", ""))
-    rows = [("target", "goal", "measured", "status")] + [(t["target"], t["goal"], t["shown"], t["status"].upper()) for t in report["targets"]]
+        speed.append(
+            (
+                f"max microbatch {name}",
+                str(entry.get("max_microbatch", "failed")),
+                "",
+                f"limit {entry['memory_limit']}",
+                "",
+                "",
+            )
+        )
+    rows = [("target", "goal", "measured", "status")] + [
+        (t["target"], t["goal"], t["shown"], t["status"].upper()) for t in report["targets"]
+    ]
     for block in (speed, rows):
         widths = [max(len(str(r[i])) for r in block) for i in range(len(block[0]))]
         lines.append("")
@@ -649,9 +1050,14 @@ def table(report: dict) -> str:
             lines.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
             if index == 0:
                 lines.append("  ".join("-" * w for w in widths))
-    phase_times = ", ".join(f"{name} {p.get('seconds', 0):.0f}/{report['budget_seconds'].get(name, 0):g} s"
-                            for name, p in report["phases"].items())
-    lines += ["", f"seconds used/planned: {phase_times}; total {report['total_seconds']:.0f}/{report['budget_seconds']['total']:g} s"]
+    phase_times = ", ".join(
+        f"{name} {p.get('seconds', 0):.0f}/{report['budget_seconds'].get(name, 0):g} s"
+        for name, p in report["phases"].items()
+    )
+    lines += [
+        "",
+        f"seconds used/planned: {phase_times}; total {report['total_seconds']:.0f}/{report['budget_seconds']['total']:g} s",
+    ]
     if not report["phases"].get("functional", {}).get("ok"):
         lines.append("FUNCTIONAL PASS FAILED:")
         for name, item in report["phases"].get("functional", {}).get("checks", {}).items():
@@ -664,17 +1070,38 @@ def table(report: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="One prepared check of gptlab on a GPU (or, with --small, on the CPU).")
+    parser = argparse.ArgumentParser(
+        description="One prepared check of gptlab on a GPU (or, with --small, on the CPU)."
+    )
     parser.add_argument("--small", action="store_true", help="tiny model on the CPU: every step, in about a minute")
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON with every figure here (command logs go beside it)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="where runs and checkpoints go (default: a temporary folder, removed after)")
-    parser.add_argument("--phases", default="functional,bench,reference,max_microbatch",
-                        help="comma-separated subset of functional,bench,reference,max_microbatch (environment and prepare always run)")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="seconds after the start at which every command still running is stopped, so the JSON is "
-                             "written within a time limit (default: 570 on a GPU, under the device's 10-minute command limit; none with --small)")
-    parser.add_argument("--break", dest="break_step", choices=["resume"], default=os.environ.get(BREAK_ENV) or None,
-                        help=f"for tests: break a functional step on purpose (also ${BREAK_ENV}=resume)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the JSON with every figure here (command logs go beside it)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where runs and checkpoints go (default: a temporary folder, removed after)",
+    )
+    parser.add_argument(
+        "--phases",
+        default="functional,bench,reference,max_microbatch",
+        help="comma-separated subset of functional,bench,reference,max_microbatch (environment and prepare always run)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds after the start at which every command still running is stopped, so the JSON is "
+        "written within a time limit (default: 570 on a GPU, under the device's 10-minute command limit; none with --small)",
+    )
+    parser.add_argument(
+        "--break",
+        dest="break_step",
+        choices=["resume"],
+        default=os.environ.get(BREAK_ENV) or None,
+        help=f"for tests: break a functional step on purpose (also ${BREAK_ENV}=resume)",
+    )
     args = parser.parse_args(argv)
     if args.break_step not in (None, "resume"):
         parser.error(f"${BREAK_ENV}={args.break_step}: only 'resume' is allowed")
@@ -691,11 +1118,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu_check-"))
     work.mkdir(parents=True, exist_ok=True)
-    log_dir = (args.out.with_name(args.out.stem + "-logs") if args.out else work / "logs")
+    log_dir = args.out.with_name(args.out.stem + "-logs") if args.out else work / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"mode": plan.mode, "command": shlex.join([sys.executable, *sys.argv]), "notes": plan.notes,
-                              "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "budget_seconds": plan.budgets, "deadline_seconds": deadline, "log_dir": str(log_dir), "phases": {}}
+    report: dict[str, Any] = {
+        "mode": plan.mode,
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "notes": plan.notes,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "budget_seconds": plan.budgets,
+        "deadline_seconds": deadline,
+        "log_dir": str(log_dir),
+        "phases": {},
+    }
 
     def save_so_far() -> None:
         if args.out:
@@ -707,28 +1141,49 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["phases"]["environment"] = {"ok": environment["ok"], "seconds": environment["seconds"]}
         print("environment:", json.dumps(environment["info"], indent=1), flush=True)
         if not args.small and not environment["info"].get("cuda_available"):
-            print("error: torch sees no CUDA device; run with --small for the CPU version of this check", file=sys.stderr)
+            print(
+                "error: torch sees no CUDA device; run with --small for the CPU version of this check", file=sys.stderr
+            )
             return 2
 
         data_dir = work / "data"
         result = run("prepare", gptlab("prepare", "brown", data_dir, "--overwrite"), log_dir, plan.caps["prepare"])
-        report["phases"]["prepare"] = {"ok": result["rc"] == 0, "seconds": result["seconds"], "command": summary(result)}
+        report["phases"]["prepare"] = {
+            "ok": result["rc"] == 0,
+            "seconds": result["seconds"],
+            "command": summary(result),
+        }
         print(f"prepare: {'ok' if result['rc'] == 0 else command_failure(result)} ({result['seconds']} s)", flush=True)
         save_so_far()
 
         speed_dir = write_run(work / "speed" / "run", plan.model, {**USERS_TRAIN, "microbatch_size": plan.microbatch})
         if "functional" in chosen:
             if report["phases"]["prepare"]["ok"]:
-                report["phases"]["functional"] = functional_phase(plan, work, log_dir, data_dir, args.break_step == "resume")
+                report["phases"]["functional"] = functional_phase(
+                    plan, work, log_dir, data_dir, args.break_step == "resume"
+                )
             else:
-                report["phases"]["functional"] = {"ok": False, "seconds": 0, "checks": {"prepare": {"ok": False, "error": command_failure(result)}}}
-            print(f"functional: {'ok' if report['phases']['functional']['ok'] else 'FAILED'} ({report['phases']['functional']['seconds']} s)", flush=True)
+                report["phases"]["functional"] = {
+                    "ok": False,
+                    "seconds": 0,
+                    "checks": {"prepare": {"ok": False, "error": command_failure(result)}},
+                }
+            print(
+                f"functional: {'ok' if report['phases']['functional']['ok'] else 'FAILED'} ({report['phases']['functional']['seconds']} s)",
+                flush=True,
+            )
             save_so_far()
-        for name, phase in (("bench", lambda: bench_phase(plan, speed_dir, log_dir)), ("reference", lambda: reference_phase(plan, log_dir)),
-                            ("max_microbatch", lambda: max_microbatch_phase(plan, speed_dir, log_dir))):
+        for name, phase in (
+            ("bench", lambda: bench_phase(plan, speed_dir, log_dir)),
+            ("reference", lambda: reference_phase(plan, log_dir)),
+            ("max_microbatch", lambda: max_microbatch_phase(plan, speed_dir, log_dir)),
+        ):
             if name in chosen:
                 report["phases"][name] = phase()
-                print(f"{name}: {'ok' if report['phases'][name]['ok'] else 'FAILED'} ({report['phases'][name]['seconds']} s)", flush=True)
+                print(
+                    f"{name}: {'ok' if report['phases'][name]['ok'] else 'FAILED'} ({report['phases'][name]['seconds']} s)",
+                    flush=True,
+                )
                 save_so_far()
         report["total_seconds"] = round(time.monotonic() - started, 2)
         report["targets"] = targets(report, report["total_seconds"], plan)

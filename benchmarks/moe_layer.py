@@ -47,7 +47,7 @@ class UsersMoE(nn.Module):
         for j, expert in enumerate(self.experts):
             mask = (chosen == j).any(-1)
             if mask.any():
-                out[mask] += weights[mask][:, j:j + 1] * expert(x[mask])
+                out[mask] += weights[mask][:, j : j + 1] * expert(x[mask])
         return out
 
 
@@ -81,10 +81,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    config = ModelConfig(emb_dim=args.emb_dim, n_heads=1, drop_rate=0.0, moe={"num_experts": args.experts, "num_active_experts": args.active})
+    config = ModelConfig(
+        emb_dim=args.emb_dim,
+        n_heads=1,
+        drop_rate=0.0,
+        moe={"num_experts": args.experts, "num_active_experts": args.active},
+    )
     theirs = UsersMoE(config.model_dump(), args.experts, args.active)
     ours = MixtureOfExperts(config)
-    ours.load_state_dict({name.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): tensor for name, tensor in theirs.state_dict().items()})
+    ours.load_state_dict(
+        {
+            name.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): tensor
+            for name, tensor in theirs.state_dict().items()
+        }
+    )
     x = torch.randn(1, args.tokens, args.emb_dim)
     grad = torch.randn_like(x)
     with torch.no_grad():
@@ -98,14 +108,22 @@ def main() -> None:
         seconds["gptlab"].append(time_step(ours, x, grad))
     median = {name: statistics.median(values) for name, values in seconds.items()}
     result = {
-        "cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "emb_dim": args.emb_dim, "experts": args.experts, "active": args.active, "tokens": args.tokens, "rounds": args.rounds,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "emb_dim": args.emb_dim,
+        "experts": args.experts,
+        "active": args.active,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
         "tokens_per_second": {name: round(args.tokens / value, 1) for name, value in median.items()},
         "speedup": round(median["users_loop"] / median["gptlab"], 3),
         "seconds": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
     }
-    print(f"{result['cpu']} | torch {result['torch']} | {result['threads']} threads | width {args.emb_dim}, "
-          f"{args.experts} experts, {args.active} active, {args.tokens} tokens, forward + backward, median of {args.rounds} rounds")
+    print(
+        f"{result['cpu']} | torch {result['torch']} | {result['threads']} threads | width {args.emb_dim}, "
+        f"{args.experts} experts, {args.active} active, {args.tokens} tokens, forward + backward, median of {args.rounds} rounds"
+    )
     for name, rate in result["tokens_per_second"].items():
         print(f"  {name:>10}: {rate:12,.0f} tokens/s")
     print(f"  gptlab / users' loop: {result['speedup']:.2f}x")

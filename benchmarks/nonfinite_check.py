@@ -59,14 +59,20 @@ TARGET_PERCENT = 1.0  # the fused check must cost less than this share of a trai
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--precision", choices=["fp32", "tf32", "fp16", "bf16"], default="fp32",
-                        help="numerics of the training step (default fp32)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "tf32", "fp16", "bf16"],
+        default="fp32",
+        help="numerics of the training step (default fp32)",
+    )
     parser.add_argument("--microbatch", type=int, default=1, help="sequences per step (default 1)")
     parser.add_argument("--context", type=int, default=1024, help="tokens per sequence, at most 1024 (default 1024)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps after one warm-up step (default 3)")
     parser.add_argument("--check-repeats", type=int, default=20, help="times each gradient check is timed (default 20)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="also write the results to this JSON file"
+    )
     args = parser.parse_args(argv)
     for name in ("microbatch", "context", "steps", "check_repeats"):
         if getattr(args, name) < 1:
@@ -80,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- the two checks ------------------------------------------------------------------------------
 
+
 def fused_all_finite(parameters: list[torch.nn.Parameter]) -> bool:
     """gptlab's check: one fused norm over all gradients, read back to the host once."""
     return math.isfinite(float(global_grad_norm(parameters)))
@@ -91,6 +98,7 @@ def per_parameter_all_finite(parameters: list[torch.nn.Parameter]) -> bool:
 
 
 # --- timing helpers ------------------------------------------------------------------------------
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -108,12 +116,17 @@ def time_call(function: Callable[[], object], device: torch.device) -> float:
 
 # --- the training step ---------------------------------------------------------------------------
 
-def random_batch(microbatch: int, context: int, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+
+def random_batch(
+    microbatch: int, context: int, vocab_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = torch.randint(vocab_size, (microbatch, context + 1), device=device)
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def forward_backward(model: torch.nn.Module, precision: Precision, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def forward_backward(
+    model: torch.nn.Module, precision: Precision, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     with precision.autocast():
         logits = model(inputs)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
@@ -139,18 +152,31 @@ def training_step(model, optimizer, precision: Precision, parameters, inputs, ta
 
 # --- agreement -----------------------------------------------------------------------------------
 
+
 def checks_agree(parameters: list[torch.nn.Parameter]) -> list[dict]:
     """Both checks on the real gradients, then with one element of one gradient set to inf and to NaN."""
-    results = [{"case": "real gradients", "expected": True,
-                "fused": fused_all_finite(parameters), "per_parameter": per_parameter_all_finite(parameters)}]
+    results = [
+        {
+            "case": "real gradients",
+            "expected": True,
+            "fused": fused_all_finite(parameters),
+            "per_parameter": per_parameter_all_finite(parameters),
+        }
+    ]
     with_grads = [p for p in parameters if p.grad is not None]
     victim = with_grads[len(with_grads) // 2].grad.view(-1)  # a middle tensor, a middle element
     index = victim.numel() // 2
     original = victim[index].item()
     for label, value in (("one element = inf", math.inf), ("one element = NaN", math.nan)):
         victim[index] = value
-        results.append({"case": label, "expected": False,
-                        "fused": fused_all_finite(parameters), "per_parameter": per_parameter_all_finite(parameters)})
+        results.append(
+            {
+                "case": label,
+                "expected": False,
+                "fused": fused_all_finite(parameters),
+                "per_parameter": per_parameter_all_finite(parameters),
+            }
+        )
     victim[index] = original
     for row in results:
         row["fused"], row["per_parameter"] = bool(row["fused"]), bool(row["per_parameter"])
@@ -159,6 +185,7 @@ def checks_agree(parameters: list[torch.nn.Parameter]) -> list[dict]:
 
 
 # --- main ----------------------------------------------------------------------------------------
+
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -170,21 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     device_name = env.get("device_name", "") if device.type == "cuda" else "cpu"
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", sys.argv[0], *argv])
-    print(f"gptlab {env['gptlab']} | python {env['python']} | torch {env['torch']} | cuda {env['cuda']} | "
-          f"device {args.device} ({device_name}) | cpu threads {env['cpu_threads']}")
+    print(
+        f"gptlab {env['gptlab']} | python {env['python']} | torch {env['torch']} | cuda {env['cuda']} | "
+        f"device {args.device} ({device_name}) | cpu threads {env['cpu_threads']}"
+    )
     print(f"command: {command}")
 
     model_config = ModelConfig(init="gpt2")  # GPT-2 small, untied; the gpt2 initialiser is the quick one
-    train_config = TrainConfig(dataset="random-tokens", microbatch_size=args.microbatch,
-                               precision=args.precision, device=args.device)
+    train_config = TrainConfig(
+        dataset="random-tokens", microbatch_size=args.microbatch, precision=args.precision, device=args.device
+    )
     precision = configure_precision(args.precision, device, source="--precision")
     model = build_model(model_config, device)
     model.train()
     optimizer = build_optimizer(model, train_config, device)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     n_params = sum(p.numel() for p in parameters)
-    print(f"model: GPT-2 small, {n_params / 1e6:.1f}M parameters in {len(parameters)} tensors; "
-          f"precision {args.precision}; microbatch {args.microbatch} x context {args.context}")
+    print(
+        f"model: GPT-2 small, {n_params / 1e6:.1f}M parameters in {len(parameters)} tensors; "
+        f"precision {args.precision}; microbatch {args.microbatch} x context {args.context}"
+    )
 
     inputs, targets = random_batch(args.microbatch, args.context, model_config.vocab_size, device)
 
@@ -204,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     fused_all_finite(parameters)  # warm both up once, untimed
     per_parameter_all_finite(parameters)
     fused_seconds = [time_call(lambda: fused_all_finite(parameters), device) for _ in range(args.check_repeats)]
-    per_param_seconds = [time_call(lambda: per_parameter_all_finite(parameters), device) for _ in range(args.check_repeats)]
+    per_param_seconds = [
+        time_call(lambda: per_parameter_all_finite(parameters), device) for _ in range(args.check_repeats)
+    ]
     fused_ms = statistics.mean(fused_seconds) * 1e3
     per_param_ms = statistics.mean(per_param_seconds) * 1e3
     ratio = per_param_ms / fused_ms
@@ -228,22 +262,40 @@ def main(argv: list[str] | None = None) -> int:
     print("| gradients | expected all finite | fused says | per-parameter says | agree |")
     print("|---|---|---|---|---|")
     for row in agreement:
-        print(f"| {row['case']} | {row['expected']} | {row['fused']} | {row['per_parameter']} | {'yes' if row['ok'] else 'NO'} |")
+        print(
+            f"| {row['case']} | {row['expected']} | {row['fused']} | {row['per_parameter']} | {'yes' if row['ok'] else 'NO'} |"
+        )
     print()
-    print(f"{'PASS' if target_met else 'FAIL'}: fused check is {fused_percent:.4f} % of a training step (target < {TARGET_PERCENT:g} %)")
+    print(
+        f"{'PASS' if target_met else 'FAIL'}: fused check is {fused_percent:.4f} % of a training step (target < {TARGET_PERCENT:g} %)"
+    )
     print(f"{'PASS' if all_agree else 'FAIL'}: both checks agree on finite, inf and NaN gradients")
 
     if args.json is not None:
         results = {
-            "command": command, "environment": env, "device": args.device, "device_name": device_name,
-            "precision": args.precision, "microbatch": args.microbatch, "context": args.context,
-            "parameters": n_params, "parameter_tensors": len(parameters),
-            "warmup_step_s": warmup_seconds, "step_s": step_seconds, "step_mean_s": step_mean,
-            "fused_check_s": fused_seconds, "fused_check_mean_ms": fused_ms,
-            "per_parameter_check_s": per_param_seconds, "per_parameter_check_mean_ms": per_param_ms,
-            "ratio_per_parameter_over_fused": ratio, "fused_percent_of_step": fused_percent,
-            "per_parameter_percent_of_step": per_param_percent, "target_percent": TARGET_PERCENT,
-            "target_met": target_met, "agreement": agreement, "checks_agree": all_agree,
+            "command": command,
+            "environment": env,
+            "device": args.device,
+            "device_name": device_name,
+            "precision": args.precision,
+            "microbatch": args.microbatch,
+            "context": args.context,
+            "parameters": n_params,
+            "parameter_tensors": len(parameters),
+            "warmup_step_s": warmup_seconds,
+            "step_s": step_seconds,
+            "step_mean_s": step_mean,
+            "fused_check_s": fused_seconds,
+            "fused_check_mean_ms": fused_ms,
+            "per_parameter_check_s": per_param_seconds,
+            "per_parameter_check_mean_ms": per_param_ms,
+            "ratio_per_parameter_over_fused": ratio,
+            "fused_percent_of_step": fused_percent,
+            "per_parameter_percent_of_step": per_param_percent,
+            "target_percent": TARGET_PERCENT,
+            "target_met": target_met,
+            "agreement": agreement,
+            "checks_agree": all_agree,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -25,7 +25,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parquet_folder", type=Path)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--cache-dir", default=None, help="datasets' cache (a fresh one makes the run pay for the Arrow copy, as theirs does)")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="datasets' cache (a fresh one makes the run pay for the Arrow copy, as theirs does)",
+    )
     args = parser.parse_args()
     files = sorted(str(path) for path in args.parquet_folder.rglob("*.parquet"))
     encoding = gpt2_encoding()
@@ -34,7 +38,7 @@ def main() -> None:
         dataset = load_dataset("parquet", data_files=files, split=rows, cache_dir=args.cache_dir)
         tokens: list[int] = []
         for start in range(0, len(dataset), 1000):
-            texts = dataset[start:start + 1000]["text"]
+            texts = dataset[start : start + 1000]["text"]
             for ids in encoding.encode_batch(texts):
                 tokens.extend(ids)
                 tokens.append(END_OF_TEXT_ID)

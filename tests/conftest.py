@@ -14,9 +14,23 @@ import torch
 from gptlab.data.prepare import prepare_dataset
 
 # A named tiny preset: the real GPT-2 vocabulary (the data holds real token ids), everything else small.
-TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0, "qkv_bias": False}
-TINY_TRAIN = {"microbatch_size": 4, "min_train_tokens": 4 * 32 * 12, "learning_rate": 0.003, "precision": "fp32",
-              "validation_batches": 2, "log_interval": 3}
+TINY_MODEL = {
+    "vocab_size": 50257,
+    "context_length": 32,
+    "emb_dim": 32,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": False,
+}
+TINY_TRAIN = {
+    "microbatch_size": 4,
+    "min_train_tokens": 4 * 32 * 12,
+    "learning_rate": 0.003,
+    "precision": "fp32",
+    "validation_batches": 2,
+    "log_interval": 3,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +68,18 @@ def make_run(tmp_path, brown_dataset):
     return make
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run the real `gptlab` entry point in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

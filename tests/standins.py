@@ -88,7 +88,9 @@ class TelegramStandIn(StandIn):
         if self.mode == "hang":
             return self.hang()
         if isinstance(self.mode, int):
-            return self.reply(handler, self.mode, {"ok": False, "error_code": self.mode, "description": "stand-in failure"})
+            return self.reply(
+                handler, self.mode, {"ok": False, "error_code": self.mode, "description": "stand-in failure"}
+            )
         if method != "POST" or path != f"/bot{self.token}/sendMessage":
             return self.reply(handler, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
         with self.lock:
@@ -110,8 +112,15 @@ class LambdaStandIn(StandIn):
     is 'booting' for `boot_polls` status reads, then 'active' with an IP.
     """
 
-    def __init__(self, api_key: str, instance_type: str = "gpu_8x_a100_80gb_sxm4", capacity_after: int = 1,
-                 capacity_region: str = "us-east-1", price_cents: int = 1432, boot_polls: int = 1) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        instance_type: str = "gpu_8x_a100_80gb_sxm4",
+        capacity_after: int = 1,
+        capacity_region: str = "us-east-1",
+        price_cents: int = 1432,
+        boot_polls: int = 1,
+    ) -> None:
         super().__init__()
         self.api_key = api_key
         self.instance_type = instance_type
@@ -130,7 +139,11 @@ class LambdaStandIn(StandIn):
 
     def handle(self, handler, method, path, body) -> None:
         if handler.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return self.reply(handler, 401, {"error": {"code": "global/invalid-api-key", "message": "API key was invalid, expired, or deleted."}})
+            return self.reply(
+                handler,
+                401,
+                {"error": {"code": "global/invalid-api-key", "message": "API key was invalid, expired, or deleted."}},
+            )
         if method == "GET" and path == "/api/v1/instance-types":
             with self.lock:
                 self.type_polls += 1
@@ -138,15 +151,42 @@ class LambdaStandIn(StandIn):
             if poll in self.type_faults:
                 status = self.type_faults[poll]
                 code = "global/too-many-requests" if status == 429 else "global/internal-error"
-                return self.reply(handler, status, {"error": {"code": code, "message": "stand-in fault"}}, {"Retry-After": "0"} if status == 429 else None)
-            regions = [{"name": self.capacity_region, "description": "Virginia, USA"}] if poll >= self.capacity_after else []
-            return self.reply(handler, 200, {"data": {
-                self.instance_type: {"instance_type": {"name": self.instance_type, "description": "8x A100 (80 GB SXM4)",
-                                                       "price_cents_per_hour": self.price_cents, "specs": {"gpus": 8}},
-                                     "regions_with_capacity_available": regions},
-                "gpu_1x_a10": {"instance_type": {"name": "gpu_1x_a10", "description": "1x A10 (24 GB PCIe)", "price_cents_per_hour": 75},
-                               "regions_with_capacity_available": [{"name": "us-west-1", "description": "California, USA"}]},
-            }})
+                return self.reply(
+                    handler,
+                    status,
+                    {"error": {"code": code, "message": "stand-in fault"}},
+                    {"Retry-After": "0"} if status == 429 else None,
+                )
+            regions = (
+                [{"name": self.capacity_region, "description": "Virginia, USA"}] if poll >= self.capacity_after else []
+            )
+            return self.reply(
+                handler,
+                200,
+                {
+                    "data": {
+                        self.instance_type: {
+                            "instance_type": {
+                                "name": self.instance_type,
+                                "description": "8x A100 (80 GB SXM4)",
+                                "price_cents_per_hour": self.price_cents,
+                                "specs": {"gpus": 8},
+                            },
+                            "regions_with_capacity_available": regions,
+                        },
+                        "gpu_1x_a10": {
+                            "instance_type": {
+                                "name": "gpu_1x_a10",
+                                "description": "1x A10 (24 GB PCIe)",
+                                "price_cents_per_hour": 75,
+                            },
+                            "regions_with_capacity_available": [
+                                {"name": "us-west-1", "description": "California, USA"}
+                            ],
+                        },
+                    }
+                },
+            )
         if method == "GET" and path == "/api/v1/instances":
             with self.lock:
                 lagging = bool(self.launches) and self.listing_lag > 0
@@ -155,21 +195,47 @@ class LambdaStandIn(StandIn):
         if method == "GET" and path.startswith("/api/v1/instances/"):
             instance_id = path.rsplit("/", 1)[1]
             if instance_id not in self.instances:
-                return self.reply(handler, 404, {"error": {"code": "global/object-does-not-exist", "message": "Specified instance does not exist."}})
+                return self.reply(
+                    handler,
+                    404,
+                    {
+                        "error": {
+                            "code": "global/object-does-not-exist",
+                            "message": "Specified instance does not exist.",
+                        }
+                    },
+                )
             with self.lock:
                 self.status_reads[instance_id] = self.status_reads.get(instance_id, 0) + 1
                 return self.reply(handler, 200, {"data": self._view(instance_id)})
         if method == "POST" and path == "/api/v1/instance-operations/launch":
             if body.get("region_name") != self.capacity_region or self.type_polls < self.capacity_after:
-                return self.reply(handler, 400, {"error": {"code": "instance-operations/launch/insufficient-capacity", "message": "Not enough capacity"}})
+                return self.reply(
+                    handler,
+                    400,
+                    {
+                        "error": {
+                            "code": "instance-operations/launch/insufficient-capacity",
+                            "message": "Not enough capacity",
+                        }
+                    },
+                )
             with self.lock:
                 instance_id = f"i-{len(self.launches) + 1:04d}"
                 self.launches.append(body)
-                self.instances[instance_id] = {"name": body.get("name"), "region": body["region_name"], "type": body["instance_type_name"]}
+                self.instances[instance_id] = {
+                    "name": body.get("name"),
+                    "region": body["region_name"],
+                    "type": body["instance_type_name"],
+                }
                 lose = self.lose_launch_answers > 0
                 self.lose_launch_answers -= int(lose)
             if lose and self.lost_launch_status is not None:
-                return self.reply(handler, self.lost_launch_status, {"error": {"code": "global/internal-error", "message": "stand-in fault"}})
+                return self.reply(
+                    handler,
+                    self.lost_launch_status,
+                    {"error": {"code": "global/internal-error", "message": "stand-in fault"}},
+                )
             if lose:
                 handler.close_connection = True  # carried out, but the answer never arrives
                 return None
@@ -179,6 +245,15 @@ class LambdaStandIn(StandIn):
     def _view(self, instance_id: str) -> dict:
         record = self.instances[instance_id]
         up = self.status_reads.get(instance_id, 0) > self.boot_polls
-        return {"id": instance_id, "name": record["name"], "status": "active" if up else "booting", "ip": "198.51.100.7" if up else None,
-                "region": {"name": record["region"], "description": "Virginia, USA"},
-                "instance_type": {"name": record["type"], "description": "8x A100 (80 GB SXM4)", "price_cents_per_hour": self.price_cents}}
+        return {
+            "id": instance_id,
+            "name": record["name"],
+            "status": "active" if up else "booting",
+            "ip": "198.51.100.7" if up else None,
+            "region": {"name": record["region"], "description": "Virginia, USA"},
+            "instance_type": {
+                "name": record["type"],
+                "description": "8x A100 (80 GB SXM4)",
+                "price_cents_per_hour": self.price_cents,
+            },
+        }

@@ -15,7 +15,15 @@ def counting_split(tmp_path):
 
 
 def plan(split, **kw):
-    args = dict(start_token=0, min_tokens=-1, microbatch_size=2, context_length=8, accumulation_steps=1, world_size=1, source="t")
+    args = dict(
+        start_token=0,
+        min_tokens=-1,
+        microbatch_size=2,
+        context_length=8,
+        accumulation_steps=1,
+        world_size=1,
+        source="t",
+    )
     return plan_training(split, **{**args, **kw})
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import TINY_MODEL, run_cli
+
 from gptlab import bench
 from gptlab.cli import cli
 from gptlab.config import ModelConfig, TrainConfig, load_run_config
@@ -38,11 +38,17 @@ def test_bench_json_has_every_field(make_run, brown_dataset):
 
     assert set(bench.RESULT_FIELDS) <= set(result)
     assert result["steps"] == 2 and len(result["step_ms"]) == 2 and result["warmup_steps"] == 1
-    assert result["tokens_per_step"] == 4 * 32 and result["tokens"] == str(brown_dataset.resolve())  # the run's real dataset
+    assert result["tokens_per_step"] == 4 * 32 and result["tokens"] == str(
+        brown_dataset.resolve()
+    )  # the run's real dataset
     assert result["tokens_per_second"] > 0 and result["ms_per_step"] > 0
-    assert result["tokens_per_second"] == pytest.approx(result["tokens_per_step"] / (result["ms_per_step"] / 1e3), rel=1e-3)
+    assert result["tokens_per_second"] == pytest.approx(
+        result["tokens_per_step"] / (result["ms_per_step"] / 1e3), rel=1e-3
+    )
     assert result["flops_per_token"] == bench.flops_per_token(ModelConfig(**TINY_MODEL))
-    assert result["model_tflops_per_second"] == pytest.approx(result["tokens_per_second"] * result["flops_per_token"] / 1e12, rel=1e-3)
+    assert result["model_tflops_per_second"] == pytest.approx(
+        result["tokens_per_second"] * result["flops_per_token"] / 1e12, rel=1e-3
+    )
     assert result["device"] == "cpu" and result["precision"] == "fp32"
     assert result["peak_tflops"] is None and result["mfu"] is None  # no known peak for a CPU
     assert result["peak_memory_bytes"] > 0 and "TensorBytesTracker" in result["peak_memory_method"]
@@ -55,8 +61,14 @@ def test_bench_json_has_every_field(make_run, brown_dataset):
 
 def test_peak_tflops_option_gives_mfu_and_text_output_has_a_table(make_run):
     run_dir = make_run()
-    result = bench_json(str(run_dir), "--synthetic", "--steps", "1", "--warmup-steps", "0", "--phase-steps", "0", "--peak-tflops", "0.5")
-    assert result["tokens"] == "synthetic" and result["peak_tflops_source"] == "--peak-tflops" and result["phases_ms"] is None
+    result = bench_json(
+        str(run_dir), "--synthetic", "--steps", "1", "--warmup-steps", "0", "--phase-steps", "0", "--peak-tflops", "0.5"
+    )
+    assert (
+        result["tokens"] == "synthetic"
+        and result["peak_tflops_source"] == "--peak-tflops"
+        and result["phases_ms"] is None
+    )
     assert result["mfu"] == pytest.approx(result["model_tflops_per_second"] / 0.5, rel=1e-2)
 
     text = invoke(str(run_dir), "--synthetic", "--steps", "1", "--warmup-steps", "0", "--phase-steps", "0").stdout
@@ -65,16 +77,38 @@ def test_peak_tflops_option_gives_mfu_and_text_output_has_a_table(make_run):
 
 def test_compare_gives_one_column_per_override_with_the_override_applied(make_run):
     run_dir = make_run(train={"use_amp": True, "precision": None})  # the users' switch: compare must replace it
-    result = bench_json(str(run_dir), "--synthetic", "--steps", "1", "--warmup-steps", "0", "--phase-steps", "0",
-                        "--compare", "precision=fp32", "precision=bf16")
+    result = bench_json(
+        str(run_dir),
+        "--synthetic",
+        "--steps",
+        "1",
+        "--warmup-steps",
+        "0",
+        "--phase-steps",
+        "0",
+        "--compare",
+        "precision=fp32",
+        "precision=bf16",
+    )
     assert [column["column"] for column in result["columns"]] == ["precision=fp32", "precision=bf16"]
     assert [column["precision"] for column in result["columns"]] == ["fp32", "bf16"]
     assert [column["config"]["train"]["precision"] for column in result["columns"]] == ["fp32", "bf16"]
     for column in result["columns"]:
         assert set(bench.RESULT_FIELDS) <= set(column)
 
-    table = invoke(str(run_dir), "--synthetic", "--steps", "1", "--warmup-steps", "0", "--phase-steps", "0",
-                   "--compare", "microbatch_size=2", "microbatch_size=4").stdout
+    table = invoke(
+        str(run_dir),
+        "--synthetic",
+        "--steps",
+        "1",
+        "--warmup-steps",
+        "0",
+        "--phase-steps",
+        "0",
+        "--compare",
+        "microbatch_size=2",
+        "microbatch_size=4",
+    ).stdout
     header = next(line for line in table.splitlines() if line.startswith("| measure"))
     assert "microbatch_size=2" in header and "microbatch_size=4" in header and "tokens/s vs first column" in table
 
@@ -92,24 +126,27 @@ def test_flops_formula_matches_a_hand_count():
     assert round(451_785 * bench.flops_per_token(ModelConfig()) / 1e12) == 386
 
 
-@pytest.mark.parametrize("name, precision, expected", [
-    ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
-    ("NVIDIA H100 80GB HBM3", "fp32", 67.0),
-    ("NVIDIA H100 PCIe", "fp16", 756.0),
-    ("NVIDIA H100 NVL", "tf32", 418.0),
-    ("NVIDIA H200", "bf16", 989.0),
-    ("NVIDIA A100-SXM4-40GB", "tf32", 156.0),
-    ("NVIDIA A100 80GB PCIe", "bf16", 312.0),
-    ("NVIDIA A10", "bf16", 125.0),
-    ("NVIDIA L4", "fp16", 121.0),
-    ("NVIDIA L40S", "bf16", 362.0),
-    ("NVIDIA GeForce RTX 3090", "bf16", 71.0),
-    ("NVIDIA GeForce RTX 3090 Ti", "bf16", 80.0),
-    ("NVIDIA GeForce RTX 4090", "fp16", 165.2),
-    ("Tesla V100-SXM2-16GB", "bf16", None),  # no bf16 tensor cores
-    ("NVIDIA A10G", "bf16", None),  # not in the table (and not an A10 or an A100)
-    ("Intel(R) Xeon(R) Processor", "bf16", None),
-])
+@pytest.mark.parametrize(
+    "name, precision, expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+        ("NVIDIA H100 80GB HBM3", "fp32", 67.0),
+        ("NVIDIA H100 PCIe", "fp16", 756.0),
+        ("NVIDIA H100 NVL", "tf32", 418.0),
+        ("NVIDIA H200", "bf16", 989.0),
+        ("NVIDIA A100-SXM4-40GB", "tf32", 156.0),
+        ("NVIDIA A100 80GB PCIe", "bf16", 312.0),
+        ("NVIDIA A10", "bf16", 125.0),
+        ("NVIDIA L4", "fp16", 121.0),
+        ("NVIDIA L40S", "bf16", 362.0),
+        ("NVIDIA GeForce RTX 3090", "bf16", 71.0),
+        ("NVIDIA GeForce RTX 3090 Ti", "bf16", 80.0),
+        ("NVIDIA GeForce RTX 4090", "fp16", 165.2),
+        ("Tesla V100-SXM2-16GB", "bf16", None),  # no bf16 tensor cores
+        ("NVIDIA A10G", "bf16", None),  # not in the table (and not an A10 or an A100)
+        ("Intel(R) Xeon(R) Processor", "bf16", None),
+    ],
+)
 def test_peak_table_lookup(name, precision, expected):
     found = bench.lookup_peak_tflops(name, precision)
     assert (found[0] if found else None) == expected
@@ -170,8 +207,13 @@ def test_find_max_microbatch_catches_real_out_of_memory_errors(make_run, monkeyp
     def failing(kind):
         def forward_backward(run, step):
             if run.plan.microbatch_size > 5:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if kind == "cuda" else \
-                    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+                raise (
+                    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                    if kind == "cuda"
+                    else RuntimeError(
+                        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"
+                    )
+                )
             return real_forward_backward(run, step)
 
         return forward_backward
@@ -191,25 +233,37 @@ def test_find_max_microbatch_catches_real_out_of_memory_errors(make_run, monkeyp
         bench.find_max_microbatch(run_dir)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "Invalid value for '--steps': 0 is not in the range x>=1."),
-    (["--peak-tflops", "0"], "Invalid value for '--peak-tflops': 0.0 is not in the range x>0.0."),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "Invalid value for '--steps': 0 is not in the range x>=1."),
+        (["--peak-tflops", "0"], "Invalid value for '--peak-tflops': 0.0 is not in the range x>0.0."),
+    ],
+)
 def test_numeric_options_out_of_range_are_refused_when_parsed(make_run, args, message):
     result = invoke(str(make_run()), *args)
     assert result.exit_code == 2 and message in result.output and result.exception is not None
     assert not isinstance(result.exception, UserError)  # click's own usage error, before any work
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--compare"], "--compare: give one KEY=VALUE per column"),
-    (["--compare", "precision=fp99"], "--compare precision=fp99: "),
-    (["--compare", "nosuchkey=1"], "--compare nosuchkey=1: 'nosuchkey' is not a key"),
-    (["precision=bf16"], "precision=bf16: KEY=VALUE after RUN_DIR is only for --compare"),
-    (["--memory-limit-bytes", "1GB"], "--memory-limit-bytes: only applies with --find-max-microbatch"),
-    (["--find-max-microbatch", "--memory-limit-bytes", "lots"], "--memory-limit-bytes lots: expected a positive number of bytes"),
-    (["--find-max-microbatch", "--compare", "precision=bf16"], "--find-max-microbatch and --compare: give one of them"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--compare"], "--compare: give one KEY=VALUE per column"),
+        (["--compare", "precision=fp99"], "--compare precision=fp99: "),
+        (["--compare", "nosuchkey=1"], "--compare nosuchkey=1: 'nosuchkey' is not a key"),
+        (["precision=bf16"], "precision=bf16: KEY=VALUE after RUN_DIR is only for --compare"),
+        (["--memory-limit-bytes", "1GB"], "--memory-limit-bytes: only applies with --find-max-microbatch"),
+        (
+            ["--find-max-microbatch", "--memory-limit-bytes", "lots"],
+            "--memory-limit-bytes lots: expected a positive number of bytes",
+        ),
+        (
+            ["--find-max-microbatch", "--compare", "precision=bf16"],
+            "--find-max-microbatch and --compare: give one of them",
+        ),
+    ],
+)
 def test_bad_options_give_one_line_errors(make_run, args, message):
     result = invoke(str(make_run()), *args)
     assert isinstance(result.exception, UserError), result.output
@@ -230,7 +284,11 @@ def test_seconds_per_step_still_serves_the_demo():
 
 
 def test_parse_bytes():
-    assert bench.parse_bytes("40GB") == 40 * 10**9 and bench.parse_bytes("512MiB") == 512 * 2**20 and bench.parse_bytes("1000") == 1000
+    assert (
+        bench.parse_bytes("40GB") == 40 * 10**9
+        and bench.parse_bytes("512MiB") == 512 * 2**20
+        and bench.parse_bytes("1000") == 1000
+    )
     with pytest.raises(UserError):
         bench.parse_bytes("0")
 

@@ -1,10 +1,26 @@
 import pytest
 from click.testing import CliRunner
-
 from conftest import run_cli
+
 from gptlab.cli import cli
 
-SUBCOMMANDS = ["prepare", "train", "eval", "generate", "demo", "export", "upload", "import-hf", "experiment", "compare", "report", "bench", "data", "notify", "cloud"]
+SUBCOMMANDS = [
+    "prepare",
+    "train",
+    "eval",
+    "generate",
+    "demo",
+    "export",
+    "upload",
+    "import-hf",
+    "experiment",
+    "compare",
+    "report",
+    "bench",
+    "data",
+    "notify",
+    "cloud",
+]
 
 
 def test_top_level_help_lists_every_subcommand():

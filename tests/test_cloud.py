@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli
 from standins import LambdaStandIn, TelegramStandIn
 
@@ -32,19 +31,28 @@ def watch(lambda_api, *args, telegram=None, timeout=60):
 def test_launches_once_when_capacity_appears_through_rate_limits_and_server_errors():
     with LambdaStandIn(API_KEY, capacity_after=5, boot_polls=2) as api, TelegramStandIn(BOT_TOKEN) as telegram:
         api.type_faults = {2: 429, 3: 500, 4: 429}
-        result = watch(api, "--launch", "--ssh-key", "laptop", "--filesystem", "shared", "--notify", "telegram", telegram=telegram)
+        result = watch(
+            api, "--launch", "--ssh-key", "laptop", "--filesystem", "shared", "--notify", "telegram", telegram=telegram
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert len(api.launches) == 1
         launch = api.launches[0]
-        assert (launch["instance_type_name"], launch["region_name"], launch["ssh_key_names"], launch["file_system_names"], launch["quantity"]) == \
-            (TYPE, "us-east-1", ["laptop"], ["shared"], 1)
+        assert (
+            launch["instance_type_name"],
+            launch["region_name"],
+            launch["ssh_key_names"],
+            launch["file_system_names"],
+            launch["quantity"],
+        ) == (TYPE, "us-east-1", ["laptop"], ["shared"], 1)
         out = result.stdout
         assert "HTTP 429" in out and "HTTP 500" in out  # each fault is one quiet line, then waited out
         assert "in us-east-1 at $14.32/h; launching one" in out  # the price before the launch
         assert "Instance i-0001" in out and "is up at 198.51.100.7" in out
         assert api.type_polls == 5  # no poll after the launch; the booting instance is read by id
         texts = telegram.texts()
-        assert any("Launched instance i-0001" in text for text in texts) and any("198.51.100.7" in text for text in texts)
+        assert any("Launched instance i-0001" in text for text in texts) and any(
+            "198.51.100.7" in text for text in texts
+        )
 
 
 @pytest.mark.parametrize("lost_answer", [None, 502], ids=["dropped-connection", "gateway-error"])
@@ -97,9 +105,13 @@ def test_gives_up_after_max_hours():
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stops_cleanly_on_sigterm_and_ctrl_c(signum):
     with LambdaStandIn(API_KEY, capacity_after=10**9) as api:
-        process = subprocess.Popen([sys.executable, "-m", "gptlab", "cloud", "watch", "--instance-type", TYPE, "--interval", "0.05"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env={**__import__("os").environ, "LAMBDA_API_KEY": API_KEY, "LAMBDA_API_BASE_URL": api.url})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "cloud", "watch", "--instance-type", TYPE, "--interval", "0.05"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**__import__("os").environ, "LAMBDA_API_KEY": API_KEY, "LAMBDA_API_BASE_URL": api.url},
+        )
         deadline = time.monotonic() + 30
         while api.type_polls < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -112,10 +124,23 @@ def test_stops_cleanly_on_sigterm_and_ctrl_c(signum):
 def test_bad_input_is_one_line_and_exit_2():
     with LambdaStandIn("another key") as api:
         result = watch(api, "--launch", "--ssh-key", "k")
-        assert result.returncode == 2 and "HTTP 401 global/invalid-api-key" in result.stderr and "check LAMBDA_API_KEY" in result.stderr
+        assert (
+            result.returncode == 2
+            and "HTTP 401 global/invalid-api-key" in result.stderr
+            and "check LAMBDA_API_KEY" in result.stderr
+        )
     with LambdaStandIn(API_KEY) as api:
-        result = run_cli("cloud", "watch", "--instance-type", "gpu_9x_imaginary", env={"LAMBDA_API_KEY": API_KEY, "LAMBDA_API_BASE_URL": api.url})
-        assert result.returncode == 2 and "no instance type 'gpu_9x_imaginary'; its types are: gpu_1x_a10, gpu_8x_a100_80gb_sxm4" in result.stderr
+        result = run_cli(
+            "cloud",
+            "watch",
+            "--instance-type",
+            "gpu_9x_imaginary",
+            env={"LAMBDA_API_KEY": API_KEY, "LAMBDA_API_BASE_URL": api.url},
+        )
+        assert (
+            result.returncode == 2
+            and "no instance type 'gpu_9x_imaginary'; its types are: gpu_1x_a10, gpu_8x_a100_80gb_sxm4" in result.stderr
+        )
     result = run_cli("cloud", "watch", "--instance-type", TYPE, "--launch", env={"LAMBDA_API_KEY": API_KEY})
     assert result.returncode == 2 and "--launch needs --ssh-key" in result.stderr
     result = run_cli("cloud", "watch", "--instance-type", TYPE, env={"LAMBDA_API_KEY": ""})

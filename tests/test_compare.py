@@ -10,11 +10,11 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import pytest
+from conftest import run_cli, write_run
+from PIL import Image
 from scipy import stats as scipy_stats
 
-from conftest import run_cli, write_run
 from gptlab.config import EvaluationSettings
 from gptlab.data.prepare import prepare_dataset
 from gptlab.experiments.charts import DIFFERENCE_CHART, OVERLAY_CHART
@@ -67,7 +67,9 @@ def _loss(run_dir: Path) -> float:
 def _holm(p_values: list[float]) -> list[float]:
     """Holm's adjusted p-values by their definition: max over the smaller ones of (m - rank) * p, capped at 1."""
     order = np.argsort(p_values)
-    adjusted = np.minimum(1, np.maximum.accumulate([(len(p_values) - rank) * p_values[i] for rank, i in enumerate(order)]))
+    adjusted = np.minimum(
+        1, np.maximum.accumulate([(len(p_values) - rank) * p_values[i] for rank, i in enumerate(order)])
+    )
     result = [0.0] * len(p_values)
     for rank, i in enumerate(order):
         result[i] = float(adjusted[rank])
@@ -99,22 +101,37 @@ def test_table_groups_seeds_and_labels_differences_beyond_and_within_noise(train
     base_losses = [_loss(d) for d in trained["baseline"]]
     faster_losses = [_loss(d) for d in trained["lr10x"]]
     paired = scipy_stats.ttest_rel(base_losses, faster_losses)
-    assert faster["noise"] == "beyond noise" and faster["decided_by"] == "paired" and faster["test"].startswith("paired t-test (decides)")
+    assert (
+        faster["noise"] == "beyond noise"
+        and faster["decided_by"] == "paired"
+        and faster["test"].startswith("paired t-test (decides)")
+    )
     assert faster["p_value"] == pytest.approx(paired.pvalue, rel=1e-9)
     assert faster["improvement_ci"] == pytest.approx(list(paired.confidence_interval(0.95)), rel=1e-9)
-    assert faster["p_welch"] == pytest.approx(scipy_stats.ttest_ind(base_losses, faster_losses, equal_var=False).pvalue, rel=1e-9)
+    assert faster["p_welch"] == pytest.approx(
+        scipy_stats.ttest_ind(base_losses, faster_losses, equal_var=False).pvalue, rel=1e-9
+    )
     assert faster["improvement"] == pytest.approx(baseline["test_loss"] - statistics.fmean(faster_losses))
     assert faster["improvement"] > 0 and faster["changes"] == "learning_rate=0.03"
     assert faster["verdict"].startswith("beyond noise (paired t, Holm p=") and "Welch p=" in faster["verdict"]
 
     same = rows["ckpt5"]  # computes exactly what the baseline computes: every per-seed difference is 0
-    assert same["noise"] == "within noise" and same["p_value"] == 1.0 and same["improvement"] == 0 and same["cohens_d"] == 0
+    assert (
+        same["noise"] == "within noise"
+        and same["p_value"] == 1.0
+        and same["improvement"] == 0
+        and same["cohens_d"] == 0
+    )
     assert same["changes"] == "checkpoint_interval=5"
 
     single = rows["lr20x"]  # a single run, judged by the single-run t-test and its distance from the baseline seeds
     assert single["seeds"] == 1 and single["noise"] == "beyond noise" and "baseline SDs" in single["test"]
-    assert single["baseline_sds"] == pytest.approx((_loss(trained["lr20x"][0]) - baseline["test_loss"]) / baseline["sd"])
-    assert single["p_value"] == pytest.approx(scipy_stats.ttest_ind(base_losses, [_loss(trained["lr20x"][0])]).pvalue, rel=1e-9)
+    assert single["baseline_sds"] == pytest.approx(
+        (_loss(trained["lr20x"][0]) - baseline["test_loss"]) / baseline["sd"]
+    )
+    assert single["p_value"] == pytest.approx(
+        scipy_stats.ttest_ind(base_losses, [_loss(trained["lr20x"][0])]).pvalue, rel=1e-9
+    )
     assert single["improvement"] > 0 and single["decided_by"] == "single run"
 
     lone = rows["ckpt6"]  # a single run that computes what baseline seed 2 computed
@@ -130,8 +147,9 @@ def test_table_groups_seeds_and_labels_differences_beyond_and_within_noise(train
 
     summary = json.loads((trained["lr10x"][0] / "summary.json").read_text())
     assert faster["tokens_seen"] == summary["tokens_seen"] and faster["skipped_steps"] == 0
-    assert faster["training_seconds"] == pytest.approx(statistics.fmean(
-        json.loads((d / "summary.json").read_text())["training_seconds"] for d in trained["lr10x"]))
+    assert faster["training_seconds"] == pytest.approx(
+        statistics.fmean(json.loads((d / "summary.json").read_text())["training_seconds"] for d in trained["lr10x"])
+    )
     assert "Welch's t-test" in " ".join(table["notes"]) and table["evaluation"]["batches"] == 40
 
 
@@ -149,12 +167,18 @@ def test_markdown_csv_and_terminal_show_the_same_rows(trained):
     terminal = run_cli("compare", *runs).stdout
     for name in RUNS:
         assert name in terminal
-    assert "beyond noise (paired t, Holm p=" in terminal and "within noise (paired t, Holm p=" in terminal and " SD)" in terminal
+    assert (
+        "beyond noise (paired t, Holm p=" in terminal
+        and "within noise (paired t, Holm p=" in terminal
+        and " SD)" in terminal
+    )
     assert "improvement 95% CI" in terminal and "p (Holm)" in terminal
 
 
 def test_one_baseline_seed_says_noise_cannot_be_judged_and_how_many_seeds(trained):
-    result = run_cli("compare", str(trained["baseline"][0]), *map(str, trained["lr10x"]), "--baseline", str(trained["baseline"][0]))
+    result = run_cli(
+        "compare", str(trained["baseline"][0]), *map(str, trained["lr10x"]), "--baseline", str(trained["baseline"][0])
+    )
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("lr10x"))
     assert "noise cannot be judged: 1 baseline seed;" in row and "seeds needed" in row
@@ -211,7 +235,10 @@ def test_comparison_and_run_charts_are_real_pngs(trained, tmp_path):
     run_dir = tmp_path / "partial"
     shutil.copytree(trained["ckpt5"][0], run_dir, symlinks=True)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    torn = lines[:5] + [json.dumps({**json.loads(lines[5]), "loss": None, "grad_norm": None}), lines[6][: len(lines[6]) // 2]]
+    torn = lines[:5] + [
+        json.dumps({**json.loads(lines[5]), "loss": None, "grad_norm": None}),
+        lines[6][: len(lines[6]) // 2],
+    ]
     (run_dir / "metrics.jsonl").write_text("\n".join(torn))  # a run killed mid-write, with a non-finite step
     drawn = draw_run_charts(run_dir)
     assert [path.name for path in drawn] == ["loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"]
@@ -224,24 +251,39 @@ def test_comparison_and_run_charts_are_real_pngs(trained, tmp_path):
 
 # --- runs that go wrong, seeds that change nothing, checkpoints that differ ------------------------------
 
+
 def troubled_runs(root: Path, dataset: Path, seed_source: Path) -> dict[str, list[Path]]:
     """Real runs (once per session): one that diverges (learning rate 1e6: every step after the first is non-finite),
     one that stops itself on non-finite steps (2e6), and three seeds that start from one run's weights without dropout."""
     from gptlab.train.loop import TrainingStopped
 
     done = root / "complete"
-    runs = {"diverged": [root / "diverged-seed1"], "stopped": [root / "stopped-seed1"],
-            "seedblind": [root / f"seedblind-seed{seed}" for seed in (1, 2, 3)]}
+    runs = {
+        "diverged": [root / "diverged-seed1"],
+        "stopped": [root / "stopped-seed1"],
+        "seedblind": [root / f"seedblind-seed{seed}" for seed in (1, 2, 3)],
+    }
     if not done.is_file():
         shutil.rmtree(root, ignore_errors=True)
-        train_run(write_run(runs["diverged"][0], dataset, train={"learning_rate": 1e6, "random_seed": 1}), show_progress=False)
+        train_run(
+            write_run(runs["diverged"][0], dataset, train={"learning_rate": 1e6, "random_seed": 1}), show_progress=False
+        )
         evaluate_and_save(runs["diverged"][0], EVALUATION)
         with pytest.raises(TrainingStopped):
             # another learning rate too: max_consecutive_skipped_steps alone is bookkeeping, which would put both in one group
-            train_run(write_run(runs["stopped"][0], dataset, train={"learning_rate": 2e6, "max_consecutive_skipped_steps": 2, "random_seed": 1}),
-                      show_progress=False)
+            train_run(
+                write_run(
+                    runs["stopped"][0],
+                    dataset,
+                    train={"learning_rate": 2e6, "max_consecutive_skipped_steps": 2, "random_seed": 1},
+                ),
+                show_progress=False,
+            )
         for seed, run_dir in zip((1, 2, 3), runs["seedblind"]):
-            train_run(write_run(run_dir, dataset, train={"init_from": str(seed_source), "random_seed": seed}), show_progress=False)
+            train_run(
+                write_run(run_dir, dataset, train={"init_from": str(seed_source), "random_seed": seed}),
+                show_progress=False,
+            )
             evaluate_and_save(run_dir, EVALUATION)
         done.write_text("ok")
     return runs
@@ -255,11 +297,17 @@ def troubled(tmp_path_factory, brown_dataset, trained) -> dict[str, list[Path]]:
 def _strict_json(text: str) -> dict:
     def refuse(constant: str):
         raise AssertionError(f"{constant} in JSON output")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def test_diverged_and_stopped_runs_are_verdicts_of_their_own_listed_last(trained, troubled, tmp_path):
-    runs = [*map(str, trained["baseline"]), *map(str, trained["lr10x"]), str(troubled["diverged"][0]), str(troubled["stopped"][0])]
+    runs = [
+        *map(str, trained["baseline"]),
+        *map(str, trained["lr10x"]),
+        str(troubled["diverged"][0]),
+        str(troubled["stopped"][0]),
+    ]
     result = run_cli("compare", *runs, "--format", "json", "--charts", str(tmp_path / "charts"))
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     table = _strict_json(result.stdout)
@@ -274,7 +322,11 @@ def test_diverged_and_stopped_runs_are_verdicts_of_their_own_listed_last(trained
     with Image.open(tmp_path / "charts" / DIFFERENCE_CHART) as image:
         assert image.format == "PNG"
     terminal = run_cli("compare", *runs)
-    assert terminal.returncode == 0 and "diverged at step 1" in terminal.stdout and "stopped: non-finite from step 1" in terminal.stdout
+    assert (
+        terminal.returncode == 0
+        and "diverged at step 1" in terminal.stdout
+        and "stopped: non-finite from step 1" in terminal.stdout
+    )
 
 
 def test_a_nan_seed_within_a_group_or_the_baseline_is_left_out_of_every_statistic(trained, troubled):
@@ -282,7 +334,10 @@ def test_a_nan_seed_within_a_group_or_the_baseline_is_left_out_of_every_statisti
 
     diverged = troubled["diverged"][0]
     results = load_results([*trained["baseline"], *trained["lr10x"], diverged])
-    labels = {**{d.resolve(): "baseline" for d in trained["baseline"]}, **{d.resolve(): "mixed" for d in [*trained["lr10x"], diverged]}}
+    labels = {
+        **{d.resolve(): "baseline" for d in trained["baseline"]},
+        **{d.resolve(): "mixed" for d in [*trained["lr10x"], diverged]},
+    }
     comparison = build_comparison(results, labels=labels)
     mixed = next(row for row in comparison.rows if row["run"] == "mixed")
     assert mixed["noise"] == "diverged" and mixed["verdict"] == "diverged at step 1 (1 of 4 seeds)"
@@ -291,22 +346,33 @@ def test_a_nan_seed_within_a_group_or_the_baseline_is_left_out_of_every_statisti
         assert "mixed" in render(comparison, output_format)
     _strict_json(render(comparison, "json"))
 
-    labels = {**{d.resolve(): "baseline" for d in [*trained["baseline"], diverged]}, **{d.resolve(): "lr10x" for d in trained["lr10x"]}}
+    labels = {
+        **{d.resolve(): "baseline" for d in [*trained["baseline"], diverged]},
+        **{d.resolve(): "lr10x" for d in trained["lr10x"]},
+    }
     with_nan = build_comparison(results, labels=labels)
     without = build_comparison(load_results([*trained["baseline"], *trained["lr10x"]]))
     row_nan, row_clean = (next(r for r in c.rows if r["run"] == "lr10x") for c in (with_nan, without))
-    assert row_nan["p_value"] == pytest.approx(row_clean["p_value"]) and row_nan["improvement_ci"] == pytest.approx(row_clean["improvement_ci"])
+    assert row_nan["p_value"] == pytest.approx(row_clean["p_value"]) and row_nan["improvement_ci"] == pytest.approx(
+        row_clean["improvement_ci"]
+    )
     assert any("1 of 4 seeds did not give a finite test loss (diverged at step 1)" in note for note in with_nan.notes)
 
 
 def test_seeds_that_change_nothing_give_no_noise_estimate_and_say_why(trained, troubled):
     losses = [_loss(d) for d in troubled["seedblind"]]
-    assert max(losses) - min(losses) < 1e-9 * losses[0]  # the premise: init_from and no dropout leave the seed nothing to do
-    table = _compare_json(*map(str, troubled["seedblind"]), *map(str, trained["lr10x"]), "--baseline", str(troubled["seedblind"][0]))
+    assert (
+        max(losses) - min(losses) < 1e-9 * losses[0]
+    )  # the premise: init_from and no dropout leave the seed nothing to do
+    table = _compare_json(
+        *map(str, troubled["seedblind"]), *map(str, trained["lr10x"]), "--baseline", str(troubled["seedblind"][0])
+    )
     row = next(row for row in table["rows"] if row["run"] == "lr10x")
     assert row["noise"] == "no noise estimate" and row["p_value"] is None and row["p_holm"] is None
-    assert row["verdict"] == ("no noise estimate: the seeds did not change the result "
-                              "(the seed changes neither initialisation (init_from is set) nor dropout (drop_rate is 0) here)")
+    assert row["verdict"] == (
+        "no noise estimate: the seeds did not change the result "
+        "(the seed changes neither initialisation (init_from is set) nor dropout (drop_rate is 0) here)"
+    )
 
 
 def test_runs_evaluated_at_other_checkpoints_are_refused_unless_allowed(trained, tmp_path):
@@ -320,10 +386,15 @@ def test_runs_evaluated_at_other_checkpoints_are_refused_unless_allowed(trained,
     assert f"{early}: evaluated at checkpoint step 5, tokens trained 768;" in refused.stderr
     assert "checkpoint step 11, tokens trained 1,536 (differs in: checkpoint step, tokens trained)" in refused.stderr
     assert "--allow-mixed-checkpoints" in refused.stderr
-    allowed = run_cli("compare", *map(str, trained["baseline"]), str(early), "--allow-mixed-checkpoints", "--format", "json")
+    allowed = run_cli(
+        "compare", *map(str, trained["baseline"]), str(early), "--allow-mixed-checkpoints", "--format", "json"
+    )
     assert allowed.returncode == 0, allowed.stderr
     notes = json.loads(allowed.stdout)["notes"]
-    assert any(note.startswith("Mixed checkpoints allowed (--allow-mixed-checkpoints): ") and str(early) in note for note in notes)
+    assert any(
+        note.startswith("Mixed checkpoints allowed (--allow-mixed-checkpoints): ") and str(early) in note
+        for note in notes
+    )
 
 
 def test_seeds_command_plans_by_exact_power_given_or_measured(trained, tmp_path):
@@ -331,7 +402,9 @@ def test_seeds_command_plans_by_exact_power_given_or_measured(trained, tmp_path)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["seeds_per_arm"] == 6 and plan["power_by_seeds"]["5"] == pytest.approx(0.79, abs=0.01)
-    holm = json.loads(run_cli("experiment", "seeds", "--sd", "1", "--effect", "2", "--interventions", "5", "--json").stdout)
+    holm = json.loads(
+        run_cli("experiment", "seeds", "--sd", "1", "--effect", "2", "--interventions", "5", "--json").stdout
+    )
     assert holm["seeds_per_arm"] > 6 and holm["alpha_per_intervention"] == pytest.approx(0.01)
     assert run_cli("experiment", "seeds", "--sd", "1", "--effect", "2").stdout.startswith("6 seeds per arm")
     missing = run_cli("experiment", "seeds", "--effect", "2")
@@ -348,13 +421,26 @@ def test_seeds_command_measures_the_sd_of_an_experiments_baseline(trained, tmp_p
     for seed, run_dir in zip(BASELINE_SEEDS, trained["baseline"]):  # already trained: `experiment run` would skip them
         shutil.copytree(run_dir, tmp_path / "runs" / "baseline" / f"seed-{seed}", symlinks=True)
     experiment = tmp_path / "measured.json"
-    experiment.write_text(json.dumps({"baseline": "template", "runs_dir": "runs", "seeds": list(BASELINE_SEEDS),
-                                      "interventions": {"lr": {"learning_rate": 0.03}, "wd": {"weight_decay": 0.0}},
-                                      "evaluation": {"checkpoint": "latest", "batches": 40}}))  # as EVALUATION
+    experiment.write_text(
+        json.dumps(
+            {
+                "baseline": "template",
+                "runs_dir": "runs",
+                "seeds": list(BASELINE_SEEDS),
+                "interventions": {"lr": {"learning_rate": 0.03}, "wd": {"weight_decay": 0.0}},
+                "evaluation": {"checkpoint": "latest", "batches": 40},
+            }
+        )
+    )  # as EVALUATION
     result = run_cli("experiment", "seeds", str(experiment), "--effect", "0.05", "--json")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     sd = statistics.stdev(_loss(d) for d in trained["baseline"])
-    assert plan["sd"] == pytest.approx(sd) and plan["interventions"] == 2 and "measured over 3 baseline seeds" in plan["sd_source"]
+    assert (
+        plan["sd"] == pytest.approx(sd)
+        and plan["interventions"] == 2
+        and "measured over 3 baseline seeds" in plan["sd_source"]
+    )
     from gptlab.experiments import stats
+
     assert plan["seeds_per_arm"] == stats.seeds_per_arm(0.05, sd, comparisons=2)

@@ -19,7 +19,11 @@ def _fake_run(path: Path, seed: int, offset: float, steps: int = 120) -> Path:
     path.mkdir(parents=True)
     records = []
     for step in range(steps):
-        record = {"step": step, "loss": 10 * np.exp(-step / 40) + 3 + offset + 0.05 * rng.standard_normal(), "tokens_seen": (step + 1) * 128}
+        record = {
+            "step": step,
+            "loss": 10 * np.exp(-step / 40) + 3 + offset + 0.05 * rng.standard_normal(),
+            "tokens_seen": (step + 1) * 128,
+        }
         if step % 40 == 39:
             record["validation_loss"] = record["loss"] + 0.1
         records.append(record)
@@ -32,7 +36,11 @@ def test_group_band_is_mean_min_and_max_over_seeds(tmp_path):
     xs, means, lows, highs = _group_band(runs)
     curves = np.array([ys for _, ys, _ in runs])
     assert xs == runs[0][0]
-    assert np.allclose(means, curves.mean(axis=0)) and np.allclose(lows, curves.min(axis=0)) and np.allclose(highs, curves.max(axis=0))
+    assert (
+        np.allclose(means, curves.mean(axis=0))
+        and np.allclose(lows, curves.min(axis=0))
+        and np.allclose(highs, curves.max(axis=0))
+    )
     assert all(low < mean < high for low, mean, high in zip(lows, means, highs))  # three noisy seeds: a real band
 
 
@@ -66,8 +74,10 @@ def test_comparison_charts_in_the_format_asked_for(tmp_path):
 
     baseline = group("baseline", [_fake_run(tmp_path / f"b{seed}", seed, 0.0) for seed in range(3)], [3.50, 3.52, 3.49])
     other = group("lr10x", [_fake_run(tmp_path / "x", 9, 0.2)], [3.61])
-    rows = [{"run": "baseline", "run_losses": baseline.losses, "improvement": None, "improvement_ci": None},
-            {"run": "lr10x", "run_losses": other.losses, "improvement": -0.107, "improvement_ci": [-0.15, -0.06]}]
+    rows = [
+        {"run": "baseline", "run_losses": baseline.losses, "improvement": None, "improvement_ci": None},
+        {"run": "lr10x", "run_losses": other.losses, "improvement": -0.107, "improvement_ci": [-0.15, -0.06]},
+    ]
     comparison = SimpleNamespace(baseline=baseline, groups=[baseline, other], rows=rows)
     written = draw_comparison_charts(comparison, tmp_path / "charts", "svg")
     assert [path.name for path in written] == ["loss-overlay.svg", "test-loss-difference.svg"]

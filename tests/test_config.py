@@ -3,45 +3,97 @@
 import json
 
 import pytest
-
 from conftest import run_cli, write_run
+
 from gptlab.config import TrainConfig
 
-USERS_MODEL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12, "drop_rate": 0.1, "qkv_bias": False}
-USERS_TRAIN = {"microbatch_size": 12, "checkpoint_interval": 617, "dataset": "gpjt/fineweb-gpt2-tokens",
-               "min_train_tokens": 3260190720, "start_train_token": 0, "start_val_token": 0}
+USERS_MODEL = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+USERS_TRAIN = {
+    "microbatch_size": 12,
+    "checkpoint_interval": 617,
+    "dataset": "gpjt/fineweb-gpt2-tokens",
+    "min_train_tokens": 3260190720,
+    "start_train_token": 0,
+    "start_val_token": 0,
+}
 
 
 def test_users_files_validate_unchanged():
     from gptlab.config import validate_run_config
 
-    config = validate_run_config("model.json", {**USERS_MODEL, "tie_weights": True}, "train.json",
-                                 {**USERS_TRAIN, "use_amp": False, "clipping_max_norm": 3.5, "schedule_learning_rate": True,
-                                  "warmup_period_percent": 5, "gradient_accumulation_steps": 2, "learning_rate": 0.0004,
-                                  "weight_decay": 0.1, "random_seed": 7})
+    config = validate_run_config(
+        "model.json",
+        {**USERS_MODEL, "tie_weights": True},
+        "train.json",
+        {
+            **USERS_TRAIN,
+            "use_amp": False,
+            "clipping_max_norm": 3.5,
+            "schedule_learning_rate": True,
+            "warmup_period_percent": 5,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 0.0004,
+            "weight_decay": 0.1,
+            "random_seed": 7,
+        },
+    )
     assert config.train.effective_precision == "fp32" and config.train.effective_schedule == "users-cosine"
     defaults = validate_run_config("model.json", USERS_MODEL, "train.json", USERS_TRAIN).train
     assert defaults.effective_precision == "fp16"  # use_amp defaults to true in the users' harness
-    assert (defaults.learning_rate, defaults.weight_decay, defaults.gradient_accumulation_steps, defaults.random_seed) == (0.0004, 0.1, 1, 42)
+    assert (
+        defaults.learning_rate,
+        defaults.weight_decay,
+        defaults.gradient_accumulation_steps,
+        defaults.random_seed,
+    ) == (0.0004, 0.1, 1, 42)
 
 
-@pytest.mark.parametrize("file, change, expected", [
-    ("train", {"learning_rat": 0.001}, "train.json: learning_rat: unknown key; allowed keys are:"),
-    ("train", {"microbatch_size": "12"}, "train.json: microbatch_size: \"12\" is not allowed: input should be a valid integer"),
-    ("train", {"learning_rate": -0.001}, "train.json: learning_rate: -0.001 is not allowed: input should be greater than 0"),
-    ("train", {"use_amp": "yes"}, "train.json: use_amp: \"yes\" is not allowed"),
-    ("train", {"precision": "fp8"}, "train.json: precision: \"fp8\" is not allowed: input should be 'fp32', 'tf32', 'fp16', 'bf16' or 'auto'"),
-    ("train", {"use_amp": True, "precision": "bf16"}, "train.json: use_amp: true means precision 'fp16' but precision is 'bf16'"),
-    ("train", {"min_train_tokens": -5}, "train.json: min_train_tokens: -5 is not allowed"),
-    ("model", {"n_heads": 5}, "model.json: n_heads: 5 does not divide emb_dim 32"),
-    ("model", {"drop_rate": 1.5}, "model.json: drop_rate: 1.5 is not allowed: input should be less than 1"),
-    ("train", {"start_train_token": 10**12}, "start_train_token: 1000000000000 is past the end of the train split"),
-    ("train", {"min_train_tokens": 10**9}, "the train split has"),
-    ("train", {"dataset": "no/such-dataset-here"}, "download"),
-])
+@pytest.mark.parametrize(
+    "file, change, expected",
+    [
+        ("train", {"learning_rat": 0.001}, "train.json: learning_rat: unknown key; allowed keys are:"),
+        (
+            "train",
+            {"microbatch_size": "12"},
+            'train.json: microbatch_size: "12" is not allowed: input should be a valid integer',
+        ),
+        (
+            "train",
+            {"learning_rate": -0.001},
+            "train.json: learning_rate: -0.001 is not allowed: input should be greater than 0",
+        ),
+        ("train", {"use_amp": "yes"}, 'train.json: use_amp: "yes" is not allowed'),
+        (
+            "train",
+            {"precision": "fp8"},
+            "train.json: precision: \"fp8\" is not allowed: input should be 'fp32', 'tf32', 'fp16', 'bf16' or 'auto'",
+        ),
+        (
+            "train",
+            {"use_amp": True, "precision": "bf16"},
+            "train.json: use_amp: true means precision 'fp16' but precision is 'bf16'",
+        ),
+        ("train", {"min_train_tokens": -5}, "train.json: min_train_tokens: -5 is not allowed"),
+        ("model", {"n_heads": 5}, "model.json: n_heads: 5 does not divide emb_dim 32"),
+        ("model", {"drop_rate": 1.5}, "model.json: drop_rate: 1.5 is not allowed: input should be less than 1"),
+        ("train", {"start_train_token": 10**12}, "start_train_token: 1000000000000 is past the end of the train split"),
+        ("train", {"min_train_tokens": 10**9}, "the train split has"),
+        ("train", {"dataset": "no/such-dataset-here"}, "download"),
+    ],
+)
 def test_each_bad_input_class_is_one_clear_line(tmp_path, brown_dataset, file, change, expected):
     run = write_run(tmp_path / "run", brown_dataset, **({"model": change} if file == "model" else {"train": change}))
-    result = run_cli("train", str(run), "--no-progress", env={"HF_HUB_OFFLINE": "1", "GPTLAB_DATASETS_DIR": str(tmp_path / "ds")})
+    result = run_cli(
+        "train", str(run), "--no-progress", env={"HF_HUB_OFFLINE": "1", "GPTLAB_DATASETS_DIR": str(tmp_path / "ds")}
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -51,7 +103,9 @@ def test_each_bad_input_class_is_one_clear_line(tmp_path, brown_dataset, file, c
 
 
 def test_every_problem_is_reported_at_once(tmp_path, brown_dataset):
-    run = write_run(tmp_path / "run", brown_dataset, model={"n_heads": 5, "n_layers": 0}, train={"learning_rate": -1, "bogus": 1})
+    run = write_run(
+        tmp_path / "run", brown_dataset, model={"n_heads": 5, "n_layers": 0}, train={"learning_rate": -1, "bogus": 1}
+    )
     result = run_cli("train", str(run))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -86,7 +140,9 @@ def test_set_overrides_are_typed_and_checked():
     from gptlab.errors import UserError
 
     assert parse_overrides(("learning_rate=0.001", "model.drop_rate=0", "tie_weights=true", "precision=bf16")) == {
-        "model": {"drop_rate": 0, "tie_weights": True}, "train": {"learning_rate": 0.001, "precision": "bf16"}}
+        "model": {"drop_rate": 0, "tie_weights": True},
+        "train": {"learning_rate": 0.001, "precision": "bf16"},
+    }
     with pytest.raises(UserError, match="not a key"):
         parse_overrides(("nonsense=1",))
 
@@ -100,11 +156,19 @@ def test_configuration_doc_is_current():
     assert doc.read_text() == markdown_reference(), "run: python scripts/config_doc.py > docs/configuration.md"
 
 
-@pytest.mark.parametrize("in_file, assignment, replaced, effective", [
-    ({"precision": None, "use_amp": True}, "precision=bf16", "use_amp", ("effective_precision", "bf16")),
-    ({"precision": "fp16"}, "use_amp=false", "precision", ("effective_precision", "fp32")),
-    ({"schedule_learning_rate": True}, "lr_schedule=cosine", "schedule_learning_rate", ("effective_schedule", "cosine")),
-])
+@pytest.mark.parametrize(
+    "in_file, assignment, replaced, effective",
+    [
+        ({"precision": None, "use_amp": True}, "precision=bf16", "use_amp", ("effective_precision", "bf16")),
+        ({"precision": "fp16"}, "use_amp=false", "precision", ("effective_precision", "fp32")),
+        (
+            {"schedule_learning_rate": True},
+            "lr_schedule=cosine",
+            "schedule_learning_rate",
+            ("effective_schedule", "cosine"),
+        ),
+    ],
+)
 def test_an_override_replaces_its_alias_in_train_json(make_run, in_file, assignment, replaced, effective):
     """The users' train.json says `use_amp: true` (or `schedule_learning_rate: true`); overriding the finer key
     (or the switch) replaces the other instead of being refused as a conflict; the file is left as it was."""

@@ -17,11 +17,25 @@ def readme_demo_command() -> str:
 def test_readme_demo_command_trains_a_model_that_beats_the_unigram_baseline(tmp_path):
     command = readme_demo_command()
     assert command == "bash scripts/demo.sh"
-    result = subprocess.run(f"{command} --steps 120 --no-progress --out {tmp_path / 'demo'}", shell=True, cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        f"{command} --steps 120 --no-progress --out {tmp_path / 'demo'}",
+        shell=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    for line in ("Training complete in", "Tokens seen:", "Throughput:", "Final train loss:", "Test loss:", "Unigram baseline", "Sample: \"Every effort moves you"):
+    for line in (
+        "Training complete in",
+        "Tokens seen:",
+        "Throughput:",
+        "Final train loss:",
+        "Test loss:",
+        "Unigram baseline",
+        'Sample: "Every effort moves you',
+    ):
         assert line in out, line
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert f"Test loss: {saved['test_loss']:.4f}" in out
@@ -40,10 +54,14 @@ def test_demo_plan_shrinks_the_model_until_enough_steps_fit_the_budget():
     model, train, steps, lines = plan_demo(MIN_STEPS * 4.0 / TRAINING_SHARE, measure)
     assert model == DEMO_MODEL and steps == MIN_STEPS and not any("Shrunk" in line for line in lines)
 
-    model, train, steps, lines = plan_demo(180, measure)  # 162 s of training: 40 steps of the default size, 162 of the next
+    model, train, steps, lines = plan_demo(
+        180, measure
+    )  # 162 s of training: 40 steps of the default size, 162 of the next
     assert (model, train) == ({**DEMO_MODEL, **SMALLER_SIZES[0][0]}, {**train, **SMALLER_SIZES[0][1]}) and steps == 162
     assert lines[-1].startswith("Shrunk the model to 2 layers x 128 wide")
 
-    model, train, steps, lines = plan_demo(20, measure)  # not even the smallest fits: it trains the minimum and says by how much it overruns
+    model, train, steps, lines = plan_demo(
+        20, measure
+    )  # not even the smallest fits: it trains the minimum and says by how much it overruns
     assert model["emb_dim"] == widths[-1] and steps == MIN_STEPS
     assert f"{MIN_STEPS * 0.5 / (20 * TRAINING_SHARE):.1f}x the budget of 20 s" in lines[-1]

@@ -8,20 +8,26 @@ import sys
 
 import pytest
 import torch
+from conftest import read_metrics
 from safetensors.torch import load_file
 
-from conftest import read_metrics
-
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-                                reason="torchrun not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="torchrun not installed",
+)
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
 def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     # One thread per process: two processes share this machine's two cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "gptlab", *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "gptlab", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def final_weights(run_dir):
@@ -34,8 +40,12 @@ def test_two_processes_match_one_process_with_accumulation(make_run):
     one = make_run("one", train={**common, "gradient_accumulation_steps": 2})
     result = torchrun(2, "train", str(two), "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run([sys.executable, "-m", "gptlab", "train", str(one), "--no-progress"], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "train", str(one), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     two_records, one_records = read_metrics(two), read_metrics(one)
@@ -73,7 +83,7 @@ def test_resume_at_world_size_two_is_bit_identical(make_run, precision):
     (split / "summary.json").unlink()
     result = torchrun(2, "train", str(split), "--no-progress", "--resume", kept)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resuming from" in result.stdout and f"at step 4" in result.stdout
+    assert "Resuming from" in result.stdout and "at step 4" in result.stdout
     assert [r["loss"] for r in read_metrics(split)] == [r["loss"] for r in read_metrics(whole)]
     expected, resumed = final_weights(whole), final_weights(split)
     for name in expected:

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import run_cli
+
 from gptlab.evaluate.loss import evaluate_run
 from gptlab.evaluate.sample import generate_from_run
 from gptlab.train.loop import train_run
@@ -12,8 +12,11 @@ from gptlab.train.loop import train_run
 def trained_run(tmp_path_factory, brown_dataset):
     from conftest import write_run
 
-    run = write_run(tmp_path_factory.mktemp("trained") / "run", brown_dataset,
-                    train={"min_train_tokens": 4 * 32 * 20, "checkpoint_interval": 10, "learning_rate": 0.01})
+    run = write_run(
+        tmp_path_factory.mktemp("trained") / "run",
+        brown_dataset,
+        train={"min_train_tokens": 4 * 32 * 20, "checkpoint_interval": 10, "learning_rate": 0.01},
+    )
     train_run(run, show_progress=False)
     return run
 
@@ -71,7 +74,10 @@ def test_greedy_decoding_is_deterministic_and_picks_the_argmax(trained_run):
     from gptlab.runs import open_trained_run
 
     greedy = generate_from_run(trained_run, temperature=0, new_tokens=5, checkpoint="latest")
-    assert generate_from_run(trained_run, temperature=0, new_tokens=5, seed=99, checkpoint="latest") == {**greedy, "seed": 99}
+    assert generate_from_run(trained_run, temperature=0, new_tokens=5, seed=99, checkpoint="latest") == {
+        **greedy,
+        "seed": 99,
+    }
     model = open_trained_run(trained_run, "latest").model
     ids = greedy["token_ids"]
     for position in range(4, len(ids)):

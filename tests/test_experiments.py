@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_MODEL, TINY_TRAIN, read_metrics, run_cli
+
 from gptlab.config import load_run_config
 from gptlab.errors import UserError
 from gptlab.experiments import stats
@@ -20,8 +20,8 @@ from gptlab.experiments.runner import FINISHED, INTERRUPTED, NEW, run_experiment
 from gptlab.experiments.spec import load_experiment
 from gptlab.train.checkpoint import list_checkpoints, point
 
-
 # --- statistics ----------------------------------------------------------------------------------------
+
 
 def _t_density(x: float, df: float) -> float:
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
@@ -59,13 +59,14 @@ def test_describe_and_welch_follow_their_definitions():
 
     other = [3.9, 4.4, 4.0]
     result = stats.welch_difference(values, other)  # improvement = mean(values) - mean(other)
-    variance_sum = sd ** 2 / 4 + stats.describe(other).sd ** 2 / 3
+    variance_sum = sd**2 / 4 + stats.describe(other).sd ** 2 / 3
     assert result.t == pytest.approx((mean - sum(other) / 3) / math.sqrt(variance_sum))
     assert result.p == pytest.approx(2 * (1 - _t_cdf_by_integration(abs(result.t), result.df)), abs=1e-8)
     assert stats.welch_difference(values, values).p == pytest.approx(1.0)
 
 
 # --- experiment files ----------------------------------------------------------------------------------
+
 
 def _baseline(directory: Path, dataset: Path, train: dict | None = None) -> Path:
     """A baseline run directory whose dataset is given relative to it, as users write it."""
@@ -78,23 +79,42 @@ def _baseline(directory: Path, dataset: Path, train: dict | None = None) -> Path
 
 def test_toml_and_json_experiment_files_plan_the_same_resolved_runs(tmp_path, brown_dataset):
     _baseline(tmp_path / "base", brown_dataset)
-    (tmp_path / "exp.json").write_text(json.dumps({
-        "baseline": "base", "seeds": [3, 5],
-        "interventions": {"no-tie": {"model": {"tie_weights": True}}, "lr": {"train.learning_rate": 0.01, "warmup_period_percent": 10}},
-        "stacks": {"both": ["no-tie", "lr"]},
-    }))
+    (tmp_path / "exp.json").write_text(
+        json.dumps(
+            {
+                "baseline": "base",
+                "seeds": [3, 5],
+                "interventions": {
+                    "no-tie": {"model": {"tie_weights": True}},
+                    "lr": {"train.learning_rate": 0.01, "warmup_period_percent": 10},
+                },
+                "stacks": {"both": ["no-tie", "lr"]},
+            }
+        )
+    )
     (tmp_path / "exp.toml").write_text(
         'baseline = "base"\nseeds = [3, 5]\n[interventions.no-tie]\ntie_weights = true\n'
         '[interventions.lr]\nlearning_rate = 0.01\ntrain = { warmup_period_percent = 10 }\n[stacks]\nboth = ["no-tie", "lr"]\n'
     )
-    from_json, from_toml = plan_runs(load_experiment(tmp_path / "exp.json")), plan_runs(load_experiment(tmp_path / "exp.toml"))
-    assert [(r.variant, r.seed, r.model, r.train) for r in from_json] == [(r.variant, r.seed, r.model, r.train) for r in from_toml]
-    assert [(r.variant, r.seed) for r in from_json] == [(v, s) for s in (3, 5) for v in ("baseline", "no-tie", "lr", "both")]
+    from_json, from_toml = (
+        plan_runs(load_experiment(tmp_path / "exp.json")),
+        plan_runs(load_experiment(tmp_path / "exp.toml")),
+    )
+    assert [(r.variant, r.seed, r.model, r.train) for r in from_json] == [
+        (r.variant, r.seed, r.model, r.train) for r in from_toml
+    ]
+    assert [(r.variant, r.seed) for r in from_json] == [
+        (v, s) for s in (3, 5) for v in ("baseline", "no-tie", "lr", "both")
+    ]
 
     write_plan(from_json)
     both = tmp_path / "exp-runs" / "both" / "seed-5"
     config = load_run_config(both)  # the written files validate, and the relative dataset path still leads to the data
-    assert config.model.tie_weights is True and config.train.learning_rate == 0.01 and config.train.warmup_period_percent == 10
+    assert (
+        config.model.tie_weights is True
+        and config.train.learning_rate == 0.01
+        and config.train.warmup_period_percent == 10
+    )
     assert config.train.random_seed == 5 and config.model.emb_dim == TINY_MODEL["emb_dim"]
     assert (both / config.train.dataset / "train.safetensors").is_file()
     written = json.loads((both / "train.json").read_text())
@@ -104,28 +124,46 @@ def test_toml_and_json_experiment_files_plan_the_same_resolved_runs(tmp_path, br
 def test_every_problem_in_an_experiment_file_is_one_line_naming_file_and_key(tmp_path, brown_dataset):
     _baseline(tmp_path / "base", brown_dataset)
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({
-        "baseline": "base", "seeds": [1, 1], "colour": "red",
-        "interventions": {"typo": {"learning_rat": 0.1}, "fast": {"learning_rate": 0.01}, "slow": {"learning_rate": 0.001},
-                          "broken": {"drop_rate": 2.0}},
-        "stacks": {"clash": ["fast", "slow"], "ghost": ["fast", "nothing"]},
-        "evaluation": {"precision": "fp8"},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "baseline": "base",
+                "seeds": [1, 1],
+                "colour": "red",
+                "interventions": {
+                    "typo": {"learning_rat": 0.1},
+                    "fast": {"learning_rate": 0.01},
+                    "slow": {"learning_rate": 0.001},
+                    "broken": {"drop_rate": 2.0},
+                },
+                "stacks": {"clash": ["fast", "slow"], "ghost": ["fast", "nothing"]},
+                "evaluation": {"precision": "fp8"},
+            }
+        )
+    )
     result = run_cli("experiment", "plan", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert all(line.startswith(f"error: {path}") for line in lines), lines
-    for expected in ("colour: unknown key", "seeds: [1, 1] repeats a seed", "interventions.typo.learning_rat: not a key",
-                     "stacks.clash: fast and slow both set train.learning_rate", "stacks.ghost: nothing not among the interventions",
-                     "evaluation.precision"):
+    for expected in (
+        "colour: unknown key",
+        "seeds: [1, 1] repeats a seed",
+        "interventions.typo.learning_rat: not a key",
+        "stacks.clash: fast and slow both set train.learning_rate",
+        "stacks.ghost: nothing not among the interventions",
+        "evaluation.precision",
+    ):
         assert any(expected in line for line in lines), (expected, lines)
 
     path.write_text(json.dumps({"baseline": "base", "seeds": [1], "interventions": {"broken": {"drop_rate": 2.0}}}))
     result = run_cli("experiment", "plan", str(path))
-    assert result.returncode == 2 and "[broken over" in result.stderr and "drop_rate: 2.0 is not allowed" in result.stderr
+    assert (
+        result.returncode == 2 and "[broken over" in result.stderr and "drop_rate: 2.0 is not allowed" in result.stderr
+    )
 
 
 # --- running, interrupting, resuming -------------------------------------------------------------------
+
 
 def _simulate_kill_after(run_dir: Path, step: int) -> None:
     """What a kill right after the checkpoint of `step` leaves: no summary, no later checkpoints, links to that one."""
@@ -143,22 +181,39 @@ def test_run_skips_finished_runs_and_resumes_an_interrupted_one_under_a_launcher
     _baseline(tmp_path / "base", brown_dataset)
     experiment_file = tmp_path / "exp.json"
     # only the variant to be interrupted checkpoints along the way (checkpoints of 3M parameters are the slow part)
-    experiment_file.write_text(json.dumps({"baseline": "base", "seeds": [1, 2], "evaluation": {"batches": 20},
-                                           "interventions": {"lr": {"learning_rate": 0.01, "checkpoint_interval": 5}}}))
+    experiment_file.write_text(
+        json.dumps(
+            {
+                "baseline": "base",
+                "seeds": [1, 2],
+                "evaluation": {"batches": 20},
+                "interventions": {"lr": {"learning_rate": 0.01, "checkpoint_interval": 5}},
+            }
+        )
+    )
     experiment = load_experiment(experiment_file)
     first = run_experiment(experiment, echo=lambda line: None)
-    assert [(o["variant"], o["seed"], o["state_before"]) for o in first] == [("baseline", 1, NEW), ("lr", 1, NEW), ("baseline", 2, NEW), ("lr", 2, NEW)]
+    assert [(o["variant"], o["seed"], o["state_before"]) for o in first] == [
+        ("baseline", 1, NEW),
+        ("lr", 1, NEW),
+        ("baseline", 2, NEW),
+        ("lr", 2, NEW),
+    ]
     runs = {(o["variant"], o["seed"]): Path(o["run_dir"]) for o in first}
     for run_dir in runs.values():
         assert run_state(run_dir) == FINISHED
-        assert {"loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png", "evaluation.json"} <= {p.name for p in run_dir.iterdir()}
+        assert {"loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png", "evaluation.json"} <= {
+            p.name for p in run_dir.iterdir()
+        }
 
     interrupted = runs["lr", 2]
     uninterrupted = read_metrics(interrupted)
     loss_before = json.loads((interrupted / "evaluation.json").read_text())["loss"]
     _simulate_kill_after(interrupted, step=5)
     assert run_state(interrupted) == INTERRUPTED
-    finished_summaries = {key: (run_dir / "summary.json").stat().st_mtime_ns for key, run_dir in runs.items() if run_dir != interrupted}
+    finished_summaries = {
+        key: (run_dir / "summary.json").stat().st_mtime_ns for key, run_dir in runs.items() if run_dir != interrupted
+    }
 
     result = run_cli("experiment", "run", str(experiment_file), "--launcher", sys.executable, "--no-progress")
     assert result.returncode == 0, result.stderr
@@ -184,18 +239,28 @@ def test_plan_refuses_to_change_a_run_that_has_trained_and_a_failing_launcher_is
     experiment_file.write_text(json.dumps({"baseline": "base", "seeds": [1], "evaluation": {"batches": 5}}))
     run_experiment(load_experiment(experiment_file), echo=lambda line: None)
 
-    experiment_file.write_text(json.dumps({"baseline": "base", "seeds": [1], "interventions": {"lr": {"learning_rate": 0.01}}}))
+    experiment_file.write_text(
+        json.dumps({"baseline": "base", "seeds": [1], "interventions": {"lr": {"learning_rate": 0.01}}})
+    )
     planned = run_cli("experiment", "plan", str(experiment_file))
     assert planned.returncode == 0 and "lr" in planned.stdout  # a new variant beside a finished run is fine
 
-    (tmp_path / "base" / "train.json").write_text(json.dumps({**json.loads((tmp_path / "base" / "train.json").read_text()), "weight_decay": 0.0}))
+    (tmp_path / "base" / "train.json").write_text(
+        json.dumps({**json.loads((tmp_path / "base" / "train.json").read_text()), "weight_decay": 0.0})
+    )
     refused = run_cli("experiment", "plan", str(experiment_file))
     assert refused.returncode == 2 and "already trained with other values of weight_decay" in refused.stderr
 
     with pytest.raises(UserError, match="failed with exit code 1"):
         from gptlab.experiments.runner import train_planned
 
-        train_planned(plan_runs(load_experiment(experiment_file))[1], resume=False, launcher="false", datasets_dir=None, show_progress=False)
+        train_planned(
+            plan_runs(load_experiment(experiment_file))[1],
+            resume=False,
+            launcher="false",
+            datasets_dir=None,
+            show_progress=False,
+        )
 
 
 @pytest.mark.parametrize("launcher", [None, sys.executable], ids=["in-process", "launcher"])
@@ -209,13 +274,28 @@ def test_sigterm_stops_the_experiment_after_a_checkpoint_and_run_resumes_it(tmp_
     # a second, 6-step variant shows that nothing after the stopped run is started
     _baseline(tmp_path / "base", brown_dataset, {"min_train_tokens": 4 * 32 * 60, "checkpoint_interval": 10})
     experiment_file = tmp_path / "exp.json"
-    experiment_file.write_text(json.dumps({"baseline": "base", "seeds": [1], "evaluation": {"batches": 5},
-                                           "interventions": {"short": {"min_train_tokens": 4 * 32 * 6}}}))
+    experiment_file.write_text(
+        json.dumps(
+            {
+                "baseline": "base",
+                "seeds": [1],
+                "evaluation": {"batches": 5},
+                "interventions": {"short": {"min_train_tokens": 4 * 32 * 6}},
+            }
+        )
+    )
     first_run, second_run = (tmp_path / "exp-runs" / variant / "seed-1" for variant in ("baseline", "short"))
     command = [sys.executable, "-m", "gptlab", "experiment", "run", str(experiment_file), "--no-progress"]
-    process = subprocess.Popen(command + (["--launcher", launcher] if launcher else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command + (["--launcher", launcher] if launcher else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
-    while not (first_run / "metrics.jsonl").is_file() and process.poll() is None and time.monotonic() < deadline:  # after 3 steps
+    while (
+        not (first_run / "metrics.jsonl").is_file() and process.poll() is None and time.monotonic() < deadline
+    ):  # after 3 steps
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_cli, write_run
+
 from gptlab.errors import UserError
 from gptlab.evaluate.loss import evaluate_run
 from gptlab.evaluate.sample import DEFAULT_PROMPT, generate_from_run
@@ -33,7 +33,12 @@ from gptlab.tokenizer import decode, encode
 from gptlab.weights import read_book_safetensors
 
 # (tie_weights, qkv_bias) of each exported model; "untied-bias" also has dropout and is the one used end to end.
-VARIANTS = {"tied-bias": (True, True), "tied-nobias": (True, False), "untied-bias": (False, True), "untied-nobias": (False, False)}
+VARIANTS = {
+    "tied-bias": (True, True),
+    "tied-nobias": (True, False),
+    "untied-bias": (False, True),
+    "untied-nobias": (False, False),
+}
 MAIN = "untied-bias"
 CARD_SEED = 123
 TRICKY_TEXT = "Hello  world!\n\n  It's 2024 — naïve café,\tdon't <|endoftext|> 'll x  "
@@ -62,8 +67,12 @@ def runs(tmp_path_factory, brown_dataset, offline_hub):
     made = {}
     for name, (tie, bias) in VARIANTS.items():
         model = {"tie_weights": tie, "qkv_bias": bias, "init": "gpt2", "drop_rate": 0.1 if name == MAIN else 0.0}
-        run = write_run(root / name, brown_dataset, model=model,
-                        train={"min_train_tokens": 4 * 32 * 2, "learning_rate": 0.01, "validation_batches": 0})
+        run = write_run(
+            root / name,
+            brown_dataset,
+            model=model,
+            train={"min_train_tokens": 4 * 32 * 2, "learning_rate": 0.01, "validation_batches": 0},
+        )
         train_run(run, show_progress=False)
         out = root / f"{name}-hf"
         eval_result = None
@@ -113,7 +122,12 @@ def test_export_loads_in_transformers_with_equal_logits(runs, variant, brown_dat
     qkv_bias = hf.transformer.h[0].attn.c_attn.bias
     assert bool(qkv_bias.abs().sum() > 0) is bias  # zeros were written where gptlab has no bias
 
-    ids = torch.cat([_test_tokens(brown_dataset, 2, 32), torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(0))])
+    ids = torch.cat(
+        [
+            _test_tokens(brown_dataset, 2, 32),
+            torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(0)),
+        ]
+    )
     with torch.no_grad():
         expected, got = ours(ids), hf(ids).logits
     assert got.dtype == torch.float32
@@ -126,7 +140,11 @@ def test_greedy_generate_in_transformers_equals_gptlab_generate(runs):
     ours = generate_from_run(run, temperature=0, new_tokens=20, checkpoint="best")["token_ids"]
     prompt = torch.tensor([encode(DEFAULT_PROMPT)])  # the tokenizer files are checked on their own below
     with torch.no_grad():
-        theirs = _load_hf(out).generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20)[0].tolist()
+        theirs = (
+            _load_hf(out)
+            .generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20)[0]
+            .tolist()
+        )
     if len(theirs) < len(ours):  # transformers stops at <|endoftext|> (generation_config's eos), gptlab does not
         assert theirs[-1] == 50256
         ours = ours[: len(theirs)]
@@ -173,7 +191,14 @@ def test_model_card_metadata_is_what_the_hub_reads(runs, tmp_path, brown_dataset
     from huggingface_hub import ModelCard
 
     main = runs[MAIN]
-    export_run(main["run"], tmp_path / "card", eval_result=main["eval"], seed=CARD_SEED, repo_id="alice/tiny-gpt", license="mit")
+    export_run(
+        main["run"],
+        tmp_path / "card",
+        eval_result=main["eval"],
+        seed=CARD_SEED,
+        repo_id="alice/tiny-gpt",
+        license="mit",
+    )
     text = (tmp_path / "card" / "README.md").read_text()
     card = ModelCard(text)
     data = card.data
@@ -181,7 +206,9 @@ def test_model_card_metadata_is_what_the_hub_reads(runs, tmp_path, brown_dataset
     assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
     [result] = data.eval_results
     assert result.metric_type == "loss" and result.metric_value == round(main["eval"]["loss"], 4)
-    assert result.dataset_name == brown_dataset.name and result.dataset_split == "test" and data.model_name == "tiny-gpt"
+    assert (
+        result.dataset_name == brown_dataset.name and result.dataset_split == "test" and data.model_name == "tiny-gpt"
+    )
     assert "model-index" in text.split("\n---\n")[0]
     assert not data.datasets  # a local folder is no Hub dataset
     for local in (str(brown_dataset), str(main["run"]), str(tmp_path)):
@@ -194,9 +221,20 @@ def test_model_card_lists_a_hub_dataset(runs):
     from gptlab.export.card import CardFacts, model_card
 
     trained = open_trained_run(runs[MAIN]["run"], "best")
-    config = trained.config.model_copy(update={"train": trained.config.train.model_copy(update={"dataset": "alice/tiny-stories"})})
-    facts = CardFacts(config=config, checkpoint_name="x", checkpoint_meta={}, parameters=1, summary=None, eval_result=None,
-                      sample_prompt="Hi", sample_text="there", sample_seed=1)
+    config = trained.config.model_copy(
+        update={"train": trained.config.train.model_copy(update={"dataset": "alice/tiny-stories"})}
+    )
+    facts = CardFacts(
+        config=config,
+        checkpoint_name="x",
+        checkpoint_meta={},
+        parameters=1,
+        summary=None,
+        eval_result=None,
+        sample_prompt="Hi",
+        sample_text="there",
+        sample_seed=1,
+    )
     assert ModelCard(model_card(facts)).data.datasets == ["alice/tiny-stories"]
 
 
@@ -237,7 +275,15 @@ def test_exported_generation_config_lets_max_new_tokens_pass_without_warnings(ru
 def test_model_card_reads_a_saved_evaluation_of_the_same_checkpoint(runs, tmp_path):
     run = runs["tied-nobias"]["run"]
     name = open_trained_run(run, "best").checkpoint.name
-    saved = {"checkpoint": name, "loss": 7.654321, "split": "test", "tokens": 384, "start_token": 0, "batch_size": 4, "precision": "fp32"}
+    saved = {
+        "checkpoint": name,
+        "loss": 7.654321,
+        "split": "test",
+        "tokens": 384,
+        "start_token": 0,
+        "batch_size": 4,
+        "precision": "fp32",
+    }
     (run / "evaluation.json").write_text(json.dumps(saved))  # as `gptlab eval --save` writes it
     try:
         export_run(run, tmp_path / "with", seed=CARD_SEED)
@@ -277,26 +323,44 @@ def test_import_of_a_gpt2_saved_by_transformers_then_cli_eval_and_generate(tmp_p
     _perturbed(hf)
     hf.save_pretrained(str(tmp_path / "gpt2"))
     run = tmp_path / "imported"
-    result = run_cli("import-hf", str(tmp_path / "gpt2"), str(run), "--dataset", str(brown_dataset), "--microbatch-size", "4")
+    result = run_cli(
+        "import-hf", str(tmp_path / "gpt2"), str(run), "--dataset", str(brown_dataset), "--microbatch-size", "4"
+    )
     assert result.returncode == 0, result.stderr
     model = json.loads((run / "model.json").read_text())
-    assert model["tie_weights"] is True and model["qkv_bias"] is True and model["context_length"] == 32 and model["drop_rate"] == 0.1
+    assert (
+        model["tie_weights"] is True
+        and model["qkv_bias"] is True
+        and model["context_length"] == 32
+        and model["drop_rate"] == 0.1
+    )
 
     result = run_cli("eval", str(run), "--batches", "3", "--json")
     assert result.returncode == 0, result.stderr
     loss = json.loads(result.stdout)["loss"]
     windows = _test_tokens(brown_dataset, 1, 3 * 4 * 32 + 1)[0]
     with torch.no_grad():  # the same three batches of 4 x 32 through transformers
-        losses = [F.cross_entropy(hf(windows[b * 128: (b + 1) * 128].view(4, 32)).logits.flatten(0, 1),
-                                  windows[b * 128 + 1: (b + 1) * 128 + 1]).item() for b in range(3)]
+        losses = [
+            F.cross_entropy(
+                hf(windows[b * 128 : (b + 1) * 128].view(4, 32)).logits.flatten(0, 1),
+                windows[b * 128 + 1 : (b + 1) * 128 + 1],
+            ).item()
+            for b in range(3)
+        ]
     assert loss == pytest.approx(sum(losses) / 3, abs=1e-5)
 
     result = run_cli("generate", str(run), "--temperature", "0", "--tokens", "10", "--json")
     assert result.returncode == 0, result.stderr
     prompt = encode(DEFAULT_PROMPT)
     with torch.no_grad():
-        theirs = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, max_new_tokens=10, eos_token_id=None, pad_token_id=50256)[0].tolist()
+        theirs = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=10,
+            eos_token_id=None,
+            pad_token_id=50256,
+        )[0].tolist()
     assert json.loads(result.stdout)["token_ids"] == theirs
 
 
@@ -306,7 +370,9 @@ def test_import_of_an_untied_gpt2_with_openai_names(tmp_path, brown_dataset):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(1)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=4, tie_word_embeddings=False)).eval()
+    hf = GPT2LMHeadModel(
+        GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=4, tie_word_embeddings=False)
+    ).eval()
     _perturbed(hf)
     hf.save_pretrained(str(tmp_path / "gpt2"))
     weights = load_file(str(tmp_path / "gpt2" / "model.safetensors"))
@@ -327,7 +393,9 @@ def test_a_qkv_bias_that_is_still_zero_survives_the_round_trip(tmp_path, brown_d
     from gptlab.export.hf import write_hf_model
     from gptlab.weights import build_model
 
-    config = ModelConfig(vocab_size=50257, context_length=32, emb_dim=32, n_heads=4, n_layers=1, qkv_bias=True, init="gpt2")
+    config = ModelConfig(
+        vocab_size=50257, context_length=32, emb_dim=32, n_heads=4, n_layers=1, qkv_bias=True, init="gpt2"
+    )
     (tmp_path / "hf").mkdir()
     write_hf_model(build_model(config), config, tmp_path / "hf")  # gpt2 init: every bias is exactly zero
     import_hf_model(tmp_path / "hf", tmp_path / "run", str(brown_dataset), 4)
@@ -354,7 +422,9 @@ def test_export_and_import_refuse_to_clobber_and_leave_nothing_half_written(runs
     (busy / "notes.txt").write_text("mine")
     result = run_cli("export", str(run), str(busy))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: {busy}: not empty; choose a new or empty folder, or pass --overwrite to replace a previous export there"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {busy}: not empty; choose a new or empty folder, or pass --overwrite to replace a previous export there"
+    ]
     with pytest.raises(UserError, match="not a previous export"):
         export_run(run, busy, overwrite=True)
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
@@ -368,7 +438,9 @@ def test_export_and_import_refuse_to_clobber_and_leave_nothing_half_written(runs
     (tmp_path / f".out.{dead}-0123abcd.tmp").mkdir()  # left by an export that was killed
     export_run(run, out, seed=1)
     assert not (tmp_path / f".out.{dead}-0123abcd.tmp").exists()
-    aside = tmp_path / f".gone.{dead}-0123abcd.old"  # killed after moving an old export aside, before the new one was in
+    aside = (
+        tmp_path / f".gone.{dead}-0123abcd.old"
+    )  # killed after moving an old export aside, before the new one was in
     (aside / "replaced").mkdir(parents=True)
     (aside / "replaced" / "config.json").write_text("{}")
     remove_stale_staging(tmp_path, "gone")
@@ -403,7 +475,14 @@ def test_export_and_import_refuse_to_clobber_and_leave_nothing_half_written(runs
 # --- upload -------------------------------------------------------------------------------------------
 
 TOKEN = "hf_standInSecret0123456789"
-_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE", "HF_ENDPOINT", "HF_HUB_OFFLINE")
+_TOKEN_VARIABLES = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_OIDC_RESOURCE",
+    "HF_ENDPOINT",
+    "HF_HUB_OFFLINE",
+)
 
 
 def _gptlab(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -413,7 +492,9 @@ def _gptlab(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
     home.mkdir(exist_ok=True)
     temporary.mkdir(exist_ok=True)
     clean.update(HF_HOME=str(home), TMPDIR=str(temporary), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0", **env)
-    return subprocess.run([sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, env=clean, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, env=clean, timeout=300
+    )
 
 
 def _no_upload_leftovers(tmp_path: Path) -> bool:
@@ -482,7 +563,10 @@ class StandInHub:
                     return self._answer(200, {"errors": [], "warnings": []})
                 if path.endswith("/preupload/main"):
                     files = json.loads(body)["files"]
-                    return self._answer(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                    return self._answer(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 if path.endswith("/commit/main"):
                     for line in body.decode().splitlines():
                         item = json.loads(line)
@@ -515,7 +599,9 @@ def test_upload_dry_run_and_failures_before_any_transfer(runs, tmp_path, monkeyp
 
     run, out = runs[MAIN]["run"], runs[MAIN]["out"]
     closed = f"http://127.0.0.1:{_closed_port()}"
-    result = _gptlab(tmp_path, "upload", str(run), "alice/tiny-gpt", "--dry-run", "--license", "apache-2.0", HF_ENDPOINT=closed)
+    result = _gptlab(
+        tmp_path, "upload", str(run), "alice/tiny-gpt", "--dry-run", "--license", "apache-2.0", HF_ENDPOINT=closed
+    )
     assert result.returncode == 0, result.stderr
     assert "alice/tiny-gpt" in result.stdout and closed in result.stdout
     # the card it would upload, printed whole: its metadata with the license, and its text
@@ -527,7 +613,10 @@ def test_upload_dry_run_and_failures_before_any_transfer(runs, tmp_path, monkeyp
     assert _no_upload_leftovers(tmp_path)
 
     _one_clean_error(_gptlab(tmp_path, "upload", str(run), "alice/tiny-gpt"), "no Hugging Face token")
-    _one_clean_error(_gptlab(tmp_path, "upload", str(run), "alice/tiny-gpt", HF_TOKEN=TOKEN, HF_ENDPOINT=closed), "cannot reach the Hub")
+    _one_clean_error(
+        _gptlab(tmp_path, "upload", str(run), "alice/tiny-gpt", HF_TOKEN=TOKEN, HF_ENDPOINT=closed),
+        "cannot reach the Hub",
+    )
     assert _no_upload_leftovers(tmp_path)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -549,11 +638,22 @@ def test_upload_to_a_local_stand_in_hub(runs, tmp_path):
     expected = tmp_path / "expected"
     export_run(run, expected, seed=CARD_SEED, repo_id="alice/tiny-gpt")
     with StandInHub() as hub:
-        result = _gptlab(tmp_path, "upload", str(run), "alice/tiny-gpt", "--private", "--seed", str(CARD_SEED),
-                         HF_TOKEN=TOKEN, HF_ENDPOINT=hub.url)
+        result = _gptlab(
+            tmp_path,
+            "upload",
+            str(run),
+            "alice/tiny-gpt",
+            "--private",
+            "--seed",
+            str(CARD_SEED),
+            HF_TOKEN=TOKEN,
+            HF_ENDPOINT=hub.url,
+        )
         assert result.returncode == 0, result.stderr
         assert f"{hub.url}/alice/tiny-gpt" in result.stdout and TOKEN not in result.stdout + result.stderr
-        assert [call for call in hub.calls if call[0] == "POST" and "repos/create" in call[1]] == [("POST", "/api/repos/create")]
+        assert [call for call in hub.calls if call[0] == "POST" and "repos/create" in call[1]] == [
+            ("POST", "/api/repos/create")
+        ]
         assert hub.created[0]["name"] == "tiny-gpt" and hub.created[0]["organization"] == "alice"
         assert hub.created[0].get("visibility") == "private" or hub.created[0].get("private") is True
         assert hub.authorizations == {f"Bearer {TOKEN}"}

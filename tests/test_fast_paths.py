@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL, read_metrics
 from safetensors.torch import load_model
 
-from conftest import TINY_MODEL, read_metrics
 from gptlab.config import ModelConfig
 from gptlab.evaluate.sample import generate_tokens
 from gptlab.linear_cross_entropy import linear_cross_entropy
 from gptlab.model import GPT
 from gptlab.train.loop import train_run
-from gptlab.weights import build_model
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(None, 1e-5), (torch.bfloat16, 2e-2)])
@@ -42,17 +41,30 @@ def test_chunked_head_and_loss_match_the_plain_computation(dtype, tolerance, pad
     assert relative_error(weight.grad[:vocab], 2 * expected_grads[1][:vocab]) < tolerance
     assert torch.count_nonzero(weight.grad[vocab:]) == 0  # padding rows get nothing
     with torch.no_grad(), autocast:
-        assert float(linear_cross_entropy(hidden, weight, targets, vocab_size=vocab)) == pytest.approx(float(expected), rel=tolerance / 10)
+        assert float(linear_cross_entropy(hidden, weight, targets, vocab_size=vocab)) == pytest.approx(
+            float(expected), rel=tolerance / 10
+        )
 
 
-@pytest.mark.parametrize("switch", [{"fused_cross_entropy": True}, {"pad_vocab_multiple": 64}, {"pad_vocab_multiple": 64, "fused_cross_entropy": True}])
+@pytest.mark.parametrize(
+    "switch",
+    [
+        {"fused_cross_entropy": True},
+        {"pad_vocab_multiple": 64},
+        {"pad_vocab_multiple": 64, "fused_cross_entropy": True},
+    ],
+)
 def test_training_with_a_fast_path_matches_the_plain_path(make_run, switch):
-    plain = make_run("plain", model={"tie_weights": True}, train={"fused_cross_entropy": False, "pad_vocab_multiple": 1})
+    plain = make_run(
+        "plain", model={"tie_weights": True}, train={"fused_cross_entropy": False, "pad_vocab_multiple": 1}
+    )
     fast = make_run("fast", model={"tie_weights": True}, train=switch)
     train_run(plain, show_progress=False)
     summary = train_run(fast, show_progress=False)
     assert summary["fast_paths"]["pad_vocab_multiple"] == switch.get("pad_vocab_multiple", 1)
-    assert [r["loss"] for r in read_metrics(fast)] == pytest.approx([r["loss"] for r in read_metrics(plain)], rel=1e-5, abs=1e-5)
+    assert [r["loss"] for r in read_metrics(fast)] == pytest.approx(
+        [r["loss"] for r in read_metrics(plain)], rel=1e-5, abs=1e-5
+    )
     # Checkpoints keep the book layout and the true vocabulary whatever the padding inside.
     from llms_from_scratch.ch04 import GPTModel
 
@@ -60,7 +72,9 @@ def test_training_with_a_fast_path_matches_the_plain_path(make_run, switch):
     book.out_head.weight = book.tok_emb.weight
     load_model(book, fast / "checkpoints" / "latest" / "model.safetensors")
     assert book.tok_emb.weight.shape[0] == 50257
-    assert summary["parameters"] == json.loads((plain / "summary.json").read_text())["parameters"]  # padding is not counted
+    assert (
+        summary["parameters"] == json.loads((plain / "summary.json").read_text())["parameters"]
+    )  # padding is not counted
 
 
 def test_padded_vocabulary_never_yields_a_padding_token():
@@ -93,4 +107,6 @@ def test_compiled_training_matches_eager(make_run):
     train_run(eager, show_progress=False)
     summary = train_run(compiled, show_progress=False)
     assert summary["fast_paths"]["compile"] is True and summary["compile_seconds"] > 0
-    assert [r["loss"] for r in read_metrics(compiled)] == pytest.approx([r["loss"] for r in read_metrics(eager)], rel=1e-4)
+    assert [r["loss"] for r in read_metrics(compiled)] == pytest.approx(
+        [r["loss"] for r in read_metrics(eager)], rel=1e-4
+    )

@@ -27,8 +27,13 @@ def load_script():
 
 def run_check(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "gpu_check.json"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--small", "--out", str(out), "--work-dir", str(tmp_path / "work"), *args],
-                            capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--small", "--out", str(out), "--work-dir", str(tmp_path / "work"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=1200,
+    )
     return result, json.loads(out.read_text())
 
 
@@ -44,7 +49,9 @@ def test_small_mode_runs_every_phase_and_the_functional_pass_holds(tmp_path):
     sigterm = functional["checks"]["sigterm"]
     assert 0 < sigterm["stopped_after_step"] < functional["steps"] - 1  # really stopped mid-run
     resume = functional["checks"]["resume"]
-    assert resume["resumed_vs_whole"]["bit_identical"] and resume["max_step_loss_diff"] == 0.0  # the CPU is deterministic
+    assert (
+        resume["resumed_vs_whole"]["bit_identical"] and resume["max_step_loss_diff"] == 0.0
+    )  # the CPU is deterministic
     assert resume["steps_recorded"] == [functional["steps"], functional["steps"]]
     logits = functional["checks"]["export logits"]
     assert logits["max_abs_diff"] <= logits["tolerance"] and logits["export_vocab_size"] == 50257
@@ -53,19 +60,27 @@ def test_small_mode_runs_every_phase_and_the_functional_pass_holds(tmp_path):
     bench = report["phases"]["bench"]["runs"]
     reference = report["phases"]["reference"]["runs"]
     for name in ("bf16", "fp16", "fp32"):
-        assert bench[name]["precision"] == name and bench[name]["tokens_per_second"] > 0 and bench[name]["peak_memory_bytes"] > 0
+        assert (
+            bench[name]["precision"] == name
+            and bench[name]["tokens_per_second"] > 0
+            and bench[name]["peak_memory_bytes"] > 0
+        )
         assert bench[name]["microbatch_size"] == 2
         assert reference[name]["precision"] == name and reference[name]["tokens_per_second"] > 0
     largest = report["phases"]["max_microbatch"]["runs"]
     assert all(entry["max_microbatch"] >= 1 for entry in largest.values())
-    assert largest["fp32_40GB"]["max_microbatch"] <= largest["fp32"]["max_microbatch"]  # 64 MiB stands in for 40 GB, under 96 MiB
+    assert (
+        largest["fp32_40GB"]["max_microbatch"] <= largest["fp32"]["max_microbatch"]
+    )  # 64 MiB stands in for 40 GB, under 96 MiB
     assert largest["fp32_40GB"]["memory_limit_bytes"] == 64 * 2**20
 
     rows = {row["target"]: row for row in report["targets"]}
     assert rows["functional pass"]["status"] == "pass"
     assert rows["bf16 MFU"]["status"] == "n/a"  # a CPU has no datasheet peak in the table
     ratio = rows["use_amp (fp16 + scaler) vs book reference"]
-    assert ratio["measured"] == pytest.approx(bench["fp16"]["tokens_per_second"] / reference["fp16"]["tokens_per_second"])
+    assert ratio["measured"] == pytest.approx(
+        bench["fp16"]["tokens_per_second"] / reference["fp16"]["tokens_per_second"]
+    )
     assert ratio["status"] == ("pass" if ratio["measured"] >= 4 else "miss")
     assert all(row["status"] in ("pass", "miss", "n/a") for row in rows.values())
     assert "functional pass" in result.stdout and "PASS" in result.stdout  # the printed table
@@ -98,5 +113,10 @@ def test_resume_is_judged_against_the_noise_between_two_uninterrupted_runs():
 
 
 def test_bad_arguments_exit_2_with_one_line():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--small", "--phases", "functional,speed"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--small", "--phases", "functional,speed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "--phases: unknown speed" in result.stderr

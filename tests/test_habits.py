@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_run
+
 from gptlab.config import EvaluationSettings, load_run_config
 from gptlab.model import parameter_counts
 from gptlab.presets import PRESETS, preset_files
@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run_whose_best_is_not_latest(tmp_path_factory, brown_dataset):
     """A trained run with three checkpoints whose `best` link is then pointed at the first one."""
-    run = write_run(tmp_path_factory.mktemp("habits") / "run", brown_dataset, train={"min_train_tokens": 4 * 32 * 9, "checkpoint_interval": 4})
+    run = write_run(
+        tmp_path_factory.mktemp("habits") / "run",
+        brown_dataset,
+        train={"min_train_tokens": 4 * 32 * 9, "checkpoint_interval": 4},
+    )
     train_run(run, show_progress=False)
     checkpoints = run / "checkpoints"
     folders = sorted(path.name for path in checkpoints.iterdir() if not path.is_symlink())
@@ -70,8 +74,12 @@ def test_help_and_docs_name_the_harness():
 @pytest.mark.slow
 def test_dataset_paths_are_normalised_and_one_layer_is_singular(tmp_path, brown_dataset):
     (tmp_path / "data").symlink_to(brown_dataset)
-    run = write_run(tmp_path / "runs" / "one", Path("../../data"), model={"n_layers": 1, "n_heads": 1},
-                    train={"min_train_tokens": 4 * 32 * 2})
+    run = write_run(
+        tmp_path / "runs" / "one",
+        Path("../../data"),
+        model={"n_layers": 1, "n_heads": 1},
+        train={"min_train_tokens": 4 * 32 * 2},
+    )
     result = run_cli("train", "runs/one", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     log = (run / "train.log").read_text()
@@ -88,14 +96,24 @@ def test_init_writes_a_run_that_validates_and_plans(tmp_path, preset):
     assert result.returncode == 0, result.stderr
     config = load_run_config(run)
     assert config.train.dataset == "owner/name"
-    plan = run_cli("train", str(run), "--dry-run", "--json", "--world-size", "8", "--datasets-dir", str(tmp_path / "datasets"))
+    plan = run_cli(
+        "train", str(run), "--dry-run", "--json", "--world-size", "8", "--datasets-dir", str(tmp_path / "datasets")
+    )
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["steps"] > 0
 
 
 def test_init_uses_the_books_values_and_the_users_baseline():
     model, train = preset_files("gpt2-small")
-    assert model == {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.1, "qkv_bias": False, "emb_dim": 768, "n_layers": 12, "n_heads": 12}
+    assert model == {
+        "vocab_size": 50257,
+        "context_length": 1024,
+        "drop_rate": 0.1,
+        "qkv_bias": False,
+        "emb_dim": 768,
+        "n_layers": 12,
+        "n_heads": 12,
+    }
     assert train["min_train_tokens"] == 3260190720 == 20 * 163009536 and train["checkpoint_interval"] == 617
     assert train["microbatch_size"] == 12 and train["learning_rate"] == 0.0004 and train["weight_decay"] == 0.1
     xl, _ = preset_files("gpt2-xl")

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from conftest import read_metrics, run_cli
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from conftest import read_metrics, run_cli
 from gptlab.config import TrainConfig
 from gptlab.train.loop import forward_backward, optimizer_step, read_back, setup, train_run
 from gptlab.train.optim import learning_rate_at, parameter_groups
@@ -20,12 +20,16 @@ def parameters_of(run):
 
 # --- precision -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("precision, matmul, logits_dtype, has_scaler", [
-    ("fp32", "highest", torch.float32, False),
-    ("tf32", "high", torch.float32, False),
-    ("fp16", "high", torch.float16, True),
-    ("bf16", "high", torch.bfloat16, False),
-])
+
+@pytest.mark.parametrize(
+    "precision, matmul, logits_dtype, has_scaler",
+    [
+        ("fp32", "highest", torch.float32, False),
+        ("tf32", "high", torch.float32, False),
+        ("fp16", "high", torch.float16, True),
+        ("bf16", "high", torch.bfloat16, False),
+    ],
+)
 def test_precision_sets_numerics(make_run, precision, matmul, logits_dtype, has_scaler):
     run = setup(make_run(train={"precision": precision}), show_progress=False)
     assert torch.get_float32_matmul_precision() == matmul
@@ -41,7 +45,9 @@ def test_mixed_precision_runs_train_and_are_recorded(make_run, precision):
     run = make_run(train={"precision": precision, "learning_rate": 0.01, "min_train_tokens": 4 * 32 * 25})
     summary = train_run(run, show_progress=False)
     losses = [r["loss"] for r in read_metrics(run) if r["loss"] is not None]
-    assert summary["precision"] == precision and json.loads((run / "summary.json").read_text())["precision"] == precision
+    assert (
+        summary["precision"] == precision and json.loads((run / "summary.json").read_text())["precision"] == precision
+    )
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
     if precision == "fp16":
         assert (run / "checkpoints" / "latest" / "scaler.pt").is_file()
@@ -56,6 +62,7 @@ def test_users_use_amp_false_config_trains_in_full_fp32(make_run):
 
 
 # --- non-finite gradients --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bad_value", [float("inf"), float("nan")])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -91,8 +98,14 @@ def test_fused_check_agrees_with_a_per_parameter_scan():
 
 
 def test_divergence_stops_training_and_keeps_the_last_checkpoint(make_run):
-    run = make_run(train={"learning_rate": 1e30, "max_consecutive_skipped_steps": 3, "checkpoint_interval": 100,
-                          "min_train_tokens": 4 * 32 * 20})
+    run = make_run(
+        train={
+            "learning_rate": 1e30,
+            "max_consecutive_skipped_steps": 3,
+            "checkpoint_interval": 100,
+            "min_train_tokens": 4 * 32 * 20,
+        }
+    )
     result = run_cli("train", str(run), "--no-progress")
     assert result.returncode == 3, result.stderr
     assert "3 steps in a row had non-finite gradients or loss" in result.stderr and "Traceback" not in result.stderr
@@ -104,6 +117,7 @@ def test_divergence_stops_training_and_keeps_the_last_checkpoint(make_run):
 
 
 # --- gradient clipping -------------------------------------------------------------------------------
+
 
 def test_clipping_rescales_to_the_max_norm_and_is_recorded(make_run):
     parameters = [torch.nn.Parameter(torch.zeros(10)) for _ in range(3)]
@@ -127,6 +141,7 @@ def test_clipping_rescales_to_the_max_norm_and_is_recorded(make_run):
 
 # --- optimisation -------------------------------------------------------------------------------------
 
+
 def test_weight_decay_params_matrices_excludes_biases_norms_and_embeddings(make_run):
     run = setup(make_run(model={"qkv_bias": True}), show_progress=False)
     names = {id(p): name for name, p in run.model.named_parameters()}
@@ -134,7 +149,11 @@ def test_weight_decay_params_matrices_excludes_biases_norms_and_embeddings(make_
     assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
     decayed_names = {names[id(p)] for p in decayed["params"]}
     kept_names = {names[id(p)] for p in kept["params"]}
-    assert "h.0.attn.c_attn.weight" in decayed_names and "lm_head.weight" in decayed_names and "h.1.mlp.c_proj.weight" in decayed_names
+    assert (
+        "h.0.attn.c_attn.weight" in decayed_names
+        and "lm_head.weight" in decayed_names
+        and "h.1.mlp.c_proj.weight" in decayed_names
+    )
     assert {"wte.weight", "wpe.weight", "h.0.ln_1.weight", "h.0.attn.c_attn.bias", "ln_f.bias"} <= kept_names
     assert len(decayed_names) + len(kept_names) == len(list(run.model.parameters()))
     (everything,) = parameter_groups(run.model, 0.1, "all")
@@ -142,7 +161,10 @@ def test_weight_decay_params_matrices_excludes_biases_norms_and_embeddings(make_
 
 
 def test_betas_eps_and_decay_reach_the_optimizer(make_run):
-    run = setup(make_run(train={"betas": [0.8, 0.95], "eps": 1e-6, "weight_decay": 0.05, "weight_decay_params": "matrices"}), show_progress=False)
+    run = setup(
+        make_run(train={"betas": [0.8, 0.95], "eps": 1e-6, "weight_decay": 0.05, "weight_decay_params": "matrices"}),
+        show_progress=False,
+    )
     groups = run.optimizer.param_groups
     assert all(g["betas"] == (0.8, 0.95) and g["eps"] == 1e-6 for g in groups)
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
@@ -150,22 +172,43 @@ def test_betas_eps_and_decay_reach_the_optimizer(make_run):
 
 @pytest.mark.parametrize("warmup_percent, total", [(0, 10), (30, 10), (5, 200), (10, 37)])
 def test_users_schedule_matches_their_torch_schedulers_step_for_step(warmup_percent, total):
-    config = TrainConfig(dataset="d", microbatch_size=1, learning_rate=4e-4, schedule_learning_rate=True, warmup_period_percent=warmup_percent)
+    config = TrainConfig(
+        dataset="d",
+        microbatch_size=1,
+        learning_rate=4e-4,
+        schedule_learning_rate=True,
+        warmup_period_percent=warmup_percent,
+    )
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([parameter], lr=4e-4)
     warmup = total * warmup_percent // 100
-    scheduler = SequentialLR(optimizer, [LinearLR(optimizer, start_factor=1e-5, end_factor=1.0, total_iters=warmup),
-                                         CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=4e-5)], milestones=[warmup])
+    scheduler = SequentialLR(
+        optimizer,
+        [
+            LinearLR(optimizer, start_factor=1e-5, end_factor=1.0, total_iters=warmup),
+            CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=4e-5),
+        ],
+        milestones=[warmup],
+    )
     for step in range(total):
-        assert learning_rate_at(step, total, config) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+        assert learning_rate_at(step, total, config) == pytest.approx(
+            optimizer.param_groups[0]["lr"], rel=1e-9, abs=1e-15
+        )
         optimizer.step()
         scheduler.step()
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd", "constant"])
 def test_gptlab_schedules_shape(schedule):
-    config = TrainConfig(dataset="d", microbatch_size=1, learning_rate=1.0, lr_schedule=schedule, warmup_steps=10,
-                         min_lr_ratio=0.1, decay_period_percent=20)
+    config = TrainConfig(
+        dataset="d",
+        microbatch_size=1,
+        learning_rate=1.0,
+        lr_schedule=schedule,
+        warmup_steps=10,
+        min_lr_ratio=0.1,
+        decay_period_percent=20,
+    )
     rates = [learning_rate_at(step, 100, config) for step in range(100)]
     assert rates[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warm-up to the peak
     assert max(rates) == pytest.approx(1.0)
@@ -183,7 +226,9 @@ def test_gptlab_schedules_shape(schedule):
 def test_the_loop_uses_the_schedule_it_reports(make_run):
     run = make_run(train={"lr_schedule": "cosine", "warmup_period_percent": 25, "learning_rate": 0.004})
     summary = train_run(run, show_progress=False)
-    config = TrainConfig(dataset="d", microbatch_size=4, lr_schedule="cosine", warmup_period_percent=25, learning_rate=0.004)
+    config = TrainConfig(
+        dataset="d", microbatch_size=4, lr_schedule="cosine", warmup_period_percent=25, learning_rate=0.004
+    )
     rates = [r["learning_rate"] for r in read_metrics(run)]
     assert rates == [learning_rate_at(step, 12, config) for step in range(12)]
     assert summary["peak_learning_rate"] == max(rates) == pytest.approx(0.004) and summary["schedule"] == "cosine"
@@ -191,7 +236,9 @@ def test_the_loop_uses_the_schedule_it_reports(make_run):
 
 def test_gradient_accumulation_gives_the_gradient_of_one_big_batch(make_run):
     """accumulation 4 x microbatch 2 reads the same 8 sequences as 1 x 8 and must give the same gradient."""
-    small = setup(make_run("small", train={"microbatch_size": 2, "gradient_accumulation_steps": 4}), show_progress=False)
+    small = setup(
+        make_run("small", train={"microbatch_size": 2, "gradient_accumulation_steps": 4}), show_progress=False
+    )
     small_loss = forward_backward(small, 0)
     small_grads = [p.grad.clone() for p in small.model.parameters()]
     big = setup(make_run("big", train={"microbatch_size": 8, "gradient_accumulation_steps": 1}), show_progress=False)
@@ -202,6 +249,7 @@ def test_gradient_accumulation_gives_the_gradient_of_one_big_batch(make_run):
 
 
 # --- architecture --------------------------------------------------------------------------------
+
 
 def test_tied_head_shares_the_embedding_through_training(make_run):
     untied = train_run(make_run("untied"), show_progress=False)
@@ -220,7 +268,14 @@ def test_summary_records_every_effective_setting(make_run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["config"]["train"]["weight_decay_params"] == "all"  # defaults are written out, not left implicit
     assert summary["config"]["model"]["init"] == "torch"
-    for key in ("precision", "skipped_steps", "clipped_fraction", "peak_learning_rate", "peak_memory_bytes", "schedule"):
+    for key in (
+        "precision",
+        "skipped_steps",
+        "clipped_fraction",
+        "peak_learning_rate",
+        "peak_memory_bytes",
+        "schedule",
+    ):
         assert key in summary, key
     assert summary["environment"]["torch"] == torch.__version__
     meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
@@ -233,8 +288,10 @@ def test_reading_step_values_back_every_few_steps_changes_nothing(make_run):
     deferred = make_run("deferred", model={"drop_rate": 0.1}, train={"log_interval": 5, "clipping_max_norm": 0.5})
     train_run(every_step, show_progress=False)
     train_run(deferred, show_progress=False)
-    assert read_metrics(deferred) == [{**r, "elapsed_seconds": d["elapsed_seconds"], "train_seconds": d["train_seconds"]}
-                                      for r, d in zip(read_metrics(every_step), read_metrics(deferred))]
+    assert read_metrics(deferred) == [
+        {**r, "elapsed_seconds": d["elapsed_seconds"], "train_seconds": d["train_seconds"]}
+        for r, d in zip(read_metrics(every_step), read_metrics(deferred))
+    ]
     from safetensors.torch import load_file
 
     a, b = (load_file(run / "checkpoints" / "latest" / "model.safetensors") for run in (every_step, deferred))

@@ -47,13 +47,21 @@ def _within(name: str, package: str) -> bool:
 def test_only_the_cli_imports_command_modules(module):
     if module in ("gptlab.cli", "gptlab.__main__"):  # the command line itself, and `python -m gptlab`
         return
-    assert not MODULES[module] & COMMAND_MODULES, f"{module} imports a command module: {sorted(MODULES[module] & COMMAND_MODULES)}"
+    assert not MODULES[module] & COMMAND_MODULES, (
+        f"{module} imports a command module: {sorted(MODULES[module] & COMMAND_MODULES)}"
+    )
 
 
 @pytest.mark.parametrize("package", sorted(NOT_BELOW))
 def test_lower_layers_do_not_import_higher_ones(package):
-    upward = sorted(f"{module} -> {name}" for module, names in MODULES.items() if _within(module, package)
-                    for name in names for higher in NOT_BELOW[package] if _within(name, higher))
+    upward = sorted(
+        f"{module} -> {name}"
+        for module, names in MODULES.items()
+        if _within(module, package)
+        for name in names
+        for higher in NOT_BELOW[package]
+        if _within(name, higher)
+    )
     assert not upward, upward
 
 

@@ -23,9 +23,9 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn as nn
+from conftest import read_metrics
 from safetensors.torch import load_file
 
-from conftest import read_metrics
 from gptlab.config import ModelConfig, apply_overrides, overrides_from_mapping, validate_run_config
 from gptlab.errors import UserError
 from gptlab.model import MixtureOfExperts, routing_statistics
@@ -53,7 +53,7 @@ class ReferenceMoE(nn.Module):
         for j, expert in enumerate(self.experts):
             mask = (chosen == j).any(-1)
             if mask.any():
-                out[mask] += weights[mask][:, j:j + 1] * expert(x[mask])
+                out[mask] += weights[mask][:, j : j + 1] * expert(x[mask])
         return out
 
 
@@ -72,15 +72,26 @@ def moe_config(**moe) -> ModelConfig:
 
 # --- configuration -----------------------------------------------------------------------------------
 
+
 def config_problems(tmp_path, moe) -> list[str]:
     with pytest.raises(UserError) as error:
-        validate_run_config(tmp_path / "model.json", {**SMALL, "moe": moe}, tmp_path / "train.json", {"dataset": "d", "microbatch_size": 1})
+        validate_run_config(
+            tmp_path / "model.json",
+            {**SMALL, "moe": moe},
+            tmp_path / "train.json",
+            {"dataset": "d", "microbatch_size": 1},
+        )
     return error.value.lines
 
 
 def test_the_users_moe_block_is_accepted_and_bad_ones_get_one_line_each(tmp_path):
     users = {"num_experts": 6, "num_active_experts": 2, "log_moe_balance_file": "runs/NAME/routing_logits.jsonl"}
-    config = validate_run_config(tmp_path / "model.json", {**SMALL, "moe": users}, tmp_path / "train.json", {"dataset": "d", "microbatch_size": 1})
+    config = validate_run_config(
+        tmp_path / "model.json",
+        {**SMALL, "moe": users},
+        tmp_path / "train.json",
+        {"dataset": "d", "microbatch_size": 1},
+    )
     assert config.model.moe.num_experts == 6 and config.model.moe.aux_loss_coef == 0.0
     assert config.model.model_dump(mode="json")["moe"]["log_moe_balance_file"] == "runs/NAME/routing_logits.jsonl"
 
@@ -89,14 +100,20 @@ def test_the_users_moe_block_is_accepted_and_bad_ones_get_one_line_each(tmp_path
     [line] = config_problems(tmp_path, {"num_experts": 6, "num_active_experts": 7})
     assert line == f"{tmp_path / 'model.json'}: moe.num_active_experts: 7 is more than moe.num_experts 6; use 2 to 6"
     [line] = config_problems(tmp_path, {"num_experts": 6, "num_active_experts": 2, "capacity_factor": 1.25})
-    assert line.startswith(f"{tmp_path / 'model.json'}: moe.capacity_factor: unknown key; allowed keys are: aux_loss_coef, log_moe_balance_file")
+    assert line.startswith(
+        f"{tmp_path / 'model.json'}: moe.capacity_factor: unknown key; allowed keys are: aux_loss_coef, log_moe_balance_file"
+    )
     assert len(config_problems(tmp_path, {"num_experts": 6})) == 1  # num_active_experts missing
     assert all("\n" not in line for line in config_problems(tmp_path, "six"))
 
 
 def test_moe_is_reachable_as_an_experiment_intervention(tmp_path):
     problems: list[str] = []
-    overrides = overrides_from_mapping("interventions.moe", {"model": {"moe": {"num_experts": 6, "num_active_experts": 2, "aux_loss_coef": 0.01}}}, problems)
+    overrides = overrides_from_mapping(
+        "interventions.moe",
+        {"model": {"moe": {"num_experts": 6, "num_active_experts": 2, "aux_loss_coef": 0.01}}},
+        problems,
+    )
     assert problems == []
     model_data, train_data = apply_overrides(dict(SMALL), {"dataset": "d", "microbatch_size": 1}, overrides)
     config = validate_run_config(tmp_path / "model.json", model_data, tmp_path / "train.json", train_data)
@@ -104,6 +121,7 @@ def test_moe_is_reachable_as_an_experiment_intervention(tmp_path):
 
 
 # --- the function and the file layout ----------------------------------------------------------------
+
 
 def test_same_initialisation_under_a_seed_as_the_users_model(monkeypatch):
     config = moe_config()
@@ -133,7 +151,9 @@ def test_a_gptlab_checkpoint_loads_strictly_into_their_model(tmp_path, monkeypat
     ours = build_model(config.model_copy(update={"init": "gpt2"})).eval()
     save_book_safetensors(ours, tmp_path / "model.safetensors")
     theirs = reference_model(config, monkeypatch)
-    missing, unexpected = theirs.load_state_dict(safetensors.torch.load_file(tmp_path / "model.safetensors"), strict=True)
+    missing, unexpected = theirs.load_state_dict(
+        safetensors.torch.load_file(tmp_path / "model.safetensors"), strict=True
+    )
     assert missing == unexpected == []
     safetensors.torch.load_model(theirs, tmp_path / "model.safetensors")  # their strict load_model
     names = set(safetensors.torch.load_file(tmp_path / "model.safetensors"))
@@ -147,7 +167,11 @@ def test_a_dense_checkpoint_is_refused_by_an_moe_model_in_one_line(tmp_path):
     save_book_safetensors(build_model(ModelConfig(**SMALL)), tmp_path / "dense.safetensors")
     with pytest.raises(UserError) as error:
         load_book_safetensors(build_model(moe_config()), tmp_path / "dense.safetensors")
-    assert len(error.value.lines) == 1 and "missing tensors trf_blocks.0.ff.router.weight" in error.value.lines[0] and "moe" in error.value.lines[0]
+    assert (
+        len(error.value.lines) == 1
+        and "missing tensors trf_blocks.0.ff.router.weight" in error.value.lines[0]
+        and "moe" in error.value.lines[0]
+    )
 
 
 def test_ties_at_the_lowest_kept_logit_keep_exactly_k_experts_as_topk_does(monkeypatch):
@@ -157,7 +181,9 @@ def test_ties_at_the_lowest_kept_logit_keep_exactly_k_experts_as_topk_does(monke
     torch.manual_seed(0)
     reference = ReferenceMoE(cfg)
     ours = MixtureOfExperts(config)
-    ours.load_state_dict({k.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): v for k, v in reference.state_dict().items()})
+    ours.load_state_dict(
+        {k.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): v for k, v in reference.state_dict().items()}
+    )
     with torch.no_grad():
         # Logits per token: expert 0 far ahead, experts 1, 2 and 3 tied for the second place, expert 4 last.
         reference.router.weight.zero_()
@@ -179,7 +205,9 @@ def test_ties_at_the_lowest_kept_logit_keep_exactly_k_experts_as_topk_does(monke
 def test_routing_statistics_on_a_router_the_test_sets():
     config = moe_config(num_experts=4, num_active_experts=2)
     layer = MixtureOfExperts(config).train()
-    router = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, -1.0], [-1.0, 0.5]])  # only the first two input features matter
+    router = torch.tensor(
+        [[2.0, 0.0], [1.0, 1.0], [0.0, -1.0], [-1.0, 0.5]]
+    )  # only the first two input features matter
     with torch.no_grad():
         layer.router.weight.zero_()
         layer.router.weight[:, :2] = router
@@ -202,8 +230,12 @@ def test_routing_statistics_on_a_router_the_test_sets():
     assert stats["mean_routing_weight"] == pytest.approx(probabilities.mean(0).tolist(), rel=1e-5)
     assert stats["mean_topk_weight"] == pytest.approx(kept.tolist(), rel=1e-5)
     assert stats["token_fraction"] == pytest.approx(counts)
-    assert stats["router_entropy"] == pytest.approx(-(probabilities * np.log(probabilities)).sum(axis=1).mean(), rel=1e-5)
-    assert stats["balance_loss"] == pytest.approx(4 * sum(c * p for c, p in zip(counts, probabilities.mean(0))), rel=1e-5)
+    assert stats["router_entropy"] == pytest.approx(
+        -(probabilities * np.log(probabilities)).sum(axis=1).mean(), rel=1e-5
+    )
+    assert stats["balance_loss"] == pytest.approx(
+        4 * sum(c * p for c, p in zip(counts, probabilities.mean(0))), rel=1e-5
+    )
     assert stats["router_z_loss"] == pytest.approx((np.log(np.exp(logits).sum(axis=1)) ** 2).mean(), rel=1e-5)
     assert layer.take_routing_totals().abs().sum() == 0  # taking resets
     layer.eval()(x)
@@ -225,7 +257,11 @@ def test_every_expert_gets_a_gradient_even_without_tokens():
     tokens = torch.randint(0, 300, (2, 16))
     model(tokens, tokens).backward()
     assert [name for name, p in model.named_parameters() if p.grad is None] == []
-    assert model.h[0].mlp.experts[3].c_fc.weight.grad.abs().sum() == 0 < model.h[0].mlp.experts[0].c_fc.weight.grad.abs().sum()
+    assert (
+        model.h[0].mlp.experts[3].c_fc.weight.grad.abs().sum()
+        == 0
+        < model.h[0].mlp.experts[0].c_fc.weight.grad.abs().sum()
+    )
 
 
 @pytest.mark.parametrize("coefficient", ["aux_loss_coef", "router_z_loss_coef"])
@@ -283,14 +319,28 @@ TRAIN_MOE = {"num_experts": 4, "num_active_experts": 2}
 def test_routing_statistics_go_to_metrics_the_balance_file_and_checkpoint_meta(make_run, tmp_path, monkeypatch):
     from gptlab.train.loop import train_run
 
-    monkeypatch.chdir(tmp_path)  # the balance file's relative path is taken from the working directory, as in the users' harness
-    moe = {**TRAIN_MOE, "log_moe_balance_file": "runs/moe/routing_logits.jsonl", "aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}
+    monkeypatch.chdir(
+        tmp_path
+    )  # the balance file's relative path is taken from the working directory, as in the users' harness
+    moe = {
+        **TRAIN_MOE,
+        "log_moe_balance_file": "runs/moe/routing_logits.jsonl",
+        "aux_loss_coef": 0.01,
+        "router_z_loss_coef": 0.001,
+    }
     run = make_run("moe", model={"moe": moe}, train={"checkpoint_interval": 5})
     summary = train_run(run, show_progress=False)
     assert summary["active_parameters"] < summary["parameters"]
     records = read_metrics(run)
     with_routing = [r for r in records if "routing" in r]
-    assert [r["step"] for r in with_routing] == [0, 2, 5, 8, 10, 11]  # every read-back: each log interval and each checkpoint
+    assert [r["step"] for r in with_routing] == [
+        0,
+        2,
+        5,
+        8,
+        10,
+        11,
+    ]  # every read-back: each log interval and each checkpoint
     for record in with_routing:
         assert [layer["layer"] for layer in record["routing"]] == [0, 1]
         for layer in record["routing"]:
@@ -298,7 +348,9 @@ def test_routing_statistics_go_to_metrics_the_balance_file_and_checkpoint_meta(m
             assert sum(layer["mean_topk_weight"]) == pytest.approx(1.0, abs=1e-5)
             assert sum(layer["token_fraction"]) == pytest.approx(1.0, abs=1e-5)
             assert 0 < layer["router_entropy"] <= math.log(4) + 1e-6 and layer["balance_loss"] >= 1 - 1e-5
-    assert all(math.isfinite(r["loss"]) and "balance_loss" not in r for r in records)  # the LM loss is logged apart from the router losses
+    assert all(
+        math.isfinite(r["loss"]) and "balance_loss" not in r for r in records
+    )  # the LM loss is logged apart from the router losses
     balance_lines = [json.loads(line) for line in (tmp_path / "runs/moe/routing_logits.jsonl").read_text().splitlines()]
     assert [line["step"] for line in balance_lines] == [0, 2, 5, 8, 10, 11]
     assert balance_lines[-1]["layers"] == with_routing[-1]["routing"]
@@ -319,12 +371,18 @@ def test_a_small_moe_run_beats_the_unigram_baseline(make_run):
     from gptlab.runs import open_trained_run
     from gptlab.train.loop import train_run
 
-    run = make_run("moe", model={"moe": TRAIN_MOE, "emb_dim": 64}, train={"min_train_tokens": 16 * 32 * 200, "microbatch_size": 16, "log_interval": 50})
+    run = make_run(
+        "moe",
+        model={"moe": TRAIN_MOE, "emb_dim": 64},
+        train={"min_train_tokens": 16 * 32 * 200, "microbatch_size": 16, "log_interval": 50},
+    )
     train_run(run, show_progress=False)
     evaluation = evaluate_run(run)
     trained = open_trained_run(run, "latest", torch.device("cpu"))
     dataset = trained.dataset(None)
-    unigram = unigram_cross_entropy(dataset.split("train"), dataset.split("test"), 50257, test_tokens=evaluation["tokens"] + 1)
+    unigram = unigram_cross_entropy(
+        dataset.split("train"), dataset.split("test"), 50257, test_tokens=evaluation["tokens"] + 1
+    )
     assert evaluation["loss"] < unigram, (evaluation["loss"], unigram)
 
 
@@ -346,7 +404,9 @@ def test_an_moe_run_resumes_bit_identically(make_run):
     os.symlink(list_checkpoints(split)[-1].name, split / "checkpoints" / "latest")
     train_run(split, resume="latest", show_progress=False)
     assert [r["loss"] for r in read_metrics(split)] == [r["loss"] for r in read_metrics(whole)]
-    assert "routing" in read_metrics(split)[-1]  # statistics cover each read interval, which a resume restarts, so they are not compared
+    assert (
+        "routing" in read_metrics(split)[-1]
+    )  # statistics cover each read interval, which a resume restarts, so they are not compared
     expected, resumed = (load_file(run / "checkpoints" / "latest" / "model.safetensors") for run in (whole, split))
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
 
@@ -364,8 +424,12 @@ def test_two_processes_match_one_process_with_accumulation(make_run):
     one = make_run("one", model=model, train={**common, "gradient_accumulation_steps": 2})
     result = torchrun(2, "train", str(two), "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run([sys.executable, "-m", "gptlab", "train", str(one), "--no-progress"], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "train", str(one), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     two_records, one_records = read_metrics(two), read_metrics(one)
     assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == list(range(4))
@@ -373,7 +437,9 @@ def test_two_processes_match_one_process_with_accumulation(make_run):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert ("routing" in a) == ("routing" in b)
-        for layer_a, layer_b in zip(a.get("routing", []), b.get("routing", [])):  # statistics averaged over ranks = over microbatches
+        for layer_a, layer_b in zip(
+            a.get("routing", []), b.get("routing", [])
+        ):  # statistics averaged over ranks = over microbatches
             assert layer_a["token_fraction"] == pytest.approx(layer_b["token_fraction"], abs=1e-6)
             assert layer_a["balance_loss"] == pytest.approx(layer_b["balance_loss"], abs=1e-5)
     two_weights, one_weights = (load_file(run / "checkpoints" / "latest" / "model.safetensors") for run in (two, one))
@@ -387,13 +453,18 @@ def test_a_bad_moe_block_stops_gptlab_train_with_one_line_and_exit_2(make_run):
     run = make_run("bad", model={"moe": {"num_experts": 6, "num_active_experts": 7}})
     result = run_cli("train", str(run), "--no-progress")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("moe.num_active_experts: 7 is more than moe.num_experts 6; use 2 to 6")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("moe.num_active_experts: 7 is more than moe.num_experts 6; use 2 to 6")
+    )
     assert "Traceback" not in result.stderr and not (run / "checkpoints").exists()
 
 
 @pytest.mark.slow
 def test_a_checkpoint_written_by_their_model_trains_on_evaluates_and_samples_in_gptlab(make_run, monkeypatch):
     from conftest import TINY_MODEL
+
     from gptlab.data.tokens import TokenDataset
     from gptlab.evaluate.loss import evaluate_run
     from gptlab.evaluate.sample import generate_from_run
@@ -402,7 +473,9 @@ def test_a_checkpoint_written_by_their_model_trains_on_evaluates_and_samples_in_
     config = ModelConfig(**TINY_MODEL, moe=TRAIN_MOE)
     torch.manual_seed(11)
     theirs = reference_model(config, monkeypatch)
-    run = make_run("theirs", model={"moe": TRAIN_MOE}, train={"init_from": "their.safetensors", "min_train_tokens": 4 * 32 * 3})
+    run = make_run(
+        "theirs", model={"moe": TRAIN_MOE}, train={"init_from": "their.safetensors", "min_train_tokens": 4 * 32 * 3}
+    )
     safetensors.torch.save_model(theirs, run / "their.safetensors")
     train_run(run, show_progress=False)
     # Step 0 reads item 0, the first 4 x 32 tokens: gptlab's first loss is their model's loss on them.

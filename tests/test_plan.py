@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
-
 from conftest import read_metrics, run_cli
+
 from gptlab.bench.flops import flops_per_token
-from gptlab.model import parameter_counts
 from gptlab.bench.plan import estimate_memory, plan_run
 from gptlab.config import ModelConfig, TrainConfig
 from gptlab.errors import UserError
-from gptlab.model import GPT
+from gptlab.model import GPT, parameter_counts
 
 # The users' GPT-2 small and their baseline train.json, as USERS-FILES.md gives them.
-USERS_MODEL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12, "drop_rate": 0.1, "qkv_bias": False}
-USERS_BASELINE = {"microbatch_size": 12, "checkpoint_interval": 617, "dataset": "gpjt/fineweb-gpt2-tokens",
-                  "min_train_tokens": 3260190720, "start_train_token": 0, "start_val_token": 0}
+USERS_MODEL = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+USERS_BASELINE = {
+    "microbatch_size": 12,
+    "checkpoint_interval": 617,
+    "dataset": "gpjt/fineweb-gpt2-tokens",
+    "min_train_tokens": 3260190720,
+    "start_train_token": 0,
+    "start_val_token": 0,
+}
 
 
 def _listing(*roots: Path) -> dict[str, tuple[int, int]]:
@@ -46,7 +58,9 @@ def test_the_users_8xa100_baseline_plans_and_writes_nothing(tmp_path):
     datasets = tmp_path / "datasets"
     datasets.mkdir()
     before = _listing(tmp_path)
-    result = run_cli("train", str(run_dir), "--dry-run", "--world-size", "8", "--datasets-dir", str(datasets), cwd=tmp_path)
+    result = run_cli(
+        "train", str(run_dir), "--dry-run", "--world-size", "8", "--datasets-dir", str(datasets), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert _listing(tmp_path) == before
     text = result.stdout
@@ -75,7 +89,10 @@ def test_json_plan_matches_the_formulas(tmp_path):
 
 
 def test_parameter_counts_match_the_built_model():
-    for config in (ModelConfig(**{**USERS_MODEL, "n_layers": 2}), ModelConfig(**{**USERS_MODEL, "n_layers": 1, "tie_weights": True, "qkv_bias": True})):
+    for config in (
+        ModelConfig(**{**USERS_MODEL, "n_layers": 2}),
+        ModelConfig(**{**USERS_MODEL, "n_layers": 1, "tie_weights": True, "qkv_bias": True}),
+    ):
         for multiple in (1, 64):
             model = GPT(config, vocab_multiple=multiple)
             assert parameter_counts(config, vocab_multiple=multiple).total == sum(p.numel() for p in model.parameters())
@@ -104,13 +121,24 @@ def test_a_local_dataset_plan_counts_what_training_then_does(make_run):
     assert result.returncode == 0, result.stderr
     checkpoints = [p for p in (run_dir / "checkpoints").iterdir() if not p.is_symlink()]
     assert len(checkpoints) == plan["checkpoints"]  # steps 0, 5, 10
-    assert sum(1 for record in read_metrics(run_dir) if record.get("validation_loss") is not None) == plan["validations"]  # 0, 4, 8, 10
+    assert (
+        sum(1 for record in read_metrics(run_dir) if record.get("validation_loss") is not None) == plan["validations"]
+    )  # 0, 4, 8, 10
 
 
 def test_users_newer_configs_plan(tmp_path):
-    run_dir = _users_run(tmp_path, model={"context_length": 3072},
-                         train={"microbatch_size": 2, "gradient_accumulation_steps": 96, "validation_interval": 100,
-                                "validation_batches": 40, "checkpoint_interval": 100, "precision": "bf16"})
+    run_dir = _users_run(
+        tmp_path,
+        model={"context_length": 3072},
+        train={
+            "microbatch_size": 2,
+            "gradient_accumulation_steps": 96,
+            "validation_interval": 100,
+            "validation_batches": 40,
+            "checkpoint_interval": 100,
+            "precision": "bf16",
+        },
+    )
     plan = plan_run(run_dir, world_size=8, datasets_dir=tmp_path / "datasets")
     assert plan["global_batch_tokens"] == 8 * 2 * 96 * 3072
     assert plan["validations"] == len(set(range(0, plan["steps"], 100)) | {plan["steps"] - 1})
@@ -130,8 +158,14 @@ def test_the_users_moe_config_plans_with_total_and_active_parameters(tmp_path):
 
 def test_bench_file_sets_the_speed_of_its_card(tmp_path):
     run_dir = _users_run(tmp_path, train={"precision": "bf16"})
-    bench = {"device_name": "NVIDIA H100 80GB HBM3", "precision": "bf16", "tokens_per_second": 400000.0, "mfu": 0.42,
-             "microbatch_size": 12, "config": {"model": USERS_MODEL}}
+    bench = {
+        "device_name": "NVIDIA H100 80GB HBM3",
+        "precision": "bf16",
+        "tokens_per_second": 400000.0,
+        "mfu": 0.42,
+        "microbatch_size": 12,
+        "config": {"model": USERS_MODEL},
+    }
     bench_file = tmp_path / "bench.json"
     bench_file.write_text(json.dumps(bench))
     plan = plan_run(run_dir, world_size=8, datasets_dir=tmp_path / "datasets", bench_file=bench_file)
@@ -149,17 +183,31 @@ def test_planning_options_without_dry_run_are_refused(tmp_path):
     assert result.returncode == 2 and "only with --dry-run" in result.stderr
 
 
-@pytest.mark.parametrize("model, train", [
-    ({"context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}, {"microbatch_size": 4}),
-    ({"context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}, {"microbatch_size": 4, "fused_cross_entropy": True}),
-    ({"context_length": 128, "emb_dim": 128, "n_heads": 4, "n_layers": 4, "drop_rate": 0.1, "vocab_size": 2048}, {"microbatch_size": 8}),
-])
+@pytest.mark.parametrize(
+    "model, train",
+    [
+        ({"context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}, {"microbatch_size": 4}),
+        (
+            {"context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0},
+            {"microbatch_size": 4, "fused_cross_entropy": True},
+        ),
+        (
+            {"context_length": 128, "emb_dim": 128, "n_heads": 4, "n_layers": 4, "drop_rate": 0.1, "vocab_size": 2048},
+            {"microbatch_size": 8},
+        ),
+    ],
+)
 def test_memory_estimate_is_within_a_quarter_of_a_measured_step(model, train):
     """The formula against the peak tensor bytes of a real training step on this CPU (bench's tracker)."""
     from gptlab.bench.timing import measure
     from gptlab.config import RunConfig
 
-    model_config, train_config = ModelConfig(**model), TrainConfig(dataset="unused", device="cpu", precision="fp32", **train)
-    measured = measure(RunConfig(model=model_config, train=train_config), steps=1, warmup_steps=1, phase_steps=0)["peak_memory_bytes"]
+    model_config, train_config = (
+        ModelConfig(**model),
+        TrainConfig(dataset="unused", device="cpu", precision="fp32", **train),
+    )
+    measured = measure(RunConfig(model=model_config, train=train_config), steps=1, warmup_steps=1, phase_steps=0)[
+        "peak_memory_bytes"
+    ]
     estimated = estimate_memory(model_config, train_config, "fp32", 1, device_type="cpu")["total"]
     assert 0.75 < estimated / measured < 1.25, (estimated, measured)

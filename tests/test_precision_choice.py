@@ -8,12 +8,16 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 from gptlab.config import TrainConfig
 from gptlab.train.loop import train_run
-from gptlab.train.precision import BF16_MIN_SPEEDUP, bf16_matmul_speedup, choose_cpu_precision, choose_precision, cpu_flags
-
-from conftest import run_cli
+from gptlab.train.precision import (
+    BF16_MIN_SPEEDUP,
+    choose_cpu_precision,
+    choose_precision,
+    cpu_flags,
+)
 
 CPU = torch.device("cpu")
 # oneDNN limited to AVX2 emulates bf16 matmuls, as on CPUs without AVX512-BF16 or AMX: 3-60x slower than fp32 here.
@@ -26,7 +30,9 @@ def never_measured(width: int) -> float:
 
 def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo(tmp_path):
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    x86.write_text(
+        "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    )
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
     assert {"avx2", "avx512_bf16"} <= cpu_flags(x86) and "bf16" in cpu_flags(arm)
@@ -47,17 +53,22 @@ def test_native_bf16_is_taken_only_when_it_measures_faster(speedup, wanted):
 def test_matmul_probe_finds_emulated_bf16_slower():
     # The probe itself on the forced slow path, in a fresh process (oneDNN reads the variable at start-up).
     code = "from gptlab.train.precision import bf16_matmul_speedup; print(bf16_matmul_speedup(768))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **EMULATED_BF16}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **EMULATED_BF16}, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) < 1.0
 
 
-@pytest.mark.parametrize("train, wanted, reason", [
-    ({"precision": "bf16"}, "bf16", "train.json: precision"),
-    ({"use_amp": False}, "fp32", "use_amp false"),
-    ({"use_amp": True}, "fp16", "warning: fp16 autocast on a CPU is several times slower"),
-    ({"precision": "fp16"}, "fp16", "warning"),
-])
+@pytest.mark.parametrize(
+    "train, wanted, reason",
+    [
+        ({"precision": "bf16"}, "bf16", "train.json: precision"),
+        ({"use_amp": False}, "fp32", "use_amp false"),
+        ({"use_amp": True}, "fp16", "warning: fp16 autocast on a CPU is several times slower"),
+        ({"precision": "fp16"}, "fp16", "warning"),
+    ],
+)
 def test_explicit_precision_is_kept_on_cpu(train, wanted, reason):
     choice = choose_precision(TrainConfig(dataset="d", microbatch_size=1, **train), CPU, width=64)
     assert choice.name == wanted and reason in choice.reason and not choice.per_machine

@@ -33,7 +33,7 @@ def check_dataset(directory, documents):
         boundaries = np.flatnonzero(tokens == END_OF_TEXT_ID)
         start = 0
         for end in boundaries:
-            found.append(tuple(int(t) for t in tokens[start:end + 1]))
+            found.append(tuple(int(t) for t in tokens[start : end + 1]))
             start = end + 1
     assert sorted(found) == expected
     assert meta["tokenizer"]["name"] == "gpt2" and meta["fractions"]["test"] == pytest.approx(0.1)
@@ -42,7 +42,13 @@ def check_dataset(directory, documents):
 
 def test_txt_file_with_separators(tmp_path):
     (tmp_path / "corpus.txt").write_text("<|endoftext|>".join(DOCUMENTS))
-    prepare_dataset(str(tmp_path / "corpus.txt"), tmp_path / "out", SplitFractions(0.1, 0.1), show_progress=False, split_by="documents")
+    prepare_dataset(
+        str(tmp_path / "corpus.txt"),
+        tmp_path / "out",
+        SplitFractions(0.1, 0.1),
+        show_progress=False,
+        split_by="documents",
+    )
     check_dataset(tmp_path / "out", DOCUMENTS)
 
 
@@ -50,19 +56,32 @@ def test_folder_of_txt_files(tmp_path):
     (tmp_path / "docs" / "nested").mkdir(parents=True)
     for i, document in enumerate(DOCUMENTS):
         (tmp_path / "docs" / ("nested" if i % 2 else "") / f"{i:03}.txt").write_text(document)
-    prepare_dataset(str(tmp_path / "docs"), tmp_path / "out", SplitFractions(0.1, 0.1), show_progress=False, split_by="documents")
+    prepare_dataset(
+        str(tmp_path / "docs"), tmp_path / "out", SplitFractions(0.1, 0.1), show_progress=False, split_by="documents"
+    )
     check_dataset(tmp_path / "out", DOCUMENTS)
 
 
 def test_jsonl(tmp_path):
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(DOCUMENTS)))
-    prepare_dataset(str(tmp_path / "c.jsonl"), tmp_path / "out", SplitFractions(0.1, 0.1), show_progress=False, split_by="documents")
+    prepare_dataset(
+        str(tmp_path / "c.jsonl"), tmp_path / "out", SplitFractions(0.1, 0.1), show_progress=False, split_by="documents"
+    )
     check_dataset(tmp_path / "out", DOCUMENTS)
 
 
 def test_parquet_with_a_chosen_column(tmp_path):
-    pq.write_table(pa.table({"body": DOCUMENTS, "n": list(range(len(DOCUMENTS)))}), tmp_path / "c.parquet", row_group_size=16)
-    prepare_dataset(str(tmp_path / "c.parquet"), tmp_path / "out", SplitFractions(0.1, 0.1), text_field="body", show_progress=False, split_by="documents")
+    pq.write_table(
+        pa.table({"body": DOCUMENTS, "n": list(range(len(DOCUMENTS)))}), tmp_path / "c.parquet", row_group_size=16
+    )
+    prepare_dataset(
+        str(tmp_path / "c.parquet"),
+        tmp_path / "out",
+        SplitFractions(0.1, 0.1),
+        text_field="body",
+        show_progress=False,
+        split_by="documents",
+    )
     check_dataset(tmp_path / "out", DOCUMENTS)
     with pytest.raises(UserError, match="no 'text' column"):
         prepare_dataset(str(tmp_path / "c.parquet"), tmp_path / "out2", show_progress=False)
@@ -71,7 +90,14 @@ def test_parquet_with_a_chosen_column(tmp_path):
 def test_split_is_fixed_by_the_seed(tmp_path):
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in DOCUMENTS))
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        prepare_dataset(str(tmp_path / "c.jsonl"), tmp_path / name, SplitFractions(0.2, 0.2), seed=seed, show_progress=False, split_by="documents")
+        prepare_dataset(
+            str(tmp_path / "c.jsonl"),
+            tmp_path / name,
+            SplitFractions(0.2, 0.2),
+            seed=seed,
+            show_progress=False,
+            split_by="documents",
+        )
     a, b, c = (all_tokens(tmp_path / n)["test"] for n in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
@@ -86,14 +112,17 @@ def test_embedded_brown_corpus(brown_dataset):
     assert dataset.split("train").read(0, 10).tolist()[:3] == encode("The Fulton County")[:3]
 
 
-@pytest.mark.parametrize("source, message", [
-    ("missing.txt", "no such file or folder"),
-    ("corpus.csv", "unsupported file type"),
-    ("single.txt", "holds only 5 tokens; train, validation, test need at least 257 each"),
-    ("bad.jsonl", "bad.jsonl:2: not valid JSON"),
-    ("nofield.jsonl", "string 'text' field"),
-    ("latin.txt", r"latin.txt: byte 0xe9 at offset 3 is not valid utf-8; pass --encoding"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("missing.txt", "no such file or folder"),
+        ("corpus.csv", "unsupported file type"),
+        ("single.txt", "holds only 5 tokens; train, validation, test need at least 257 each"),
+        ("bad.jsonl", "bad.jsonl:2: not valid JSON"),
+        ("nofield.jsonl", "string 'text' field"),
+        ("latin.txt", r"latin.txt: byte 0xe9 at offset 3 is not valid utf-8; pass --encoding"),
+    ],
+)
 def test_bad_sources_are_clear_errors(tmp_path, source, message):
     (tmp_path / "corpus.csv").write_text("a,b")
     (tmp_path / "single.txt").write_text("only one document here")

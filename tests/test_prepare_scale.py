@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli, write_run
 from safetensors.numpy import load_file, save_file
 
 import gptlab.data.prepare as prepare_module
-from conftest import run_cli, write_run
 from gptlab.data.inspect import inspect_dataset
 from gptlab.data.prepare import STATE_FILE, iter_documents, prepare_dataset, rows_boundary
 from gptlab.data.tokens import TokenDataset
@@ -28,7 +28,11 @@ SPLITS = ("train", "validation", "test")
 
 
 def split_bytes(directory):
-    return {name: (directory / f"{name}.safetensors").read_bytes() for name in SPLITS if (directory / f"{name}.safetensors").exists()}
+    return {
+        name: (directory / f"{name}.safetensors").read_bytes()
+        for name in SPLITS
+        if (directory / f"{name}.safetensors").exists()
+    }
 
 
 def tokens_of(documents):
@@ -49,8 +53,13 @@ def shard_folder(tmp_path_factory, brown_texts):
     (folder / "README.md").write_text("---\nlicense: odc-by\n---\n# a dataset card, not data\n")
     rows = [text[:1500] for text in brown_texts] + [""]  # short rows: many chunks; one empty row still counts as a row
     for shard, start in enumerate(range(0, len(rows), 200)):
-        pq.write_table(pa.table({"text": rows[start:start + 200], "id": list(range(start, start + len(rows[start:start + 200])))}),
-                       folder / "sample" / "10BT" / f"{shard:03}_00000.parquet", row_group_size=64)
+        pq.write_table(
+            pa.table(
+                {"text": rows[start : start + 200], "id": list(range(start, start + len(rows[start : start + 200])))}
+            ),
+            folder / "sample" / "10BT" / f"{shard:03}_00000.parquet",
+            row_group_size=64,
+        )
     return folder, rows
 
 
@@ -61,7 +70,9 @@ def test_one_story_prepares_into_three_contiguous_splits_and_trains(tmp_path, br
 
     story = "\n\n".join(brown_texts[:3])
     (tmp_path / "the-story.txt").write_text(story)
-    result = run_cli("prepare", str(tmp_path / "the-story.txt"), str(tmp_path / "data"), "--context-length", "32", "--no-progress")
+    result = run_cli(
+        "prepare", str(tmp_path / "the-story.txt"), str(tmp_path / "data"), "--context-length", "32", "--no-progress"
+    )
     assert result.returncode == 0, result.stderr
     assert "cut into contiguous token ranges" in result.stdout
     splits = {name: load_file(tmp_path / "data" / f"{name}.safetensors")["tokens"] for name in SPLITS}
@@ -72,7 +83,9 @@ def test_one_story_prepares_into_three_contiguous_splits_and_trains(tmp_path, br
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["split_rule"]["by"] == "tokens" and meta["split_rule"]["chosen_by"] == "auto"
 
-    run = write_run(tmp_path / "run", tmp_path / "data", train={"min_train_tokens": 4 * 32 * 6, "validation_interval": 3})
+    run = write_run(
+        tmp_path / "run", tmp_path / "data", train={"min_train_tokens": 4 * 32 * 6, "validation_interval": 3}
+    )
     summary = train_run(run, show_progress=False)
     assert summary["tokens_seen"] == 4 * 32 * 6
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -81,7 +94,9 @@ def test_one_story_prepares_into_three_contiguous_splits_and_trains(tmp_path, br
 
 def test_a_split_under_one_context_window_names_the_fraction(tmp_path, brown_texts):
     (tmp_path / "story.txt").write_text(brown_texts[0])
-    with pytest.raises(UserError, match=r"validation split holds \d+ tokens.*raise --validation-fraction \(to at least 0\.\d+\)"):
+    with pytest.raises(
+        UserError, match=r"validation split holds \d+ tokens.*raise --validation-fraction \(to at least 0\.\d+\)"
+    ):
         prepare_dataset(str(tmp_path / "story.txt"), tmp_path / "out", show_progress=False, context_length=512)
     assert not (tmp_path / "out" / "train.safetensors").exists() and not (tmp_path / "out" / STATE_FILE).exists()
 
@@ -96,8 +111,13 @@ def test_folder_takes_every_text_file_and_skips_binary_ones(tmp_path, brown_text
     assert meta["source"]["skipped_files"] == 1
     assert sum(meta["documents"].values()) == 30
     assert sum(meta["tokens"].values()) == len(tokens_of(brown_texts[:30]))
-    only_deeper = prepare_dataset(str(tmp_path / "notes"), tmp_path / "out2", show_progress=False, context_length=32, source_options=
-                                  prepare_module.SourceOptions(glob="deeper/*.md"))
+    only_deeper = prepare_dataset(
+        str(tmp_path / "notes"),
+        tmp_path / "out2",
+        show_progress=False,
+        context_length=32,
+        source_options=prepare_module.SourceOptions(glob="deeper/*.md"),
+    )
     assert sum(only_deeper["documents"].values()) == 20
 
 
@@ -122,7 +142,7 @@ import time, gptlab.data.prepare as p
 p.CHUNK_DOCUMENTS = 16
 real = p.tokenise_chunk
 p.tokenise_chunk = lambda texts: (time.sleep(0.05), real(texts))[1]
-p.prepare_dataset({str(folder)!r}, {str(tmp_path / 'killed')!r}, show_progress=False, workers=1, save_interval_seconds=0)
+p.prepare_dataset({str(folder)!r}, {str(tmp_path / "killed")!r}, show_progress=False, workers=1, save_interval_seconds=0)
 """
     child = subprocess.Popen([sys.executable, "-c", script])
     state = tmp_path / "killed" / STATE_FILE
@@ -142,19 +162,34 @@ p.prepare_dataset({str(folder)!r}, {str(tmp_path / 'killed')!r}, show_progress=F
         prepare_dataset(str(folder), tmp_path / "killed", show_progress=False, seed=7)
     prepare_dataset(str(folder), tmp_path / "killed", show_progress=False, workers=2)
     assert split_bytes(tmp_path / "killed") == split_bytes(tmp_path / "whole")
-    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["meta.json", "test.safetensors", "train.safetensors", "validation.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == [
+        "meta.json",
+        "test.safetensors",
+        "train.safetensors",
+        "validation.safetensors",
+    ]
 
 
 def test_rows_rule_matches_a_hand_computation_and_datasets_slicing(tmp_path, shard_folder, monkeypatch):
     folder, rows = shard_folder
     monkeypatch.setattr(prepare_module, "CHUNK_DOCUMENTS", 32)
-    meta = prepare_dataset(str(folder), tmp_path / "out", show_progress=False, split_rule="rows:99", workers=2, context_length=32)
+    meta = prepare_dataset(
+        str(folder), tmp_path / "out", show_progress=False, split_rule="rows:99", workers=2, context_length=32
+    )
     boundary = round(0.99 * len(rows))  # 501 rows: row 496 is the first validation row
     assert rows_boundary(99, len(rows)) == boundary == 496
     assert not (tmp_path / "out" / "test.safetensors").exists() and set(meta["tokens"]) == {"train", "validation"}
-    assert np.array_equal(load_file(tmp_path / "out" / "train.safetensors")["tokens"], tokens_of([r for r in rows[:boundary] if r]))
-    assert np.array_equal(load_file(tmp_path / "out" / "validation.safetensors")["tokens"], tokens_of([r for r in rows[boundary:] if r]))
-    assert meta["split_rule"] == {"by": "rows", "train_rows_percent": 99.0, "rule": "first round(99% of rows) train, the rest validation, no test"}
+    assert np.array_equal(
+        load_file(tmp_path / "out" / "train.safetensors")["tokens"], tokens_of([r for r in rows[:boundary] if r])
+    )
+    assert np.array_equal(
+        load_file(tmp_path / "out" / "validation.safetensors")["tokens"], tokens_of([r for r in rows[boundary:] if r])
+    )
+    assert meta["split_rule"] == {
+        "by": "rows",
+        "train_rows_percent": 99.0,
+        "rule": "first round(99% of rows) train, the rest validation, no test",
+    }
 
     # The same rows as `datasets` gives for the users' `train[:99%]` / `train[99%:]`.
     datasets = pytest.importorskip("datasets")
@@ -171,10 +206,14 @@ def test_max_tokens(tmp_path, shard_folder):
     longest = max(len(ids) + 1 for ids in encode_documents([r for r in rows if r]))
     by_documents = prepare_dataset(str(folder), tmp_path / "documents", show_progress=False, max_tokens=20_000)
     assert 20_000 <= by_documents["tokens"]["train"] < 20_000 + longest
-    by_rows = prepare_dataset(str(folder), tmp_path / "rows", show_progress=False, max_tokens=20_000, split_rule="rows:99", context_length=32)
+    by_rows = prepare_dataset(
+        str(folder), tmp_path / "rows", show_progress=False, max_tokens=20_000, split_rule="rows:99", context_length=32
+    )
     assert 20_000 <= by_rows["tokens"]["train"] < 20_000 + longest
     # Validation is still the whole last 1% of rows.
-    assert np.array_equal(load_file(tmp_path / "rows" / "validation.safetensors")["tokens"], tokens_of([r for r in rows[496:] if r]))
+    assert np.array_equal(
+        load_file(tmp_path / "rows" / "validation.safetensors")["tokens"], tokens_of([r for r in rows[496:] if r])
+    )
 
 
 def test_hugging_face_path_on_a_local_dataset_folder(tmp_path, shard_folder, monkeypatch):
@@ -187,11 +226,16 @@ def test_hugging_face_path_on_a_local_dataset_folder(tmp_path, shard_folder, mon
     (local / "data").mkdir(parents=True)
     pq.write_table(pa.table({"text": rows[:300]}), local / "data" / "train-00000-of-00001.parquet")
     meta = prepare_dataset(f"hf:{local}", tmp_path / "hub", show_progress=False, workers=2)
-    direct = prepare_dataset(str(local / "data" / "train-00000-of-00001.parquet"), tmp_path / "direct", show_progress=False)
+    prepare_dataset(str(local / "data" / "train-00000-of-00001.parquet"), tmp_path / "direct", show_progress=False)
     assert split_bytes(tmp_path / "hub") == split_bytes(tmp_path / "direct")
     assert meta["source"]["kind"] == "huggingface" and meta["source"]["split"] == "train"
     with pytest.raises(UserError, match="no 'body' column"):
-        prepare_dataset(f"hf:{local}", tmp_path / "bad", show_progress=False, source_options=prepare_module.SourceOptions(text_field="body"))
+        prepare_dataset(
+            f"hf:{local}",
+            tmp_path / "bad",
+            show_progress=False,
+            source_options=prepare_module.SourceOptions(text_field="body"),
+        )
 
 
 def test_hugging_face_path_without_datasets_is_one_line(tmp_path, monkeypatch):
@@ -200,12 +244,21 @@ def test_hugging_face_path_without_datasets_is_one_line(tmp_path, monkeypatch):
         prepare_dataset("hf:HuggingFaceFW/fineweb", tmp_path / "out", show_progress=False)
 
 
-@pytest.mark.parametrize("name, write, message", [
-    ("latin.jsonl", lambda p: p.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n'),
-     r"latin\.jsonl:2: byte 0xe9 at column 14 is not valid utf-8; pass --encoding"),
-    ("numbers.parquet", lambda p: pq.write_table(pa.table({"text": [1, 2, 3]}), p),
-     r"numbers\.parquet: column 'text' has type int64, not text; name a string column with --text-field"),
-])
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        (
+            "latin.jsonl",
+            lambda p: p.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n'),
+            r"latin\.jsonl:2: byte 0xe9 at column 14 is not valid utf-8; pass --encoding",
+        ),
+        (
+            "numbers.parquet",
+            lambda p: pq.write_table(pa.table({"text": [1, 2, 3]}), p),
+            r"numbers\.parquet: column 'text' has type int64, not text; name a string column with --text-field",
+        ),
+    ],
+)
 def test_undecodable_jsonl_and_non_text_column_are_one_line(tmp_path, name, write, message):
     write(tmp_path / name)
     result = run_cli("prepare", str(tmp_path / name), str(tmp_path / "out"))
@@ -218,17 +271,24 @@ def test_undecodable_jsonl_and_non_text_column_are_one_line(tmp_path, name, writ
 
 def test_encoding_option_reads_a_latin1_jsonl(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b"".join(b'{"text": "caf\xe9 number %d"}\n' % i for i in range(40)))
-    meta = prepare_dataset(str(tmp_path / "latin.jsonl"), tmp_path / "out", show_progress=False, context_length=4,
-                           source_options=prepare_module.SourceOptions(encoding="latin-1"))
+    meta = prepare_dataset(
+        str(tmp_path / "latin.jsonl"),
+        tmp_path / "out",
+        show_progress=False,
+        context_length=4,
+        source_options=prepare_module.SourceOptions(encoding="latin-1"),
+    )
     train = load_file(tmp_path / "out" / "train.safetensors")["tokens"]
-    assert np.array_equal(train[:len(tokens_of(["café number 0"]))], tokens_of(["café number 0"]))
+    assert np.array_equal(train[: len(tokens_of(["café number 0"]))], tokens_of(["café number 0"]))
     assert meta["split_rule"]["by"] == "tokens"
 
 
 def test_inspect_checks_ids_and_separators(tmp_path, brown_dataset):
     report = inspect_dataset(brown_dataset)
     assert report["problems"] == []
-    assert {name: split["tokens"] for name, split in report["splits"].items()} == json.loads((brown_dataset / "meta.json").read_text())["tokens"]
+    assert {name: split["tokens"] for name, split in report["splits"].items()} == json.loads(
+        (brown_dataset / "meta.json").read_text()
+    )["tokens"]
     assert report["first_documents"][0].startswith("The Fulton County Grand Jury")
     # A dataset written elsewhere (safetensors' own writer, no meta.json) with an id past the vocabulary.
     (tmp_path / "bad").mkdir()
@@ -258,6 +318,8 @@ def test_disk_full_is_one_line_and_gives_the_space_back(tmp_path, shard_folder, 
 
     monkeypatch.setattr(TokenSplitWriter, "write", write_until_full)
     monkeypatch.setattr(prepare_module, "CHUNK_DOCUMENTS", 16)
-    with pytest.raises(UserError, match=r"no space left on the device while writing tokens .* free space and run the command again"):
+    with pytest.raises(
+        UserError, match=r"no space left on the device while writing tokens .* free space and run the command again"
+    ):
         prepare_dataset(str(folder), tmp_path / "out", show_progress=False)
     assert list((tmp_path / "out").iterdir()) == []

@@ -19,8 +19,10 @@ from gptlab.train import progress
 from gptlab.train.loggers import TensorBoardLogger
 from gptlab.train.loop import train_run
 
-LOG_LINE = re.compile(r"^step (\d+)/12 \| loss [\d.]+ \| (val [\d.]+ \| )?lr [\d.e+-]+ \| grad norm [\d.]+ \| [\d,]+ tok/s \| "
-                      r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d \| \$\d+\.\d\d$")
+LOG_LINE = re.compile(
+    r"^step (\d+)/12 \| loss [\d.]+ \| (val [\d.]+ \| )?lr [\d.e+-]+ \| grad norm [\d.]+ \| [\d,]+ tok/s \| "
+    r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d \| \$\d+\.\d\d$"
+)
 NO_COST_LINE = re.compile(LOG_LINE.pattern.replace(r" \| \$\d+\.\d\d", ""))
 VALIDATION_LINE = re.compile(r"^step (\d+)/12 \| validation loss ([\d.]+) \| perplexity [\d,.]+$")
 
@@ -34,7 +36,9 @@ def test_log_lines_every_log_interval_without_a_terminal_and_tensorboard_reads_t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setattr(progress, "LOG_LINE_SECONDS", 0.0)  # the step cadence alone decides
-    run = make_run(train={"log_interval": 3, "checkpoint_interval": 6, "cost_per_hour": 2.5, "loggers": ["tensorboard"]})
+    run = make_run(
+        train={"log_interval": 3, "checkpoint_interval": 6, "cost_per_hour": 2.5, "loggers": ["tensorboard"]}
+    )
     summary = train_run(run, show_progress=True)  # capsys's stderr is no terminal: lines instead of a bar
     console, log = capsys.readouterr().out, (run / "train.log").read_text()
     assert _steps(LOG_LINE, log) == [3, 6, 9, 12] == _steps(LOG_LINE, console)
@@ -46,12 +50,29 @@ def test_log_lines_every_log_interval_without_a_terminal_and_tensorboard_reads_t
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/learning_rate", "train/grad_norm", "speed/tokens_per_second", "cost/dollars",
-            "memory/host_peak_rss_gib", "validation/loss", "validation/perplexity"} <= scalars, scalars
-    assert sorted(event.step for event in events.Scalars("speed/tokens_per_second")) == [0, 2, 5, 6, 8, 11]  # at each read-back
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "speed/tokens_per_second",
+        "cost/dollars",
+        "memory/host_peak_rss_gib",
+        "validation/loss",
+        "validation/perplexity",
+    } <= scalars, scalars
+    assert sorted(event.step for event in events.Scalars("speed/tokens_per_second")) == [
+        0,
+        2,
+        5,
+        6,
+        8,
+        11,
+    ]  # at each read-back
     records = {record["step"]: record for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
     losses = {event.step: event.value for event in events.Scalars("train/loss")}
-    assert sorted(losses) == list(range(12)) and all(losses[step] == pytest.approx(records[step]["loss"], rel=1e-6) for step in losses)
+    assert sorted(losses) == list(range(12)) and all(
+        losses[step] == pytest.approx(records[step]["loss"], rel=1e-6) for step in losses
+    )
     validation = {event.step: event.value for event in events.Scalars("validation/loss")}
     assert validation[11] == pytest.approx(summary["final_validation_loss"], rel=1e-6)
     hparams = events.PluginTagToContent("hparams")  # the resolved config as hparams, with the final losses
@@ -65,8 +86,12 @@ def test_log_lines_every_log_interval_without_a_terminal_and_tensorboard_reads_t
 
 
 @pytest.mark.slow
-def test_with_a_terminal_the_bar_stays_validation_prints_and_a_failing_logger_does_not_stop_training(make_run, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(progress, "LOG_LINE_SECONDS", 3600.0)  # seconds are rarer than steps: only the first and last line
+def test_with_a_terminal_the_bar_stays_validation_prints_and_a_failing_logger_does_not_stop_training(
+    make_run, monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setattr(
+        progress, "LOG_LINE_SECONDS", 3600.0
+    )  # seconds are rarer than steps: only the first and last line
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
 
     def broken(self, step, values):
@@ -94,8 +119,14 @@ def test_with_a_terminal_the_bar_stays_validation_prints_and_a_failing_logger_do
         wandb.teardown()  # waits for wandb's service process to write out the records it still holds
         [record_file] = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
         recorded = record_file.read_bytes()
-        for expected in (b"gptlab-tests", b'"learning_rate"', b"validation/loss", b"train/loss", b"final_validation_loss",
-                         json.dumps(summary["final_validation_loss"]).encode()):
+        for expected in (
+            b"gptlab-tests",
+            b'"learning_rate"',
+            b"validation/loss",
+            b"train/loss",
+            b"final_validation_loss",
+            json.dumps(summary["final_validation_loss"]).encode(),
+        ):
             assert expected in recorded, expected
     else:
         pytest.skip("wandb is not installed here (pip install wandb): its offline half was not run")
@@ -139,8 +170,12 @@ def test_mfu_against_the_datasheet_peak(monkeypatch):
     config = load_config_model()
     monkeypatch.setattr(progress, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
     progress._peak_flops.cache_clear()
-    run = SimpleNamespace(device=torch.device("cuda:0"), precision=SimpleNamespace(name="bf16"),
-                          config=SimpleNamespace(model=config), dist=SimpleNamespace(world_size=8))
+    run = SimpleNamespace(
+        device=torch.device("cuda:0"),
+        precision=SimpleNamespace(name="bf16"),
+        config=SimpleNamespace(model=config),
+        dist=SimpleNamespace(world_size=8),
+    )
     try:
         assert progress.mfu(run, 1_000_000.0) == pytest.approx(1e6 * flops_per_token(config) / (989e12 * 8))
         run.device = torch.device("cpu")
@@ -161,9 +196,15 @@ def test_log_to_sets_the_runs_loggers(make_run, monkeypatch):
     from gptlab.cli import cli
 
     seen = {}
-    monkeypatch.setattr(gptlab.train.loop, "train_run", lambda run_dir, datasets_dir, overrides, resume, show_progress: seen.update(overrides=overrides))
+    monkeypatch.setattr(
+        gptlab.train.loop,
+        "train_run",
+        lambda run_dir, datasets_dir, overrides, resume, show_progress: seen.update(overrides=overrides),
+    )
     run = make_run()
-    result = CliRunner().invoke(cli, ["train", str(run), "--log-to", "tensorboard", "--log-to", "wandb", "--set", "learning_rate=0.01"])
+    result = CliRunner().invoke(
+        cli, ["train", str(run), "--log-to", "tensorboard", "--log-to", "wandb", "--set", "learning_rate=0.01"]
+    )
     assert result.exit_code == 0, result.output
     resolved = load_run_config(run, seen["overrides"]).train
     assert resolved.loggers == ["tensorboard", "wandb"] and resolved.learning_rate == 0.01

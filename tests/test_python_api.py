@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
@@ -23,7 +22,10 @@ def _notebook_code() -> str:
 
 @pytest.mark.slow
 def test_the_documented_notebook_runs_and_matches_the_commands(tmp_path):
-    code = _notebook_code() + "\nimport json, pathlib\npathlib.Path('out.json').write_text(json.dumps({'loss': result['loss'], 'text': sample['text']}))\n"
+    code = (
+        _notebook_code()
+        + "\nimport json, pathlib\npathlib.Path('out.json').write_text(json.dumps({'loss': result['loss'], 'text': sample['text']}))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -40,8 +42,10 @@ def test_the_documented_notebook_runs_and_matches_the_commands(tmp_path):
 
 
 def test_import_is_light_and_every_api_name_resolves():
-    code = ("import sys, gptlab; light = 'torch' not in sys.modules; import gptlab.train.loop as loop; "
-            "print(light, all(callable(getattr(gptlab, n)) for n in gptlab.API), loop.__name__, gptlab.UserError.__name__)")
+    code = (
+        "import sys, gptlab; light = 'torch' not in sys.modules; import gptlab.train.loop as loop; "
+        "print(light, all(callable(getattr(gptlab, n)) for n in gptlab.API), loop.__name__, gptlab.UserError.__name__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["True", "True", "gptlab.train.loop", "UserError"], done.stderr
 

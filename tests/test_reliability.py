@@ -34,8 +34,16 @@ from gptlab.train.loop import train_run
 
 VOCAB = 256
 MODEL = {"vocab_size": VOCAB, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}
-TRAIN = {"microbatch_size": 2, "min_train_tokens": 2 * 16 * 6, "learning_rate": 0.003, "precision": "fp32",
-         "validation_batches": 1, "checkpoint_interval": 1, "log_interval": 1, "best_by": "train"}
+TRAIN = {
+    "microbatch_size": 2,
+    "min_train_tokens": 2 * 16 * 6,
+    "learning_rate": 0.003,
+    "precision": "fp32",
+    "validation_batches": 1,
+    "checkpoint_interval": 1,
+    "log_interval": 1,
+    "best_by": "train",
+}
 
 
 def write_tokens(path: Path, tokens: np.ndarray, recorded: bool = True) -> None:
@@ -48,8 +56,14 @@ def write_tokens(path: Path, tokens: np.ndarray, recorded: bool = True) -> None:
         save_file({"tokens": tokens.astype(np.uint16)}, str(path))
 
 
-def make_dataset(directory: Path, splits=("train", "validation", "test"), tokens: int = 2000, seed: int = 0,
-                 bad_id_at: int | None = None, recorded: bool = True) -> Path:
+def make_dataset(
+    directory: Path,
+    splits=("train", "validation", "test"),
+    tokens: int = 2000,
+    seed: int = 0,
+    bad_id_at: int | None = None,
+    recorded: bool = True,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for name in splits:
@@ -115,11 +129,14 @@ def steps(run: Path) -> list[int]:
 
 # --- data loss -------------------------------------------------------------------------------------
 
+
 class StopAfterFirstPrune(Exception):
     pass
 
 
-def test_resuming_from_an_older_checkpoint_keeps_the_new_line_and_moves_the_old_one_aside(trained, copy_of, monkeypatch):
+def test_resuming_from_an_older_checkpoint_keeps_the_new_line_and_moves_the_old_one_aside(
+    trained, copy_of, monkeypatch
+):
     run = copy_of(trained)
     old_line = [path.name for path in list_checkpoints(run) if checkpoints.step_of(path) > 2]
     resumed = next(path.name for path in list_checkpoints(run) if checkpoints.step_of(path) == 2)
@@ -148,20 +165,28 @@ def test_resuming_from_an_older_checkpoint_keeps_the_new_line_and_moves_the_old_
 
 # --- accepted when it must be refused --------------------------------------------------------------
 
+
 def test_non_finite_config_values_are_refused_and_written_json_is_strict(tmp_path, small_dataset):
     run = make_small_run(tmp_path / "run", small_dataset)
     train = (run / "train.json").read_text()
     (run / "train.json").write_text(train[:-1] + ', "weight_decay": Infinity, "clipping_max_norm": NaN}')
-    (run / "train.json").write_text((run / "train.json").read_text().replace('"learning_rate": 0.003', '"learning_rate": Infinity'))
+    (run / "train.json").write_text(
+        (run / "train.json").read_text().replace('"learning_rate": 0.003', '"learning_rate": Infinity')
+    )
     with pytest.raises(UserError) as refused:
         load_run_config(run)
-    assert {"learning_rate", "weight_decay", "clipping_max_norm"} <= {line.split(": ")[1] for line in refused.value.lines}
+    assert {"learning_rate", "weight_decay", "clipping_max_norm"} <= {
+        line.split(": ")[1] for line in refused.value.lines
+    }
     with pytest.raises(UserError, match="learning_rate"):
         load_run_config(make_small_run(tmp_path / "other", small_dataset), {"train": {"learning_rate": float("inf")}})
 
     atomic_write_json(tmp_path / "out.json", {"loss": float("nan"), "values": [1.5, float("-inf")]})
     text = (tmp_path / "out.json").read_text()
-    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in written JSON")) == {"loss": None, "values": [1.5, None]}
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in written JSON")) == {
+        "loss": None,
+        "values": [1.5, None],
+    }
 
 
 def test_overwritten_tensor_bytes_are_caught_by_the_checksum(trained, copy_of, capsys):
@@ -187,7 +212,9 @@ def test_token_ids_outside_the_vocabulary_are_refused_with_one_line(tmp_path, re
     data = make_dataset(tmp_path / "data", bad_id_at=150, recorded=recorded)
     run = make_small_run(tmp_path / "run", data)
     code, err = gptlab(capsys, "train", str(run), "--no-progress")
-    one_clear_line(code, err, f"{data / 'train.safetensors'}", str(VOCAB + 44) if not recorded else "holds token ids up to 300")
+    one_clear_line(
+        code, err, f"{data / 'train.safetensors'}", str(VOCAB + 44) if not recorded else "holds token ids up to 300"
+    )
     assert not (run / "checkpoints").exists()
 
 
@@ -199,15 +226,32 @@ def test_token_ids_beyond_the_scanned_start_are_caught_when_read(tmp_path, monke
     one_clear_line(code, err, "token 150 is id 300, outside the vocabulary [0, 256)")
 
 
-@pytest.mark.parametrize("args", [
-    ["eval", "RUN", "--batches", "0"], ["eval", "RUN", "--batches", "-1"], ["eval", "RUN", "--batch-size", "0"],
-    ["eval", "RUN", "--start-token", "-100"], ["generate", "RUN", "--temperature", "nan"], ["generate", "RUN", "--temperature", "inf"],
-    ["generate", "RUN", "--temperature", "-1"], ["generate", "RUN", "--top-k", "0"], ["generate", "RUN", "--tokens", "-5"],
-    ["generate", "RUN", "--seed", "-1"], ["demo", "--seconds", "nan"], ["demo", "--seconds", "0"], ["demo", "--seed", str(2**64)],
-    ["prepare", "brown", "OUT", "--validation-fraction", "1.5"], ["prepare", "brown", "OUT", "--test-fraction", "nan"],
-    ["bench", "RUN", "--steps", "0"], ["bench", "RUN", "--warmup-steps", "-1"], ["bench", "RUN", "--peak-tflops", "inf"],
-    ["export", "RUN", "OUT", "--seed", "-3"], ["cloud", "watch", "--instance-type", "x", "--interval", "nan"],
-], ids=lambda args: " ".join(args[:1] + args[-2:]))
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "RUN", "--batches", "0"],
+        ["eval", "RUN", "--batches", "-1"],
+        ["eval", "RUN", "--batch-size", "0"],
+        ["eval", "RUN", "--start-token", "-100"],
+        ["generate", "RUN", "--temperature", "nan"],
+        ["generate", "RUN", "--temperature", "inf"],
+        ["generate", "RUN", "--temperature", "-1"],
+        ["generate", "RUN", "--top-k", "0"],
+        ["generate", "RUN", "--tokens", "-5"],
+        ["generate", "RUN", "--seed", "-1"],
+        ["demo", "--seconds", "nan"],
+        ["demo", "--seconds", "0"],
+        ["demo", "--seed", str(2**64)],
+        ["prepare", "brown", "OUT", "--validation-fraction", "1.5"],
+        ["prepare", "brown", "OUT", "--test-fraction", "nan"],
+        ["bench", "RUN", "--steps", "0"],
+        ["bench", "RUN", "--warmup-steps", "-1"],
+        ["bench", "RUN", "--peak-tflops", "inf"],
+        ["export", "RUN", "OUT", "--seed", "-3"],
+        ["cloud", "watch", "--instance-type", "x", "--interval", "nan"],
+    ],
+    ids=lambda args: " ".join(args[:1] + args[-2:]),
+)
 def test_numeric_options_are_checked_when_parsed(args):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "Invalid value" in result.output, result.output
@@ -227,7 +271,9 @@ def test_duplicate_keys_are_refused_naming_the_key(tmp_path, small_dataset):
     with pytest.raises(UserError, match=r"model.json: emb_dim: the key appears more than once"):
         load_run_config(run)
     experiment = tmp_path / "exp.json"
-    experiment.write_text('{"baseline": "run", "seeds": [1], "interventions": {"a": {"drop_rate": 0.1}, "a": {"drop_rate": 0.2}}}')
+    experiment.write_text(
+        '{"baseline": "run", "seeds": [1], "interventions": {"a": {"drop_rate": 0.1}, "a": {"drop_rate": 0.2}}}'
+    )
     from gptlab.experiments.spec import load_experiment
 
     with pytest.raises(UserError, match="exp.json: a: the key appears more than once"):
@@ -242,10 +288,14 @@ def test_eval_and_generate_say_which_config_they_use_when_model_json_was_edited(
     assert code == 0 and "note:" not in err
     (run / "model.json").write_text(json.dumps({**MODEL, "n_layers": 3, "drop_rate": 0.2}))
     code, err = gptlab(capsys, "generate", str(run), "--prompt", "a", "--tokens", "2", "--seed", "1")
-    assert code == 0 and "differ from resolved_config.json in model.n_layers, model.drop_rate; using resolved_config.json" in err
+    assert (
+        code == 0
+        and "differ from resolved_config.json in model.n_layers, model.drop_rate; using resolved_config.json" in err
+    )
 
 
 # --- disk full ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_device(tmp_path):
@@ -254,8 +304,11 @@ def small_device(tmp_path):
     mount_point.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root; the disk-full tests run where that is allowed")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", f"gptlab-test-{uuid.uuid4().hex[:8]}", str(mount_point)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", f"gptlab-test-{uuid.uuid4().hex[:8]}", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
     yield mount_point
@@ -277,19 +330,29 @@ def leftovers(directory: Path) -> list[str]:
     return [str(path) for path in directory.rglob("*") if ".tmp" in path.name or path.name.endswith(".old")]
 
 
-def test_disk_full_is_one_line_with_the_space_needed_and_cleans_up(small_device, small_dataset, trained, tmp_path, capsys):
+def test_disk_full_is_one_line_with_the_space_needed_and_cleans_up(
+    small_device, small_dataset, trained, tmp_path, capsys
+):
     # training: the first checkpoint fits, a later one does not; `latest` stays on the last good one
     run = make_small_run(small_device / "run", small_dataset, train={"checkpoint_interval": 1})
     code, err = gptlab(capsys, "train", str(run), "--no-progress")
-    one_clear_line(code, err, "could not be written: no space left on the device (about", "needed", "`latest` still points to")
+    one_clear_line(
+        code, err, "could not be written: no space left on the device (about", "needed", "`latest` still points to"
+    )
     assert not leftovers(small_device)
     assert find_resumable_checkpoint(run, "latest")  # whole, verified
 
     shutil.rmtree(run)
 
     # eval --save into a full run directory
-    evaluated = Path(shutil.copytree(trained, small_device / "evaluated", symlinks=True,
-                                     ignore=shutil.ignore_patterns("*iteration-[0-4]", "*.png")))
+    evaluated = Path(
+        shutil.copytree(
+            trained,
+            small_device / "evaluated",
+            symlinks=True,
+            ignore=shutil.ignore_patterns("*iteration-[0-4]", "*.png"),
+        )
+    )
     fill(small_device / "filler", 0)
     code, err = gptlab(capsys, "eval", str(evaluated), "--checkpoint", "latest", "--save")
     one_clear_line(code, err, "evaluation.json: could not be written: no space left")
@@ -300,8 +363,12 @@ def test_disk_full_is_one_line_with_the_space_needed_and_cleans_up(small_device,
     fill(small_device / "filler", 100 << 10)
     code, err = gptlab(capsys, "export", str(trained), str(tmp_path / "refused"))
     one_clear_line(code, err, "vocab_size 256 is smaller than the GPT-2 tokenizer's 50257 tokens")
-    gpt2_sized = make_small_run(tmp_path / "gpt2-sized", small_dataset, model={"vocab_size": 50257, "emb_dim": 8, "n_heads": 2},
-                                train={"min_train_tokens": 32, "checkpoint_interval": None, "validation_batches": 0})
+    gpt2_sized = make_small_run(
+        tmp_path / "gpt2-sized",
+        small_dataset,
+        model={"vocab_size": 50257, "emb_dim": 8, "n_heads": 2},
+        train={"min_train_tokens": 32, "checkpoint_interval": None, "validation_batches": 0},
+    )
     train_run(gpt2_sized, show_progress=False)
     code, err = gptlab(capsys, "export", str(gpt2_sized), str(small_device / "exported"), "--checkpoint", "latest")
     one_clear_line(code, err, "exported: could not be written: no space left on the device (about")
@@ -312,6 +379,7 @@ def test_disk_full_is_one_line_with_the_space_needed_and_cleans_up(small_device,
 
 
 # --- tracebacks that must be one clear line ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
 def test_a_broken_dataset_meta_json_is_one_line(tmp_path, small_dataset, content):
@@ -352,18 +420,35 @@ def test_a_refused_pickle_or_foreign_training_state_is_one_line(trained, copy_of
     with pytest.raises(UserError) as refused:
         train_run(run, resume="latest", show_progress=False)
     message = str(refused.value)
-    assert "training_state.pt: refused" in message and "weights_only=False" not in message and "newest good checkpoint" in message
+    assert (
+        "training_state.pt: refused" in message
+        and "weights_only=False" not in message
+        and "newest good checkpoint" in message
+    )
     torch.save({"step": 5, "totals": [1, 2]}, latest / "training_state.pt")  # plain data, but not a training state
     write_checksums(latest)
-    with pytest.raises(UserError, match=r"training_state.pt: not a gptlab training state \(totals, rng missing or of the wrong type\)"):
+    with pytest.raises(
+        UserError, match=r"training_state.pt: not a gptlab training state \(totals, rng missing or of the wrong type\)"
+    ):
         train_run(run, resume="latest", show_progress=False)
 
 
 def test_experiment_plan_reports_every_problem_at_once(trained, tmp_path, capsys):
     baseline = Path(shutil.copytree(trained, tmp_path / "baseline", symlinks=True))
     experiment = tmp_path / "exp.json"
-    experiment.write_text(json.dumps({"baseline": "baseline", "seeds": "many", "interventions": {
-        "fast": {"learning_rate": "fast"}, "wide": {"model": {"emb_dim": 12.5}}, "odd": {"no_such_key": 1}}}))
+    experiment.write_text(
+        json.dumps(
+            {
+                "baseline": "baseline",
+                "seeds": "many",
+                "interventions": {
+                    "fast": {"learning_rate": "fast"},
+                    "wide": {"model": {"emb_dim": 12.5}},
+                    "odd": {"no_such_key": 1},
+                },
+            }
+        )
+    )
     code, err = gptlab(capsys, "experiment", "plan", str(experiment))
     one_clear_line(code, err, "seeds:", "fast over", "learning_rate", "wide over", "emb_dim", "odd.no_such_key")
     assert baseline.is_dir()

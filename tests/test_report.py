@@ -9,11 +9,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+from test_compare import RUNS, comparison_runs
+
 from gptlab.experiments.compare import VERDICT_COLUMN, build_comparison, load_results
 from gptlab.experiments.report import write_report
-from test_compare import RUNS, comparison_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Written into the page under test: after every image has loaded (or failed), record each one's decoded size in the DOM.
@@ -53,16 +53,32 @@ def render_in_chromium(page: Path, profile: Path) -> str:
     probed = page.with_name(page.stem + "-probed.html")
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
     result = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-         "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium"
+)
 def test_report_renders_its_table_and_every_image_in_chromium(trained, tmp_path):
     page = tmp_path / "report.html"
     run_dirs = [str(run_dir) for runs in trained.values() for run_dir in runs]
@@ -91,7 +107,9 @@ def test_report_renders_its_table_and_every_image_in_chromium(trained, tmp_path)
     assert cells["baseline"][VERDICT_COLUMN] == "baseline" and cells["baseline"][1] == "3"
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium"
+)
 def test_report_text_is_escaped_not_interpreted(trained, tmp_path):
     results = load_results(trained["baseline"] + trained["lr10x"], echo=lambda line: None)
     hostile = "<script>document.title='owned'</script><b>bold</b>"

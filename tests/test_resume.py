@@ -11,9 +11,9 @@ import time
 
 import pytest
 import torch
+from conftest import read_metrics, run_cli
 from safetensors.torch import load_file
 
-from conftest import read_metrics, run_cli
 from gptlab.errors import UserError
 from gptlab.train.checkpoint import find_resumable_checkpoint, list_checkpoints
 from gptlab.train.loop import train_run
@@ -49,7 +49,11 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(make_run, precis
     expected, resumed = final_weights(whole), final_weights(split)
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
     a, b = (json.loads((run / "summary.json").read_text()) for run in (whole, split))
-    assert (a["final_validation_loss"], a["skipped_steps"], a["tokens_seen"]) == (b["final_validation_loss"], b["skipped_steps"], b["tokens_seen"])
+    assert (a["final_validation_loss"], a["skipped_steps"], a["tokens_seen"]) == (
+        b["final_validation_loss"],
+        b["skipped_steps"],
+        b["tokens_seen"],
+    )
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_resumes_to_the_same_result(make_run):
@@ -57,8 +61,12 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_to_the_same_result(ma
     whole = make_run("whole", model={"drop_rate": 0.1}, train=train)
     train_run(whole, show_progress=False)
     run = make_run("preempted", model={"drop_rate": 0.1}, train=train)
-    process = subprocess.Popen([sys.executable, "-m", "gptlab", "train", str(run), "--no-progress"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 10):
         time.sleep(0.05)
@@ -78,14 +86,24 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_to_the_same_result(ma
 
 def test_sigkill_at_any_instant_of_a_save_leaves_latest_loadable(make_run):
     """Checkpoint after every step (saving dominates), kill -9 at random instants, check, resume, repeat."""
-    run = make_run(model={"emb_dim": 64, "n_layers": 3}, train={"min_train_tokens": 4 * 32 * 2000, "checkpoint_interval": 1,
-                                                                "keep_checkpoints": 3, "validation_batches": 0})
+    run = make_run(
+        model={"emb_dim": 64, "n_layers": 3},
+        train={
+            "min_train_tokens": 4 * 32 * 2000,
+            "checkpoint_interval": 1,
+            "keep_checkpoints": 3,
+            "validation_batches": 0,
+        },
+    )
     draw = random.Random(0)
     kills = 0
     resume = []
     while kills < 12:
-        process = subprocess.Popen([sys.executable, "-m", "gptlab", "train", str(run), "--no-progress", *resume],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress", *resume],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         before = len(list_checkpoints(run))
         deadline = time.time() + 60
         while time.time() < deadline and len(list_checkpoints(run)) <= before:
@@ -99,21 +117,34 @@ def test_sigkill_at_any_instant_of_a_save_leaves_latest_loadable(make_run):
         resume = ["--resume", "latest"]
     # After the kills, resuming cleans the half-written staging folders and goes on.
     resumed_from = find_resumable_checkpoint(run, "latest").name
-    process = subprocess.Popen([sys.executable, "-m", "gptlab", "train", str(run), "--no-progress", "--resume", "latest"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress", "--resume", "latest"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and os.readlink(run / "checkpoints" / "latest") == resumed_from:
         time.sleep(0.05)  # training (and its signal handler) is running once a new checkpoint appears
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-2000:]
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no staging folders or pointer links
+    assert not [
+        p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")
+    ]  # no staging folders or pointer links
     assert len(list_checkpoints(run)) <= 3 + 1  # keep_checkpoints newest, plus best if older
 
 
 def test_keep_checkpoints_keeps_the_newest_and_best(make_run):
-    run = make_run(train={"min_train_tokens": 4 * 32 * 12, "checkpoint_interval": 2, "keep_checkpoints": 2, "best_by": "train",
-                          "learning_rate": 0.05})
+    run = make_run(
+        train={
+            "min_train_tokens": 4 * 32 * 12,
+            "checkpoint_interval": 2,
+            "keep_checkpoints": 2,
+            "best_by": "train",
+            "learning_rate": 0.05,
+        }
+    )
     train_run(run, show_progress=False)
     remaining = [p.name.rsplit("-", 1)[1] for p in list_checkpoints(run)]
     best = os.readlink(run / "checkpoints" / "best").rsplit("-", 1)[1]
@@ -153,7 +184,10 @@ def test_resume_refuses_a_changed_model_and_unsafe_train_keys_but_reports_safe_o
         train_run(run, resume="latest", show_progress=False)
     (run / "train.json").write_text(json.dumps({**train, "checkpoint_interval": 3, "validation_batches": 1}))
     train_run(run, resume="latest", show_progress=False)
-    assert "Resuming from" in (run / "train.log").read_text() and "changed: checkpoint_interval, validation_batches" in (run / "train.log").read_text()
+    assert (
+        "Resuming from" in (run / "train.log").read_text()
+        and "changed: checkpoint_interval, validation_batches" in (run / "train.log").read_text()
+    )
 
 
 def test_a_checkpoint_of_an_older_gptlab_resumes_and_its_totals_carry_on(make_run):
@@ -164,12 +198,21 @@ def test_a_checkpoint_of_an_older_gptlab_resumes_and_its_totals_carry_on(make_ru
     kept = cut_back_to(run, 2)
     path = run / "checkpoints" / kept / "training_state.pt"
     state = torch.load(path, weights_only=True)
-    state["totals"] = {"skipped_steps": 7, "consecutive_skipped": 0, "clipped_steps": 0, "train_seconds": 1000.0,
-                       "best_metric": state["totals"]["best_metric"], "peak_learning_rate": 0.003,
-                       "last_train_loss": 5.0, "last_validation_loss": None}
+    state["totals"] = {
+        "skipped_steps": 7,
+        "consecutive_skipped": 0,
+        "clipped_steps": 0,
+        "train_seconds": 1000.0,
+        "best_metric": state["totals"]["best_metric"],
+        "peak_learning_rate": 0.003,
+        "last_train_loss": 5.0,
+        "last_validation_loss": None,
+    }
     del state["interval"]  # older still: no interval statistics either
     torch.save(state, path)
-    (path.parent / "checksums.sha256").unlink()  # an older gptlab wrote no checksums (a changed file with them is refused)
+    (
+        path.parent / "checksums.sha256"
+    ).unlink()  # an older gptlab wrote no checksums (a changed file with them is refused)
     summary = train_run(run, resume="latest", show_progress=False)
     assert summary["skipped_steps"] == 7 and summary["training_seconds"] > 1000.0
     assert summary["steps"] == 6 and len(list_checkpoints(run)) == 4

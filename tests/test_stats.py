@@ -35,12 +35,16 @@ def test_welch_improvement_interval_and_p_match_scipy():
     generator = random.Random(12)
     for _ in range(CASES):
         baseline = _samples(generator, generator.randint(2, 10), generator.uniform(0.001, 0.05))
-        group = _samples(generator, generator.randint(2, 10), generator.uniform(0.001, 0.05), 3.5 + generator.uniform(-0.05, 0.05))
+        group = _samples(
+            generator, generator.randint(2, 10), generator.uniform(0.001, 0.05), 3.5 + generator.uniform(-0.05, 0.05)
+        )
         ours = stats.welch_difference(baseline, group)
         oracle = scipy_stats.ttest_ind(baseline, group, equal_var=False)
         interval = oracle.confidence_interval(0.95)
         assert ours.improvement == pytest.approx(np.mean(baseline) - np.mean(group), rel=1e-12)
-        assert (ours.t, ours.df, ours.p) == pytest.approx((oracle.statistic, oracle.df, oracle.pvalue), rel=1e-9, abs=1e-12)
+        assert (ours.t, ours.df, ours.p) == pytest.approx(
+            (oracle.statistic, oracle.df, oracle.pvalue), rel=1e-9, abs=1e-12
+        )
         assert (ours.ci_low, ours.ci_high) == pytest.approx((interval.low, interval.high), rel=1e-9)
 
 
@@ -53,7 +57,9 @@ def test_paired_improvement_interval_and_p_match_scipy():
         ours = stats.paired_difference(baseline, group)
         oracle = scipy_stats.ttest_rel(baseline, group)
         interval = oracle.confidence_interval(0.95)
-        assert (ours.t, ours.df, ours.p) == pytest.approx((oracle.statistic, oracle.df, oracle.pvalue), rel=1e-9, abs=1e-12)
+        assert (ours.t, ours.df, ours.p) == pytest.approx(
+            (oracle.statistic, oracle.df, oracle.pvalue), rel=1e-9, abs=1e-12
+        )
         assert (ours.ci_low, ours.ci_high) == pytest.approx((interval.low, interval.high), rel=1e-9)
 
 
@@ -65,11 +71,15 @@ def test_single_run_test_is_the_pooled_t_test_with_one_run_and_matches_scipy():
         ours = stats.single_run_difference(baseline, run)
         oracle = scipy_stats.ttest_ind(baseline, [run], equal_var=True)  # one run: the pooled SD is the baseline's
         interval = oracle.confidence_interval(0.95)
-        assert (ours.t, ours.df, ours.p) == pytest.approx((oracle.statistic, oracle.df, oracle.pvalue), rel=1e-9, abs=1e-12)
+        assert (ours.t, ours.df, ours.p) == pytest.approx(
+            (oracle.statistic, oracle.df, oracle.pvalue), rel=1e-9, abs=1e-12
+        )
         assert (ours.ci_low, ours.ci_high) == pytest.approx((interval.low, interval.high), rel=1e-9)
         # outside the 95% prediction interval of one more baseline seed exactly when p < 0.05
         sd = np.std(baseline, ddof=1)
-        outside = abs(run - np.mean(baseline)) > scipy_stats.t.ppf(0.975, len(baseline) - 1) * sd * math.sqrt(1 + 1 / len(baseline))
+        outside = abs(run - np.mean(baseline)) > scipy_stats.t.ppf(0.975, len(baseline) - 1) * sd * math.sqrt(
+            1 + 1 / len(baseline)
+        )
         assert outside == (ours.p < 0.05)
         assert ours.cohens_d == pytest.approx((np.mean(baseline) - run) / sd, rel=1e-12)
 
@@ -77,10 +87,15 @@ def test_single_run_test_is_the_pooled_t_test_with_one_run_and_matches_scipy():
 def test_cohens_d_uses_the_pooled_sd_of_both_sides():
     generator = random.Random(15)
     for _ in range(CASES):
-        baseline, group = _samples(generator, generator.randint(2, 9)), _samples(generator, generator.randint(2, 9), mean=3.49)
+        baseline, group = (
+            _samples(generator, generator.randint(2, 9)),
+            _samples(generator, generator.randint(2, 9), mean=3.49),
+        )
         n1, n2 = len(baseline), len(group)
         pooled = math.sqrt(((n1 - 1) * np.var(baseline, ddof=1) + (n2 - 1) * np.var(group, ddof=1)) / (n1 + n2 - 2))
-        assert stats.welch_difference(baseline, group).cohens_d == pytest.approx((np.mean(baseline) - np.mean(group)) / pooled, rel=1e-10)
+        assert stats.welch_difference(baseline, group).cohens_d == pytest.approx(
+            (np.mean(baseline) - np.mean(group)) / pooled, rel=1e-10
+        )
 
 
 def _holm_rejects(p_values: list[float], alpha: float) -> list[bool]:
@@ -116,12 +131,20 @@ def _scipy_power(effect_in_sds: float, n_baseline: int, n_group: int, alpha: flo
 def test_noncentral_t_cdf_and_power_match_scipy():
     generator = random.Random(17)
     for _ in range(CASES):
-        df, noncentrality, t = generator.choice([1, 2, 3, 5, 9, 17, 40, 120]), generator.uniform(-1, 6), generator.uniform(-3, 12)
-        assert stats.noncentral_t_cdf(t, df, noncentrality) == pytest.approx(scipy_stats.nct.cdf(t, df, noncentrality), abs=1e-9)
+        df, noncentrality, t = (
+            generator.choice([1, 2, 3, 5, 9, 17, 40, 120]),
+            generator.uniform(-1, 6),
+            generator.uniform(-3, 12),
+        )
+        assert stats.noncentral_t_cdf(t, df, noncentrality) == pytest.approx(
+            scipy_stats.nct.cdf(t, df, noncentrality), abs=1e-9
+        )
     for _ in range(CASES):
         n_baseline, n_group = generator.randint(2, 20), generator.choice([1, generator.randint(2, 20)])
         effect, alpha = generator.uniform(0.1, 4), generator.choice([0.05, 0.01, 0.005])
-        assert stats.power(effect, 1.0, n_baseline, n_group, alpha) == pytest.approx(_scipy_power(effect, n_baseline, n_group, alpha), abs=1e-9)
+        assert stats.power(effect, 1.0, n_baseline, n_group, alpha) == pytest.approx(
+            _scipy_power(effect, n_baseline, n_group, alpha), abs=1e-9
+        )
 
 
 def test_seeds_per_arm_is_the_fewest_seeds_reaching_the_power_and_holm_asks_for_more():
@@ -130,7 +153,11 @@ def test_seeds_per_arm_is_the_fewest_seeds_reaching_the_power_and_holm_asks_for_
     assert stats.seeds_per_arm(2.0, 1.0) == 6
     generator = random.Random(18)
     for _ in range(15):
-        effect, sd, interventions = generator.uniform(0.002, 0.05), generator.uniform(0.005, 0.03), generator.randint(1, 10)
+        effect, sd, interventions = (
+            generator.uniform(0.002, 0.05),
+            generator.uniform(0.005, 0.03),
+            generator.randint(1, 10),
+        )
         target = generator.choice([0.8, 0.9])
         needed = stats.seeds_per_arm(effect, sd, target, interventions)
         level = 0.05 / interventions

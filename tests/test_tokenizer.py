@@ -1,8 +1,16 @@
 import hashlib
 from importlib import resources
 
-from gptlab.tokenizer import (ENCODER_JSON_SHA256, END_OF_TEXT_ID, VOCAB_BPE_SHA256, VOCAB_SIZE, decode, encode,
-                              encode_documents, gpt2_encoding)
+from gptlab.tokenizer import (
+    ENCODER_JSON_SHA256,
+    END_OF_TEXT_ID,
+    VOCAB_BPE_SHA256,
+    VOCAB_SIZE,
+    decode,
+    encode,
+    encode_documents,
+    gpt2_encoding,
+)
 
 
 def test_known_ids_of_the_smoke_test_prompt():
@@ -15,7 +23,7 @@ def test_vocabulary_and_end_of_text():
 
 
 def test_round_trip_of_varied_text():
-    text = "Héllo, wörld! It's 3.14159 — \"quoted\"\n\n\tindented 日本語 emoji 🙂 <|endoftext|> after"
+    text = 'Héllo, wörld! It\'s 3.14159 — "quoted"\n\n\tindented 日本語 emoji 🙂 <|endoftext|> after'
     assert decode(encode(text)) == text
 
 

@@ -5,11 +5,11 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_model
-
 from conftest import read_metrics, run_cli
-from gptlab.train.loop import train_run
+from safetensors.torch import load_model
 from users_harness import users_harness_losses
+
+from gptlab.train.loop import train_run
 
 
 def test_short_run_learns_and_writes_its_files(make_run):
@@ -26,28 +26,44 @@ def test_short_run_learns_and_writes_its_files(make_run):
     checkpoints = run / "checkpoints"
     names = sorted(p.name for p in checkpoints.iterdir() if not p.is_symlink())
     assert [n.rsplit("-", 1)[1] for n in names] == ["0", "15", "30", "39"]
-    assert os.readlink(checkpoints / "latest").endswith("-iteration-39") and not os.path.isabs(os.readlink(checkpoints / "latest"))
+    assert os.readlink(checkpoints / "latest").endswith("-iteration-39") and not os.path.isabs(
+        os.readlink(checkpoints / "latest")
+    )
     assert (checkpoints / "best").resolve().is_dir()
     latest = checkpoints / "latest"
     for file in ("model.safetensors", "optimizer.pt", "meta.json", "config.json", "training_state.pt"):
         assert (latest / file).is_file(), file
     meta = json.loads((latest / "meta.json").read_text())
-    for key in ("learning_rate", "min_train_loss", "max_train_loss", "avg_train_loss", "max_grad_norms", "avg_grad_norms", "frac_clipped", "global_step", "is_best"):
+    for key in (
+        "learning_rate",
+        "min_train_loss",
+        "max_train_loss",
+        "avg_train_loss",
+        "max_grad_norms",
+        "avg_grad_norms",
+        "frac_clipped",
+        "global_step",
+        "is_best",
+    ):
         assert key in meta, key
     assert meta["global_step"] == 39 and meta["frac_clipped"] is None
     assert torch.load(latest / "training_state.pt", weights_only=True)["step"] == 39
 
     saved = json.loads((run / "summary.json").read_text())
     assert saved["tokens_seen"] == 40 * 128 and saved["final_train_loss"] == pytest.approx(records[-1]["loss"])
-    assert saved["tokens_per_second"] > 0 and saved["precision"] == "fp32" and saved["torch_version" if False else "environment"]["torch"] == torch.__version__
+    assert (
+        saved["tokens_per_second"] > 0
+        and saved["precision"] == "fp32"
+        and saved["torch_version" if False else "environment"]["torch"] == torch.__version__
+    )
     log = (run / "train.log").read_text()
     for line in ("Training complete in", "Tokens seen: 5,120", "Throughput:", "Final train loss:"):
         assert line in log
 
 
 def test_checkpoint_loads_into_the_book_model(make_run):
-    from llms_from_scratch.ch04 import GPTModel
     from conftest import TINY_MODEL
+    from llms_from_scratch.ch04 import GPTModel
 
     run = make_run(train={"min_train_tokens": 4 * 32 * 2})
     train_run(run, show_progress=False)
@@ -59,8 +75,15 @@ def test_reproduces_the_users_harness_step_by_step(make_run, brown_dataset):
     """fp32, dropout 0: the same initialisation under the seed and the same batches give the same loss at every step."""
     from conftest import TINY_MODEL
 
-    train = {"min_train_tokens": 4 * 32 * 2 * 8, "gradient_accumulation_steps": 2, "use_amp": False, "random_seed": 7,
-             "learning_rate": 0.001, "weight_decay": 0.1, "start_train_token": 1000}
+    train = {
+        "min_train_tokens": 4 * 32 * 2 * 8,
+        "gradient_accumulation_steps": 2,
+        "use_amp": False,
+        "random_seed": 7,
+        "learning_rate": 0.001,
+        "weight_decay": 0.1,
+        "start_train_token": 1000,
+    }
     run = make_run(train={**train, "precision": None, "validation_batches": 0})
     train_run(run, show_progress=False)
     ours = [r["loss"] for r in read_metrics(run)]
@@ -70,7 +93,10 @@ def test_reproduces_the_users_harness_step_by_step(make_run, brown_dataset):
 
 
 def test_same_seed_is_bit_identical_and_another_seed_differs(make_run):
-    runs = [make_run(name, model={"drop_rate": 0.1}, train={"random_seed": seed}) for name, seed in (("a", 1), ("b", 1), ("c", 2))]
+    runs = [
+        make_run(name, model={"drop_rate": 0.1}, train={"random_seed": seed})
+        for name, seed in (("a", 1), ("b", 1), ("c", 2))
+    ]
     losses = []
     for run in runs:
         train_run(run, show_progress=False)
@@ -96,6 +122,7 @@ def test_resume_from_a_checkpoint_continues_to_the_same_end(make_run):
     train_run(split, show_progress=False)
     checkpoints = sorted((split / "checkpoints").glob("*-iteration-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     import shutil
+
     for later in checkpoints[2:]:  # keep iterations 0 and 4, as if the process died after step 4's checkpoint
         shutil.rmtree(later)
     (split / "checkpoints" / "latest").unlink()
@@ -144,6 +171,7 @@ def test_users_hugging_face_dataset_id_is_found_in_the_datasets_folder(tmp_path,
     import shutil
 
     from conftest import TINY_MODEL
+
     from gptlab.evaluate.loss import evaluate_run
 
     downloaded = tmp_path / "datasets" / "gpjt" / "fineweb-gpt2-tokens"
@@ -153,9 +181,22 @@ def test_users_hugging_face_dataset_id_is_found_in_the_datasets_folder(tmp_path,
     run = tmp_path / "runs" / "baseline"
     run.mkdir(parents=True)
     (run / "model.json").write_text(json.dumps({**TINY_MODEL, "drop_rate": 0.1}))
-    (run / "train.json").write_text(json.dumps({"microbatch_size": 4, "checkpoint_interval": 617, "dataset": "gpjt/fineweb-gpt2-tokens",
-                                                "min_train_tokens": 4 * 32 * 3, "start_train_token": 0, "start_val_token": 0, "use_amp": False}))
-    result = run_cli("train", str(run), "--datasets-dir", str(tmp_path / "datasets"), "--no-progress", env={"HF_HUB_OFFLINE": "1"})
+    (run / "train.json").write_text(
+        json.dumps(
+            {
+                "microbatch_size": 4,
+                "checkpoint_interval": 617,
+                "dataset": "gpjt/fineweb-gpt2-tokens",
+                "min_train_tokens": 4 * 32 * 3,
+                "start_train_token": 0,
+                "start_val_token": 0,
+                "use_amp": False,
+            }
+        )
+    )
+    result = run_cli(
+        "train", str(run), "--datasets-dir", str(tmp_path / "datasets"), "--no-progress", env={"HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert str(downloaded) in (run / "train.log").read_text()
     evaluation = evaluate_run(run, "latest", batches=2, datasets_dir=tmp_path / "datasets")

@@ -10,7 +10,16 @@ import pytest
 from scipy import stats as scipy_stats
 
 from gptlab.experiments import stats
-from gptlab.experiments.verdicts import (BEYOND, CANNOT_JUDGE, DIVERGED, NO_NOISE, WITHIN, Arm, RunOutcome, judge_interventions)
+from gptlab.experiments.verdicts import (
+    BEYOND,
+    CANNOT_JUDGE,
+    DIVERGED,
+    NO_NOISE,
+    WITHIN,
+    Arm,
+    RunOutcome,
+    judge_interventions,
+)
 
 BASE = [3.512, 3.498, 3.521, 3.505, 3.490]
 
@@ -23,8 +32,9 @@ def arm(label: str, losses, seeds=None, stopped=None, same_data_order: bool = Tr
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_single_non_finite_run_is_a_verdict_of_its_own_and_leaves_the_family(bad):
-    judgement = judge_interventions(arm("baseline", BASE), [arm("boom", [bad], stopped=["diverged at step 37"]),
-                                                            arm("good", [3.40])])
+    judgement = judge_interventions(
+        arm("baseline", BASE), [arm("boom", [bad], stopped=["diverged at step 37"]), arm("good", [3.40])]
+    )
     assert judgement.verdicts["boom"].label == DIVERGED and judgement.verdicts["boom"].words == "diverged at step 37"
     assert judgement.verdicts["boom"].p_holm is None and judgement.family_size == 1
     # the finite single run is judged alone, with the same p as without the diverged one
@@ -43,7 +53,10 @@ def test_one_nan_among_several_seeds_never_crashes_and_never_enters_a_statistic(
     clean = judge_interventions(arm("baseline", BASE), [arm("other", [3.40, 3.39, 3.42], seeds=[7, 8, 9])])
     assert judged.verdicts["other"].p_holm == pytest.approx(clean.verdicts["other"].p_holm)
     assert judged.verdicts["other"].welch.improvement == pytest.approx(clean.verdicts["other"].welch.improvement)
-    assert any("1 of 6 seeds did not give a finite test loss (stopped: non-finite from step 3)" in note for note in judged.notes)
+    assert any(
+        "1 of 6 seeds did not give a finite test loss (stopped: non-finite from step 3)" in note
+        for note in judged.notes
+    )
 
 
 def test_zero_and_near_zero_baseline_spread_gives_no_noise_estimate_with_the_reason():
@@ -70,8 +83,14 @@ def test_one_baseline_seed_cannot_judge_and_sizes_the_advice_by_exact_power():
 def _null_experiment(generator: random.Random, baseline_seeds: int, intervention_seeds: int, interventions: int = 10):
     baseline = arm("baseline", [generator.gauss(3.5, 0.012) for _ in range(baseline_seeds)])
     # other seeds than the baseline's, so that no pairing applies: Welch (or the single-run test) decides
-    others = [arm(f"noop{i}", [generator.gauss(3.5, 0.012) for _ in range(intervention_seeds)],
-                  seeds=range(100 + 10 * i, 100 + 10 * i + intervention_seeds)) for i in range(interventions)]
+    others = [
+        arm(
+            f"noop{i}",
+            [generator.gauss(3.5, 0.012) for _ in range(intervention_seeds)],
+            seeds=range(100 + 10 * i, 100 + 10 * i + intervention_seeds),
+        )
+        for i in range(interventions)
+    ]
     return judge_interventions(baseline, others, advise=False)
 
 
@@ -92,10 +111,17 @@ def test_ten_interventions_that_do_nothing_are_rarely_called_beyond_noise(baseli
 
 def test_holm_family_holds_single_runs_and_several_seeded_groups_together():
     baseline = arm("baseline", BASE)
-    groups = [arm("big", [3.30, 3.31, 3.29], seeds=[7, 8, 9]), arm("single", [3.45]), arm("noop", [3.50, 3.51, 3.505], seeds=[7, 8, 9])]
+    groups = [
+        arm("big", [3.30, 3.31, 3.29], seeds=[7, 8, 9]),
+        arm("single", [3.45]),
+        arm("noop", [3.50, 3.51, 3.505], seeds=[7, 8, 9]),
+    ]
     judgement = judge_interventions(baseline, groups)
-    raw = [stats.welch_difference(BASE, [3.30, 3.31, 3.29]).p, stats.single_run_difference(BASE, 3.45).p,
-           stats.welch_difference(BASE, [3.50, 3.51, 3.505]).p]
+    raw = [
+        stats.welch_difference(BASE, [3.30, 3.31, 3.29]).p,
+        stats.single_run_difference(BASE, 3.45).p,
+        stats.welch_difference(BASE, [3.50, 3.51, 3.505]).p,
+    ]
     assert [judgement.verdicts[g.label].p_holm for g in groups] == pytest.approx(stats.holm(raw))
     assert judgement.family_size == 3
     single = judgement.verdicts["single"]
@@ -103,7 +129,8 @@ def test_holm_family_holds_single_runs_and_several_seeded_groups_together():
     assert single.label == (BEYOND if stats.holm(raw)[1] < 0.05 else WITHIN)
     assert judgement.verdicts["big"].label == BEYOND and judgement.verdicts["noop"].label == WITHIN
     assert judgement.verdicts["big"].detectable_effect == pytest.approx(
-        stats.detectable_effect(scipy_stats.tstd(BASE), 5, 3, comparisons=3))
+        stats.detectable_effect(scipy_stats.tstd(BASE), 5, 3, comparisons=3)
+    )
 
 
 def test_paired_seeds_decide_when_the_data_order_is_the_same_and_welch_is_shown_beside():
@@ -113,17 +140,27 @@ def test_paired_seeds_decide_when_the_data_order_is_the_same_and_welch_is_shown_
     paired = judge_interventions(arm("baseline", baseline), [arm("tweak", shifted)]).verdicts["tweak"]
     assert paired.decided_by == "paired" and paired.label == BEYOND
     assert paired.paired.p == pytest.approx(scipy_stats.ttest_rel(baseline, shifted).pvalue)
-    assert paired.welch.p > 0.05 and "paired t" in paired.words and f"Welch p={stats.format_p(paired.welch.p)}" in paired.words
+    assert (
+        paired.welch.p > 0.05
+        and "paired t" in paired.words
+        and f"Welch p={stats.format_p(paired.welch.p)}" in paired.words
+    )
 
-    other_order = judge_interventions(arm("baseline", baseline), [arm("tweak", shifted, same_data_order=False)]).verdicts["tweak"]
+    other_order = judge_interventions(
+        arm("baseline", baseline), [arm("tweak", shifted, same_data_order=False)]
+    ).verdicts["tweak"]
     assert other_order.decided_by == "welch" and other_order.paired is None and other_order.label == WITHIN
-    other_seeds = judge_interventions(arm("baseline", baseline), [arm("tweak", shifted, seeds=[1, 2, 3, 4, 99])]).verdicts["tweak"]
+    other_seeds = judge_interventions(
+        arm("baseline", baseline), [arm("tweak", shifted, seeds=[1, 2, 3, 4, 99])]
+    ).verdicts["tweak"]
     assert other_seeds.decided_by == "welch"
 
 
 def test_unequal_spreads_are_warned_about():
     wide = [3.40, 3.50, 3.30, 3.45]  # SD about 0.085, against the baseline's 0.012
-    judgement = judge_interventions(arm("baseline", BASE), [arm("wide", wide, seeds=[7, 8, 9, 10]), arm("single", [3.45])])
+    judgement = judge_interventions(
+        arm("baseline", BASE), [arm("wide", wide, seeds=[7, 8, 9, 10]), arm("single", [3.45])]
+    )
     ratio = scipy_stats.tstd(wide) / scipy_stats.tstd(BASE)
     warning = next(note for note in judgement.notes if note.startswith("wide:"))
     assert f"{ratio:.1f}x the baseline's" in warning and "single-run test of single" in warning

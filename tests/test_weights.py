@@ -53,13 +53,18 @@ def test_file_layout_matches_what_save_model_writes(tmp_path):
         config = ModelConfig(**SMALL, tie_weights=tie)
         save_book_safetensors(build_model(config), tmp_path / "ours.safetensors")
         safetensors.torch.save_model(book_model(config), tmp_path / "book.safetensors")
-        with safe_open(tmp_path / "ours.safetensors", "pt") as ours, safe_open(tmp_path / "book.safetensors", "pt") as book:
+        with (
+            safe_open(tmp_path / "ours.safetensors", "pt") as ours,
+            safe_open(tmp_path / "book.safetensors", "pt") as book,
+        ):
             assert sorted(ours.keys()) == sorted(book.keys())
             for name in book.keys():
                 assert ours.get_slice(name).get_shape() == book.get_slice(name).get_shape(), name
                 assert ours.get_slice(name).get_dtype() == book.get_slice(name).get_dtype(), name
             assert (ours.metadata() or {}) == (book.metadata() or {})
-            torch.testing.assert_close(ours.get_tensor("trf_blocks.1.att.mask"), book.get_tensor("trf_blocks.1.att.mask"))
+            torch.testing.assert_close(
+                ours.get_tensor("trf_blocks.1.att.mask"), book.get_tensor("trf_blocks.1.att.mask")
+            )
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -90,7 +95,9 @@ def test_every_model_key_says_whether_the_book_model_and_gpt2_hold_it():
 
     pinned = {key for keys in FORMAT_PINNED_KEYS.values() for key in keys}
     unclassified = sorted(set(ModelConfig.model_fields) - FORMAT_FREE_KEYS - pinned)
-    assert not unclassified, f"classify these model.json keys in config.FORMAT_FREE_KEYS or FORMAT_PINNED_KEYS: {unclassified}"
+    assert not unclassified, (
+        f"classify these model.json keys in config.FORMAT_FREE_KEYS or FORMAT_PINNED_KEYS: {unclassified}"
+    )
     assert not FORMAT_FREE_KEYS & pinned and set(FORMAT_PINNED_KEYS) == set(OUTSIDE_FORMATS)
     config = ModelConfig(**SMALL)
     assert config.loads_in_book_model and config.exports_to_gpt2  # every model gptlab builds today fits both
@@ -107,8 +114,10 @@ def test_a_model_beyond_the_book_layout_or_gpt2_is_refused_at_the_boundary(tmp_p
     assert not model.config.loads_in_book_model and model.config.exports_to_gpt2
     with pytest.raises(UserError) as refused:
         save_book_safetensors(model, tmp_path / "again.safetensors")
-    assert refused.value.lines == [f"{tmp_path / 'again.safetensors'}: model.json qkv_bias: true cannot be held by the book's GPTModel, "
-                                   "which holds only false"]
+    assert refused.value.lines == [
+        f"{tmp_path / 'again.safetensors'}: model.json qkv_bias: true cannot be held by the book's GPTModel, "
+        "which holds only false"
+    ]
     assert not (tmp_path / "again.safetensors").exists()
     with pytest.raises(UserError, match="qkv_bias: true cannot be held by the book's GPTModel"):
         load_book_safetensors(build_model(ModelConfig(**SMALL, qkv_bias=True)), tmp_path / "model.safetensors")

@@ -23,7 +23,9 @@ def users_harness_losses(dataset_dir, model_config: dict, train_config: dict, wo
         model.out_head.weight = model.tok_emb.weight
     model.train()
     learning_rate = train_config.get("learning_rate", 0.0004)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=train_config.get("weight_decay", 0.1))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=learning_rate, weight_decay=train_config.get("weight_decay", 0.1)
+    )
 
     microbatch, context = train_config["microbatch_size"], model_config["context_length"]
     accumulation = train_config.get("gradient_accumulation_steps", 1)
@@ -31,8 +33,10 @@ def users_harness_losses(dataset_dir, model_config: dict, train_config: dict, wo
     start = train_config.get("start_train_token", 0)
     tokens = load_file(f"{dataset_dir}/train.safetensors")["tokens"].to(torch.int64)
     wanted = train_config["min_train_tokens"]
-    count = ((len(tokens) - start - 1) // global_batch if wanted == -1 else math.ceil(wanted / global_batch)) * global_batch
-    window = tokens[start:start + count + 1]
+    count = (
+        (len(tokens) - start - 1) // global_batch if wanted == -1 else math.ceil(wanted / global_batch)
+    ) * global_batch
+    window = tokens[start : start + count + 1]
     inputs = window[:-1].reshape(-1, microbatch, context)
     targets = window[1:].reshape(-1, microbatch, context)
     total_steps = len(inputs) // world_size // accumulation
@@ -40,10 +44,14 @@ def users_harness_losses(dataset_dir, model_config: dict, train_config: dict, wo
     scheduler = None
     if train_config.get("schedule_learning_rate"):
         warmup = total_steps * train_config.get("warmup_period_percent", 0) // 100
-        scheduler = SequentialLR(optimizer, [
-            LinearLR(optimizer, start_factor=1e-5, end_factor=1.0, total_iters=warmup),
-            CosineAnnealingLR(optimizer, T_max=total_steps - warmup, eta_min=learning_rate / 10),
-        ], milestones=[warmup])
+        scheduler = SequentialLR(
+            optimizer,
+            [
+                LinearLR(optimizer, start_factor=1e-5, end_factor=1.0, total_iters=warmup),
+                CosineAnnealingLR(optimizer, T_max=total_steps - warmup, eta_min=learning_rate / 10),
+            ],
+            milestones=[warmup],
+        )
 
     losses = []
     for step in range(total_steps):

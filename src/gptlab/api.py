@@ -28,16 +28,41 @@ def _overrides(overrides: Optional[dict[str, Any]]) -> Optional[dict]:
     return merge_overrides(parsed)
 
 
-def prepare(source: str, out_dir: PathLike, *, validation_fraction: float = 0.05, test_fraction: float = 0.05, split_by: str = "auto",
-            split_rule: Optional[str] = None, seed: int = 1234, text_field: str = "text", max_tokens: Optional[int] = None,
-            context_length: int = 256, workers: Optional[int] = None, overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+def prepare(
+    source: str,
+    out_dir: PathLike,
+    *,
+    validation_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    split_by: str = "auto",
+    split_rule: Optional[str] = None,
+    seed: int = 1234,
+    text_field: str = "text",
+    max_tokens: Optional[int] = None,
+    context_length: int = 256,
+    workers: Optional[int] = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """`gptlab prepare SOURCE OUT_DIR`: tokenise a corpus into a token dataset; returns its meta.json."""
     from gptlab.data.prepare import SplitFractions, prepare_dataset
     from gptlab.data.sources import SourceOptions
 
-    return prepare_dataset(source, Path(out_dir), SplitFractions(validation_fraction, test_fraction), seed, text_field, overwrite,
-                           show_progress=progress, split_by=split_by, split_rule=split_rule, workers=workers, max_tokens=max_tokens,
-                           context_length=context_length, source_options=SourceOptions(text_field=text_field))
+    return prepare_dataset(
+        source,
+        Path(out_dir),
+        SplitFractions(validation_fraction, test_fraction),
+        seed,
+        text_field,
+        overwrite,
+        show_progress=progress,
+        split_by=split_by,
+        split_rule=split_rule,
+        workers=workers,
+        max_tokens=max_tokens,
+        context_length=context_length,
+        source_options=SourceOptions(text_field=text_field),
+    )
 
 
 def init(run_dir: PathLike, preset: str, dataset: Optional[str] = None) -> dict[str, Any]:
@@ -47,48 +72,108 @@ def init(run_dir: PathLike, preset: str, dataset: Optional[str] = None) -> dict[
     return init_run(Path(run_dir), preset, dataset)
 
 
-def plan(run_dir: PathLike, *, world_size: int = 1, overrides: Optional[dict[str, Any]] = None, datasets_dir: Optional[PathLike] = None,
-         bench_file: Optional[PathLike] = None, mfu: Optional[float] = None) -> dict[str, Any]:
+def plan(
+    run_dir: PathLike,
+    *,
+    world_size: int = 1,
+    overrides: Optional[dict[str, Any]] = None,
+    datasets_dir: Optional[PathLike] = None,
+    bench_file: Optional[PathLike] = None,
+    mfu: Optional[float] = None,
+) -> dict[str, Any]:
     """`gptlab train RUN_DIR --dry-run --json`: the plan of a run; writes nothing."""
     from gptlab.bench.plan import plan_run
 
-    return plan_run(Path(run_dir), world_size=world_size, datasets_dir=Path(datasets_dir) if datasets_dir else None,
-                    overrides=_overrides(overrides), bench_file=Path(bench_file) if bench_file else None, mfu=mfu)
+    return plan_run(
+        Path(run_dir),
+        world_size=world_size,
+        datasets_dir=Path(datasets_dir) if datasets_dir else None,
+        overrides=_overrides(overrides),
+        bench_file=Path(bench_file) if bench_file else None,
+        mfu=mfu,
+    )
 
 
-def train(run_dir: PathLike, *, overrides: Optional[dict[str, Any]] = None, resume: Optional[str] = None,
-          datasets_dir: Optional[PathLike] = None, progress: bool = False) -> dict[str, Any]:
+def train(
+    run_dir: PathLike,
+    *,
+    overrides: Optional[dict[str, Any]] = None,
+    resume: Optional[str] = None,
+    datasets_dir: Optional[PathLike] = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """`gptlab train RUN_DIR [--set KEY=VALUE ...] [--resume CHECKPOINT]`: train; returns summary.json's content."""
     from gptlab.train.loop import train_run
 
-    return train_run(Path(run_dir), Path(datasets_dir) if datasets_dir else None, _overrides(overrides), resume, show_progress=progress)
+    return train_run(
+        Path(run_dir),
+        Path(datasets_dir) if datasets_dir else None,
+        _overrides(overrides),
+        resume,
+        show_progress=progress,
+    )
 
 
-def evaluate(run_dir: PathLike, *, checkpoint: str = DEFAULT_CHECKPOINT, split: Optional[str] = None, start_token: int = 0,
-             batches: Optional[int] = None, batch_size: Optional[int] = None, precision: str = "fp32",
-             datasets_dir: Optional[PathLike] = None, save: bool = False) -> dict[str, Any]:
+def evaluate(
+    run_dir: PathLike,
+    *,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+    split: Optional[str] = None,
+    start_token: int = 0,
+    batches: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    precision: str = "fp32",
+    datasets_dir: Optional[PathLike] = None,
+    save: bool = False,
+) -> dict[str, Any]:
     """`gptlab eval RUN_DIR --json [--save]`: mean cross-entropy of a checkpoint on a named slice of tokens."""
     from gptlab.evaluate.loss import evaluate_run
     from gptlab.rundir import write_evaluation
 
-    result = evaluate_run(Path(run_dir), checkpoint, split, start_token, batches, batch_size, precision, Path(datasets_dir) if datasets_dir else None)
+    result = evaluate_run(
+        Path(run_dir),
+        checkpoint,
+        split,
+        start_token,
+        batches,
+        batch_size,
+        precision,
+        Path(datasets_dir) if datasets_dir else None,
+    )
     return write_evaluation(Path(run_dir), result, checkpoint) if save else result
 
 
-def generate(run_dir: PathLike, prompt: str = "Every effort moves you", *, max_new_tokens: int = 20, temperature: float = 1.0,
-             top_k: Optional[int] = 25, seed: Optional[int] = None, checkpoint: str = DEFAULT_CHECKPOINT) -> dict[str, Any]:
+def generate(
+    run_dir: PathLike,
+    prompt: str = "Every effort moves you",
+    *,
+    max_new_tokens: int = 20,
+    temperature: float = 1.0,
+    top_k: Optional[int] = 25,
+    seed: Optional[int] = None,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+) -> dict[str, Any]:
     """`gptlab generate RUN_DIR --json`: continue a prompt (the smoke test's top-k, temperature, draw)."""
     from gptlab.evaluate.sample import generate_from_run
 
     return generate_from_run(Path(run_dir), prompt, max_new_tokens, temperature, top_k, seed, checkpoint)
 
 
-def compare(run_dirs: list[PathLike], *, baseline: Optional[PathLike] = None, datasets_dir: Optional[PathLike] = None,
-            output_format: Optional[str] = None) -> Union[dict[str, Any], str]:
+def compare(
+    run_dirs: list[PathLike],
+    *,
+    baseline: Optional[PathLike] = None,
+    datasets_dir: Optional[PathLike] = None,
+    output_format: Optional[str] = None,
+) -> Union[dict[str, Any], str]:
     """`gptlab compare RUN_DIR... [--baseline DIR]`: runs by test loss against seed noise. Returns the `--format json`
     data, or the rendered table when `output_format` is 'terminal', 'markdown' or 'csv'."""
     from gptlab.experiments.compare import compare_runs, comparison_json, render
 
-    comparison = compare_runs([Path(run) for run in run_dirs], Path(baseline) if baseline else None,
-                              Path(datasets_dir) if datasets_dir else None, echo=lambda line: None)
+    comparison = compare_runs(
+        [Path(run) for run in run_dirs],
+        Path(baseline) if baseline else None,
+        Path(datasets_dir) if datasets_dir else None,
+        echo=lambda line: None,
+    )
     return render(comparison, output_format) if output_format is not None else comparison_json(comparison)

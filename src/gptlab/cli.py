@@ -37,30 +37,86 @@ def cli() -> None:
 @cli.command()
 @click.argument("source")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--validation-fraction", type=FRACTION, default=0.05, show_default=True, help="Share of documents (or tokens) for the validation split.")
-@click.option("--test-fraction", type=FRACTION, default=0.05, show_default=True, help="Share of documents (or tokens) for the test split.")
-@click.option("--split-by", type=click.Choice(["auto", "documents", "tokens"]), default="auto", show_default=True,
-              help="documents: a seeded draw per document; tokens: contiguous token ranges (train first), as the book splits "
-                   "its one story; auto: documents when each split would get at least 20 of them, else tokens.")
-@click.option("--split-rule", default=None, metavar="rows:P", help="First P% of rows train, the rest validation, no test "
-              "(`datasets`' train[:P%] / train[P%:]); rows:99 is the users' FineWeb split.")
+@click.option(
+    "--validation-fraction",
+    type=FRACTION,
+    default=0.05,
+    show_default=True,
+    help="Share of documents (or tokens) for the validation split.",
+)
+@click.option(
+    "--test-fraction",
+    type=FRACTION,
+    default=0.05,
+    show_default=True,
+    help="Share of documents (or tokens) for the test split.",
+)
+@click.option(
+    "--split-by",
+    type=click.Choice(["auto", "documents", "tokens"]),
+    default="auto",
+    show_default=True,
+    help="documents: a seeded draw per document; tokens: contiguous token ranges (train first), as the book splits "
+    "its one story; auto: documents when each split would get at least 20 of them, else tokens.",
+)
+@click.option(
+    "--split-rule",
+    default=None,
+    metavar="rows:P",
+    help="First P% of rows train, the rest validation, no test "
+    "(`datasets`' train[:P%] / train[P%:]); rows:99 is the users' FineWeb split.",
+)
 @click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed of the per-document split draw.")
-@click.option("--text-field", default="text", show_default=True, help="Field (.jsonl) or column (.parquet, hf:) holding the text.")
-@click.option("--glob", default=None, help="In a folder SOURCE, read only the files matching this pattern (e.g. '**/*.md').")
+@click.option(
+    "--text-field", default="text", show_default=True, help="Field (.jsonl) or column (.parquet, hf:) holding the text."
+)
+@click.option(
+    "--glob", default=None, help="In a folder SOURCE, read only the files matching this pattern (e.g. '**/*.md')."
+)
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of .txt/.jsonl files.")
 @click.option("--name", "hf_name", default=None, help="hf: sources: the dataset configuration, e.g. sample-10BT.")
 @click.option("--split", "hf_split", default="train", show_default=True, help="hf: sources: the split to read.")
 @click.option("--revision", "hf_revision", default=None, help="hf: sources: branch, tag or commit.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Tokenising processes (default: every core); the output is the same for any number.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Stop once the train split holds this many tokens.")
-@click.option("--context-length", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Smallest context you will train with: every split must hold one window of it plus a target token.")
-@click.option("--overwrite", is_flag=True, help="Replace a token dataset (or an interrupted prepare) already in OUT_DIR.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tokenising processes (default: every core); the output is the same for any number.",
+)
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=None, help="Stop once the train split holds this many tokens."
+)
+@click.option(
+    "--context-length",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Smallest context you will train with: every split must hold one window of it plus a target token.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a token dataset (or an interrupted prepare) already in OUT_DIR."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def prepare(source: str, out_dir: Path, validation_fraction: float, test_fraction: float, split_by: str, split_rule: Optional[str],
-            seed: int, text_field: str, glob: Optional[str], encoding: str, hf_name: Optional[str], hf_split: str,
-            hf_revision: Optional[str], workers: Optional[int], max_tokens: Optional[int], context_length: int, overwrite: bool,
-            no_progress: bool) -> None:
+def prepare(
+    source: str,
+    out_dir: Path,
+    validation_fraction: float,
+    test_fraction: float,
+    split_by: str,
+    split_rule: Optional[str],
+    seed: int,
+    text_field: str,
+    glob: Optional[str],
+    encoding: str,
+    hf_name: Optional[str],
+    hf_split: str,
+    hf_revision: Optional[str],
+    workers: Optional[int],
+    max_tokens: Optional[int],
+    context_length: int,
+    overwrite: bool,
+    no_progress: bool,
+) -> None:
     """Tokenise SOURCE into a token dataset in OUT_DIR.
 
     SOURCE is a .txt file (documents separated by <|endoftext|>), a folder (every text file, or the
@@ -73,50 +129,131 @@ def prepare(source: str, out_dir: Path, validation_fraction: float, test_fractio
     from gptlab.data.sources import SourceOptions
 
     options = SourceOptions(text_field, encoding, glob, hf_name, hf_split, hf_revision)
-    meta = prepare_dataset(source, out_dir, SplitFractions(validation_fraction, test_fraction), seed, text_field, overwrite,
-                           show_progress=not no_progress, split_by=split_by, split_rule=split_rule, workers=workers,
-                           max_tokens=max_tokens, context_length=context_length, source_options=options)
+    meta = prepare_dataset(
+        source,
+        out_dir,
+        SplitFractions(validation_fraction, test_fraction),
+        seed,
+        text_field,
+        overwrite,
+        show_progress=not no_progress,
+        split_by=split_by,
+        split_rule=split_rule,
+        workers=workers,
+        max_tokens=max_tokens,
+        context_length=context_length,
+        source_options=options,
+    )
     by_tokens = meta["split_rule"]["by"] == "tokens"
-    counts = ", ".join(f"{name} {meta['tokens'][name]:,} tokens" + ("" if by_tokens else f" / {meta['documents'][name]:,} docs") for name in meta["tokens"])
-    how = f"{sum(meta['documents'].values()):,} document(s) cut into contiguous token ranges" if by_tokens else f"split by {meta['split_rule']['by']}"
+    counts = ", ".join(
+        f"{name} {meta['tokens'][name]:,} tokens" + ("" if by_tokens else f" / {meta['documents'][name]:,} docs")
+        for name in meta["tokens"]
+    )
+    how = (
+        f"{sum(meta['documents'].values()):,} document(s) cut into contiguous token ranges"
+        if by_tokens
+        else f"split by {meta['split_rule']['by']}"
+    )
     skipped = meta["source"].get("skipped_files")
-    click.echo(f"Wrote {out_dir}: {counts} ({how})" + (f"; skipped {skipped} file(s) that are not text" if skipped else ""))
+    click.echo(
+        f"Wrote {out_dir}: {counts} ({how})" + (f"; skipped {skipped} file(s) that are not text" if skipped else "")
+    )
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--preset", required=True, type=click.Choice(["gpt2-small", "gpt2-small-tied", "gpt2-medium", "gpt2-large", "gpt2-xl", "demo"]),
-              help="GPT-2 sizes with the book's values and the ddp-base-model-from-scratch baseline's train.json; "
-                   "demo: the small model of `gptlab demo`.")
-@click.option("--dataset", default=None, help="train.json's dataset (default: gpjt/fineweb-gpt2-tokens; demo: data/brown).")
+@click.option(
+    "--preset",
+    required=True,
+    type=click.Choice(["gpt2-small", "gpt2-small-tied", "gpt2-medium", "gpt2-large", "gpt2-xl", "demo"]),
+    help="GPT-2 sizes with the book's values and the ddp-base-model-from-scratch baseline's train.json; "
+    "demo: the small model of `gptlab demo`.",
+)
+@click.option(
+    "--dataset", default=None, help="train.json's dataset (default: gpjt/fineweb-gpt2-tokens; demo: data/brown)."
+)
 def init(run_dir: Path, preset: str, dataset: Optional[str]) -> None:
     """Start a run: write RUN_DIR/model.json and train.json from a preset. Never overwrites either file."""
     from gptlab.presets import init_run
 
     result = init_run(run_dir, preset, dataset)
-    click.echo(f"Wrote {run_dir / 'model.json'} and {run_dir / 'train.json'} ({preset}, {result['parameters']:,} parameters). "
-               f"Next: gptlab train {run_dir} --dry-run")
+    click.echo(
+        f"Wrote {run_dir / 'model.json'} and {run_dir / 'train.json'} ({preset}, {result['parameters']:,} parameters). "
+        f"Next: gptlab train {run_dir} --dry-run"
+    )
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where Hugging Face datasets are looked for and downloaded (default: $GPTLAB_DATASETS_DIR or ./datasets).")
-@click.option("--resume", default=None, metavar="CHECKPOINT", help="Continue from a checkpoint: latest, best, or a folder name.")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config key for this run (repeatable), e.g. --set learning_rate=0.001; "
-                   "precision=... replaces the users' use_amp, lr_schedule=... their schedule_learning_rate.")
-@click.option("--no-progress", is_flag=True, help="No progress bar: log lines on the console instead (metrics.jsonl is still written).")
-@click.option("--log-to", "log_to", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
-              help="Also send the metrics to this tracker (repeatable); replaces train.json's loggers for this run.")
-@click.option("--dry-run", is_flag=True, help="Validate the files and the dataset and print the plan (steps, tokens, checkpoints, "
-              "FLOPs, memory per GPU, which cards fit, time and cost); write nothing. See docs/planning.md.")
-@click.option("--world-size", type=int, default=1, show_default=True, help="With --dry-run: GPUs the run will use (torchrun's nproc_per_node x nodes).")
-@click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --dry-run: a `gptlab bench --json` result whose measured tokens/s (and MFU) the time estimate uses.")
-@click.option("--mfu", type=float, default=None, help="With --dry-run: model FLOPs utilisation assumed on every card (default 0.35, or the --bench file's).")
+@click.option(
+    "--datasets-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where Hugging Face datasets are looked for and downloaded (default: $GPTLAB_DATASETS_DIR or ./datasets).",
+)
+@click.option(
+    "--resume", default=None, metavar="CHECKPOINT", help="Continue from a checkpoint: latest, best, or a folder name."
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config key for this run (repeatable), e.g. --set learning_rate=0.001; "
+    "precision=... replaces the users' use_amp, lr_schedule=... their schedule_learning_rate.",
+)
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress bar: log lines on the console instead (metrics.jsonl is still written).",
+)
+@click.option(
+    "--log-to",
+    "log_to",
+    multiple=True,
+    type=click.Choice(["tensorboard", "wandb"]),
+    help="Also send the metrics to this tracker (repeatable); replaces train.json's loggers for this run.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate the files and the dataset and print the plan (steps, tokens, checkpoints, "
+    "FLOPs, memory per GPU, which cards fit, time and cost); write nothing. See docs/planning.md.",
+)
+@click.option(
+    "--world-size",
+    type=int,
+    default=1,
+    show_default=True,
+    help="With --dry-run: GPUs the run will use (torchrun's nproc_per_node x nodes).",
+)
+@click.option(
+    "--bench",
+    "bench_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --dry-run: a `gptlab bench --json` result whose measured tokens/s (and MFU) the time estimate uses.",
+)
+@click.option(
+    "--mfu",
+    type=float,
+    default=None,
+    help="With --dry-run: model FLOPs utilisation assumed on every card (default 0.35, or the --bench file's).",
+)
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
-def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], assignments: tuple[str, ...], no_progress: bool,
-          log_to: tuple[str, ...], dry_run: bool, world_size: int, bench_file: Optional[Path], mfu: Optional[float], as_json: bool) -> None:
+def train(
+    run_dir: Path,
+    datasets_dir: Optional[Path],
+    resume: Optional[str],
+    assignments: tuple[str, ...],
+    no_progress: bool,
+    log_to: tuple[str, ...],
+    dry_run: bool,
+    world_size: int,
+    bench_file: Optional[Path],
+    mfu: Optional[float],
+    as_json: bool,
+) -> None:
     """Train the run in RUN_DIR from its model.json and train.json.
 
     Writes metrics.jsonl (one record per step), checkpoints/ (with `latest` and `best` links),
@@ -126,7 +263,16 @@ def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], as
 
     overrides = parse_assignments(assignments)
     if not dry_run:
-        planning_only = [name for name, given in (("--world-size", world_size != 1), ("--bench", bench_file), ("--mfu", mfu), ("--json", as_json)) if given]
+        planning_only = [
+            name
+            for name, given in (
+                ("--world-size", world_size != 1),
+                ("--bench", bench_file),
+                ("--mfu", mfu),
+                ("--json", as_json),
+            )
+            if given
+        ]
         if planning_only:
             raise UserError(f"{', '.join(planning_only)}: only with --dry-run")
         from gptlab.train.loop import train_run
@@ -139,24 +285,58 @@ def train(run_dir: Path, datasets_dir: Optional[Path], resume: Optional[str], as
         raise UserError("--resume: not with --dry-run, which plans a run from its first step")
     from gptlab.bench.plan import format_plan, plan_run
 
-    plan = plan_run(run_dir, world_size=world_size, datasets_dir=datasets_dir, overrides=overrides, bench_file=bench_file, mfu=mfu)
+    plan = plan_run(
+        run_dir, world_size=world_size, datasets_dir=datasets_dir, overrides=overrides, bench_file=bench_file, mfu=mfu
+    )
     _print_json(plan) if as_json else click.echo("\n".join(format_plan(plan)))
 
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help=CHECKPOINT_HELP)
-@click.option("--split", "split_name", type=click.Choice(["test", "validation", "train"]), default=None,
-              help="Split to evaluate (default: test, or validation when the dataset has no test split).")
-@click.option("--start-token", type=NON_NEGATIVE, default=0, show_default=True, help="First token of the evaluated slice.")
-@click.option("--batches", type=POSITIVE, default=None, help="Number of batches (default: every whole batch to the end of the split).")
-@click.option("--batch-size", type=POSITIVE, default=None, help="Sequences per batch (default: the run's microbatch_size).")
-@click.option("--precision", type=click.Choice(EVAL_PRECISIONS), default="fp32", show_default=True, help="Numerics of the forward pass.")
+@click.option(
+    "--split",
+    "split_name",
+    type=click.Choice(["test", "validation", "train"]),
+    default=None,
+    help="Split to evaluate (default: test, or validation when the dataset has no test split).",
+)
+@click.option(
+    "--start-token", type=NON_NEGATIVE, default=0, show_default=True, help="First token of the evaluated slice."
+)
+@click.option(
+    "--batches",
+    type=POSITIVE,
+    default=None,
+    help="Number of batches (default: every whole batch to the end of the split).",
+)
+@click.option(
+    "--batch-size", type=POSITIVE, default=None, help="Sequences per batch (default: the run's microbatch_size)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(EVAL_PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Numerics of the forward pass.",
+)
 @click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `train`.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--save", is_flag=True, help="Also write the result to RUN_DIR/evaluation.json, where `gptlab compare` reads it.")
-def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_token: int, batches: Optional[int],
-             batch_size: Optional[int], precision: str, datasets_dir: Optional[Path], as_json: bool, save: bool) -> None:
+@click.option(
+    "--save", is_flag=True, help="Also write the result to RUN_DIR/evaluation.json, where `gptlab compare` reads it."
+)
+def evaluate(
+    run_dir: Path,
+    checkpoint: str,
+    split_name: Optional[str],
+    start_token: int,
+    batches: Optional[int],
+    batch_size: Optional[int],
+    precision: str,
+    datasets_dir: Optional[Path],
+    as_json: bool,
+    save: bool,
+) -> None:
     """Loss of a run's checkpoint on the test split: mean cross-entropy, the same tokens every time.
 
     The users' published "test set loss" is `--split validation --start-token 50000000 --batches 3200
@@ -172,21 +352,47 @@ def evaluate(run_dir: Path, checkpoint: str, split_name: Optional[str], start_to
     if as_json:
         _print_json(result)
     else:
-        click.echo(f"{result['split']} loss: {result['loss']:.4f} ({result['tokens']:,} tokens from token {result['start_token']:,}, "
-                   f"checkpoint {result['checkpoint']}, {result['precision']})")
+        click.echo(
+            f"{result['split']} loss: {result['loss']:.4f} ({result['tokens']:,} tokens from token {result['start_token']:,}, "
+            f"checkpoint {result['checkpoint']}, {result['precision']})"
+        )
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prompt", default="Every effort moves you", show_default=True, help="Text to continue.")
-@click.option("--max-new-tokens", "--tokens", "new_tokens", type=NON_NEGATIVE, default=20, show_default=True,
-              help="New tokens to generate (--tokens is the older name).")
-@click.option("--temperature", type=FiniteFloatRange(min=0.0), default=1.0, show_default=True, help="Softmax temperature; 0 is greedy decoding.")
-@click.option("--top-k", type=POSITIVE, default=25, show_default=True, help="Sample only among the k most likely tokens.")
+@click.option(
+    "--max-new-tokens",
+    "--tokens",
+    "new_tokens",
+    type=NON_NEGATIVE,
+    default=20,
+    show_default=True,
+    help="New tokens to generate (--tokens is the older name).",
+)
+@click.option(
+    "--temperature",
+    type=FiniteFloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Softmax temperature; 0 is greedy decoding.",
+)
+@click.option(
+    "--top-k", type=POSITIVE, default=25, show_default=True, help="Sample only among the k most likely tokens."
+)
 @click.option("--seed", type=SEED, default=None, help="Seed for a reproducible sample.")
 @click.option("--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help=CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def generate(run_dir: Path, prompt: str, new_tokens: int, temperature: float, top_k: int, seed: Optional[int], checkpoint: str, as_json: bool) -> None:
+def generate(
+    run_dir: Path,
+    prompt: str,
+    new_tokens: int,
+    temperature: float,
+    top_k: int,
+    seed: Optional[int],
+    checkpoint: str,
+    as_json: bool,
+) -> None:
     """Continue a prompt with a run's model: the smoke test (top-k, then temperature, then a draw)."""
     from gptlab.evaluate.sample import generate_from_run
 
@@ -195,10 +401,27 @@ def generate(run_dir: Path, prompt: str, new_tokens: int, temperature: float, to
 
 
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"), show_default=True,
-              help="Folder for the prepared corpus and the run.")
-@click.option("--seconds", type=FiniteFloatRange(min=0.0, min_open=True), default=180.0, show_default=True, help="Training time budget; the token count is planned from measured speed.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Train exactly this many steps instead of planning from --seconds.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Folder for the prepared corpus and the run.",
+)
+@click.option(
+    "--seconds",
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    default=180.0,
+    show_default=True,
+    help="Training time budget; the token count is planned from measured speed.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train exactly this many steps instead of planning from --seconds.",
+)
 @click.option("--seed", type=SEED, default=42, show_default=True, help="random_seed of the run.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, seconds: float, steps: Optional[int], seed: int, no_progress: bool) -> None:

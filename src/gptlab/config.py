@@ -27,13 +27,30 @@ class MoESettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    num_experts: int = Field(ge=2, description="Feed-forward experts per block, each the book's FeedForward (emb_dim -> 4 emb_dim -> emb_dim).")
-    num_active_experts: int = Field(ge=2, description="Experts each token is sent to, from 2 to num_experts (the users' harness requires at least 2).")
-    log_moe_balance_file: Optional[str] = Field(None, description="Also append each log interval's routing statistics to this JSON-lines file "
-                                                "(a relative path is taken from the working directory, as in the users' harness).")
-    aux_loss_coef: float = Field(0.0, ge=0, description="Weight of the Switch Transformer load-balancing loss, num_experts x sum_i "
-                                 "(share of routed tokens_i x mean router probability_i) per block; 0: off.")
-    router_z_loss_coef: float = Field(0.0, ge=0, description="Weight of the router z-loss, the mean squared logsumexp of the router logits per block; 0: off.")
+    num_experts: int = Field(
+        ge=2,
+        description="Feed-forward experts per block, each the book's FeedForward (emb_dim -> 4 emb_dim -> emb_dim).",
+    )
+    num_active_experts: int = Field(
+        ge=2,
+        description="Experts each token is sent to, from 2 to num_experts (the users' harness requires at least 2).",
+    )
+    log_moe_balance_file: Optional[str] = Field(
+        None,
+        description="Also append each log interval's routing statistics to this JSON-lines file "
+        "(a relative path is taken from the working directory, as in the users' harness).",
+    )
+    aux_loss_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the Switch Transformer load-balancing loss, num_experts x sum_i "
+        "(share of routed tokens_i x mean router probability_i) per block; 0: off.",
+    )
+    router_z_loss_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the router z-loss, the mean squared logsumexp of the router logits per block; 0: off.",
+    )
 
 
 class ModelConfig(BaseModel):
@@ -46,7 +63,9 @@ class ModelConfig(BaseModel):
     emb_dim: int = Field(768, gt=0, description="Width of the residual stream.")
     n_heads: int = Field(12, gt=0, description="Attention heads per block; must divide emb_dim.")
     n_layers: int = Field(12, gt=0, description="Transformer blocks.")
-    drop_rate: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on embeddings, attention weights and residual branches; 0 removes it.")
+    drop_rate: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Dropout on embeddings, attention weights and residual branches; 0 removes it."
+    )
     qkv_bias: bool = Field(False, description="Bias terms on the query, key and value projections.")
     tie_weights: bool = Field(False, description="The output head shares the token-embedding matrix.")
     init: Literal["torch", "gpt2"] = Field(
@@ -54,8 +73,11 @@ class ModelConfig(BaseModel):
         description="'torch': PyTorch's default initialisers in the book's module order (the ddp-base-model-from-scratch harness); "
         "'gpt2': normal(0, 0.02) with residual projections scaled by 1/sqrt(2 * n_layers).",
     )
-    moe: Optional[MoESettings] = Field(None, description="Mixture-of-experts feed-forward layers, e.g. {\"num_experts\": 6, \"num_active_experts\": 2} "
-                                       "(keys: num_experts, num_active_experts, log_moe_balance_file, aux_loss_coef, router_z_loss_coef); absent: the book's dense feed-forward.")
+    moe: Optional[MoESettings] = Field(
+        None,
+        description='Mixture-of-experts feed-forward layers, e.g. {"num_experts": 6, "num_active_experts": 2} '
+        "(keys: num_experts, num_active_experts, log_moe_balance_file, aux_loss_coef, router_z_loss_coef); absent: the book's dense feed-forward.",
+    )
 
     @property
     def head_dim(self) -> int:
@@ -64,8 +86,12 @@ class ModelConfig(BaseModel):
     def format_problems(self, format_name: str) -> list[str]:
         """Why `format_name` ('book' or 'gpt2', see OUTSIDE_FORMATS) cannot hold this model; empty when it can."""
         values = self.model_dump(mode="json")
-        return [f"{key}: {json.dumps(values[key])} cannot be held by {OUTSIDE_FORMATS[format_name]}, which holds only "
-                f"{json.dumps(value)}" for key, value in FORMAT_PINNED_KEYS[format_name].items() if values[key] != value]
+        return [
+            f"{key}: {json.dumps(values[key])} cannot be held by {OUTSIDE_FORMATS[format_name]}, which holds only "
+            f"{json.dumps(value)}"
+            for key, value in FORMAT_PINNED_KEYS[format_name].items()
+            if values[key] != value
+        ]
 
     @property
     def loads_in_book_model(self) -> bool:
@@ -90,8 +116,9 @@ class ModelConfig(BaseModel):
 # FORMAT_PINNED_KEYS to the one value that format holds, so saving, loading or exporting such a model is
 # refused at that boundary. A test fails when a model.json key is in neither.
 OUTSIDE_FORMATS = {"book": "the book's GPTModel", "gpt2": "transformers' GPT-2"}
-FORMAT_FREE_KEYS = frozenset({"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias",
-                              "tie_weights", "init"})
+FORMAT_FREE_KEYS = frozenset(
+    {"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias", "tie_weights", "init"}
+)
 # `moe`: the users' harness extends the book's GPTModel with experts (router and experts named under each block's
 # `ff`), and checkpoints use that extended layout; transformers' GPT-2 has no experts.
 FORMAT_PINNED_KEYS: dict[str, dict[str, Any]] = {"book": {}, "gpt2": {"moe": None}}
@@ -103,10 +130,14 @@ class NotifySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     channels: list[Literal["telegram", "webhook", "ntfy"]] = Field(min_length=1, description="Where messages go.")
-    every_checkpoints: Optional[int] = Field(None, gt=0, description="Also send loss, tokens/s and cost every this many checkpoints; absent: never.")
+    every_checkpoints: Optional[int] = Field(
+        None, gt=0, description="Also send loss, tokens/s and cost every this many checkpoints; absent: never."
+    )
 
 
-PrecisionName = Literal["fp32", "tf32", "fp16", "bf16", "auto"]  # train.json's precision; train.precision.Precision is what it sets up
+PrecisionName = Literal[
+    "fp32", "tf32", "fp16", "bf16", "auto"
+]  # train.json's precision; train.precision.Precision is what it sets up
 Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
 
@@ -116,52 +147,130 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     # --- the ddp-base-model-from-scratch harness's keys ---------------------------------------------
-    dataset: str = Field(description="A local token dataset directory, or a Hugging Face dataset id downloaded once into the datasets folder.")
+    dataset: str = Field(
+        description="A local token dataset directory, or a Hugging Face dataset id downloaded once into the datasets folder."
+    )
     microbatch_size: int = Field(gt=0, description="Sequences per forward/backward pass on one process.")
-    min_train_tokens: int = Field(-1, description="Tokens to train on, rounded up to whole global batches; -1 takes every whole global batch.")
+    min_train_tokens: int = Field(
+        -1, description="Tokens to train on, rounded up to whole global batches; -1 takes every whole global batch."
+    )
     start_train_token: int = Field(0, ge=0, description="Offset into the train split where training data starts.")
-    start_val_token: int = Field(0, ge=0, description="Offset into the validation split where validation batches start.")
+    start_val_token: int = Field(
+        0, ge=0, description="Offset into the validation split where validation batches start."
+    )
     gradient_accumulation_steps: int = Field(1, gt=0, description="Microbatches per optimizer step on each process.")
-    checkpoint_interval: Optional[int] = Field(None, gt=0, description="Write a checkpoint after every step s with s % interval == 0, and after the last step; absent: only at the end.")
-    validation_batches: int = Field(20, ge=0, description="Microbatches of validation loss computed at each validation; 0 turns validation off.")
+    checkpoint_interval: Optional[int] = Field(
+        None,
+        gt=0,
+        description="Write a checkpoint after every step s with s % interval == 0, and after the last step; absent: only at the end.",
+    )
+    validation_batches: int = Field(
+        20, ge=0, description="Microbatches of validation loss computed at each validation; 0 turns validation off."
+    )
     learning_rate: float = Field(0.0004, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
-    use_amp: Optional[bool] = Field(None, description="The ddp-base-model-from-scratch harness's switch: true means precision 'fp16', false means 'fp32'. Absent with precision absent: true on GPUs, as in the ddp-base-model-from-scratch harness; on a CPU see precision.")
-    clipping_max_norm: Optional[float] = Field(None, gt=0, description="Clip the global gradient L2 norm to this value; absent: no clipping.")
-    schedule_learning_rate: bool = Field(False, description="The users' schedule: linear warm-up from 1e-5 x lr over warmup_period_percent of the steps, then cosine to lr / 10.")
-    warmup_period_percent: float = Field(0, ge=0, le=100, description="Share of the steps spent warming up, in percent.")
-    random_seed: int = Field(42, ge=-(2**63), le=2**64 - 1, description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.")
+    use_amp: Optional[bool] = Field(
+        None,
+        description="The ddp-base-model-from-scratch harness's switch: true means precision 'fp16', false means 'fp32'. Absent with precision absent: true on GPUs, as in the ddp-base-model-from-scratch harness; on a CPU see precision.",
+    )
+    clipping_max_norm: Optional[float] = Field(
+        None, gt=0, description="Clip the global gradient L2 norm to this value; absent: no clipping."
+    )
+    schedule_learning_rate: bool = Field(
+        False,
+        description="The users' schedule: linear warm-up from 1e-5 x lr over warmup_period_percent of the steps, then cosine to lr / 10.",
+    )
+    warmup_period_percent: float = Field(
+        0, ge=0, le=100, description="Share of the steps spent warming up, in percent."
+    )
+    random_seed: int = Field(
+        42,
+        ge=-(2**63),
+        le=2**64 - 1,
+        description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.",
+    )
 
     # --- gptlab's own keys ---------------------------------------------------------------------
-    precision: Optional[PrecisionName] = Field(None, description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
-                                           "or 'auto': bf16 on GPUs that support it (else fp16); on a CPU bf16 only where it has native bf16 "
-                                           "and a matmul measures faster, else fp32. Absent with use_amp absent: fp16 on GPUs (the ddp-base-model-from-scratch "
-                                           "harness), 'auto' on a CPU (where fp16 autocast is several times slower than fp32).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; 'auto' takes CUDA when present.")
+    precision: Optional[PrecisionName] = Field(
+        None,
+        description="'fp32' (TF32 off), 'tf32', 'fp16' (autocast + gradient scaler), 'bf16' (autocast, no scaler), "
+        "or 'auto': bf16 on GPUs that support it (else fp16); on a CPU bf16 only where it has native bf16 "
+        "and a matmul measures faster, else fp32. Absent with use_amp absent: fp16 on GPUs (the ddp-base-model-from-scratch "
+        "harness), 'auto' on a CPU (where fp16 autocast is several times slower than fp32).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train; 'auto' takes CUDA when present."
+    )
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    weight_decay_params: Literal["all", "matrices"] = Field("all", description="'all' decays every parameter (the ddp-base-model-from-scratch harness); 'matrices' only 2-D weight matrices other than embeddings.")
-    lr_schedule: Optional[Schedule] = Field(None, description="'constant', 'cosine', 'linear' or 'wsd' (warm-up, stable, decay); absent: the users' schedule_learning_rate switch decides.")
-    warmup_steps: Optional[int] = Field(None, ge=0, description="Warm-up length in steps; overrides warmup_period_percent.")
-    decay_period_percent: float = Field(20, gt=0, le=100, description="For 'wsd': share of the steps, in percent, spent decaying at the end.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The schedule's floor as a fraction of the peak learning rate.")
-    max_consecutive_skipped_steps: int = Field(20, gt=0, description="Stop when this many steps in a row had non-finite gradients or loss.")
-    validation_interval: Optional[int] = Field(None, gt=0, description="Validate every this many steps; absent: at each checkpoint.")
-    best_by: Literal["validation", "train"] = Field("validation", description="Which loss picks the 'best' checkpoint: validation loss, or average train loss since the last checkpoint (the ddp-base-model-from-scratch harness).")
-    keep_checkpoints: Optional[int] = Field(None, gt=0, description="Keep only the newest N checkpoints (plus 'best'); absent: keep all.")
-    log_interval: Optional[int] = Field(None, gt=0, description="Steps between reading the step values (loss, gradient norm, skips) back from the device, the only host synchronisation of training; every step is still recorded. Absent: 10 on CUDA, 1 on CPU.")
-    compile: Optional[bool] = Field(None, description="torch.compile the model; absent: on for CUDA, off on CPU. The first step's time, compilation included, is reported apart from training time.")
-    pad_vocab_multiple: Optional[int] = Field(None, gt=0, description="Pad the embedding and head rows to a multiple of this inside gptlab (checkpoints, logits and sampling keep vocab_size); absent: 64 on CUDA, 1 on CPU.")
-    fused_cross_entropy: Optional[bool] = Field(None, description="Compute the head and cross-entropy a chunk of tokens at a time, never holding all logits; absent: on for CUDA, off on CPU (where a bf16 bench measured it 1.30x faster with half the peak memory; the default is not yet revisited).")
-    init_from: Optional[str] = Field(None, description="Start from these weights instead of a fresh initialisation (optimizer fresh): a model.safetensors in the book layout, a checkpoint folder, or a run directory (its latest checkpoint); relative to the run directory.")
-    cost_per_hour: Optional[float] = Field(None, ge=0, description="Price of the machine per hour, for the cost in the summary.")
+    weight_decay_params: Literal["all", "matrices"] = Field(
+        "all",
+        description="'all' decays every parameter (the ddp-base-model-from-scratch harness); 'matrices' only 2-D weight matrices other than embeddings.",
+    )
+    lr_schedule: Optional[Schedule] = Field(
+        None,
+        description="'constant', 'cosine', 'linear' or 'wsd' (warm-up, stable, decay); absent: the users' schedule_learning_rate switch decides.",
+    )
+    warmup_steps: Optional[int] = Field(
+        None, ge=0, description="Warm-up length in steps; overrides warmup_period_percent."
+    )
+    decay_period_percent: float = Field(
+        20, gt=0, le=100, description="For 'wsd': share of the steps, in percent, spent decaying at the end."
+    )
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="The schedule's floor as a fraction of the peak learning rate."
+    )
+    max_consecutive_skipped_steps: int = Field(
+        20, gt=0, description="Stop when this many steps in a row had non-finite gradients or loss."
+    )
+    validation_interval: Optional[int] = Field(
+        None, gt=0, description="Validate every this many steps; absent: at each checkpoint."
+    )
+    best_by: Literal["validation", "train"] = Field(
+        "validation",
+        description="Which loss picks the 'best' checkpoint: validation loss, or average train loss since the last checkpoint (the ddp-base-model-from-scratch harness).",
+    )
+    keep_checkpoints: Optional[int] = Field(
+        None, gt=0, description="Keep only the newest N checkpoints (plus 'best'); absent: keep all."
+    )
+    log_interval: Optional[int] = Field(
+        None,
+        gt=0,
+        description="Steps between reading the step values (loss, gradient norm, skips) back from the device, the only host synchronisation of training; every step is still recorded. Absent: 10 on CUDA, 1 on CPU.",
+    )
+    compile: Optional[bool] = Field(
+        None,
+        description="torch.compile the model; absent: on for CUDA, off on CPU. The first step's time, compilation included, is reported apart from training time.",
+    )
+    pad_vocab_multiple: Optional[int] = Field(
+        None,
+        gt=0,
+        description="Pad the embedding and head rows to a multiple of this inside gptlab (checkpoints, logits and sampling keep vocab_size); absent: 64 on CUDA, 1 on CPU.",
+    )
+    fused_cross_entropy: Optional[bool] = Field(
+        None,
+        description="Compute the head and cross-entropy a chunk of tokens at a time, never holding all logits; absent: on for CUDA, off on CPU (where a bf16 bench measured it 1.30x faster with half the peak memory; the default is not yet revisited).",
+    )
+    init_from: Optional[str] = Field(
+        None,
+        description="Start from these weights instead of a fresh initialisation (optimizer fresh): a model.safetensors in the book layout, a checkpoint folder, or a run directory (its latest checkpoint); relative to the run directory.",
+    )
+    cost_per_hour: Optional[float] = Field(
+        None, ge=0, description="Price of the machine per hour, for the cost in the summary."
+    )
     machine: Optional[str] = Field(None, description="A label for the hardware, recorded in the summary.")
-    notify: Optional[NotifySettings] = Field(None, description="Messages when the run starts, fails, stops or finishes, e.g. "
-                                             "{\"channels\": [\"telegram\"], \"every_checkpoints\": 5} (channels: telegram, webhook, ntfy); "
-                                             "tokens and addresses come from environment variables only, see docs/cloud.md.")
-    loggers: list[Literal["tensorboard", "wandb"]] = Field([], description="Experiment trackers that also receive the "
-                                                            "metrics: 'tensorboard' (event files in RUN_DIR/tensorboard) and 'wandb' (needs the wandb package; "
-                                                            "WANDB_PROJECT names the project, WANDB_MODE=offline works without a network); `gptlab train --log-to` replaces them for one run.")
+    notify: Optional[NotifySettings] = Field(
+        None,
+        description="Messages when the run starts, fails, stops or finishes, e.g. "
+        '{"channels": ["telegram"], "every_checkpoints": 5} (channels: telegram, webhook, ntfy); '
+        "tokens and addresses come from environment variables only, see docs/cloud.md.",
+    )
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(
+        [],
+        description="Experiment trackers that also receive the "
+        "metrics: 'tensorboard' (event files in RUN_DIR/tensorboard) and 'wandb' (needs the wandb package; "
+        "WANDB_PROJECT names the project, WANDB_MODE=offline works without a network); `gptlab train --log-to` replaces them for one run.",
+    )
 
     @property
     def effective_precision(self) -> str:
@@ -180,7 +289,9 @@ class TrainConfig(BaseModel):
         on_cuda = device_type == "cuda"
         return {
             "compile": self.compile if self.compile is not None else on_cuda,
-            "pad_vocab_multiple": self.pad_vocab_multiple if self.pad_vocab_multiple is not None else (64 if on_cuda else 1),
+            "pad_vocab_multiple": self.pad_vocab_multiple
+            if self.pad_vocab_multiple is not None
+            else (64 if on_cuda else 1),
             "fused_cross_entropy": self.fused_cross_entropy if self.fused_cross_entropy is not None else on_cuda,
             "log_interval": self.log_interval if self.log_interval is not None else (10 if on_cuda else 1),
         }
@@ -201,17 +312,42 @@ class TrainConfig(BaseModel):
 # train.json key has no role here.
 KeyRole = Literal["computation", "evaluation", "bookkeeping"]
 TRAIN_KEY_ROLES: dict[str, KeyRole] = {
-    "dataset": "computation", "microbatch_size": "computation", "min_train_tokens": "computation",
-    "start_train_token": "computation", "start_val_token": "evaluation", "gradient_accumulation_steps": "computation",
-    "checkpoint_interval": "evaluation", "validation_batches": "evaluation", "learning_rate": "computation",
-    "weight_decay": "computation", "use_amp": "computation", "clipping_max_norm": "computation",
-    "schedule_learning_rate": "computation", "warmup_period_percent": "computation", "random_seed": "computation",
-    "precision": "computation", "device": "bookkeeping", "betas": "computation", "eps": "computation",
-    "weight_decay_params": "computation", "lr_schedule": "computation", "warmup_steps": "computation",
-    "decay_period_percent": "computation", "min_lr_ratio": "computation", "max_consecutive_skipped_steps": "bookkeeping",
-    "validation_interval": "evaluation", "best_by": "computation", "keep_checkpoints": "bookkeeping",
-    "log_interval": "bookkeeping", "compile": "computation", "pad_vocab_multiple": "computation",
-    "fused_cross_entropy": "computation", "init_from": "computation", "cost_per_hour": "bookkeeping", "machine": "bookkeeping", "notify": "bookkeeping",
+    "dataset": "computation",
+    "microbatch_size": "computation",
+    "min_train_tokens": "computation",
+    "start_train_token": "computation",
+    "start_val_token": "evaluation",
+    "gradient_accumulation_steps": "computation",
+    "checkpoint_interval": "evaluation",
+    "validation_batches": "evaluation",
+    "learning_rate": "computation",
+    "weight_decay": "computation",
+    "use_amp": "computation",
+    "clipping_max_norm": "computation",
+    "schedule_learning_rate": "computation",
+    "warmup_period_percent": "computation",
+    "random_seed": "computation",
+    "precision": "computation",
+    "device": "bookkeeping",
+    "betas": "computation",
+    "eps": "computation",
+    "weight_decay_params": "computation",
+    "lr_schedule": "computation",
+    "warmup_steps": "computation",
+    "decay_period_percent": "computation",
+    "min_lr_ratio": "computation",
+    "max_consecutive_skipped_steps": "bookkeeping",
+    "validation_interval": "evaluation",
+    "best_by": "computation",
+    "keep_checkpoints": "bookkeeping",
+    "log_interval": "bookkeeping",
+    "compile": "computation",
+    "pad_vocab_multiple": "computation",
+    "fused_cross_entropy": "computation",
+    "init_from": "computation",
+    "cost_per_hour": "bookkeeping",
+    "machine": "bookkeeping",
+    "notify": "bookkeeping",
     "loggers": "bookkeeping",
 }
 # Train keys that may change between a checkpoint and its resumption without changing what is trained.
@@ -230,10 +366,16 @@ class EvaluationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-    checkpoint: str = Field(DEFAULT_CHECKPOINT, description="latest (the last one written), best or a checkpoint folder name.")
-    split: Optional[Literal["test", "validation", "train"]] = Field(None, description="Split to evaluate; absent: test, or validation without a test split.")
+    checkpoint: str = Field(
+        DEFAULT_CHECKPOINT, description="latest (the last one written), best or a checkpoint folder name."
+    )
+    split: Optional[Literal["test", "validation", "train"]] = Field(
+        None, description="Split to evaluate; absent: test, or validation without a test split."
+    )
     start_token: int = Field(0, ge=0, description="First token of the evaluated slice.")
-    batches: Optional[int] = Field(None, ge=1, description="Number of batches; absent: every whole batch to the end of the split.")
+    batches: Optional[int] = Field(
+        None, ge=1, description="Number of batches; absent: every whole batch to the end of the split."
+    )
     batch_size: Optional[int] = Field(None, ge=1, description="Sequences per batch; absent: the run's microbatch_size.")
     precision: EvalPrecision = Field("fp32", description="Numerics of the forward pass.")
 
@@ -274,7 +416,9 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     except DuplicateKeyError as error:
-        raise UserError(f"{path}: {error.key}: the key appears more than once; keep one (the last would silently win)") from None
+        raise UserError(
+            f"{path}: {error.key}: the key appears more than once; keep one (the last would silently win)"
+        ) from None
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8 JSON") from None
     if not isinstance(data, dict):
@@ -291,7 +435,15 @@ def _keys_at(model_type: type[BaseModel], path: tuple) -> list[str]:
     """The keys allowed inside the object at `path` (train.json's `notify` object, say)."""
     for part in path:
         field = model_type.model_fields.get(str(part))
-        nested = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        nested = (
+            [
+                t
+                for t in (field.annotation, *get_args(field.annotation))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ]
+            if field
+            else []
+        )
         if not nested:
             break
         model_type = nested[0]
@@ -337,18 +489,26 @@ def _cross_field_problems(model_path: Path, model_data: dict, train_path: Path, 
     moe = model_data.get("moe")
     if isinstance(moe, dict) and _positive_int(moe.get("num_experts")) and _positive_int(moe.get("num_active_experts")):
         if moe["num_active_experts"] > moe["num_experts"]:
-            problems.append(f"{model_path}: moe.num_active_experts: {moe['num_active_experts']} is more than moe.num_experts "
-                            f"{moe['num_experts']}; use 2 to {moe['num_experts']}")
+            problems.append(
+                f"{model_path}: moe.num_active_experts: {moe['num_active_experts']} is more than moe.num_experts "
+                f"{moe['num_experts']}; use 2 to {moe['num_experts']}"
+            )
     min_tokens = train_data.get("min_train_tokens", -1)
     if isinstance(min_tokens, int) and not isinstance(min_tokens, bool) and (min_tokens == 0 or min_tokens < -1):
-        problems.append(f"{train_path}: min_train_tokens: {min_tokens} is not allowed: use -1 (every whole global batch) or a positive count")
+        problems.append(
+            f"{train_path}: min_train_tokens: {min_tokens} is not allowed: use -1 (every whole global batch) or a positive count"
+        )
     use_amp, precision = train_data.get("use_amp"), train_data.get("precision")
     if isinstance(use_amp, bool) and isinstance(precision, str):
         implied = "fp16" if use_amp else "fp32"
         if implied != precision:
-            problems.append(f"{train_path}: use_amp: {json.dumps(use_amp)} means precision '{implied}' but precision is '{precision}'; give one of them")
+            problems.append(
+                f"{train_path}: use_amp: {json.dumps(use_amp)} means precision '{implied}' but precision is '{precision}'; give one of them"
+            )
     if train_data.get("lr_schedule") is not None and train_data.get("schedule_learning_rate") is True:
-        problems.append(f"{train_path}: schedule_learning_rate: true conflicts with lr_schedule '{train_data['lr_schedule']}'; give one of them")
+        problems.append(
+            f"{train_path}: schedule_learning_rate: true conflicts with lr_schedule '{train_data['lr_schedule']}'; give one of them"
+        )
     betas = train_data.get("betas")
     if isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas):
         if not all(0 <= b < 1 for b in betas):
@@ -372,8 +532,12 @@ Overrides = dict[str, dict[str, Any]]  # {"model": {key: value}, "train": {key: 
 
 # The users' switches and gptlab's finer keys that say the same thing. An override of one replaces the
 # other in the file it is applied to, so `--set precision=bf16` works on a train.json with `use_amp: true`.
-ALIASES: dict[str, str] = {"use_amp": "precision", "precision": "use_amp",
-                           "schedule_learning_rate": "lr_schedule", "lr_schedule": "schedule_learning_rate"}
+ALIASES: dict[str, str] = {
+    "use_amp": "precision",
+    "precision": "use_amp",
+    "schedule_learning_rate": "lr_schedule",
+    "lr_schedule": "schedule_learning_rate",
+}
 
 
 def no_overrides() -> Overrides:
@@ -426,7 +590,7 @@ def overrides_from_mapping(where: str, mapping: Any, problems: list[str]) -> Ove
     """Overrides from {"model": {...}, "train": {...}} or flat keys as `--set` takes them; problems are collected."""
     overrides = no_overrides()
     if not isinstance(mapping, dict):
-        problems.append(f"{where}: must be an object of config keys, e.g. {{\"learning_rate\": 0.001}}")
+        problems.append(f'{where}: must be an object of config keys, e.g. {{"learning_rate": 0.001}}')
         return overrides
     for key, value in mapping.items():
         if key in ("model", "train") and isinstance(value, dict):
@@ -450,7 +614,9 @@ def merge_overrides(*override_sets: Optional[Overrides]) -> Overrides:
     return merged
 
 
-def apply_overrides(model_data: dict[str, Any], train_data: dict[str, Any], overrides: Optional[Overrides]) -> tuple[dict, dict]:
+def apply_overrides(
+    model_data: dict[str, Any], train_data: dict[str, Any], overrides: Optional[Overrides]
+) -> tuple[dict, dict]:
     """The two files' contents with `overrides` applied; an overridden key drops its alias from the file
     (unless the overrides set both), so the override replaces the users' switch instead of conflicting with it."""
     model_data, train_data = dict(model_data), dict(train_data)
@@ -484,8 +650,12 @@ def not_yet_applied_notes(config: RunConfig) -> list[str]:
 
 def markdown_reference() -> str:
     """docs/configuration.md, generated from the fields above so the two cannot drift apart."""
-    lines = ["# Configuration keys", "",
-             "Generated from `src/gptlab/config.py` by `python scripts/config_doc.py > docs/configuration.md`; a test keeps the two in step.", ""]
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from `src/gptlab/config.py` by `python scripts/config_doc.py > docs/configuration.md`; a test keeps the two in step.",
+        "",
+    ]
     for title, model_type in ((MODEL_FILE, ModelConfig), (TRAIN_FILE, TrainConfig)):
         lines += [f"## `{title}`", "", "| key | default | meaning |", "|---|---|---|"]
         for name, field in model_type.model_fields.items():

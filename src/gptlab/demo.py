@@ -38,7 +38,9 @@ MIN_STEPS = DEMO_STEPS  # each size beats the unigram baseline from about 100 st
 TRAINING_SHARE = 0.9  # of --seconds; validation, checkpoints, evaluation and sampling take the rest
 
 
-def plan_demo(seconds: float, measure: Callable[[ModelConfig, TrainConfig], float] | None = None) -> tuple[dict, dict, int, list[str]]:
+def plan_demo(
+    seconds: float, measure: Callable[[ModelConfig, TrainConfig], float] | None = None
+) -> tuple[dict, dict, int, list[str]]:
     """The largest demo size of which MIN_STEPS fit `seconds`, and its step count, from measured step times.
 
     Returns (model.json, train.json, steps, lines to print). When even the smallest size cannot fit MIN_STEPS,
@@ -52,20 +54,28 @@ def plan_demo(seconds: float, measure: Callable[[ModelConfig, TrainConfig], floa
         model_config = ModelConfig(**model)
         step_seconds = measure(model_config, TrainConfig(**train))
         steps = int(seconds * TRAINING_SHARE / step_seconds)
-        shape = (f"{counted(model_config.n_layers, 'layer')} x {model_config.emb_dim} wide, "
-                 f"context {model_config.context_length}, microbatch {train['microbatch_size']}")
+        shape = (
+            f"{counted(model_config.n_layers, 'layer')} x {model_config.emb_dim} wide, "
+            f"context {model_config.context_length}, microbatch {train['microbatch_size']}"
+        )
         lines.append(f"Measured {step_seconds:.2f} s per step for {shape}")
         if steps >= MIN_STEPS:
             if index > 0:
-                lines.append(f"Shrunk the model to {shape} so that at least {MIN_STEPS} steps fit {seconds:.0f} s on this machine")
+                lines.append(
+                    f"Shrunk the model to {shape} so that at least {MIN_STEPS} steps fit {seconds:.0f} s on this machine"
+                )
             return model, train, steps, lines
     overrun = MIN_STEPS * step_seconds / (seconds * TRAINING_SHARE)
-    lines.append(f"Even the smallest demo model needs {MIN_STEPS * step_seconds:.0f} s for the {MIN_STEPS} steps it takes to learn: "
-                 f"{overrun:.1f}x the budget of {seconds:.0f} s on this machine")
+    lines.append(
+        f"Even the smallest demo model needs {MIN_STEPS * step_seconds:.0f} s for the {MIN_STEPS} steps it takes to learn: "
+        f"{overrun:.1f}x the budget of {seconds:.0f} s on this machine"
+    )
     return model, train, MIN_STEPS, lines
 
 
-def run_demo(out_dir: Path, seconds: float = 180.0, seed: int = 42, show_progress: bool = True, steps: int | None = None) -> dict:
+def run_demo(
+    out_dir: Path, seconds: float = 180.0, seed: int = 42, show_progress: bool = True, steps: int | None = None
+) -> dict:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     data_dir, run_dir = out_dir / "data", out_dir / "run"
@@ -89,27 +99,59 @@ def run_demo(out_dir: Path, seconds: float = 180.0, seed: int = 42, show_progres
     tokens_per_step = train["microbatch_size"] * model["context_length"]
     click.echo(f"Training {steps} steps ({steps * tokens_per_step:,} tokens)")
     atomic_write_json(run_dir / MODEL_FILE, model)
-    atomic_write_json(run_dir / TRAIN_FILE, {**train, "random_seed": seed, "min_train_tokens": steps * tokens_per_step,
-                                               "checkpoint_interval": max(1, steps // 4)})
+    atomic_write_json(
+        run_dir / TRAIN_FILE,
+        {
+            **train,
+            "random_seed": seed,
+            "min_train_tokens": steps * tokens_per_step,
+            "checkpoint_interval": max(1, steps // 4),
+        },
+    )
     config = load_run_config(run_dir)
 
     summary = train_run(run_dir, show_progress=show_progress)
     evaluation = evaluate_run(run_dir, checkpoint="latest")
-    unigram = unigram_cross_entropy(dataset.split("train"), dataset.split("test"), config.model.vocab_size, test_tokens=evaluation["tokens"] + 1)
+    unigram = unigram_cross_entropy(
+        dataset.split("train"), dataset.split("test"), config.model.vocab_size, test_tokens=evaluation["tokens"] + 1
+    )
     sample = generate_from_run(run_dir, seed=seed, checkpoint="latest")
     result = {
-        "summary": {key: summary[key] for key in ("training_seconds", "tokens_seen", "tokens_per_second", "final_train_loss", "final_validation_loss")},
-        "test_loss": evaluation["loss"], "unigram_test_loss": unigram, "beats_unigram": evaluation["loss"] < unigram,
-        "test_tokens": evaluation["tokens"], "sample": sample["text"], "run_dir": str(run_dir),
-        "model": model, "steps": steps, "precision": summary["precision"], "precision_reason": summary["precision_reason"],
-        "budget_seconds": seconds, "demo_seconds": round(time.perf_counter() - started, 1),
+        "summary": {
+            key: summary[key]
+            for key in (
+                "training_seconds",
+                "tokens_seen",
+                "tokens_per_second",
+                "final_train_loss",
+                "final_validation_loss",
+            )
+        },
+        "test_loss": evaluation["loss"],
+        "unigram_test_loss": unigram,
+        "beats_unigram": evaluation["loss"] < unigram,
+        "test_tokens": evaluation["tokens"],
+        "sample": sample["text"],
+        "run_dir": str(run_dir),
+        "model": model,
+        "steps": steps,
+        "precision": summary["precision"],
+        "precision_reason": summary["precision_reason"],
+        "budget_seconds": seconds,
+        "demo_seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_json(out_dir / "demo.json", result)
     click.echo("")
     click.echo(f"Test loss: {evaluation['loss']:.4f} nats on {evaluation['tokens']:,} test tokens")
     click.echo(f"Unigram baseline (token frequencies of the train split) on the same tokens: {unigram:.4f} nats")
-    click.echo(f"The model {'beats' if result['beats_unigram'] else 'does NOT beat'} the unigram baseline by {unigram - evaluation['loss']:.4f} nats")
+    click.echo(
+        f"The model {'beats' if result['beats_unigram'] else 'does NOT beat'} the unigram baseline by {unigram - evaluation['loss']:.4f} nats"
+    )
     click.echo(f"Sample: {json.dumps(sample['text'])}")
-    click.echo(f"The demo took {result['demo_seconds']:.0f} s" + ("" if steps_given else f" of its {seconds:.0f} s budget"))
-    click.echo(f"Run files: {run_dir} (metrics.jsonl, summary.json, checkpoints/); all of the above in {out_dir / 'demo.json'}")
+    click.echo(
+        f"The demo took {result['demo_seconds']:.0f} s" + ("" if steps_given else f" of its {seconds:.0f} s budget")
+    )
+    click.echo(
+        f"Run files: {run_dir} (metrics.jsonl, summary.json, checkpoints/); all of the above in {out_dir / 'demo.json'}"
+    )
     return result

@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator, Optional
 
 from gptlab.errors import OutOfSpace
 
-
 # torch.save's C++ writer (RuntimeError) and safetensors' Rust writer (SafetensorError) report a full
 # device in their message only.
 _WRITE_FAILURES = ("basic_ios::clear", "file write failed", "No space left", "StorageFull", "Disk quota exceeded")
@@ -50,8 +49,11 @@ def out_of_space_error(what: Path | str, needed_bytes: int | None, after: str = 
         where = where.parent
     free = shutil.disk_usage(where).free
     needed = f"about {human_bytes(needed_bytes)} needed, " if needed_bytes else ""
-    return OutOfSpace(f"{what}: could not be written: no space left on the device ({needed}{human_bytes(free)} free); "
-                      + (f"the partial write was removed{after}; " if cleaned else "") + "free some space and run it again")
+    return OutOfSpace(
+        f"{what}: could not be written: no space left on the device ({needed}{human_bytes(free)} free); "
+        + (f"the partial write was removed{after}; " if cleaned else "")
+        + "free some space and run it again"
+    )
 
 
 def fsync_directory(directory: Path) -> None:
@@ -124,7 +126,7 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except OSError as error:
             os.ftruncate(fd, size_before)
@@ -244,7 +246,9 @@ def remove_stale_staging(parent: Path, name: Optional[str] = None) -> None:
             continue
         final = parent / match["name"]
         if match["kind"] == "old" and not final.exists() and (path / "replaced").is_dir():
-            os.rename(path / "replaced", final)  # killed between moving the old folder aside and renaming the new one in
+            os.rename(
+                path / "replaced", final
+            )  # killed between moving the old folder aside and renaming the new one in
             path.rmdir()
         else:
             shutil.rmtree(path, ignore_errors=True)

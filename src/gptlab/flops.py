@@ -9,7 +9,6 @@ from gptlab.config import ModelConfig
 from gptlab.model import parameter_counts
 
 
-
 def matmul_parameters(config: ModelConfig) -> int:
     """Weights that take part in a matmul for every token (gptlab.model.parameter_counts says which, with a
     mixture of experts only the router and the active experts); computed from the config, so a head padded for

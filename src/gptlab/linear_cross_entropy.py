@@ -36,8 +36,15 @@ def _masked_logits(hidden_chunk: torch.Tensor, weight: torch.Tensor, vocab_size:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
-                chunk_tokens: int, compute_dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        vocab_size: int,
+        chunk_tokens: int,
+        compute_dtype: torch.dtype,
+    ) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             count = hidden.shape[0]
             compute_weight = weight.to(compute_dtype)
@@ -64,11 +71,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None, None
+        return (
+            grad_hidden * grad_loss.to(grad_hidden.dtype),
+            (grad_weight * grad_loss).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: Optional[int] = None,
-                         chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: Optional[int] = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, never holding all the logits.
 
     hidden: (N, C); weight: (V_padded, C); targets: (N,) ids below vocab_size (default: all rows of weight).
@@ -82,7 +101,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         compute_weight = weight.to(compute_dtype)
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_tokens):
-            logits = _masked_logits(hidden[start:start + chunk_tokens].to(compute_dtype), compute_weight, vocab_size)
-            picked = logits.gather(1, targets[start:start + chunk_tokens, None]).squeeze(1)
+            logits = _masked_logits(hidden[start : start + chunk_tokens].to(compute_dtype), compute_weight, vocab_size)
+            picked = logits.gather(1, targets[start : start + chunk_tokens, None]).squeeze(1)
             loss_sum += (torch.logsumexp(logits, dim=1) - picked).sum()
         return loss_sum / hidden.shape[0]

@@ -104,7 +104,9 @@ class MixtureOfExperts(nn.Module):
         slot_tokens = order // self.num_active  # (N K,) the token of each grouped slot
         tokens_per_expert = torch.bincount(slot_experts, minlength=len(self.experts))  # (E,)
         grouped = tokens.index_select(0, slot_tokens)  # (N K, C)
-        outputs = torch.cat([expert(part) for expert, part in zip(self.experts, grouped.split(tokens_per_expert.tolist()))])
+        outputs = torch.cat(
+            [expert(part) for expert, part in zip(self.experts, grouped.split(tokens_per_expert.tolist()))]
+        )
         weighted = outputs * kept_weights.flatten()[order].unsqueeze(1)  # (N K, C)
         mixed = torch.zeros_like(tokens).index_add_(0, slot_tokens, weighted)  # (N, C)
 
@@ -112,7 +114,13 @@ class MixtureOfExperts(nn.Module):
             self._routing(logits, kept_experts, kept_weights, tokens_per_expert)
         return mixed.view(batch, seq_len, width)
 
-    def _routing(self, logits: torch.Tensor, kept_experts: torch.Tensor, kept_weights: torch.Tensor, tokens_per_expert: torch.Tensor) -> None:
+    def _routing(
+        self,
+        logits: torch.Tensor,
+        kept_experts: torch.Tensor,
+        kept_weights: torch.Tensor,
+        tokens_per_expert: torch.Tensor,
+    ) -> None:
         """Sum this forward's routing statistics (no host synchronisation), and keep the router losses when asked for."""
         num_tokens, num_experts = logits.shape
         logits = _at_least_float32(logits)
@@ -125,7 +133,9 @@ class MixtureOfExperts(nn.Module):
         if self.aux_loss_coef or self.router_z_loss_coef:
             self.router_loss = self.aux_loss_coef * balance_loss + self.router_z_loss_coef * z_loss
         with torch.no_grad():
-            kept = torch.zeros_like(probabilities).scatter_(1, kept_experts, kept_weights.to(logits.dtype)).mean(0)  # (E,)
+            kept = (
+                torch.zeros_like(probabilities).scatter_(1, kept_experts, kept_weights.to(logits.dtype)).mean(0)
+            )  # (E,)
             entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-30))).sum(-1).mean()
             scalars = torch.stack([entropy, balance_loss.detach(), z_loss.detach(), torch.ones_like(entropy)])
             totals = torch.cat([torch.stack([routing_weight, kept, slot_share]).flatten(), scalars])
@@ -235,7 +245,11 @@ class GPT(nn.Module):
 
     def parameter_count(self) -> int:
         """Distinct trainable parameters of the architecture (a tied head counted once, padding rows not at all)."""
-        padding = (self.padded_vocab_size - self.config.vocab_size) * self.config.emb_dim * (1 if self.config.tie_weights else 2)
+        padding = (
+            (self.padded_vocab_size - self.config.vocab_size)
+            * self.config.emb_dim
+            * (1 if self.config.tie_weights else 2)
+        )
         return sum(p.numel() for p in self.parameters()) - padding
 
     def active_parameter_count(self) -> int:
@@ -278,8 +292,8 @@ class GPT(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
-        self.wte.weight[self.config.vocab_size:].zero_()
-        self.lm_head.weight[self.config.vocab_size:].zero_()
+        self.wte.weight[self.config.vocab_size :].zero_()
+        self.lm_head.weight[self.config.vocab_size :].zero_()
 
 
 def gpt2_small_config(**overrides) -> ModelConfig:
@@ -298,8 +312,19 @@ def routing_statistics(totals: torch.Tensor) -> list[dict[str, object]]:
         if forwards == 0:
             continue
         num_experts = (len(row) - ROUTING_SCALARS) // ROUTING_ROWS
-        per_expert = [[value / forwards for value in row[i * num_experts:(i + 1) * num_experts]] for i in range(ROUTING_ROWS)]
-        entropy, balance, z_loss = (value / forwards for value in row[ROUTING_ROWS * num_experts:-1])
-        records.append({"layer": layer, "mean_routing_weight": per_expert[0], "mean_topk_weight": per_expert[1],
-                        "token_fraction": per_expert[2], "router_entropy": entropy, "balance_loss": balance, "router_z_loss": z_loss})
+        per_expert = [
+            [value / forwards for value in row[i * num_experts : (i + 1) * num_experts]] for i in range(ROUTING_ROWS)
+        ]
+        entropy, balance, z_loss = (value / forwards for value in row[ROUTING_ROWS * num_experts : -1])
+        records.append(
+            {
+                "layer": layer,
+                "mean_routing_weight": per_expert[0],
+                "mean_topk_weight": per_expert[1],
+                "token_fraction": per_expert[2],
+                "router_entropy": entropy,
+                "balance_loss": balance,
+                "router_z_loss": z_loss,
+            }
+        )
     return records

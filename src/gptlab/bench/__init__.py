@@ -18,19 +18,59 @@ This package imports no command module; `gptlab.bench_command` is the click comm
 docs/performance.md gives the formulas and how each number is measured.
 """
 
-from gptlab.flops import PEAK_TFLOPS, flops_per_token, lookup_peak_tflops, matmul_parameters
 from gptlab.bench.harness import PHASES, phase_clock, prepared_run, step_peak_memory, train_step
-from gptlab.bench.memory import (MemoryLimitExceeded, TensorBytesTracker, available_host_memory, format_bytes,
-                                 is_out_of_memory, minor_page_faults, parse_bytes)
-from gptlab.bench.microbatch import MAX_MICROBATCH_SEARCHED, TRIAL_STEPS, Trial, find_max_microbatch, search_max_microbatch, try_microbatch
+from gptlab.bench.memory import (
+    MemoryLimitExceeded,
+    TensorBytesTracker,
+    available_host_memory,
+    format_bytes,
+    is_out_of_memory,
+    minor_page_faults,
+    parse_bytes,
+)
+from gptlab.bench.microbatch import (
+    MAX_MICROBATCH_SEARCHED,
+    TRIAL_STEPS,
+    Trial,
+    find_max_microbatch,
+    search_max_microbatch,
+    try_microbatch,
+)
 from gptlab.bench.output import format_bench, format_comparison, format_max_microbatch
 from gptlab.bench.timing import RESULT_FIELDS, bench_run, compare_speeds, measure, seconds_per_step
+from gptlab.flops import PEAK_TFLOPS, flops_per_token, lookup_peak_tflops, matmul_parameters
 from gptlab.train.record import device_name
 
 __all__ = [
-    "MAX_MICROBATCH_SEARCHED", "PEAK_TFLOPS", "PHASES", "RESULT_FIELDS", "TRIAL_STEPS", "MemoryLimitExceeded", "TensorBytesTracker",
-    "Trial", "available_host_memory", "bench_run", "compare_speeds", "device_name", "find_max_microbatch", "flops_per_token",
-    "format_bench", "format_bytes", "format_comparison", "format_max_microbatch", "is_out_of_memory", "lookup_peak_tflops",
-    "matmul_parameters", "measure", "minor_page_faults", "parse_bytes", "phase_clock", "prepared_run", "search_max_microbatch",
-    "seconds_per_step", "step_peak_memory", "train_step", "try_microbatch",
+    "MAX_MICROBATCH_SEARCHED",
+    "PEAK_TFLOPS",
+    "PHASES",
+    "RESULT_FIELDS",
+    "TRIAL_STEPS",
+    "MemoryLimitExceeded",
+    "TensorBytesTracker",
+    "Trial",
+    "available_host_memory",
+    "bench_run",
+    "compare_speeds",
+    "device_name",
+    "find_max_microbatch",
+    "flops_per_token",
+    "format_bench",
+    "format_bytes",
+    "format_comparison",
+    "format_max_microbatch",
+    "is_out_of_memory",
+    "lookup_peak_tflops",
+    "matmul_parameters",
+    "measure",
+    "minor_page_faults",
+    "parse_bytes",
+    "phase_clock",
+    "prepared_run",
+    "search_max_microbatch",
+    "seconds_per_step",
+    "step_peak_memory",
+    "train_step",
+    "try_microbatch",
 ]

@@ -63,8 +63,10 @@ def dataset_for(config: RunConfig, run_dir: Path, datasets_dir: Optional[Path], 
     available = len(dataset.split("train")) - config.train.start_train_token
     needed = steps * step_tokens(config) + 1
     if needed > available:
-        raise UserError(f"{run_dir / TRAIN_FILE}: dataset: {dataset.directory} has {max(available, 0):,} train tokens from start_train_token, "
-                        f"but bench needs {needed:,} ({steps} steps of {step_tokens(config):,}); use fewer --steps or --synthetic")
+        raise UserError(
+            f"{run_dir / TRAIN_FILE}: dataset: {dataset.directory} has {max(available, 0):,} train tokens from start_train_token, "
+            f"but bench needs {needed:,} ({steps} steps of {step_tokens(config):,}); use fewer --steps or --synthetic"
+        )
     return dataset.directory.resolve()
 
 
@@ -82,9 +84,13 @@ def prepared_run(config: RunConfig, steps: int, dataset_dir: Optional[Path] = No
         if dataset_dir is None:
             dataset_dir, start_token = tmp_dir / "tokens", 0
             _write_random_tokens(dataset_dir, steps * step_tokens(config) + 1, config.model.vocab_size)
-        resolved["train"].update(dataset=str(dataset_dir), start_train_token=start_token,
-                                 min_train_tokens=steps * step_tokens(config), validation_batches=0,
-                                 loggers=[])  # a benchmark is no run to track in TensorBoard or wandb
+        resolved["train"].update(
+            dataset=str(dataset_dir),
+            start_train_token=start_token,
+            min_train_tokens=steps * step_tokens(config),
+            validation_batches=0,
+            loggers=[],
+        )  # a benchmark is no run to track in TensorBoard or wandb
         run_dir = tmp_dir / "run"
         run_dir.mkdir()
         for name, file_name in (("model", MODEL_FILE), ("train", TRAIN_FILE)):

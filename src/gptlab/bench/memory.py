@@ -16,7 +16,6 @@ from torch.utils._pytree import tree_flatten
 from gptlab.errors import UserError
 
 
-
 class MemoryLimitExceeded(RuntimeError):
     """A step's tensors would take more than the simulated device memory (`--memory-limit-bytes` on a CPU)."""
 
@@ -62,7 +61,9 @@ class TensorBytesTracker(TorchDispatchMode):
         self.alive += size
         self.peak = max(self.peak, self.alive)
         if check and self.limit is not None and self.alive > self.limit:
-            raise MemoryLimitExceeded(f"gptlab bench: simulated out of memory: {self.alive:,} tensor bytes alive, limit {self.limit:,}")
+            raise MemoryLimitExceeded(
+                f"gptlab bench: simulated out of memory: {self.alive:,} tensor bytes alive, limit {self.limit:,}"
+            )
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         outputs = func(*args, **(kwargs or {}))
@@ -84,7 +85,9 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     message = str(error)
     return isinstance(error, RuntimeError) and any(
-        marker in message for marker in ("out of memory", "can't allocate", "not enough memory", "simulated out of memory"))
+        marker in message
+        for marker in ("out of memory", "can't allocate", "not enough memory", "simulated out of memory")
+    )
 
 
 def minor_page_faults() -> Optional[int]:
@@ -117,8 +120,18 @@ def available_host_memory() -> Optional[int]:
         return None
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(text: str, option: str = "--memory-limit-bytes") -> int:
@@ -126,7 +139,9 @@ def parse_bytes(text: str, option: str = "--memory-limit-bytes") -> int:
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _SIZE_UNITS or float(match.group(1)) * _SIZE_UNITS[unit] < 1:
-        raise UserError(f"{option} {text}: expected a positive number of bytes, optionally with a unit (KB, MB, GB, KiB, MiB, GiB), e.g. 40GB")
+        raise UserError(
+            f"{option} {text}: expected a positive number of bytes, optionally with a unit (KB, MB, GB, KiB, MiB, GiB), e.g. 40GB"
+        )
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 

@@ -10,7 +10,13 @@ from typing import Any, Callable, Optional
 import torch
 
 from gptlab.bench.harness import check_single_process, prepared_run, step_peak_memory
-from gptlab.bench.memory import MemoryLimitExceeded, available_host_memory, format_bytes, is_out_of_memory, release_memory
+from gptlab.bench.memory import (
+    MemoryLimitExceeded,
+    available_host_memory,
+    format_bytes,
+    is_out_of_memory,
+    release_memory,
+)
 from gptlab.config import RunConfig, load_run_config
 from gptlab.errors import UserError
 from gptlab.rundir import TRAIN_FILE
@@ -41,8 +47,9 @@ def _predicted_fit(trials: list[Trial], limit: int) -> Optional[int]:
     return large.microbatch + int((limit - large.peak_memory_bytes) // per_sequence)
 
 
-def search_max_microbatch(attempt: Callable[[int], Trial], limit: Optional[int] = None,
-                          upper: int = MAX_MICROBATCH_SEARCHED) -> tuple[int, list[Trial]]:
+def search_max_microbatch(
+    attempt: Callable[[int], Trial], limit: Optional[int] = None, upper: int = MAX_MICROBATCH_SEARCHED
+) -> tuple[int, list[Trial]]:
     """Double from 1 until a microbatch does not fit, then bisect between the last fit and the first failure.
 
     When the memory limit is known, the first two probes of the bisection go where a straight line through
@@ -93,8 +100,13 @@ def try_microbatch(config: RunConfig, microbatch: int, limit: Optional[int]) -> 
     return Trial(microbatch, outcome == "fits", outcome, peak, round(time.perf_counter() - started, 3))
 
 
-def find_max_microbatch(run_dir: Path, *, overrides: Optional[dict[str, dict]] = None, memory_limit_bytes: Optional[int] = None,
-                        progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+def find_max_microbatch(
+    run_dir: Path,
+    *,
+    overrides: Optional[dict[str, dict]] = None,
+    memory_limit_bytes: Optional[int] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> dict[str, Any]:
     """The largest microbatch of the run's config that trains (two steps, random tokens) within device memory.
 
     On a GPU the limit is the device (a real out-of-memory error); with `memory_limit_bytes` the process
@@ -116,7 +128,11 @@ def find_max_microbatch(run_dir: Path, *, overrides: Optional[dict[str, dict]] =
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         limit = memory_limit_bytes if memory_limit_bytes is not None else free
-        limit_source = "--memory-limit-bytes (per-process memory fraction)" if memory_limit_bytes is not None else "free device memory at start"
+        limit_source = (
+            "--memory-limit-bytes (per-process memory fraction)"
+            if memory_limit_bytes is not None
+            else "free device memory at start"
+        )
         if memory_limit_bytes is not None:
             torch.cuda.set_per_process_memory_fraction(min(1.0, memory_limit_bytes / total), device)
         cpu_limit = None
@@ -128,8 +144,11 @@ def find_max_microbatch(run_dir: Path, *, overrides: Optional[dict[str, dict]] =
     def attempt(microbatch: int) -> Trial:
         trial = try_microbatch(config, microbatch, cpu_limit)
         if progress is not None:
-            progress(f"microbatch {microbatch}: {trial.outcome}" + (f" (peak {format_bytes(trial.peak_memory_bytes)})" if trial.fits else "")
-                     + f", {trial.seconds:.1f} s")
+            progress(
+                f"microbatch {microbatch}: {trial.outcome}"
+                + (f" (peak {format_bytes(trial.peak_memory_bytes)})" if trial.fits else "")
+                + f", {trial.seconds:.1f} s"
+            )
         return trial
 
     try:
@@ -138,11 +157,22 @@ def find_max_microbatch(run_dir: Path, *, overrides: Optional[dict[str, dict]] =
         if device.type == "cuda" and memory_limit_bytes is not None:
             torch.cuda.set_per_process_memory_fraction(1.0, device)
     return {
-        "run_dir": str(run_dir), "max_microbatch": largest, "trials": [asdict(trial) for trial in trials], "trial_count": len(trials),
+        "run_dir": str(run_dir),
+        "max_microbatch": largest,
+        "trials": [asdict(trial) for trial in trials],
+        "trial_count": len(trials),
         "hit_search_bound": largest >= MAX_MICROBATCH_SEARCHED,
-        "memory_limit_bytes": limit, "memory_limit_source": limit_source,
-        "peak_memory_method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "tensor bytes alive, tracked op by op (TensorBytesTracker)",
-        "device": str(device), "device_name": device_name(device), "precision": config.train.effective_precision,
-        "context_length": config.model.context_length, "gradient_accumulation_steps": config.train.gradient_accumulation_steps,
-        "trial_steps": TRIAL_STEPS, "config": config.to_json_dict(), "environment": environment(),
+        "memory_limit_bytes": limit,
+        "memory_limit_source": limit_source,
+        "peak_memory_method": "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "tensor bytes alive, tracked op by op (TensorBytesTracker)",
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": config.train.effective_precision,
+        "context_length": config.model.context_length,
+        "gradient_accumulation_steps": config.train.gradient_accumulation_steps,
+        "trial_steps": TRIAL_STEPS,
+        "config": config.to_json_dict(),
+        "environment": environment(),
     }

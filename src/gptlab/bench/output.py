@@ -10,7 +10,11 @@ from gptlab.words import counted
 
 
 def _rows(result: dict[str, Any]) -> list[tuple[str, str]]:
-    mfu = f"{result['mfu'] * 100:.1f}% of {result['peak_tflops']:g}" if result["mfu"] is not None else "n/a (no known peak; --peak-tflops)"
+    mfu = (
+        f"{result['mfu'] * 100:.1f}% of {result['peak_tflops']:g}"
+        if result["mfu"] is not None
+        else "n/a (no known peak; --peak-tflops)"
+    )
     phases = result["phases_ms"] or {}
     return [
         ("tokens/s", f"{result['tokens_per_second']:,.0f}"),
@@ -19,7 +23,10 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("model TFLOP/s", f"{result['model_tflops_per_second']:.4g}"),
         ("MFU (peak TFLOP/s)", mfu),
         ("peak memory", format_bytes(result["peak_memory_bytes"])),
-        ("minor page faults per step", f"{result['page_faults_per_step']:,}" if result["page_faults_per_step"] is not None else "n/a"),
+        (
+            "minor page faults per step",
+            f"{result['page_faults_per_step']:,}" if result["page_faults_per_step"] is not None else "n/a",
+        ),
         *((f"{name} ms per step", f"{phases[name]:,.1f}" if name in phases else "n/a") for name in PHASES),
         ("warm-up s", f"{result['warmup_seconds']:.2f}"),
     ]
@@ -29,7 +36,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [headers] + rows) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+            )
+            + " |"
+        )
 
     return [line(headers), "|" + "|".join("-" * (width + 2) for width in widths) + "|"] + [line(row) for row in rows]
 
@@ -41,8 +54,11 @@ def _header(result: dict[str, Any]) -> list[str]:
         f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | {result['device']} ({result['device_name']})",
         f"model: {counted(config['n_layers'], 'layer')}, {config['emb_dim']} wide, {counted(config['n_heads'], 'head')}, context {config['context_length']}, "
         f"vocab {config['vocab_size']:,}, tied head: {str(config['tie_weights']).lower()}; {result['parameters']:,} parameters"
-        + (f" ({result['active_parameters']:,} active: {config['moe']['num_active_experts']} of {config['moe']['num_experts']} experts per token)"
-           if config.get("moe") else ""),
+        + (
+            f" ({result['active_parameters']:,} active: {config['moe']['num_active_experts']} of {config['moe']['num_experts']} experts per token)"
+            if config.get("moe")
+            else ""
+        ),
         f"batch: microbatch {result['microbatch_size']} x accumulation {result['gradient_accumulation_steps']} x context {result['context_length']} "
         f"= {result['tokens_per_step']:,} tokens per step; tokens: {result['tokens']}",
         f"steps: {result['warmup_steps']} warm-up, {result['steps']} timed, {result['phase_steps']} timed phase by phase; "
@@ -62,20 +78,37 @@ def format_comparison(comparison: dict[str, Any]) -> list[str]:
     names = [name for name, _ in _rows(columns[0])]
     rows = [[name] + [values[name] for values in per_column] for name in names]
     baseline = columns[0]["tokens_per_second"]
-    rows.insert(1, ["tokens/s vs first column"] + [f"{column['tokens_per_second'] / baseline:.2f}x" for column in columns])
+    rows.insert(
+        1, ["tokens/s vs first column"] + [f"{column['tokens_per_second'] / baseline:.2f}x" for column in columns]
+    )
     rows.append(["precision"] + [column["precision"] for column in columns])
-    return _header(columns[0])[:1] + [f"run: {comparison['run_dir']}", ""] + _table(["measure"] + [c["column"] for c in columns], rows)
+    return (
+        _header(columns[0])[:1]
+        + [f"run: {comparison['run_dir']}", ""]
+        + _table(["measure"] + [c["column"] for c in columns], rows)
+    )
 
 
 def format_max_microbatch(result: dict[str, Any]) -> list[str]:
-    lines = [f"{result['device']} ({result['device_name']}), precision {result['precision']}, context {result['context_length']}, "
-             f"limit {format_bytes(result['memory_limit_bytes'])} ({result['memory_limit_source']})", ""]
-    lines += _table(["microbatch", "outcome", "peak memory", "seconds"],
-                    [[str(t["microbatch"]), t["outcome"], format_bytes(t["peak_memory_bytes"]), f"{t['seconds']:.1f}"] for t in result["trials"]])
+    lines = [
+        f"{result['device']} ({result['device_name']}), precision {result['precision']}, context {result['context_length']}, "
+        f"limit {format_bytes(result['memory_limit_bytes'])} ({result['memory_limit_source']})",
+        "",
+    ]
+    lines += _table(
+        ["microbatch", "outcome", "peak memory", "seconds"],
+        [
+            [str(t["microbatch"]), t["outcome"], format_bytes(t["peak_memory_bytes"]), f"{t['seconds']:.1f}"]
+            for t in result["trials"]
+        ],
+    )
     lines.append("")
     if result["max_microbatch"] == 0:
         lines.append("Not even microbatch 1 fits.")
     else:
-        lines.append(f"Largest microbatch that fits: {result['max_microbatch']} ({result['trial_count']} trials"
-                     + (", stopped at the search bound" if result["hit_search_bound"] else "") + ")")
+        lines.append(
+            f"Largest microbatch that fits: {result['max_microbatch']} ({result['trial_count']} trials"
+            + (", stopped at the search bound" if result["hit_search_bound"] else "")
+            + ")"
+        )
     return lines

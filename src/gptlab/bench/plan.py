@@ -66,7 +66,9 @@ def gpu_precision(train: TrainConfig) -> tuple[str, str]:
     return "fp16", "no precision or use_amp: fp16 on GPUs, as the ddp-base-model-from-scratch harness"
 
 
-def estimate_memory(model: ModelConfig, train: TrainConfig, precision: str, world_size: int, device_type: str = "cuda") -> dict[str, int]:
+def estimate_memory(
+    model: ModelConfig, train: TrainConfig, precision: str, world_size: int, device_type: str = "cuda"
+) -> dict[str, int]:
     """Peak bytes of one GPU's training step, part by part (docs/planning.md gives the formula).
 
     Weights, gradients and AdamW's two moments stay float32 in every precision (autocast casts on the fly
@@ -86,15 +88,20 @@ def estimate_memory(model: ModelConfig, train: TrainConfig, precision: str, worl
     tokens = train.microbatch_size * model.context_length
     width = model.emb_dim
     masks = 2 if model.drop_rate > 0 else 0
-    per_layer = tokens * width * (15 * element + 2 * 4 + masks)  # 15 C-wide tensors at compute width, 2 float32 LayerNorm inputs
+    per_layer = (
+        tokens * width * (15 * element + 2 * 4 + masks)
+    )  # 15 C-wide tensors at compute width, 2 float32 LayerNorm inputs
     if device_type == "cpu" and model.drop_rate > 0:
         # A CPU has no fused attention kernel with dropout: the math path keeps the T x T weights, mask and dropped weights.
-        per_layer += train.microbatch_size * model.n_heads * model.context_length ** 2 * (2 * element + 1)
+        per_layer += train.microbatch_size * model.n_heads * model.context_length**2 * (2 * element + 1)
     if fast["fused_cross_entropy"]:
         # One chunk's float32 logits and its gradient at compute width, the head's float32 gradient computed in the
         # forward pass (and its compute-width copy), and dL/dhidden: linear_cross_entropy.py.
-        head = (DEFAULT_CHUNK_TOKENS * padded_vocab * (4 + (element if half else 0)) + padded_vocab * width * (4 + (element if half else 0))
-                + tokens * width * 4)
+        head = (
+            DEFAULT_CHUNK_TOKENS * padded_vocab * (4 + (element if half else 0))
+            + padded_vocab * width * (4 + (element if half else 0))
+            + tokens * width * 4
+        )
     else:
         # Logits at compute width, their float32 log-probabilities and the gradient flowing back (one of them
         # only in fp32, where the logits are already float32).
@@ -105,7 +112,8 @@ def estimate_memory(model: ModelConfig, train: TrainConfig, precision: str, worl
         "adamw_state": counts.total * 8,
         "autocast_weight_copies": counts.total * 2 if half else 0,
         "ddp_gradient_buckets": counts.total * 4 if world_size > 1 else 0,
-        "activations": model.n_layers * per_layer + tokens * width * 4 * 2,  # blocks, embeddings and the final LayerNorm
+        "activations": model.n_layers * per_layer
+        + tokens * width * 4 * 2,  # blocks, embeddings and the final LayerNorm
         "output_head": head,
     }
     parts["total"] = sum(parts.values())
@@ -120,14 +128,20 @@ def _bench_result(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"--bench {path}: not a `gptlab bench --json` file ({error})") from None
     if not isinstance(data, dict) or "columns" in data or not isinstance(data.get("tokens_per_second"), (int, float)):
-        raise UserError(f"--bench {path}: expected the output of one `gptlab bench RUN_DIR --json` (not --compare or --find-max-microbatch)")
+        raise UserError(
+            f"--bench {path}: expected the output of one `gptlab bench RUN_DIR --json` (not --compare or --find-max-microbatch)"
+        )
     return data
 
 
 def _bench_differences(bench: dict[str, Any], config: RunConfig, precision: str) -> list[str]:
     """What the benchmarked configuration does not share with the planned one (its tokens/s then mislead)."""
     saved = bench.get("config", {})
-    differing = [f"model.{key}" for key, value in config.model.model_dump(mode="json").items() if saved.get("model", {}).get(key, value) != value]
+    differing = [
+        f"model.{key}"
+        for key, value in config.model.model_dump(mode="json").items()
+        if saved.get("model", {}).get(key, value) != value
+    ]
     if bench.get("microbatch_size") != config.train.microbatch_size:
         differing.append("microbatch_size")
     if bench.get("precision") != precision:
@@ -142,30 +156,58 @@ def _occurrences(total_steps: int, interval: Optional[int]) -> int:
     return math.ceil(total_steps / interval) + (1 if (total_steps - 1) % interval else 0)
 
 
-def _dataset_plan(config: RunConfig, run_dir: Path, datasets_dir: Optional[Path], world_size: int) -> tuple[dict[str, Any], Optional[BatchPlan]]:
+def _dataset_plan(
+    config: RunConfig, run_dir: Path, datasets_dir: Optional[Path], world_size: int
+) -> tuple[dict[str, Any], Optional[BatchPlan]]:
     train, model = config.train, config.model
     source = str(run_dir / TRAIN_FILE)
     dataset = find_local_dataset(train.dataset, run_dir, datasets_dir)
     if dataset is None:
         datasets_dir = Path(datasets_dir) if datasets_dir is not None else default_datasets_dir()
         if not is_hub_id(train.dataset):
-            raise UserError(f"{source}: dataset: '{train.dataset}' is neither a token dataset directory (relative to the run directory "
-                            f"or the working directory) nor a Hugging Face dataset id; make one with `gptlab prepare SOURCE DIR`")
-        return {"dataset": train.dataset, "status": f"would download {train.dataset} into {datasets_dir / train.dataset}"}, None
-    info: dict[str, Any] = {"dataset": train.dataset, "status": f"found at {dataset.directory}",
-                            "splits": {name: len(dataset.split(name)) for name in ("train", "validation", "test") if dataset.has_split(name)}}
+            raise UserError(
+                f"{source}: dataset: '{train.dataset}' is neither a token dataset directory (relative to the run directory "
+                f"or the working directory) nor a Hugging Face dataset id; make one with `gptlab prepare SOURCE DIR`"
+            )
+        return {
+            "dataset": train.dataset,
+            "status": f"would download {train.dataset} into {datasets_dir / train.dataset}",
+        }, None
+    info: dict[str, Any] = {
+        "dataset": train.dataset,
+        "status": f"found at {dataset.directory}",
+        "splits": {
+            name: len(dataset.split(name)) for name in ("train", "validation", "test") if dataset.has_split(name)
+        },
+    }
     tokenizer_vocab = dataset.meta.get("tokenizer", {}).get("vocab_size", model.vocab_size)
     if tokenizer_vocab > model.vocab_size:
-        raise UserError(f"{run_dir / 'model.json'}: vocab_size: {model.vocab_size} is smaller than the dataset's tokenizer ({tokenizer_vocab})")
-    plan = plan_training(dataset.split("train"), start_token=train.start_train_token, min_tokens=train.min_train_tokens,
-                         microbatch_size=train.microbatch_size, context_length=model.context_length,
-                         accumulation_steps=train.gradient_accumulation_steps, world_size=world_size, source=source)
+        raise UserError(
+            f"{run_dir / 'model.json'}: vocab_size: {model.vocab_size} is smaller than the dataset's tokenizer ({tokenizer_vocab})"
+        )
+    plan = plan_training(
+        dataset.split("train"),
+        start_token=train.start_train_token,
+        min_tokens=train.min_train_tokens,
+        microbatch_size=train.microbatch_size,
+        context_length=model.context_length,
+        accumulation_steps=train.gradient_accumulation_steps,
+        world_size=world_size,
+        source=source,
+    )
     info["has_validation_split"] = dataset.has_split("validation")
     return info, plan
 
 
-def plan_run(run_dir: Path, *, world_size: int = 1, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,
-             bench_file: Optional[Path] = None, mfu: Optional[float] = None) -> dict[str, Any]:
+def plan_run(
+    run_dir: Path,
+    *,
+    world_size: int = 1,
+    datasets_dir: Optional[Path] = None,
+    overrides: Optional[dict] = None,
+    bench_file: Optional[Path] = None,
+    mfu: Optional[float] = None,
+) -> dict[str, Any]:
     """The dry-run plan of RUN_DIR on `world_size` GPUs, as JSON-ready data. Reads files only."""
     if world_size < 1:
         raise UserError(f"--world-size {world_size}: must be at least 1")
@@ -198,19 +240,30 @@ def plan_run(run_dir: Path, *, world_size: int = 1, datasets_dir: Optional[Path]
     flops = flops_per_token(model)
     memory = estimate_memory(model, train, precision, world_size)
     stated_mfu = mfu if mfu is not None else (bench.get("mfu") if bench and bench.get("mfu") else DEFAULT_MFU)
-    mfu_source = "--mfu" if mfu is not None else ("measured by the --bench file" if bench and bench.get("mfu") else "stated default")
+    mfu_source = (
+        "--mfu"
+        if mfu is not None
+        else ("measured by the --bench file" if bench and bench.get("mfu") else "stated default")
+    )
     bench_differs = _bench_differences(bench, config, precision) if bench else []
     cards = []
     for card in CARDS:
         peak = lookup_peak_tflops(card.device_name, precision)
-        row: dict[str, Any] = {"card": card.name, "memory_bytes": card.memory_bytes,
-                               "fits": memory["total"] <= card.memory_bytes * USABLE_MEMORY_FRACTION,
-                               "peak_tflops": peak[0] if peak else None, "usd_per_gpu_hour": card.usd_per_hour}
+        row: dict[str, Any] = {
+            "card": card.name,
+            "memory_bytes": card.memory_bytes,
+            "fits": memory["total"] <= card.memory_bytes * USABLE_MEMORY_FRACTION,
+            "peak_tflops": peak[0] if peak else None,
+            "usd_per_gpu_hour": card.usd_per_hour,
+        }
         per_gpu_tokens_per_second, basis = None, None
         if bench and lookup_peak_tflops(bench.get("device_name", ""), precision) == peak and peak is not None:
             per_gpu_tokens_per_second, basis = bench["tokens_per_second"], f"measured by --bench {bench_file}"
         elif peak is not None:
-            per_gpu_tokens_per_second, basis = stated_mfu * peak[0] * 1e12 / flops, f"{peak[1]} at MFU {stated_mfu:.2f} ({mfu_source})"
+            per_gpu_tokens_per_second, basis = (
+                stated_mfu * peak[0] * 1e12 / flops,
+                f"{peak[1]} at MFU {stated_mfu:.2f} ({mfu_source})",
+            )
         row["tokens_per_second"] = round(per_gpu_tokens_per_second * world_size) if per_gpu_tokens_per_second else None
         row["basis"] = basis
         if per_gpu_tokens_per_second and tokens is not None:
@@ -221,18 +274,34 @@ def plan_run(run_dir: Path, *, world_size: int = 1, datasets_dir: Optional[Path]
             row["hours"] = row["usd"] = None
         cards.append(row)
     return {
-        "run_dir": str(run_dir), "world_size": world_size, "writes_nothing": True,
+        "run_dir": str(run_dir),
+        "world_size": world_size,
+        "writes_nothing": True,
         "notes": not_yet_applied_notes(config),
         "dataset": dataset,
-        "steps": steps, "tokens": tokens, "global_batch_tokens": global_batch,
-        "global_batch": {"world_size": world_size, "microbatch_size": train.microbatch_size,
-                         "gradient_accumulation_steps": train.gradient_accumulation_steps, "context_length": model.context_length},
-        "checkpoints": checkpoints, "checkpoint_interval": train.checkpoint_interval,
-        "validations": validations, "validation_interval": train.validation_interval, "validation_batches": train.validation_batches,
-        "parameters": asdict(counts), "flops_per_token": flops, "total_flops": flops * tokens if tokens is not None else None,
-        "precision": precision, "precision_reason": precision_why,
+        "steps": steps,
+        "tokens": tokens,
+        "global_batch_tokens": global_batch,
+        "global_batch": {
+            "world_size": world_size,
+            "microbatch_size": train.microbatch_size,
+            "gradient_accumulation_steps": train.gradient_accumulation_steps,
+            "context_length": model.context_length,
+        },
+        "checkpoints": checkpoints,
+        "checkpoint_interval": train.checkpoint_interval,
+        "validations": validations,
+        "validation_interval": train.validation_interval,
+        "validation_batches": train.validation_batches,
+        "parameters": asdict(counts),
+        "flops_per_token": flops,
+        "total_flops": flops * tokens if tokens is not None else None,
+        "precision": precision,
+        "precision_reason": precision_why,
         "memory_per_gpu": memory,
-        "mfu": stated_mfu, "mfu_source": mfu_source, "bench_differs_in": bench_differs,
+        "mfu": stated_mfu,
+        "mfu_source": mfu_source,
+        "bench_differs_in": bench_differs,
         "cards": cards,
     }
 
@@ -246,33 +315,49 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
     batch = plan["global_batch"]
     memory = plan["memory_per_gpu"]
     params = plan["parameters"]
-    lines = [f"Dry run of {plan['run_dir']} on {plan['world_size']} GPU(s); nothing is written.",
-             f"  dataset      {plan['dataset']['dataset']}: {plan['dataset']['status']}"]
+    lines = [
+        f"Dry run of {plan['run_dir']} on {plan['world_size']} GPU(s); nothing is written.",
+        f"  dataset      {plan['dataset']['dataset']}: {plan['dataset']['status']}",
+    ]
     lines += [f"  note         {note}" for note in plan["notes"]]
     lines += [
         f"  global batch {plan['global_batch_tokens']:,} tokens = world {batch['world_size']} x microbatch {batch['microbatch_size']} "
         f"x accumulation {batch['gradient_accumulation_steps']} x context {batch['context_length']:,}",
         f"  steps        {_count(plan['steps'])}",
         f"  tokens       {_count(plan['tokens'])}",
-        f"  checkpoints  {_count(plan['checkpoints'])}" + (f" (every {plan['checkpoint_interval']:,} steps from step 0, and the last)"
-                                                           if plan["checkpoint_interval"] else " (at the last step)"),
-        f"  validations  {_count(plan['validations'])}" + (f" of {plan['validation_batches']} microbatches" if plan["validations"] else ""),
+        f"  checkpoints  {_count(plan['checkpoints'])}"
+        + (
+            f" (every {plan['checkpoint_interval']:,} steps from step 0, and the last)"
+            if plan["checkpoint_interval"]
+            else " (at the last step)"
+        ),
+        f"  validations  {_count(plan['validations'])}"
+        + (f" of {plan['validation_batches']} microbatches" if plan["validations"] else ""),
         f"  parameters   {params['total']:,} ({params['matmul']:,} in matmuls per token)",
-        f"  FLOPs        {plan['flops_per_token']:,} per token" + (f", {plan['total_flops']:.3e} in all" if plan["total_flops"] else ""),
+        f"  FLOPs        {plan['flops_per_token']:,} per token"
+        + (f", {plan['total_flops']:.3e} in all" if plan["total_flops"] else ""),
         f"  precision    {plan['precision']} ({plan['precision_reason']})",
         f"  memory/GPU   {format_bytes(memory['total'])} estimated peak: weights {format_bytes(memory['weights'])}, gradients "
         f"{format_bytes(memory['gradients'])}, AdamW {format_bytes(memory['adamw_state'])}"
-        + (f", autocast copies {format_bytes(memory['autocast_weight_copies'])}" if memory["autocast_weight_copies"] else "")
+        + (
+            f", autocast copies {format_bytes(memory['autocast_weight_copies'])}"
+            if memory["autocast_weight_copies"]
+            else ""
+        )
         + (f", DDP buckets {format_bytes(memory['ddp_gradient_buckets'])}" if memory["ddp_gradient_buckets"] else "")
         + f", activations {format_bytes(memory['activations'])}, output head {format_bytes(memory['output_head'])} (docs/planning.md)",
     ]
     if plan["bench_differs_in"]:
-        lines.append(f"  warning      the --bench file measured a different {', '.join(plan['bench_differs_in'])}; its tokens/s may not hold")
+        lines.append(
+            f"  warning      the --bench file measured a different {', '.join(plan['bench_differs_in'])}; its tokens/s may not hold"
+        )
     lines.append(f"  {'card':<14} {'fits':<5} {'tokens/s':>12} {'time':>10} {'cost':>10}  basis")
     for row in plan["cards"]:
         time_text = f"{row['hours']:.1f} h" if row["hours"] is not None else "n/a"
         cost_text = f"${row['usd']:,.0f}" if row["usd"] is not None else "n/a"
         speed = f"{row['tokens_per_second']:,}" if row["tokens_per_second"] else "n/a"
         basis = (row["basis"] or "no datasheet peak") + f"; ${row['usd_per_gpu_hour']:.2f}/GPU-hour assumed"
-        lines.append(f"  {row['card']:<14} {'yes' if row['fits'] else 'no':<5} {speed:>12} {time_text:>10} {cost_text:>10}  {basis}")
+        lines.append(
+            f"  {row['card']:<14} {'yes' if row['fits'] else 'no':<5} {speed:>12} {time_text:>10} {cost_text:>10}  {basis}"
+        )
     return lines

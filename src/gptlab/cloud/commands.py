@@ -24,20 +24,55 @@ def cloud() -> None:
 
 
 @cloud.command()
-@click.option("--provider", "provider_name", type=click.Choice(["lambda"]), default="lambda", show_default=True,
-              help="The cloud; its API key comes from the environment (LAMBDA_API_KEY).")
+@click.option(
+    "--provider",
+    "provider_name",
+    type=click.Choice(["lambda"]),
+    default="lambda",
+    show_default=True,
+    help="The cloud; its API key comes from the environment (LAMBDA_API_KEY).",
+)
 @click.option("--instance-type", required=True, help="The provider's name of the machine, e.g. gpu_8x_a100_80gb_sxm4.")
 @click.option("--region", "regions", multiple=True, help="A region to accept (repeatable); default: any region.")
-@click.option("--launch", is_flag=True, help="Launch one instance when there is capacity (needs --ssh-key); without it, only tell.")
+@click.option(
+    "--launch",
+    is_flag=True,
+    help="Launch one instance when there is capacity (needs --ssh-key); without it, only tell.",
+)
 @click.option("--ssh-key", default=None, help="Name of an SSH key already added to the provider account.")
 @click.option("--filesystem", default=None, help="A persistent filesystem to attach (it must be in the launch region).")
-@click.option("--interval", type=FiniteFloatRange(min=0, min_open=True), default=60.0, show_default=True, help="Seconds between polls.")
-@click.option("--max-hours", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Give up after this many hours (exit 1).")
+@click.option(
+    "--interval",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@click.option(
+    "--max-hours",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=None,
+    help="Give up after this many hours (exit 1).",
+)
 @click.option("--notify", "notify_names", multiple=True, type=click.Choice(CHANNEL_NAMES), help=NOTIFY_HELP)
-@click.option("--name", "instance_name", default=None,
-              help="Name for the launched instance, how a launch whose answer was lost is found again (default: gptlab-<random>).")
-def watch(provider_name: str, instance_type: str, regions: tuple[str, ...], launch: bool, ssh_key: Optional[str], filesystem: Optional[str],
-          interval: float, max_hours: Optional[float], notify_names: tuple[str, ...], instance_name: Optional[str]) -> None:
+@click.option(
+    "--name",
+    "instance_name",
+    default=None,
+    help="Name for the launched instance, how a launch whose answer was lost is found again (default: gptlab-<random>).",
+)
+def watch(
+    provider_name: str,
+    instance_type: str,
+    regions: tuple[str, ...],
+    launch: bool,
+    ssh_key: Optional[str],
+    filesystem: Optional[str],
+    interval: float,
+    max_hours: Optional[float],
+    notify_names: tuple[str, ...],
+    instance_name: Optional[str],
+) -> None:
     """Poll the provider until INSTANCE-TYPE has capacity in an allowed region, then launch one (--launch) or only
     report it, print the instance id and IP once it is up, and stop.
 
@@ -55,8 +90,16 @@ def watch(provider_name: str, instance_type: str, regions: tuple[str, ...], laun
         raise UserError("cloud watch: --launch needs --ssh-key NAME (a key already added to your provider account)")
     provider = {"lambda": LambdaCloud}[provider_name].from_environment()
     notifier = Notifier(channels_from_environment(notify_names, source="cloud watch --notify"), log=click.echo)
-    plan = WatchPlan(instance_type, tuple(regions), launch, ssh_key, filesystem, interval, max_hours,
-                     instance_name or f"gptlab-{secrets.token_hex(4)}")
+    plan = WatchPlan(
+        instance_type,
+        tuple(regions),
+        launch,
+        ssh_key,
+        filesystem,
+        interval,
+        max_hours,
+        instance_name or f"gptlab-{secrets.token_hex(4)}",
+    )
     stop = threading.Event()
     stopped_by: list[str] = []
 
@@ -75,7 +118,10 @@ def watch(provider_name: str, instance_type: str, regions: tuple[str, ...], laun
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if stopped_by:
-        click.echo(f"Stopped by {stopped_by[0]} after {result.polls} polls" + ("." if result.launches == 0 else "; see above for the launched instance."))
+        click.echo(
+            f"Stopped by {stopped_by[0]} after {result.polls} polls"
+            + ("." if result.launches == 0 else "; see above for the launched instance.")
+        )
     notifier.close()
     if stopped_by:
         sys.exit(128 + int(getattr(signal, stopped_by[0])))

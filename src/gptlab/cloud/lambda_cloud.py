@@ -33,8 +33,10 @@ class LambdaCloud:
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "LambdaCloud":
         env = os.environ if environ is None else environ
         if not env.get("LAMBDA_API_KEY"):
-            raise UserError("cloud: LAMBDA_API_KEY is not set; create a key at https://cloud.lambda.ai/api-keys and export it "
-                            "(the key is read from the environment only)")
+            raise UserError(
+                "cloud: LAMBDA_API_KEY is not set; create a key at https://cloud.lambda.ai/api-keys and export it "
+                "(the key is read from the environment only)"
+            )
         return cls(env["LAMBDA_API_KEY"], env.get("LAMBDA_API_BASE_URL") or DEFAULT_BASE_URL)
 
     # --- the provider interface -----------------------------------------------------------------
@@ -46,8 +48,12 @@ class LambdaCloud:
         entry = types[instance_type]
         about = entry.get("instance_type", {})
         cents = about.get("price_cents_per_hour")
-        return Offer(instance_type, about.get("description", instance_type), cents / 100 if isinstance(cents, (int, float)) else None,
-                     tuple(region["name"] for region in entry.get("regions_with_capacity_available", [])))
+        return Offer(
+            instance_type,
+            about.get("description", instance_type),
+            cents / 100 if isinstance(cents, (int, float)) else None,
+            tuple(region["name"] for region in entry.get("regions_with_capacity_available", [])),
+        )
 
     def instances(self) -> list[Instance]:
         return [self._instance(item) for item in self._call("GET", "instances") or []]
@@ -56,27 +62,50 @@ class LambdaCloud:
         return self._instance(self._call("GET", f"instances/{instance_id}"))
 
     def launch(self, instance_type: str, region: str, ssh_key: str, filesystem: Optional[str], name: str) -> str:
-        data = self._call("POST", "instance-operations/launch", timeout=LAUNCH_TIMEOUT, body={
-            "region_name": region, "instance_type_name": instance_type, "ssh_key_names": [ssh_key],
-            "file_system_names": [filesystem] if filesystem else [], "quantity": 1, "name": name,
-        })
+        data = self._call(
+            "POST",
+            "instance-operations/launch",
+            timeout=LAUNCH_TIMEOUT,
+            body={
+                "region_name": region,
+                "instance_type_name": instance_type,
+                "ssh_key_names": [ssh_key],
+                "file_system_names": [filesystem] if filesystem else [],
+                "quantity": 1,
+                "name": name,
+            },
+        )
         try:
             return str(data["instance_ids"][0])
         except (TypeError, KeyError, IndexError):
-            raise ProviderError("lambda instance-operations/launch: an answer without an instance id", retry=True, no_response=True) from None
+            raise ProviderError(
+                "lambda instance-operations/launch: an answer without an instance id", retry=True, no_response=True
+            ) from None
 
     # --- plumbing -----------------------------------------------------------------------------
     @staticmethod
     def _instance(item: dict[str, Any]) -> Instance:
         status = item.get("status", "unknown")
-        return Instance(id=item["id"], name=item.get("name"), instance_type=(item.get("instance_type") or {}).get("name", ""),
-                        region=(item.get("region") or {}).get("name", ""), status=status, ip=item.get("ip"),
-                        ready=status == "active" and bool(item.get("ip")), gone=status in GONE_STATUSES)
+        return Instance(
+            id=item["id"],
+            name=item.get("name"),
+            instance_type=(item.get("instance_type") or {}).get("name", ""),
+            region=(item.get("region") or {}).get("name", ""),
+            status=status,
+            ip=item.get("ip"),
+            ready=status == "active" and bool(item.get("ip")),
+            gone=status in GONE_STATUSES,
+        )
 
     def _call(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT) -> Any:
         try:
-            response = request(method, f"{self.base_url}/api/v1/{path}", json_body=body, timeout=timeout,
-                               headers={"Authorization": f"Bearer {self._api_key}"})
+            response = request(
+                method,
+                f"{self.base_url}/api/v1/{path}",
+                json_body=body,
+                timeout=timeout,
+                headers={"Authorization": f"Bearer {self._api_key}"},
+            )
         except HttpError as error:
             raise self._provider_error(path, error) from None
         if not isinstance(response.body, dict) or "data" not in response.body:
@@ -86,13 +115,21 @@ class LambdaCloud:
     def _provider_error(self, path: str, error: HttpError) -> Exception:
         detail = error.body.get("error", {}) if isinstance(error.body, dict) else {}
         code = detail.get("code", "") if isinstance(detail, dict) else ""
-        said = " ".join(str(detail.get(key, "")) for key in ("message", "suggestion")).strip() if isinstance(detail, dict) else ""
-        line = redact(f"lambda {path}: {error}" + (f" {code}" if code else "") + (f": {said}" if said else ""), [self._api_key])
+        said = (
+            " ".join(str(detail.get(key, "")) for key in ("message", "suggestion")).strip()
+            if isinstance(detail, dict)
+            else ""
+        )
+        line = redact(
+            f"lambda {path}: {error}" + (f" {code}" if code else "") + (f": {said}" if said else ""), [self._api_key]
+        )
         status = error.status
         if status in (401, 403):
             return UserError(f"{line} (check LAMBDA_API_KEY)")
         if status is None or status in (408, 429) or status >= 500:
-            return ProviderError(line, retry=True, no_response=status is None, retry_after=error.retry_after, status=status)
+            return ProviderError(
+                line, retry=True, no_response=status is None, retry_after=error.retry_after, status=status
+            )
         if "insufficient-capacity" in code:
             return ProviderError(line, retry=True, no_capacity=True, status=status)
         return UserError(line)  # a parameter the provider refuses (an unknown ssh key, say) will not pass by waiting

@@ -39,8 +39,16 @@ class ProviderError(Exception):
     wait the provider asked for, in seconds.
     """
 
-    def __init__(self, line: str, *, retry: bool, no_response: bool = False, retry_after: Optional[float] = None,
-                 no_capacity: bool = False, status: Optional[int] = None):
+    def __init__(
+        self,
+        line: str,
+        *,
+        retry: bool,
+        no_response: bool = False,
+        retry_after: Optional[float] = None,
+        no_capacity: bool = False,
+        status: Optional[int] = None,
+    ):
         super().__init__(line)
         self.retry = retry
         self.no_response = no_response
@@ -58,8 +66,7 @@ class Provider(Protocol):
     def instances(self) -> list[Instance]:
         """Every instance of the account that is not terminated."""
 
-    def instance(self, instance_id: str) -> Instance:
-        ...
+    def instance(self, instance_id: str) -> Instance: ...
 
     def launch(self, instance_type: str, region: str, ssh_key: str, filesystem: Optional[str], name: str) -> str:
         """Launch one instance and return its id."""

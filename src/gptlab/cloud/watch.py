@@ -63,13 +63,22 @@ class Watcher:
         launched_id: Optional[str] = None
         lost_launch_at: Optional[float] = None
         errors_in_a_row = 0
-        self._state(f"Watching {self.provider.name} for {plan.instance_type} in {', '.join(plan.regions) or 'any region'} every {plan.interval:g} s"
-                    + (f", for at most {plan.max_hours:g} h" if plan.max_hours is not None else "")
-                    + (f"; will launch one named {plan.name} with ssh key {plan.ssh_key}" if plan.launch else "; will only notify"))
+        self._state(
+            f"Watching {self.provider.name} for {plan.instance_type} in {', '.join(plan.regions) or 'any region'} every {plan.interval:g} s"
+            + (f", for at most {plan.max_hours:g} h" if plan.max_hours is not None else "")
+            + (
+                f"; will launch one named {plan.name} with ssh key {plan.ssh_key}"
+                if plan.launch
+                else "; will only notify"
+            )
+        )
         while not self.stop.is_set():
             if deadline is not None and self.clock() >= deadline and launched_id is None:
                 result.outcome = "gave-up"
-                self._state(f"No capacity for {plan.instance_type} within {plan.max_hours:g} h ({result.polls} polls); stopped", "gave-up")
+                self._state(
+                    f"No capacity for {plan.instance_type} within {plan.max_hours:g} h ({result.polls} polls); stopped",
+                    "gave-up",
+                )
                 return result
             wait = plan.interval
             try:
@@ -77,8 +86,11 @@ class Watcher:
                     instance = self.provider.instance(launched_id)
                     if instance.ready:
                         result.outcome, result.instance = "up", instance
-                        self._state(f"Instance {instance.id} ({instance.instance_type}, {instance.region}) is up at {instance.ip}: "
-                                    f"ssh ubuntu@{instance.ip}", "up")
+                        self._state(
+                            f"Instance {instance.id} ({instance.instance_type}, {instance.region}) is up at {instance.ip}: "
+                            f"ssh ubuntu@{instance.ip}",
+                            "up",
+                        )
                         return result
                     if instance.gone:
                         result.outcome, result.instance = "lost-instance", instance
@@ -90,50 +102,80 @@ class Watcher:
                     mine = self._own_instance()
                     if mine is not None:
                         launched_id, result.region = mine.id, mine.region
-                        self._state(f"Found instance {mine.id} ({mine.status}) from the launch whose answer was lost; waiting for it to boot", "launched")
+                        self._state(
+                            f"Found instance {mine.id} ({mine.status}) from the launch whose answer was lost; waiting for it to boot",
+                            "launched",
+                        )
                         continue
                     if self.clock() - lost_launch_at < LOST_LAUNCH_INTERVALS * plan.interval:
                         self._quiet(f"no instance named {plan.name} yet; looking again before any new launch")
                     else:
                         lost_launch_at = None
-                        self._state(f"No instance named {plan.name} appeared: the lost launch did not happen; watching again")
+                        self._state(
+                            f"No instance named {plan.name} appeared: the lost launch did not happen; watching again"
+                        )
                         continue
                 else:
                     offer = self.provider.offer(plan.instance_type)
                     result.polls += 1
-                    regions = [region for region in offer.regions_with_capacity if not plan.regions or region in plan.regions]
+                    regions = [
+                        region for region in offer.regions_with_capacity if not plan.regions or region in plan.regions
+                    ]
                     if not regions:
-                        elsewhere = f" (free elsewhere: {', '.join(offer.regions_with_capacity)})" if offer.regions_with_capacity else ""
+                        elsewhere = (
+                            f" (free elsewhere: {', '.join(offer.regions_with_capacity)})"
+                            if offer.regions_with_capacity
+                            else ""
+                        )
                         self._quiet(f"poll {result.polls}: no capacity{elsewhere}")
                     else:
                         region = regions[0]
-                        price = f"${offer.price_per_hour:.2f}/h" if offer.price_per_hour is not None else "price unknown"
+                        price = (
+                            f"${offer.price_per_hour:.2f}/h" if offer.price_per_hour is not None else "price unknown"
+                        )
                         result.region = region
                         if not plan.launch:
                             result.outcome = "capacity"
-                            self._state(f"Capacity: {plan.instance_type} ({offer.description}) in {', '.join(regions)} at {price}", "capacity")
+                            self._state(
+                                f"Capacity: {plan.instance_type} ({offer.description}) in {', '.join(regions)} at {price}",
+                                "capacity",
+                            )
                             return result
                         mine = self._own_instance()  # a launch of ours the provider carried out but never confirmed
                         if mine is not None:
                             launched_id, result.region = mine.id, mine.region
-                            self._state(f"Instance {mine.id} named {plan.name} is already {mine.status}; not launching another", "launched")
+                            self._state(
+                                f"Instance {mine.id} named {plan.name} is already {mine.status}; not launching another",
+                                "launched",
+                            )
                             continue
-                        self._state(f"Capacity: {plan.instance_type} ({offer.description}) in {region} at {price}; launching one")
+                        self._state(
+                            f"Capacity: {plan.instance_type} ({offer.description}) in {region} at {price}; launching one"
+                        )
                         try:
                             result.launches += 1
-                            launched_id = self.provider.launch(plan.instance_type, region, plan.ssh_key or "", plan.filesystem, plan.name)
+                            launched_id = self.provider.launch(
+                                plan.instance_type, region, plan.ssh_key or "", plan.filesystem, plan.name
+                            )
                         except ProviderError as error:
-                            if error.no_response or (error.status or 0) >= 500:  # it may have been carried out all the same
+                            if (
+                                error.no_response or (error.status or 0) >= 500
+                            ):  # it may have been carried out all the same
                                 lost_launch_at = self.clock()
-                                self._state(f"The launch got no clear answer ({error}); looking for instance {plan.name} before trying again")
+                                self._state(
+                                    f"The launch got no clear answer ({error}); looking for instance {plan.name} before trying again"
+                                )
                                 continue
                             if error.no_capacity:
                                 self._state(f"Capacity went before the launch ({error}); watching again")
                             else:
                                 raise
                         else:
-                            self._state(f"Launched instance {launched_id} ({plan.instance_type}, {region}, {price}); waiting for it to boot "
-                                        "(it is billed from now on)", "launched")
+                            self._state(
+                                f"Launched instance {launched_id} ({plan.instance_type}, {region}, {price}); waiting for it to boot "
+                                "(it is billed from now on)",
+                                "launched",
+                            )
                             wait = min(plan.interval, BOOT_POLL)
                 errors_in_a_row = 0
             except ProviderError as error:
@@ -142,8 +184,11 @@ class Watcher:
                 self._quiet(f"{error}; trying again in {wait:.1f} s")
             self.stop.wait(wait)
         if launched_id is not None:
-            self._state(f"Stopped while instance {launched_id} was booting: it is running and billed; "
-                        "terminate it in the provider's dashboard if it is not wanted", "stopped")
+            self._state(
+                f"Stopped while instance {launched_id} was booting: it is running and billed; "
+                "terminate it in the provider's dashboard if it is not wanted",
+                "stopped",
+            )
             result.outcome = "stopped"
         return result
 

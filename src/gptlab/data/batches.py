@@ -50,13 +50,24 @@ class BatchPlan:
         return self.start_token + item * self.item_tokens
 
 
-def plan_training(split: TokenSplit, *, start_token: int, min_tokens: int, microbatch_size: int, context_length: int,
-                  accumulation_steps: int, world_size: int, source: str) -> BatchPlan:
+def plan_training(
+    split: TokenSplit,
+    *,
+    start_token: int,
+    min_tokens: int,
+    microbatch_size: int,
+    context_length: int,
+    accumulation_steps: int,
+    world_size: int,
+    source: str,
+) -> BatchPlan:
     """Round `min_tokens` up to whole global batches (-1: every whole batch there is) and check the split holds them."""
     plan = BatchPlan(start_token, microbatch_size, context_length, accumulation_steps, world_size)
     available = len(split) - start_token - 1  # one token is kept back for the last target
     if start_token >= len(split):
-        raise UserError(f"{source}: start_train_token: {start_token} is past the end of the train split ({len(split):,} tokens)")
+        raise UserError(
+            f"{source}: start_train_token: {start_token} is past the end of the train split ({len(split):,} tokens)"
+        )
     if min_tokens == -1:
         steps = available // plan.global_batch_tokens
     else:

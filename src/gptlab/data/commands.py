@@ -17,7 +17,14 @@ def data() -> None:
 
 @data.command(name="inspect")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--documents", "show_documents", type=click.IntRange(min=0), default=2, show_default=True, help="How many of train's first documents to print.")
+@click.option(
+    "--documents",
+    "show_documents",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="How many of train's first documents to print.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def inspect(directory: Path, show_documents: int, as_json: bool) -> None:
     """Tokens and documents per split, the first documents decoded, and checks: every id below the
@@ -31,8 +38,10 @@ def inspect(directory: Path, show_documents: int, as_json: bool) -> None:
         rule = report["split_rule"] or {}
         click.echo(f"{directory} (split by {rule.get('by', 'documents')}, vocabulary {report['vocab_size']:,})")
         for name, split in report["splits"].items():
-            click.echo(f"  {name:<10} {split['tokens']:>15,} tokens  {split['documents']:>12,} documents  max id {split['max_id']:,}"
-                       f"  {'ends with <|endoftext|>' if split['ends_with_end_of_text'] else 'ends mid-document'}")
+            click.echo(
+                f"  {name:<10} {split['tokens']:>15,} tokens  {split['documents']:>12,} documents  max id {split['max_id']:,}"
+                f"  {'ends with <|endoftext|>' if split['ends_with_end_of_text'] else 'ends mid-document'}"
+            )
         for index, text in enumerate(report["first_documents"]):
             click.echo(f"--- train document {index} ---\n{text}")
         click.echo("checks: " + ("all passed" if not report["problems"] else f"{len(report['problems'])} failed"))

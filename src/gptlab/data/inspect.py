@@ -23,7 +23,13 @@ def inspect_dataset(directory: Path, show_documents: int = 2, preview_characters
     vocab_size = int(tokenizer.get("vocab_size", VOCAB_SIZE))
     end_of_text = int(tokenizer.get("end_of_text_id", END_OF_TEXT_ID))
     split_by = (dataset.meta.get("split_rule") or {}).get("by", "documents")
-    report: dict = {"directory": str(directory), "split_rule": dataset.meta.get("split_rule"), "vocab_size": vocab_size, "splits": {}, "problems": []}
+    report: dict = {
+        "directory": str(directory),
+        "split_rule": dataset.meta.get("split_rule"),
+        "vocab_size": vocab_size,
+        "splits": {},
+        "problems": [],
+    }
     present = [name for name in SPLIT_NAMES if dataset.has_split(name)]
     for name in present:
         split = dataset.split(name)
@@ -36,15 +42,26 @@ def inspect_dataset(directory: Path, show_documents: int = 2, preview_characters
             largest = max(largest, int(block.max()))
             smallest = min(smallest, int(block.min()))
         ends_with_separator = bool(len(split)) and int(split.read(len(split) - 1, len(split))[0]) == end_of_text
-        report["splits"][name] = {"tokens": len(split), "documents": documents, "max_id": largest, "ends_with_end_of_text": ends_with_separator}
+        report["splits"][name] = {
+            "tokens": len(split),
+            "documents": documents,
+            "max_id": largest,
+            "ends_with_end_of_text": ends_with_separator,
+        }
         if largest >= vocab_size or smallest < 0:
-            report["problems"].append(f"{split.path}: token id {largest if largest >= vocab_size else smallest} is outside the vocabulary [0, {vocab_size})")
+            report["problems"].append(
+                f"{split.path}: token id {largest if largest >= vocab_size else smallest} is outside the vocabulary [0, {vocab_size})"
+            )
         # Under the tokens rule only the last split ends where a document ends.
         if not ends_with_separator and len(split) and (split_by != "tokens" or name == present[-1]):
-            report["problems"].append(f"{split.path}: does not end with <|endoftext|> ({end_of_text}); documents must each be followed by it")
+            report["problems"].append(
+                f"{split.path}: does not end with <|endoftext|> ({end_of_text}); documents must each be followed by it"
+            )
         if not len(split):
             report["problems"].append(f"{split.path}: holds no tokens")
-    report["first_documents"] = _first_documents(dataset, end_of_text, show_documents, preview_characters) if "train" in present else []
+    report["first_documents"] = (
+        _first_documents(dataset, end_of_text, show_documents, preview_characters) if "train" in present else []
+    )
     return report
 
 
@@ -57,7 +74,11 @@ def _first_documents(dataset: TokenDataset, end_of_text: int, count: int, charac
         ends = np.flatnonzero(window == end_of_text)
         stop = int(ends[0]) if ends.size else len(window)
         ids = window[:stop].astype(np.int64)
-        text = decode(ids.tolist()) if not ids.size or ids.max() < VOCAB_SIZE else "(holds ids outside the vocabulary: not decoded)"
+        text = (
+            decode(ids.tolist())
+            if not ids.size or ids.max() < VOCAB_SIZE
+            else "(holds ids outside the vocabulary: not decoded)"
+        )
         texts.append(text if len(text) <= characters else text[:characters] + " …")
         start += stop + 1
     return texts

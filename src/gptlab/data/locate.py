@@ -31,7 +31,9 @@ def download_hf_dataset(repo_id: str, target: Path) -> None:
         snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=str(target))
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"dataset '{repo_id}': download into {target} failed ({first_line}); download it there yourself or give a local directory") from None
+        raise UserError(
+            f"dataset '{repo_id}': download into {target} failed ({first_line}); download it there yourself or give a local directory"
+        ) from None
 
 
 def readable_path(path: Path) -> Path:
@@ -57,7 +59,9 @@ def find_local_dataset(dataset: str, run_dir: Path, datasets_dir: Path | None = 
         return None
 
 
-def locate_dataset(dataset: str, run_dir: Path, datasets_dir: Path | None = None, download: bool = True) -> TokenDataset:
+def locate_dataset(
+    dataset: str, run_dir: Path, datasets_dir: Path | None = None, download: bool = True
+) -> TokenDataset:
     """Resolve train.json's `dataset` value, in this order: a path (absolute, or relative to the run
     directory, then to the working directory); `<datasets_dir>/<repository id>`; a download of that id."""
     candidates = [Path(dataset)] if Path(dataset).is_absolute() else [Path(run_dir) / dataset, Path(dataset)]

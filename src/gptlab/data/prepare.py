@@ -36,7 +36,15 @@ from gptlab.data.sources import Source, SourceOptions, open_source
 from gptlab.data.tokens import SPLIT_NAMES, TokenSplitWriter
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, read_json
-from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, ENCODER_JSON_SHA256, TOKENIZER_NAME, VOCAB_BPE_SHA256, VOCAB_SIZE, gpt2_encoding
+from gptlab.tokenizer import (
+    ENCODER_JSON_SHA256,
+    END_OF_TEXT,
+    END_OF_TEXT_ID,
+    TOKENIZER_NAME,
+    VOCAB_BPE_SHA256,
+    VOCAB_SIZE,
+    gpt2_encoding,
+)
 
 STATE_FILE = ".prepare-state.json"
 CHUNK_DOCUMENTS = 1024
@@ -56,7 +64,9 @@ class SplitFractions:
             if not 0 <= value < 1:
                 raise UserError(f"{name}: {value} is not allowed: use a fraction in [0, 1)")
         if self.validation + self.test >= 1:
-            raise UserError(f"--validation-fraction + --test-fraction = {self.validation + self.test:g} leaves nothing to train on; keep the sum below 1")
+            raise UserError(
+                f"--validation-fraction + --test-fraction = {self.validation + self.test:g} leaves nothing to train on; keep the sum below 1"
+            )
 
     @property
     def train(self) -> float:
@@ -82,18 +92,26 @@ class SplitRule:
         except ValueError:
             percent = -1.0
         if kind != "rows" or not 0 < percent < 100:
-            raise UserError(f"--split-rule {split_rule}: expected rows:P with 0 < P < 100, for example rows:99 "
-                            "(first 99% of rows train, the rest validation)")
+            raise UserError(
+                f"--split-rule {split_rule}: expected rows:P with 0 < P < 100, for example rows:99 "
+                "(first 99% of rows train, the rest validation)"
+            )
         if split_by != "auto":
             raise UserError(f"--split-rule {split_rule} and --split-by {split_by}: give one of them")
         return cls("rows", percent)
 
     def describe(self, fractions: SplitFractions, seed: int) -> dict:
         if self.by == "rows":
-            return {"by": "rows", "train_rows_percent": self.train_percent,
-                    "rule": f"first round({self.train_percent:g}% of rows) train, the rest validation, no test"}
+            return {
+                "by": "rows",
+                "train_rows_percent": self.train_percent,
+                "rule": f"first round({self.train_percent:g}% of rows) train, the rest validation, no test",
+            }
         if self.by == "tokens":
-            return {"by": "tokens", "rule": "contiguous token ranges in source order: train, then validation, then test"}
+            return {
+                "by": "tokens",
+                "rule": "contiguous token ranges in source order: train, then validation, then test",
+            }
         return {"by": "documents", "seed": seed, "rule": "one seeded draw per document"}
 
 
@@ -103,6 +121,7 @@ def rows_boundary(train_percent: float, rows: int) -> int:
 
 
 # --- tokenising (runs in the worker processes) ------------------------------------------------------
+
 
 def tokenise_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every text's tokens followed by `<|endoftext|>`, concatenated, and each document's token count."""
@@ -129,6 +148,7 @@ class _InProcess:
 
 
 # --- reading chunks ---------------------------------------------------------------------------------
+
 
 @dataclass
 class _Chunk:
@@ -159,23 +179,34 @@ def _chunks(rows: Iterator[Optional[str]], first_row: int) -> Iterator[_Chunk]:
 
 # --- progress record --------------------------------------------------------------------------------
 
+
 @dataclass
 class _Progress:
-    rule: str                      # resolved: documents, tokens or rows
-    rows_done: int = 0             # rows of the source fully handled
-    documents_done: int = 0        # documents drawn (the documents rule replays this many draws on resume)
-    train_full: bool = False       # --max-tokens reached
-    finished: bool = False         # every row read; the splits only need closing
+    rule: str  # resolved: documents, tokens or rows
+    rows_done: int = 0  # rows of the source fully handled
+    documents_done: int = 0  # documents drawn (the documents rule replays this many draws on resume)
+    train_full: bool = False  # --max-tokens reached
+    finished: bool = False  # every row read; the splits only need closing
     text_bytes: int = 0
 
     def to_json(self, writers: dict[str, TokenSplitWriter], documents: dict[str, int]) -> dict:
-        return {**asdict(self), "tokens": {name: writer.count for name, writer in writers.items()}, "documents": documents}
+        return {
+            **asdict(self),
+            "tokens": {name: writer.count for name, writer in writers.items()},
+            "documents": documents,
+        }
 
 
 def _settings(source: Source, fractions: SplitFractions, seed: int, rule: SplitRule, max_tokens: Optional[int]) -> dict:
     """Everything that decides the output: a resume is only allowed when these match."""
-    return {"source_fingerprint": source.fingerprint, "fractions": asdict(fractions), "seed": seed, "rule": asdict(rule),
-            "max_tokens": max_tokens, "gptlab_version": gptlab.__version__}
+    return {
+        "source_fingerprint": source.fingerprint,
+        "fractions": asdict(fractions),
+        "seed": seed,
+        "rule": asdict(rule),
+        "max_tokens": max_tokens,
+        "gptlab_version": gptlab.__version__,
+    }
 
 
 def _staged_names(rule: str) -> tuple[str, ...]:
@@ -189,6 +220,7 @@ def _remove_staging(out_dir: Path) -> None:
 
 
 # --- the command ------------------------------------------------------------------------------------
+
 
 def _resolve_auto(rows: Iterator[Optional[str]], fractions: SplitFractions) -> tuple[str, list[Optional[str]]]:
     """Read just enough rows to know whether there are enough documents for a per-document split."""
@@ -213,19 +245,25 @@ def _head_to_first_document(rows: Iterator[Optional[str]]) -> list[Optional[str]
     return head
 
 
-def _small_split_problem(name: str, count: int, total: int, fractions: SplitFractions, rule: str, context_length: int) -> Optional[str]:
+def _small_split_problem(
+    name: str, count: int, total: int, fractions: SplitFractions, rule: str, context_length: int
+) -> Optional[str]:
     needed = context_length + 1
     if count >= needed:
         return None
     if name == "train":
-        change = "lower --validation-fraction / --test-fraction" if rule != "rows" else "raise the P of --split-rule rows:P"
+        change = (
+            "lower --validation-fraction / --test-fraction" if rule != "rows" else "raise the P of --split-rule rows:P"
+        )
     elif rule == "rows":
         change = "lower the P of --split-rule rows:P"
     else:
         suggestion = math.ceil(100 * needed / total) / 100 if total else 1
         change = f"raise --{name}-fraction (to at least {suggestion:g})" if suggestion < 1 else "give more text"
-    return (f"the {name} split holds {count:,} tokens, under one context window of {context_length} tokens plus its target "
-            f"(--context-length); {change}, or lower --context-length")
+    return (
+        f"the {name} split holds {count:,} tokens, under one context window of {context_length} tokens plus its target "
+        f"(--context-length); {change}, or lower --context-length"
+    )
 
 
 def prepare_dataset(
@@ -252,7 +290,10 @@ def prepare_dataset(
     """
     fractions.check()
     rule = SplitRule.parse(split_by, split_rule)
-    if rule.by == "rows" and (fractions.validation, fractions.test) != (SplitFractions().validation, SplitFractions().test):
+    if rule.by == "rows" and (fractions.validation, fractions.test) != (
+        SplitFractions().validation,
+        SplitFractions().test,
+    ):
         raise UserError("--split-rule rows:P decides the splits itself; drop --validation-fraction / --test-fraction")
     if max_tokens is not None and max_tokens < 1:
         raise UserError(f"--max-tokens {max_tokens}: give a positive number of training tokens")
@@ -273,8 +314,10 @@ def prepare_dataset(
         except (OSError, ValueError):
             saved = None
         if not isinstance(saved, dict) or saved.get("settings") != settings:
-            raise UserError(f"{out_dir}: holds an interrupted prepare of another source or with other options ({STATE_FILE}); "
-                            "run it again with the same options to resume, or pass --overwrite to start over")
+            raise UserError(
+                f"{out_dir}: holds an interrupted prepare of another source or with other options ({STATE_FILE}); "
+                "run it again with the same options to resume, or pass --overwrite to start over"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     if saved is None:
         _remove_staging(out_dir)
@@ -286,11 +329,15 @@ def prepare_dataset(
     if saved is not None:
         progress = _Progress(**{key: saved["progress"][key] for key in _Progress.__dataclass_fields__})
         documents_count.update(saved["progress"]["documents"])
-        writers = {name: TokenSplitWriter(out_dir / f"{name}.safetensors", resume_from=saved["progress"]["tokens"][name])
-                   for name in _staged_names(progress.rule)}
+        writers = {
+            name: TokenSplitWriter(out_dir / f"{name}.safetensors", resume_from=saved["progress"]["tokens"][name])
+            for name in _staged_names(progress.rule)
+        }
         if show_progress:
-            print(f"Resuming the interrupted prepare in {out_dir} after row {progress.rows_done:,} "
-                  f"({sum(w.count for w in writers.values()):,} tokens already written)")
+            print(
+                f"Resuming the interrupted prepare in {out_dir} after row {progress.rows_done:,} "
+                f"({sum(w.count for w in writers.values()):,} tokens already written)"
+            )
     else:
         rows = opened.rows(0)
         if rule.by == "auto":
@@ -303,8 +350,10 @@ def prepare_dataset(
         writers = {name: TokenSplitWriter(out_dir / f"{name}.safetensors") for name in _staged_names(resolved)}
     if progress.rule == "rows" and opened.row_count is None:
         _close_writers(writers, keep=False)
-        raise UserError(f"{source}: --split-rule rows:P needs the number of rows, which this source does not record; "
-                        "use a parquet source or --split-by documents")
+        raise UserError(
+            f"{source}: --split-rule rows:P needs the number of rows, which this source does not record; "
+            "use a parquet source or --split-by documents"
+        )
     validation_row = rows_boundary(rule.train_percent, opened.row_count) if progress.rule == "rows" else None
     if saved is not None:
         if progress.train_full and validation_row is not None and progress.rows_done < validation_row:
@@ -320,9 +369,18 @@ def prepare_dataset(
     for _ in range(progress.documents_done if progress.rule == "documents" else 0):
         draw.random()
 
-    bar = tqdm(desc="tokenising", unit=" rows", total=opened.row_count, initial=progress.rows_done, disable=not show_progress,
-               dynamic_ncols=True, smoothing=0.1)
-    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InProcess()
+    bar = tqdm(
+        desc="tokenising",
+        unit=" rows",
+        total=opened.row_count,
+        initial=progress.rows_done,
+        disable=not show_progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    executor = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InProcess()
+    )
     try:
         if not progress.finished:
             pending: collections.deque[tuple[_Chunk, Future]] = collections.deque()
@@ -338,11 +396,25 @@ def prepare_dataset(
                     break
                 chunk, future = pending.popleft()
                 tokens, lengths = future.result()
-                stop = _assign(chunk, tokens, lengths, progress, writers, documents_count, draw, validation_row, max_tokens, fractions)
+                stop = _assign(
+                    chunk,
+                    tokens,
+                    lengths,
+                    progress,
+                    writers,
+                    documents_count,
+                    draw,
+                    validation_row,
+                    max_tokens,
+                    fractions,
+                )
                 bar.update(progress.rows_done - bar.n)
                 elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix_str(f"{progress.documents_done:,} docs, {sum(w.count for w in writers.values()):,} tokens, "
-                                    f"{progress.text_bytes / elapsed / 1e6:.1f} MB/s", refresh=False)
+                bar.set_postfix_str(
+                    f"{progress.documents_done:,} docs, {sum(w.count for w in writers.values()):,} tokens, "
+                    f"{progress.text_bytes / elapsed / 1e6:.1f} MB/s",
+                    refresh=False,
+                )
                 if stop == "all":
                     break
                 if stop == "train" and validation_row is not None and progress.rows_done < validation_row:
@@ -359,19 +431,37 @@ def prepare_dataset(
                 queued.cancel()
             progress.finished = True
             save_state()
-        meta = _finish(out_dir, source, opened, progress, writers, documents_count, fractions, seed, rule, context_length, started, max_tokens)
+        meta = _finish(
+            out_dir,
+            source,
+            opened,
+            progress,
+            writers,
+            documents_count,
+            fractions,
+            seed,
+            rule,
+            context_length,
+            started,
+            max_tokens,
+        )
     except KeyboardInterrupt:
         _close_writers(writers, keep=True)  # progress so far stays in .prepare-state.json for a resume
         if state_path.exists():
-            print(f"\nprepare interrupted; run the same command again to resume from row {progress.rows_done:,}", file=sys.stderr)
+            print(
+                f"\nprepare interrupted; run the same command again to resume from row {progress.rows_done:,}",
+                file=sys.stderr,
+            )
         raise
     except BaseException as error:
         _close_writers(writers, keep=False)
         _remove_staging(out_dir)  # the space of a failed run comes back
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise UserError(f"{out_dir}: no space left on the device while writing tokens "
-                            f"({sum(w.count for w in writers.values()) * 2:,} bytes of tokens were written and are removed again); "
-                            "free space and run the command again") from None
+            raise UserError(
+                f"{out_dir}: no space left on the device while writing tokens "
+                f"({sum(w.count for w in writers.values()) * 2:,} bytes of tokens were written and are removed again); "
+                "free space and run the command again"
+            ) from None
         raise
     finally:
         executor.shutdown(cancel_futures=True)
@@ -392,15 +482,26 @@ def _close_writers(writers: dict[str, TokenSplitWriter], keep: bool) -> None:
             pass
 
 
-def _assign(chunk: _Chunk, tokens: np.ndarray, lengths: np.ndarray, progress: _Progress, writers: dict[str, TokenSplitWriter],
-            documents_count: dict[str, int], draw: random.Random, validation_row: Optional[int], max_tokens: Optional[int],
-            fractions: SplitFractions) -> Optional[str]:
+def _assign(
+    chunk: _Chunk,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    progress: _Progress,
+    writers: dict[str, TokenSplitWriter],
+    documents_count: dict[str, int],
+    draw: random.Random,
+    validation_row: Optional[int],
+    max_tokens: Optional[int],
+    fractions: SplitFractions,
+) -> Optional[str]:
     """Give each document of a tokenised chunk its split and write it; returns "all" or "train" when
     --max-tokens ends reading or training rows."""
     count = len(lengths)
     if progress.rule == "documents":
         rolls = np.fromiter((draw.random() for _ in range(count)), dtype=np.float64, count=count)
-        labels = np.where(rolls < fractions.validation, 1, np.where(rolls < fractions.validation + fractions.test, 2, 0))
+        labels = np.where(
+            rolls < fractions.validation, 1, np.where(rolls < fractions.validation + fractions.test, 2, 0)
+        )
     elif progress.rule == "rows":
         labels = np.where(chunk.rows < validation_row, 0, 1)
     else:
@@ -409,7 +510,9 @@ def _assign(chunk: _Chunk, tokens: np.ndarray, lengths: np.ndarray, progress: _P
     stop = None
     kept = count
     if max_tokens is not None:
-        train_ends = writers[SPLIT_NAMES[0] if progress.rule != "tokens" else _STREAM].count + np.cumsum(np.where(labels == 0, lengths, 0))
+        train_ends = writers[SPLIT_NAMES[0] if progress.rule != "tokens" else _STREAM].count + np.cumsum(
+            np.where(labels == 0, lengths, 0)
+        )
         target = max_tokens if progress.rule != "tokens" else math.ceil(max_tokens / fractions.train)
         full = np.flatnonzero((labels == 0) & (train_ends >= target))
         if progress.train_full:
@@ -438,9 +541,20 @@ def _assign(chunk: _Chunk, tokens: np.ndarray, lengths: np.ndarray, progress: _P
     return stop
 
 
-def _finish(out_dir: Path, source_spec: str, source: Source, progress: _Progress, writers: dict[str, TokenSplitWriter],
-            documents_count: dict[str, int], fractions: SplitFractions, seed: int, rule: SplitRule, context_length: int,
-            started: float, max_tokens: Optional[int]) -> dict:
+def _finish(
+    out_dir: Path,
+    source_spec: str,
+    source: Source,
+    progress: _Progress,
+    writers: dict[str, TokenSplitWriter],
+    documents_count: dict[str, int],
+    fractions: SplitFractions,
+    seed: int,
+    rule: SplitRule,
+    context_length: int,
+    started: float,
+    max_tokens: Optional[int],
+) -> dict:
     """Check the splits, close them into their safetensors files, write meta.json, drop the state."""
     if progress.rule == "tokens":
         stream = writers[_STREAM]
@@ -450,16 +564,29 @@ def _finish(out_dir: Path, source_spec: str, source: Source, progress: _Progress
     else:
         total = sum(writer.count for writer in writers.values())
         sizes = {name: writers[name].count for name in SPLIT_NAMES}
-    wanted = {"train": True, "validation": progress.rule == "rows" or fractions.validation > 0, "test": progress.rule != "rows" and fractions.test > 0}
+    wanted = {
+        "train": True,
+        "validation": progress.rule == "rows" or fractions.validation > 0,
+        "test": progress.rule != "rows" and fractions.test > 0,
+    }
     parts = [name for name in SPLIT_NAMES if wanted[name]]
     if total < len(parts) * (context_length + 1):
-        raise UserError(f"{source_spec}: holds only {total:,} tokens; {', '.join(parts)} need at least {context_length + 1} each "
-                        f"(one context window of --context-length {context_length} plus its target): give more text or lower --context-length")
-    problems = [problem for name in SPLIT_NAMES if wanted[name]
-                for problem in [_small_split_problem(name, sizes[name], total, fractions, progress.rule, context_length)] if problem]
+        raise UserError(
+            f"{source_spec}: holds only {total:,} tokens; {', '.join(parts)} need at least {context_length + 1} each "
+            f"(one context window of --context-length {context_length} plus its target): give more text or lower --context-length"
+        )
+    problems = [
+        problem
+        for name in SPLIT_NAMES
+        if wanted[name]
+        for problem in [_small_split_problem(name, sizes[name], total, fractions, progress.rule, context_length)]
+        if problem
+    ]
     if problems:
         if progress.rule == "documents":
-            problems.append(f"({progress.documents_done} documents split by a draw per document; --split-by tokens cuts one text into contiguous ranges)")
+            problems.append(
+                f"({progress.documents_done} documents split by a draw per document; --split-by tokens cuts one text into contiguous ranges)"
+            )
         raise UserError(*(f"{source_spec}: {problem}" for problem in problems))
     if progress.rule == "tokens":
         documents_count = _cut_stream(out_dir, writers.pop(_STREAM), sizes)
@@ -476,12 +603,24 @@ def _finish(out_dir: Path, source_spec: str, source: Source, progress: _Progress
         split_fractions = {"train": fractions.train, "validation": fractions.validation, "test": fractions.test}
     meta = {
         "format": "gptlab-tokens-v1",
-        "source": {**source.description, **({"skipped_files": len(source.skipped_files)} if source.skipped_files else {})},
-        "tokenizer": {"name": TOKENIZER_NAME, "vocab_size": VOCAB_SIZE, "end_of_text_id": END_OF_TEXT_ID, "vocab_bpe_sha256": VOCAB_BPE_SHA256, "encoder_json_sha256": ENCODER_JSON_SHA256},
+        "source": {
+            **source.description,
+            **({"skipped_files": len(source.skipped_files)} if source.skipped_files else {}),
+        },
+        "tokenizer": {
+            "name": TOKENIZER_NAME,
+            "vocab_size": VOCAB_SIZE,
+            "end_of_text_id": END_OF_TEXT_ID,
+            "vocab_bpe_sha256": VOCAB_BPE_SHA256,
+            "encoder_json_sha256": ENCODER_JSON_SHA256,
+        },
         "dtype": "uint16",
         "document_separator": END_OF_TEXT,
         "split_seed": seed,
-        "split_rule": {**SplitRule(progress.rule, rule.train_percent).describe(fractions, seed), **({"chosen_by": "auto"} if rule.by == "auto" else {})},
+        "split_rule": {
+            **SplitRule(progress.rule, rule.train_percent).describe(fractions, seed),
+            **({"chosen_by": "auto"} if rule.by == "auto" else {}),
+        },
         "fractions": split_fractions,
         "rows": {"read": progress.rows_done, "total": source.row_count},
         "documents": {name: documents_count[name] for name in produced},
@@ -499,7 +638,9 @@ def _cut_stream(out_dir: Path, stream: TokenSplitWriter, sizes: dict[str, int]) 
     """Copy contiguous ranges of the token stream into the split files, a block at a time."""
     stream.sync()
     stream.detach()
-    data = np.memmap(stream.partial_path, dtype=np.uint16, mode="r", offset=TokenSplitWriter.DATA_OFFSET, shape=(stream.count,))
+    data = np.memmap(
+        stream.partial_path, dtype=np.uint16, mode="r", offset=TokenSplitWriter.DATA_OFFSET, shape=(stream.count,)
+    )
     documents = {}
     start = 0
     block = 8 << 20
@@ -509,7 +650,7 @@ def _cut_stream(out_dir: Path, stream: TokenSplitWriter, sizes: dict[str, int]) 
         writer = TokenSplitWriter(out_dir / f"{name}.safetensors")
         ends = 0
         for offset in range(start, start + sizes[name], block):
-            piece = np.asarray(data[offset:min(offset + block, start + sizes[name])])
+            piece = np.asarray(data[offset : min(offset + block, start + sizes[name])])
             ends += int(np.count_nonzero(piece == END_OF_TEXT_ID))
             writer.write(piece)
         writer.close()

@@ -70,8 +70,10 @@ def _decode(data: bytes, path: Path, encoding: str) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
-        raise UserError(f"{path}: byte 0x{data[error.start]:02x} at offset {error.start} is not valid {encoding}; "
-                        f"pass --encoding (for example --encoding latin-1) if the file uses another encoding") from None
+        raise UserError(
+            f"{path}: byte 0x{data[error.start]:02x} at offset {error.start} is not valid {encoding}; "
+            f"pass --encoding (for example --encoding latin-1) if the file uses another encoding"
+        ) from None
 
 
 def _check_encoding(encoding: str) -> None:
@@ -80,10 +82,13 @@ def _check_encoding(encoding: str) -> None:
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise UserError(f"--encoding {encoding}: unknown encoding; use a Python codec name such as utf-8 or latin-1") from None
+        raise UserError(
+            f"--encoding {encoding}: unknown encoding; use a Python codec name such as utf-8 or latin-1"
+        ) from None
 
 
 # --- files ------------------------------------------------------------------------------------------
+
 
 def _jsonl_rows(path: Path, text_field: str, encoding: str) -> Iterator[Optional[str]]:
     with open(path, "rb") as lines:
@@ -91,16 +96,24 @@ def _jsonl_rows(path: Path, text_field: str, encoding: str) -> Iterator[Optional
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError as error:
-                raise UserError(f"{path}:{line_number}: byte 0x{raw[error.start]:02x} at column {error.start + 1} is not valid {encoding}; "
-                                f"pass --encoding (for example --encoding latin-1) if the file uses another encoding") from None
+                raise UserError(
+                    f"{path}:{line_number}: byte 0x{raw[error.start]:02x} at column {error.start + 1} is not valid {encoding}; "
+                    f"pass --encoding (for example --encoding latin-1) if the file uses another encoding"
+                ) from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise UserError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or text_field not in record or not isinstance(record[text_field], (str, type(None))):
-                raise UserError(f"{path}:{line_number}: expected an object with a string '{text_field}' field (set another with --text-field)")
+            if (
+                not isinstance(record, dict)
+                or text_field not in record
+                or not isinstance(record[text_field], (str, type(None)))
+            ):
+                raise UserError(
+                    f"{path}:{line_number}: expected an object with a string '{text_field}' field (set another with --text-field)"
+                )
             yield record.get(text_field)
 
 
@@ -114,11 +127,17 @@ def _parquet_file(path: Path, text_field: str):
         raise UserError(f"{path}: cannot read parquet ({error})") from None
     schema = parquet.schema_arrow
     if text_field not in schema.names:
-        raise UserError(f"{path}: no '{text_field}' column (columns: {', '.join(schema.names)}); set one with --text-field")
+        raise UserError(
+            f"{path}: no '{text_field}' column (columns: {', '.join(schema.names)}); set one with --text-field"
+        )
     column_type = schema.field(text_field).type
     value_type = column_type.value_type if pa.types.is_dictionary(column_type) else column_type
-    if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type) or pa.types.is_string_view(value_type)):
-        raise UserError(f"{path}: column '{text_field}' has type {column_type}, not text; name a string column with --text-field")
+    if not (
+        pa.types.is_string(value_type) or pa.types.is_large_string(value_type) or pa.types.is_string_view(value_type)
+    ):
+        raise UserError(
+            f"{path}: column '{text_field}' has type {column_type}, not text; name a string column with --text-field"
+        )
     return parquet
 
 
@@ -160,7 +179,9 @@ def _folder_files(folder: Path, glob: Optional[str]) -> list[Path]:
     return files
 
 
-def _folder_rows(folder: Path, files: list[Path], options: SourceOptions, skipped: list[str]) -> Iterator[Optional[str]]:
+def _folder_rows(
+    folder: Path, files: list[Path], options: SourceOptions, skipped: list[str]
+) -> Iterator[Optional[str]]:
     skipped.clear()
     any_document = False
     for file in files:
@@ -184,8 +205,10 @@ def _folder_rows(folder: Path, files: list[Path], options: SourceOptions, skippe
         any_document = True
         yield from _split_on_separator(text)
     if not any_document:
-        raise UserError(f"{folder}: no file decodes as {options.encoding} text ({len(skipped)} binary file(s) skipped)"
-                        + (f" among those matching --glob {options.glob}" if options.glob else ""))
+        raise UserError(
+            f"{folder}: no file decodes as {options.encoding} text ({len(skipped)} binary file(s) skipped)"
+            + (f" among those matching --glob {options.glob}" if options.glob else "")
+        )
 
 
 def _files_fingerprint(files: list[Path], extra: dict) -> str:
@@ -202,28 +225,44 @@ def _parquet_row_count(paths: list[Path], text_field: str) -> int:
 
 # --- Hugging Face -----------------------------------------------------------------------------------
 
+
 def _open_hf(spec: str, options: SourceOptions) -> Source:
     try:
         import datasets
     except ImportError:
-        raise UserError(f"{spec}: reading Hugging Face datasets needs the `datasets` library: pip install 'gptlab[hf]'") from None
-    repository = spec[len(HF_PREFIX):]
+        raise UserError(
+            f"{spec}: reading Hugging Face datasets needs the `datasets` library: pip install 'gptlab[hf]'"
+        ) from None
+    repository = spec[len(HF_PREFIX) :]
     local = Path(repository).is_dir()
     try:
-        stream = datasets.load_dataset(repository, name=options.hf_name, split=options.hf_split,
-                                       revision=options.hf_revision, streaming=True)
+        stream = datasets.load_dataset(
+            repository, name=options.hf_name, split=options.hf_split, revision=options.hf_revision, streaming=True
+        )
     except Exception as error:  # datasets raises many types (not found, bad config, bad split, network)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        chosen = ", ".join(f"--{flag} {value}" for flag, value in (("name", options.hf_name), ("split", options.hf_split), ("revision", options.hf_revision)) if value)
+        chosen = ", ".join(
+            f"--{flag} {value}"
+            for flag, value in (
+                ("name", options.hf_name),
+                ("split", options.hf_split),
+                ("revision", options.hf_revision),
+            )
+            if value
+        )
         raise UserError(f"{spec}: cannot open with `datasets` ({chosen}): {first_line}") from None
     features = stream.features
     if features is not None:
         if options.text_field not in features:
-            raise UserError(f"{spec}: no '{options.text_field}' column (columns: {', '.join(features)}); set one with --text-field")
+            raise UserError(
+                f"{spec}: no '{options.text_field}' column (columns: {', '.join(features)}); set one with --text-field"
+            )
         feature = features[options.text_field]
         dtype = getattr(feature, "dtype", None)
         if dtype not in ("string", "large_string"):
-            raise UserError(f"{spec}: column '{options.text_field}' has type {dtype or type(feature).__name__}, not text; name a string column with --text-field")
+            raise UserError(
+                f"{spec}: column '{options.text_field}' has type {dtype or type(feature).__name__}, not text; name a string column with --text-field"
+            )
     split_info = (stream.info.splits or {}).get(options.hf_split) if stream.info is not None else None
     row_count = int(split_info.num_examples) if split_info is not None and split_info.num_examples else None
 
@@ -232,9 +271,14 @@ def _open_hf(spec: str, options: SourceOptions) -> Source:
         for batch in selected.select_columns([options.text_field]).iter(batch_size=1000):
             yield from batch[options.text_field]
 
-    description = {"kind": "huggingface", "repository": str(Path(repository).resolve()) if local else repository,
-                   "name": options.hf_name, "split": options.hf_split, "revision": options.hf_revision,
-                   "resolved_revision": None if local else _hub_commit(repository, options.hf_revision)}
+    description = {
+        "kind": "huggingface",
+        "repository": str(Path(repository).resolve()) if local else repository,
+        "name": options.hf_name,
+        "split": options.hf_split,
+        "revision": options.hf_revision,
+        "resolved_revision": None if local else _hub_commit(repository, options.hf_revision),
+    }
     fingerprint_parts = {"hf": description, "text_field": options.text_field}
     if local:
         files = sorted(p for p in Path(repository).rglob("*") if p.is_file() and not _is_hidden(p, Path(repository)))
@@ -256,6 +300,7 @@ def _hub_commit(repository: str, revision: Optional[str]) -> Optional[str]:
 
 # --- opening ----------------------------------------------------------------------------------------
 
+
 def open_source(spec: str, options: SourceOptions = SourceOptions()) -> Source:
     """Open `spec` (see the module docstring); a missing or unreadable source is a UserError here."""
     _check_encoding(options.encoding)
@@ -266,7 +311,9 @@ def open_source(spec: str, options: SourceOptions = SourceOptions()) -> Source:
         sha256 = hashlib.sha256(data).hexdigest()
 
         def embedded(start: int) -> Iterator[Optional[str]]:
-            with lzma.open(resources.files("gptlab.corpora").joinpath(EMBEDDED_CORPORA[spec]).open("rb"), "rt", encoding="utf-8") as lines:
+            with lzma.open(
+                resources.files("gptlab.corpora").joinpath(EMBEDDED_CORPORA[spec]).open("rb"), "rt", encoding="utf-8"
+            ) as lines:
                 yield from _skip((json.loads(line)["text"] for line in lines), start)
 
         description = {"kind": "embedded", "name": spec, "sha256": sha256, "provenance": "gptlab/corpora/PROVENANCE.md"}
@@ -276,27 +323,46 @@ def open_source(spec: str, options: SourceOptions = SourceOptions()) -> Source:
     if path.is_dir():
         files = _folder_files(path, options.glob)
         if not files:
-            raise UserError(f"{path}: folder holds no files" + (f" matching --glob {options.glob}" if options.glob else ""))
+            raise UserError(
+                f"{path}: folder holds no files" + (f" matching --glob {options.glob}" if options.glob else "")
+            )
         description = {"kind": "folder", "path": str(path.resolve()), "files": len(files), "glob": options.glob}
         fingerprint = _files_fingerprint(files, fingerprint_extra)
         if all(f.suffix.lower() == ".parquet" for f in files):
             count = _parquet_row_count(files, options.text_field)
-            return Source(spec, description, fingerprint, lambda start: _parquet_rows(files, options.text_field, start), count)
+            return Source(
+                spec, description, fingerprint, lambda start: _parquet_rows(files, options.text_field, start), count
+            )
         skipped: list[str] = []
-        source = Source(spec, description, fingerprint, lambda start: _skip(_folder_rows(path, files, options, skipped), start))
+        source = Source(
+            spec, description, fingerprint, lambda start: _skip(_folder_rows(path, files, options, skipped), start)
+        )
         source.skipped_files = skipped
         return source
     if not path.is_file():
-        raise UserError(f"{spec}: no such file or folder (embedded corpora: {', '.join(EMBEDDED_CORPORA)}; Hugging Face datasets: hf:OWNER/NAME)")
+        raise UserError(
+            f"{spec}: no such file or folder (embedded corpora: {', '.join(EMBEDDED_CORPORA)}; Hugging Face datasets: hf:OWNER/NAME)"
+        )
     suffix = path.suffix.lower()
     description = {"kind": "path", "path": str(path.resolve())}
     fingerprint = _files_fingerprint([path], fingerprint_extra)
     if suffix == ".parquet":
         count = _parquet_row_count([path], options.text_field)
-        return Source(spec, description, fingerprint, lambda start: _parquet_rows([path], options.text_field, start), count)
+        return Source(
+            spec, description, fingerprint, lambda start: _parquet_rows([path], options.text_field, start), count
+        )
     if suffix == ".jsonl":
-        return Source(spec, description, fingerprint, lambda start: _skip(_jsonl_rows(path, options.text_field, options.encoding), start))
+        return Source(
+            spec,
+            description,
+            fingerprint,
+            lambda start: _skip(_jsonl_rows(path, options.text_field, options.encoding), start),
+        )
     if suffix in (".txt", ".md", ".text", ""):
-        return Source(spec, description, fingerprint, lambda start: _skip(_text_file_documents(path, options.encoding), start))
-    raise UserError(f"{path}: unsupported file type '{suffix}'; give a .txt, .md, .jsonl or .parquet file, a folder, "
-                    f"'hf:OWNER/NAME' or one of: {', '.join(EMBEDDED_CORPORA)}")
+        return Source(
+            spec, description, fingerprint, lambda start: _skip(_text_file_documents(path, options.encoding), start)
+        )
+    raise UserError(
+        f"{path}: unsupported file type '{suffix}'; give a .txt, .md, .jsonl or .parquet file, a folder, "
+        f"'hf:OWNER/NAME' or one of: {', '.join(EMBEDDED_CORPORA)}"
+    )

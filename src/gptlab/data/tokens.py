@@ -20,7 +20,9 @@ from gptlab.files import fsync_directory
 SPLIT_NAMES = ("train", "validation", "test")
 TOKENS_KEY = "tokens"
 _INTEGER_DTYPES = {np.dtype("uint16"), np.dtype("int32"), np.dtype("uint32"), np.dtype("int64")}
-MAX_ID_KEY = "max_id"  # in the safetensors header's __metadata__, written by TokenSplitWriter (short: the header room is fixed)
+MAX_ID_KEY = (
+    "max_id"  # in the safetensors header's __metadata__, written by TokenSplitWriter (short: the header room is fixed)
+)
 SCAN_TOKENS = 1 << 24  # a split without a recorded max id is scanned this far when opened (tens of milliseconds)
 
 
@@ -33,8 +35,10 @@ def check_ids(tokens: np.ndarray, vocab_size: int, path: Path, first_position: i
     if low >= 0 and high < vocab_size:
         return
     position = int(np.flatnonzero((tokens < 0) | (tokens >= vocab_size))[0])
-    raise UserError(f"{path}: token {first_position + position:,} is id {int(tokens[position])}, outside the vocabulary [0, {vocab_size}) "
-                    f"of model.json's vocab_size; the dataset was made with another tokenizer or is damaged")
+    raise UserError(
+        f"{path}: token {first_position + position:,} is id {int(tokens[position])}, outside the vocabulary [0, {vocab_size}) "
+        f"of model.json's vocab_size; the dataset was made with another tokenizer or is damaged"
+    )
 
 
 class TokenSplit:
@@ -68,8 +72,10 @@ class TokenSplit:
         batch read for training or evaluation is checked as well, by BatchReader)."""
         if self.max_id is not None:
             if self.max_id >= vocab_size:
-                raise UserError(f"{self.path}: holds token ids up to {self.max_id} (recorded when it was prepared), outside the vocabulary "
-                                f"[0, {vocab_size}) of model.json's vocab_size; use a vocab_size above {self.max_id} or a dataset of this tokenizer")
+                raise UserError(
+                    f"{self.path}: holds token ids up to {self.max_id} (recorded when it was prepared), outside the vocabulary "
+                    f"[0, {vocab_size}) of model.json's vocab_size; use a vocab_size above {self.max_id} or a dataset of this tokenizer"
+                )
             return
         check_ids(self.read(0, min(self.length, SCAN_TOKENS)), vocab_size, self.path, 0)
 
@@ -153,9 +159,13 @@ def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not valid JSON ({error}); restore it, or delete it to use the splits without it") from None
+        raise UserError(
+            f"{path}: not valid JSON ({error}); restore it, or delete it to use the splits without it"
+        ) from None
     if not isinstance(meta, dict):
-        raise UserError(f"{path}: must hold a JSON object, not {type(meta).__name__}; restore it, or delete it to use the splits without it")
+        raise UserError(
+            f"{path}: must hold a JSON object, not {type(meta).__name__}; restore it, or delete it to use the splits without it"
+        )
     return meta
 
 
@@ -168,7 +178,9 @@ class TokenDataset:
         if not self.directory.is_dir():
             raise UserError(f"{self.directory}: dataset directory not found")
         if not (self.directory / "train.safetensors").is_file():
-            raise UserError(f"{self.directory}: not a token dataset (no train.safetensors); make one with `gptlab prepare`")
+            raise UserError(
+                f"{self.directory}: not a token dataset (no train.safetensors); make one with `gptlab prepare`"
+            )
         self._splits: dict[str, TokenSplit] = {}
         meta_path = self.directory / "meta.json"
         self.meta: dict = _read_meta(meta_path) if meta_path.is_file() else {}

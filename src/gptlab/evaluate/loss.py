@@ -10,8 +10,8 @@ import torch
 from gptlab.data.batches import BatchPlan, BatchReader, whole_items
 from gptlab.data.tokens import TokenSplit
 from gptlab.errors import UserError
-from gptlab.train.precision import Precision
 from gptlab.rundir import DEFAULT_CHECKPOINT
+from gptlab.train.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,14 @@ class EvalSlice:
         return self.batches * self.batch_size * self.context_length
 
 
-def eval_slice_for(split: TokenSplit, split_name: str, start_token: int, batch_size: int, context_length: int,
-                   batches: Optional[int] = None) -> EvalSlice:
+def eval_slice_for(
+    split: TokenSplit,
+    split_name: str,
+    start_token: int,
+    batch_size: int,
+    context_length: int,
+    batches: Optional[int] = None,
+) -> EvalSlice:
     """`batches=None` takes every whole batch from `start_token` to the end of the split."""
     available = whole_items(split, start_token, batch_size * context_length)
     if available == 0:
@@ -41,13 +47,22 @@ def eval_slice_for(split: TokenSplit, split_name: str, start_token: int, batch_s
     if batches is None:
         batches = available
     elif batches > available:
-        raise UserError(f"{split.path}: --batches {batches} needs {batches * batch_size * context_length + 1:,} tokens from {start_token:,}; the {split_name} split has room for {available}")
+        raise UserError(
+            f"{split.path}: --batches {batches} needs {batches * batch_size * context_length + 1:,} tokens from {start_token:,}; the {split_name} split has room for {available}"
+        )
     return EvalSlice(split_name, start_token, batches, batch_size, context_length)
 
 
 @torch.no_grad()
-def evaluate_batch_losses(model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSlice, precision: Precision,
-                          device: torch.device, first: int = 0, stride: int = 1) -> torch.Tensor:
+def evaluate_batch_losses(
+    model: torch.nn.Module,
+    split: TokenSplit,
+    eval_slice: EvalSlice,
+    precision: Precision,
+    device: torch.device,
+    first: int = 0,
+    stride: int = 1,
+) -> torch.Tensor:
     """Mean token cross-entropy of batches first, first + stride, ... of the slice (float64, on `device`).
 
     `first` and `stride` let several processes share one evaluation without overlapping.
@@ -67,19 +82,33 @@ def evaluate_batch_losses(model: torch.nn.Module, split: TokenSplit, eval_slice:
     return torch.stack(losses) if losses else torch.zeros(0, dtype=torch.float64, device=device)
 
 
-def evaluate_loss(model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSlice, precision: Precision, device: torch.device) -> float:
+def evaluate_loss(
+    model: torch.nn.Module, split: TokenSplit, eval_slice: EvalSlice, precision: Precision, device: torch.device
+) -> float:
     """Mean over batches of each batch's mean token cross-entropy (the users' "test set loss")."""
     return float(evaluate_batch_losses(model, split, eval_slice, precision, device).mean())
 
 
-def evaluate_run(run_dir, checkpoint: str = DEFAULT_CHECKPOINT, split_name: Optional[str] = None, start_token: int = 0,
-                 batches: Optional[int] = None, batch_size: Optional[int] = None, precision_name: str = "fp32",
-                 datasets_dir=None, device_name: str = "auto") -> dict:
+def evaluate_run(
+    run_dir,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+    split_name: Optional[str] = None,
+    start_token: int = 0,
+    batches: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    precision_name: str = "fp32",
+    datasets_dir=None,
+    device_name: str = "auto",
+) -> dict:
     """Test loss of a run's checkpoint; the result names exactly which tokens it was computed on."""
     from gptlab.runs import open_trained_run
     from gptlab.train.precision import configure_precision
 
-    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else ("cpu" if device_name == "auto" else device_name))
+    device = torch.device(
+        "cuda"
+        if device_name == "auto" and torch.cuda.is_available()
+        else ("cpu" if device_name == "auto" else device_name)
+    )
     trained = open_trained_run(run_dir, checkpoint, device)
     dataset = trained.dataset(datasets_dir)
     if split_name is None:
@@ -87,14 +116,24 @@ def evaluate_run(run_dir, checkpoint: str = DEFAULT_CHECKPOINT, split_name: Opti
     split = dataset.split(split_name)
     split.check_vocabulary(trained.config.model.vocab_size)
     context = trained.config.model.context_length
-    chosen = eval_slice_for(split, split_name, start_token, batch_size or trained.config.train.microbatch_size, context, batches)
+    chosen = eval_slice_for(
+        split, split_name, start_token, batch_size or trained.config.train.microbatch_size, context, batches
+    )
     precision = configure_precision(precision_name, device, "--precision")
     loss = evaluate_loss(trained.model, split, chosen, precision, device)
     return {
-        "run": str(run_dir), "checkpoint": trained.checkpoint.name, "loss": loss, "split": split_name,
-        "start_token": chosen.start_token, "batches": chosen.batches, "batch_size": chosen.batch_size,
-        "context_length": chosen.context_length, "tokens": chosen.tokens, "precision": precision_name,
-        "dataset": str(dataset.directory), "tokenizer": dataset.tokenizer,
+        "run": str(run_dir),
+        "checkpoint": trained.checkpoint.name,
+        "loss": loss,
+        "split": split_name,
+        "start_token": chosen.start_token,
+        "batches": chosen.batches,
+        "batch_size": chosen.batch_size,
+        "context_length": chosen.context_length,
+        "tokens": chosen.tokens,
+        "precision": precision_name,
+        "dataset": str(dataset.directory),
+        "tokenizer": dataset.tokenizer,
         **evaluated_tokens_identity(dataset, split, chosen),
     }
 
@@ -115,4 +154,8 @@ def evaluated_tokens_identity(dataset, split: TokenSplit, chosen: EvalSlice) -> 
         described = {key: meta.get(key) for key in ("source", "split_seed", "fractions", "tokens")}
     else:  # a dataset without meta.json (the users' downloads): the split file itself
         described = {"split_file": split.path.name, "bytes": split.path.stat().st_size}
-    return {"tokens_sha256": digest.hexdigest(), "dataset_fingerprint": described, "tokenizer_fingerprint": meta.get("tokenizer") or dataset.tokenizer}
+    return {
+        "tokens_sha256": digest.hexdigest(),
+        "dataset_fingerprint": described,
+        "tokenizer_fingerprint": meta.get("tokenizer") or dataset.tokenizer,
+    }

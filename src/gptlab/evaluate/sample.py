@@ -12,9 +12,15 @@ from gptlab.rundir import DEFAULT_CHECKPOINT
 
 
 @torch.no_grad()
-def generate_tokens(model: GPT, prompt_ids: list[int], new_tokens: int, temperature: float = 1.0,
-                    top_k: Optional[int] = 25, generator: Optional[torch.Generator] = None,
-                    device: torch.device | str = "cpu") -> list[int]:
+def generate_tokens(
+    model: GPT,
+    prompt_ids: list[int],
+    new_tokens: int,
+    temperature: float = 1.0,
+    top_k: Optional[int] = 25,
+    generator: Optional[torch.Generator] = None,
+    device: torch.device | str = "cpu",
+) -> list[int]:
     """Extend `prompt_ids` by `new_tokens` tokens. Temperature 0 is greedy decoding."""
     was_training = model.training
     model.eval()
@@ -40,8 +46,15 @@ def generate_tokens(model: GPT, prompt_ids: list[int], new_tokens: int, temperat
 DEFAULT_PROMPT = "Every effort moves you"
 
 
-def generate_from_run(run_dir, prompt: str = DEFAULT_PROMPT, new_tokens: int = 20, temperature: float = 1.0,
-                      top_k: Optional[int] = 25, seed: Optional[int] = None, checkpoint: str = DEFAULT_CHECKPOINT) -> dict:
+def generate_from_run(
+    run_dir,
+    prompt: str = DEFAULT_PROMPT,
+    new_tokens: int = 20,
+    temperature: float = 1.0,
+    top_k: Optional[int] = 25,
+    seed: Optional[int] = None,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+) -> dict:
     """The users' smoke test on a run's checkpoint; with a seed the text is the same every time."""
     from gptlab.errors import UserError
     from gptlab.runs import open_trained_run
@@ -59,9 +72,19 @@ def generate_from_run(run_dir, prompt: str = DEFAULT_PROMPT, new_tokens: int = 2
         raise UserError("--prompt: empty; give at least one character of text")
     vocab_size = trained.config.model.vocab_size
     if max(prompt_ids) >= vocab_size:
-        raise UserError(f"--prompt: its GPT-2 token id {max(prompt_ids)} is outside this model's vocabulary [0, {vocab_size}) "
-                        f"(model.json vocab_size); use text whose tokens the model knows")
+        raise UserError(
+            f"--prompt: its GPT-2 token id {max(prompt_ids)} is outside this model's vocabulary [0, {vocab_size}) "
+            f"(model.json vocab_size); use text whose tokens the model knows"
+        )
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = generate_tokens(trained.model, prompt_ids, new_tokens, temperature, top_k, generator)
-    return {"run": str(run_dir), "checkpoint": trained.checkpoint.name, "prompt": prompt, "text": decode(ids),
-            "token_ids": ids, "temperature": temperature, "top_k": top_k, "seed": seed}
+    return {
+        "run": str(run_dir),
+        "checkpoint": trained.checkpoint.name,
+        "prompt": prompt,
+        "text": decode(ids),
+        "token_ids": ids,
+        "temperature": temperature,
+        "top_k": top_k,
+        "seed": seed,
+    }

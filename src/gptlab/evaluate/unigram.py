@@ -16,7 +16,9 @@ def token_counts(split: TokenSplit, vocab_size: int) -> np.ndarray:
     return counts
 
 
-def unigram_cross_entropy(train: TokenSplit, test: TokenSplit, vocab_size: int, test_tokens: int | None = None) -> float:
+def unigram_cross_entropy(
+    train: TokenSplit, test: TokenSplit, vocab_size: int, test_tokens: int | None = None
+) -> float:
     """Cross-entropy in nats of the test tokens (their first `test_tokens`, or all) under the train split's
     token frequencies, add-one smoothed so unseen tokens have finite loss."""
     probabilities = (token_counts(train, vocab_size) + 1) / (len(train) + vocab_size)

@@ -10,25 +10,54 @@ from typing import Optional
 
 import click
 
-FORMAT_OPTION = click.option("--format", "output_format", type=click.Choice(["terminal", "markdown", "csv", "json"]), default="terminal",
-                             show_default=True, help="How to print the table.")
-DATASETS_OPTION = click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                               help="Where Hugging Face datasets are looked for (as for `train`).")
-CHARTS_OPTION = click.option("--charts", "charts_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                             help="Also write loss-overlay.png and test-loss-difference.png into this folder.")
-CHART_FORMAT_OPTION = click.option("--chart-format", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
-                                   help="File format of the --charts files (svg and pdf for print and blogs).")
+FORMAT_OPTION = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["terminal", "markdown", "csv", "json"]),
+    default="terminal",
+    show_default=True,
+    help="How to print the table.",
+)
+DATASETS_OPTION = click.option(
+    "--datasets-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where Hugging Face datasets are looked for (as for `train`).",
+)
+CHARTS_OPTION = click.option(
+    "--charts",
+    "charts_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write loss-overlay.png and test-loss-difference.png into this folder.",
+)
+CHART_FORMAT_OPTION = click.option(
+    "--chart-format",
+    type=click.Choice(["png", "svg", "pdf"]),
+    default="png",
+    show_default=True,
+    help="File format of the --charts files (svg and pdf for print and blogs).",
+)
 EXPERIMENT_FILE = click.argument("experiment_file", type=click.Path(dir_okay=False, path_type=Path))
-MIXED_OPTION = click.option("--allow-mixed-checkpoints", is_flag=True,
-                            help="Compare runs evaluated at different checkpoint steps or tokens trained (noted under the table).")
+MIXED_OPTION = click.option(
+    "--allow-mixed-checkpoints",
+    is_flag=True,
+    help="Compare runs evaluated at different checkpoint steps or tokens trained (noted under the table).",
+)
 
 
 def _echo_err(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _show(comparison, output_format: str, charts_dir: Optional[Path], html_path: Optional[Path] = None, title: Optional[str] = None,
-          chart_format: str = "png") -> None:
+def _show(
+    comparison,
+    output_format: str,
+    charts_dir: Optional[Path],
+    html_path: Optional[Path] = None,
+    title: Optional[str] = None,
+    chart_format: str = "png",
+) -> None:
     from gptlab.experiments.compare import render
 
     click.echo(render(comparison, output_format), nl=False)
@@ -66,8 +95,12 @@ def plan(experiment_file: Path) -> None:
 
 @experiment.command()
 @EXPERIMENT_FILE
-@click.option("--launcher", default=None, metavar="COMMAND",
-              help='Train each run as `COMMAND -m gptlab train RUN_DIR`, e.g. --launcher "torchrun --nproc_per_node 8".')
+@click.option(
+    "--launcher",
+    default=None,
+    metavar="COMMAND",
+    help='Train each run as `COMMAND -m gptlab train RUN_DIR`, e.g. --launcher "torchrun --nproc_per_node 8".',
+)
 @DATASETS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[Path], no_progress: bool) -> None:
@@ -78,42 +111,85 @@ def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[P
     from gptlab.experiments.runner import run_experiment
     from gptlab.experiments.spec import load_experiment
 
-    run_experiment(load_experiment(experiment_file), launcher, datasets_dir, show_progress=not no_progress, echo=click.echo)
+    run_experiment(
+        load_experiment(experiment_file), launcher, datasets_dir, show_progress=not no_progress, echo=click.echo
+    )
 
 
 @experiment.command(name="report")
 @EXPERIMENT_FILE
 @FORMAT_OPTION
-@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write an HTML report here.")
+@click.option(
+    "-o",
+    "--output",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write an HTML report here.",
+)
 @CHARTS_OPTION
 @CHART_FORMAT_OPTION
 @DATASETS_OPTION
 @MIXED_OPTION
-def experiment_report(experiment_file: Path, output_format: str, html_path: Optional[Path], charts_dir: Optional[Path], chart_format: str,
-                      datasets_dir: Optional[Path], allow_mixed_checkpoints: bool) -> None:
+def experiment_report(
+    experiment_file: Path,
+    output_format: str,
+    html_path: Optional[Path],
+    charts_dir: Optional[Path],
+    chart_format: str,
+    datasets_dir: Optional[Path],
+    allow_mixed_checkpoints: bool,
+) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
     from gptlab.experiments.runner import experiment_comparison
     from gptlab.experiments.spec import load_experiment
 
     loaded = load_experiment(experiment_file)
-    comparison = experiment_comparison(loaded, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints)
+    comparison = experiment_comparison(
+        loaded, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
+    )
     _show(comparison, output_format, charts_dir, html_path, f"Experiment {loaded.name}", chart_format)
 
 
 @experiment.command()
 @click.argument("experiment_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--effect", type=click.FloatRange(min=0, min_open=True), required=True,
-              help="The smallest test-loss improvement worth finding (nats).")
-@click.option("--sd", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="The seed-to-seed SD of the test loss; default: the baseline's, measured in EXPERIMENT_FILE's finished runs.")
-@click.option("--power", "target_power", type=click.FloatRange(0.5, 1, max_open=True), default=0.8, show_default=True,
-              help="The chance of finding an improvement of that size.")
-@click.option("--interventions", type=click.IntRange(min=1), default=None,
-              help="Interventions judged against one baseline (Holm); default 1, or EXPERIMENT_FILE's count.")
+@click.option(
+    "--effect",
+    type=click.FloatRange(min=0, min_open=True),
+    required=True,
+    help="The smallest test-loss improvement worth finding (nats).",
+)
+@click.option(
+    "--sd",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The seed-to-seed SD of the test loss; default: the baseline's, measured in EXPERIMENT_FILE's finished runs.",
+)
+@click.option(
+    "--power",
+    "target_power",
+    type=click.FloatRange(0.5, 1, max_open=True),
+    default=0.8,
+    show_default=True,
+    help="The chance of finding an improvement of that size.",
+)
+@click.option(
+    "--interventions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Interventions judged against one baseline (Holm); default 1, or EXPERIMENT_FILE's count.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @DATASETS_OPTION
-def seeds(experiment_file: Optional[Path], effect: float, sd: Optional[float], target_power: float, interventions: Optional[int],
-          as_json: bool, datasets_dir: Optional[Path]) -> None:
+def seeds(
+    experiment_file: Optional[Path],
+    effect: float,
+    sd: Optional[float],
+    target_power: float,
+    interventions: Optional[int],
+    as_json: bool,
+    datasets_dir: Optional[Path],
+) -> None:
     """How many seeds per arm find an improvement of --effect with --power: the exact power of the two-sided t-test
     (noncentral t), at 5% divided by the number of interventions (Holm's first step)."""
     from gptlab.experiments.seeds import plan_seeds
@@ -125,15 +201,27 @@ def seeds(experiment_file: Optional[Path], effect: float, sd: Optional[float], t
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--baseline", "baseline_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The baseline run (its seed group is the baseline); default: the group named baseline, else the first run's.")
+@click.option(
+    "--baseline",
+    "baseline_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The baseline run (its seed group is the baseline); default: the group named baseline, else the first run's.",
+)
 @FORMAT_OPTION
 @CHARTS_OPTION
 @CHART_FORMAT_OPTION
 @DATASETS_OPTION
 @MIXED_OPTION
-def compare(run_dirs: tuple[Path, ...], baseline_dir: Optional[Path], output_format: str, charts_dir: Optional[Path], chart_format: str,
-            datasets_dir: Optional[Path], allow_mixed_checkpoints: bool) -> None:
+def compare(
+    run_dirs: tuple[Path, ...],
+    baseline_dir: Optional[Path],
+    output_format: str,
+    charts_dir: Optional[Path],
+    chart_format: str,
+    datasets_dir: Optional[Path],
+    allow_mixed_checkpoints: bool,
+) -> None:
     """Table of runs by test loss: improvement over the baseline with its interval, beyond or within seed noise, time, tokens/s, cost.
 
     Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
@@ -141,18 +229,39 @@ def compare(run_dirs: tuple[Path, ...], baseline_dir: Optional[Path], output_for
     """
     from gptlab.experiments.compare import compare_runs
 
-    _show(compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints),
-          output_format, charts_dir, chart_format=chart_format)
+    _show(
+        compare_runs(
+            list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
+        ),
+        output_format,
+        charts_dir,
+        chart_format=chart_format,
+    )
 
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"), show_default=True,
-              help="Where to write the HTML page.")
-@click.option("--baseline", "baseline_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `compare`.")
+@click.option(
+    "-o",
+    "--output",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="Where to write the HTML page.",
+)
+@click.option(
+    "--baseline",
+    "baseline_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="As for `compare`.",
+)
 @click.option("--title", default="gptlab comparison", show_default=True, help="Heading of the page.")
 @DATASETS_OPTION
-def report(run_dirs: tuple[Path, ...], html_path: Path, baseline_dir: Optional[Path], title: str, datasets_dir: Optional[Path]) -> None:
+def report(
+    run_dirs: tuple[Path, ...], html_path: Path, baseline_dir: Optional[Path], title: str, datasets_dir: Optional[Path]
+) -> None:
     """One self-contained HTML page: the comparison table, loss overlay, difference-from-baseline chart, and each run's charts."""
     from gptlab.experiments.compare import compare_runs
     from gptlab.experiments.report import write_report

@@ -25,26 +25,48 @@ from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.experiments import stats, verdicts
 from gptlab.files import strict_json
-from gptlab.rundir import (CHECKPOINTS, EVALUATION, MODEL_FILE, RESOLVED_CONFIG, SUMMARY, read_config_dict, read_evaluation,
-                           read_summary, write_evaluation)
+from gptlab.rundir import (
+    CHECKPOINTS,
+    EVALUATION,
+    MODEL_FILE,
+    RESOLVED_CONFIG,
+    SUMMARY,
+    read_config_dict,
+    read_evaluation,
+    read_summary,
+    write_evaluation,
+)
 
 FORMATS = ("terminal", "markdown", "csv", "json")
 # Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
 IGNORED_BY_GROUPING = BOOKKEEPING_TRAIN_KEYS | {"random_seed"}
 SLICE_KEYS = ("split", "start_token", "batches", "batch_size", "context_length")
 # What fixes the order of the batches a run reads (not the seed: item k of the train slice is read at step k).
-DATA_ORDER_KEYS = {"train": ("dataset", "start_train_token", "min_train_tokens", "microbatch_size", "gradient_accumulation_steps"),
-                   "model": ("context_length",)}
+DATA_ORDER_KEYS = {
+    "train": ("dataset", "start_train_token", "min_train_tokens", "microbatch_size", "gradient_accumulation_steps"),
+    "model": ("context_length",),
+}
 
 
 # --- evaluations ---------------------------------------------------------------------------------------
 
-def evaluate_and_save(run_dir: Path, settings: EvaluationSettings, datasets_dir: Optional[Path] = None) -> dict[str, Any]:
+
+def evaluate_and_save(
+    run_dir: Path, settings: EvaluationSettings, datasets_dir: Optional[Path] = None
+) -> dict[str, Any]:
     """Evaluate a run as `settings` (the experiment file's `evaluation` block) say and write evaluation.json."""
     from gptlab.evaluate.loss import evaluate_run
 
-    result = evaluate_run(run_dir, settings.checkpoint, settings.split, settings.start_token,
-                          settings.batches, settings.batch_size, settings.precision, datasets_dir)
+    result = evaluate_run(
+        run_dir,
+        settings.checkpoint,
+        settings.split,
+        settings.start_token,
+        settings.batches,
+        settings.batch_size,
+        settings.precision,
+        datasets_dir,
+    )
     return write_evaluation(run_dir, result, settings.checkpoint)
 
 
@@ -66,13 +88,16 @@ def evaluation_is_current(run_dir: Path, settings: EvaluationSettings) -> bool:
 
 # --- runs and groups -----------------------------------------------------------------------------------
 
+
 @dataclass
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     evaluation: dict[str, Any]
     config: dict[str, dict[str, Any]]
-    stopped: Optional[str] = None  # why this run has no usable test loss: "diverged at step N", "stopped: non-finite ..."
+    stopped: Optional[str] = (
+        None  # why this run has no usable test loss: "diverged at step N", "stopped: non-finite ..."
+    )
 
     @property
     def test_loss(self) -> float:
@@ -89,8 +114,10 @@ def _check_is_run(run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
     if not any((run_dir / name).is_file() for name in (MODEL_FILE, RESOLVED_CONFIG, SUMMARY)):
-        raise UserError(f"{run_dir}: not a run directory (no {MODEL_FILE}, {RESOLVED_CONFIG} or {SUMMARY}); "
-                        f"give directories trained with `gptlab train`")
+        raise UserError(
+            f"{run_dir}: not a run directory (no {MODEL_FILE}, {RESOLVED_CONFIG} or {SUMMARY}); "
+            f"give directories trained with `gptlab train`"
+        )
 
 
 def first_non_finite_step(run_dir: Path) -> Optional[int]:
@@ -115,8 +142,10 @@ def _read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
         return summary
     if stopped_on_non_finite(run_dir):
         return None
-    raise UserError(f"{run_dir}: has not finished training (no {SUMMARY}); finish it with `gptlab train {run_dir} --resume latest` "
-                    f"or `gptlab experiment run FILE`")
+    raise UserError(
+        f"{run_dir}: has not finished training (no {SUMMARY}); finish it with `gptlab train {run_dir} --resume latest` "
+        f"or `gptlab experiment run FILE`"
+    )
 
 
 def _diverged_words(run_dir: Path, loss: float) -> Optional[str]:
@@ -127,8 +156,12 @@ def _diverged_words(run_dir: Path, loss: float) -> Optional[str]:
     return f"diverged at step {step}" if step is not None else f"diverged (test loss {loss})"
 
 
-def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = None, datasets_dir: Optional[Path] = None,
-                 echo: Callable[[str], Any] = print) -> list[RunResult]:
+def load_results(
+    run_dirs: list[Path],
+    settings: Optional[EvaluationSettings] = None,
+    datasets_dir: Optional[Path] = None,
+    echo: Callable[[str], Any] = print,
+) -> list[RunResult]:
     """Read each run's summary and evaluation, evaluating (with `settings`) and saving where none is saved."""
     results, seen = [], set()
     for run_dir in (Path(d) for d in run_dirs):
@@ -139,8 +172,15 @@ def load_results(run_dirs: list[Path], settings: Optional[EvaluationSettings] = 
         summary = _read_summary(run_dir)
         if summary is None:  # stopped on non-finite steps: nothing worth evaluating
             step = first_non_finite_step(run_dir)
-            results.append(RunResult(run_dir, {}, {}, read_config_dict(run_dir),
-                                     stopped="stopped: non-finite" + (f" from step {step}" if step is not None else "")))
+            results.append(
+                RunResult(
+                    run_dir,
+                    {},
+                    {},
+                    read_config_dict(run_dir),
+                    stopped="stopped: non-finite" + (f" from step {step}" if step is not None else ""),
+                )
+            )
             continue
         evaluation = read_evaluation(run_dir) or {}
         if "tokens_sha256" not in evaluation:
@@ -158,7 +198,9 @@ def default_settings(reference_run: Path) -> EvaluationSettings:
     in batches of its microbatch size (so runs with other microbatch sizes still read the same tokens)."""
     saved = read_evaluation(reference_run)
     if saved is not None:
-        chosen = {key: saved[key] for key in ("split", "start_token", "batches", "batch_size", "precision") if key in saved}
+        chosen = {
+            key: saved[key] for key in ("split", "start_token", "batches", "batch_size", "precision") if key in saved
+        }
         return EvaluationSettings(**chosen, checkpoint=saved.get("checkpoint_choice", EvaluationSettings().checkpoint))
     config = read_config_dict(reference_run)
     return EvaluationSettings(batch_size=config["train"]["microbatch_size"])
@@ -190,9 +232,17 @@ class Group:
         return [run.test_loss for run in self.runs if run.stopped is None]
 
     def arm(self, baseline: "Group") -> verdicts.Arm:
-        data_order = all(self.identity.get(f, {}).get(k) == baseline.identity.get(f, {}).get(k) for f, keys in DATA_ORDER_KEYS.items() for k in keys)
+        data_order = all(
+            self.identity.get(f, {}).get(k) == baseline.identity.get(f, {}).get(k)
+            for f, keys in DATA_ORDER_KEYS.items()
+            for k in keys
+        )
         same_world = len({run.summary.get("world_size") for run in self.runs + baseline.runs if run.summary}) <= 1
-        return verdicts.Arm(self.label, [verdicts.RunOutcome(run.seed, run.test_loss, run.stopped) for run in self.runs], data_order and same_world)
+        return verdicts.Arm(
+            self.label,
+            [verdicts.RunOutcome(run.seed, run.test_loss, run.stopped) for run in self.runs],
+            data_order and same_world,
+        )
 
 
 _SEED_DIR = re.compile(r"^seed[-_]?\d+$")
@@ -240,10 +290,13 @@ def describe_difference(group: Group, baseline: Group) -> str:
 
 # --- the same test tokens ------------------------------------------------------------------------------
 
+
 def _slice_words(evaluation: dict[str, Any]) -> str:
     dataset = os.path.normpath(str(evaluation.get("dataset")))
-    return (f"{evaluation.get('tokens', 0):,} tokens of {dataset} {evaluation.get('split')} "
-            f"from token {evaluation.get('start_token', 0):,} in batches of {evaluation.get('batch_size')} x {evaluation.get('context_length')}")
+    return (
+        f"{evaluation.get('tokens', 0):,} tokens of {dataset} {evaluation.get('split')} "
+        f"from token {evaluation.get('start_token', 0):,} in batches of {evaluation.get('batch_size')} x {evaluation.get('context_length')}"
+    )
 
 
 def checkpoint_identity(run: RunResult) -> dict[str, Optional[int]]:
@@ -267,8 +320,10 @@ def _checkpoint_mismatch(run: RunResult, reference: RunResult) -> Optional[str]:
     differing = [key for key in ours if ours[key] != theirs[key]]
     if not differing:
         return None
+
     def words(identity: dict[str, Optional[int]]) -> str:
         return ", ".join(f"{key} {'?' if identity[key] is None else f'{identity[key]:,}'}" for key in differing)
+
     return f"{run.run_dir}: evaluated at {words(ours)}; {reference.run_dir} at {words(theirs)} (differs in: {', '.join(differing)})"
 
 
@@ -279,15 +334,23 @@ def _mismatch(run: RunResult, reference: RunResult) -> Optional[str]:
     if ours.get("tokens_sha256") != theirs.get("tokens_sha256"):
         how = [key for key in SLICE_KEYS if ours.get(key) != theirs.get(key)]
         source_ours, source_theirs = ours.get("dataset_fingerprint") or {}, theirs.get("dataset_fingerprint") or {}
-        how += [f"dataset {key}" for key in sorted(set(source_ours) | set(source_theirs)) if source_ours.get(key) != source_theirs.get(key)]
-        return (f"{run.run_dir}: evaluated on other test tokens than {reference.run_dir} (differs in: {', '.join(how) or 'token content'}): "
-                f"{_slice_words(ours)}, versus {_slice_words(theirs)}")
+        how += [
+            f"dataset {key}"
+            for key in sorted(set(source_ours) | set(source_theirs))
+            if source_ours.get(key) != source_theirs.get(key)
+        ]
+        return (
+            f"{run.run_dir}: evaluated on other test tokens than {reference.run_dir} (differs in: {', '.join(how) or 'token content'}): "
+            f"{_slice_words(ours)}, versus {_slice_words(theirs)}"
+        )
     if ours.get("precision") != theirs.get("precision"):
         return f"{run.run_dir}: evaluated in {ours.get('precision')}, {reference.run_dir} in {theirs.get('precision')}"
     return None
 
 
-def check_same_evaluation(results: list[RunResult], reference: RunResult, allow_mixed_checkpoints: bool = False) -> list[str]:
+def check_same_evaluation(
+    results: list[RunResult], reference: RunResult, allow_mixed_checkpoints: bool = False
+) -> list[str]:
     """Refuse a table whose test losses differ in tokens, tokenizer, precision or (unless allowed) how far the model
     was trained; returns the notes that allowed differences need. Runs stopped before an evaluation are not checked."""
     evaluated = [run for run in results if run is not reference and run.evaluation]
@@ -300,8 +363,10 @@ def check_same_evaluation(results: list[RunResult], reference: RunResult, allow_
             "Evaluate every run at the same checkpoint (the experiment file's evaluation.checkpoint, or `gptlab eval RUN --save "
             "--checkpoint NAME`), or pass --allow-mixed-checkpoints to compare them anyway",
         )
-    return [f"Mixed checkpoints allowed (--allow-mixed-checkpoints): {problem}. Such a difference mixes the intervention with training length."
-            for problem in mixed]
+    return [
+        f"Mixed checkpoints allowed (--allow-mixed-checkpoints): {problem}. Such a difference mixes the intervention with training length."
+        for problem in mixed
+    ]
 
 
 def check_same_test_tokens(results: list[RunResult], reference: RunResult) -> None:
@@ -317,6 +382,7 @@ def check_same_test_tokens(results: list[RunResult], reference: RunResult) -> No
 
 
 # --- the table -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Comparison:
@@ -355,14 +421,22 @@ def _row(group: Group, baseline: Group, verdict: Optional[verdicts.Verdict]) -> 
     base_finite = baseline.finite_losses
     is_baseline = group is baseline
     deciding = verdict.deciding if verdict else None
-    improvement = deciding.improvement if deciding else (
-        statistics.fmean(base_finite) - described.mean if described and base_finite and not is_baseline else None)
+    improvement = (
+        deciding.improvement
+        if deciding
+        else (statistics.fmean(base_finite) - described.mean if described and base_finite and not is_baseline else None)
+    )
     summaries = [run.summary for run in group.runs]
     return {
-        "run": group.label, "seeds": len(group.runs), "finite_seeds": len(finite),
-        "test_loss": described.mean if described else None, "sd": described.sd if described else None,
-        "min": described.minimum if described else None, "max": described.maximum if described else None,
-        "ci95_low": described.ci_low if described else None, "ci95_high": described.ci_high if described else None,
+        "run": group.label,
+        "seeds": len(group.runs),
+        "finite_seeds": len(finite),
+        "test_loss": described.mean if described else None,
+        "sd": described.sd if described else None,
+        "min": described.minimum if described else None,
+        "max": described.maximum if described else None,
+        "ci95_low": described.ci_low if described else None,
+        "ci95_high": described.ci_high if described else None,
         "improvement": improvement,
         "improvement_ci": [deciding.ci_low, deciding.ci_high] if deciding else None,
         "cohens_d": deciding.cohens_d if deciding else None,
@@ -373,9 +447,13 @@ def _row(group: Group, baseline: Group, verdict: Optional[verdicts.Verdict]) -> 
         "decided_by": verdict.decided_by if verdict else None,
         "p_welch": verdict.welch.p if verdict and verdict.welch else None,
         "p_paired": verdict.paired.p if verdict and verdict.paired else None,
-        "paired_improvement_ci": [verdict.paired.ci_low, verdict.paired.ci_high] if verdict and verdict.paired else None,
+        "paired_improvement_ci": [verdict.paired.ci_low, verdict.paired.ci_high]
+        if verdict and verdict.paired
+        else None,
         "test": _test_words(verdict) if verdict else "",
-        "baseline_sds": -deciding.cohens_d if deciding and deciding.test == "single run" and deciding.cohens_d is not None else None,
+        "baseline_sds": -deciding.cohens_d
+        if deciding and deciding.test == "single run" and deciding.cohens_d is not None
+        else None,
         "seeds_needed": verdict.seeds_needed if verdict else None,
         "detectable_effect": verdict.detectable_effect if verdict else None,
         "training_seconds": _mean([s.get("training_seconds") for s in summaries]),
@@ -384,7 +462,8 @@ def _row(group: Group, baseline: Group, verdict: Optional[verdicts.Verdict]) -> 
         "cost": _mean([s.get("cost") for s in summaries]),
         "skipped_steps": sum(int(s.get("skipped_steps") or 0) for s in summaries),
         "changes": "-" if is_baseline else describe_difference(group, baseline),
-        "run_dirs": [str(run.run_dir) for run in group.runs], "run_seeds": [run.seed for run in group.runs],
+        "run_dirs": [str(run.run_dir) for run in group.runs],
+        "run_seeds": [run.seed for run in group.runs],
         "run_losses": [loss if math.isfinite(loss) else None for loss in group.losses],
         "run_stopped": [run.stopped for run in group.runs],
     }
@@ -398,13 +477,21 @@ def _test_words(verdict: verdicts.Verdict) -> str:
         if difference is None:
             continue
         words = {"paired": "paired t-test", "welch": "Welch's t-test", "single run": "single-run t-test"}[name]
-        extra = f", {-difference.cohens_d:+.1f} baseline SDs" if name == "single run" and difference.cohens_d is not None else ""
+        extra = (
+            f", {-difference.cohens_d:+.1f} baseline SDs"
+            if name == "single run" and difference.cohens_d is not None
+            else ""
+        )
         decides = " (decides)" if name == verdict.decided_by else ""
-        parts.append(f"{words}{decides}: t = {difference.t:.2f}, df = {difference.df:.1f}, p = {stats.format_p(difference.p)}{extra}")
+        parts.append(
+            f"{words}{decides}: t = {difference.t:.2f}, df = {difference.df:.1f}, p = {stats.format_p(difference.p)}{extra}"
+        )
     return "; ".join(parts) or verdict.words
 
 
-def _notes(baseline: Group, groups: list[Group], evaluation: dict[str, Any], judgement: verdicts.Judgement) -> list[str]:
+def _notes(
+    baseline: Group, groups: list[Group], evaluation: dict[str, Any], judgement: verdicts.Judgement
+) -> list[str]:
     family = judgement.family_size
     notes = [
         f"Test loss: mean cross-entropy on {_slice_words(evaluation)} (checkpoint {evaluation.get('checkpoint_choice', 'as saved')}, "
@@ -417,30 +504,42 @@ def _notes(baseline: Group, groups: list[Group], evaluation: dict[str, Any], jud
         "t-test (its distance from the baseline mean, in baseline SDs, against the 95% prediction interval of one more seed).",
     ]
     if family > 1:
-        notes.append(f"Verdicts use Holm-adjusted p-values over the {family} interventions tested against one baseline, at "
-                     f"{stats.ALPHA:.0%} family-wise: with {family} interventions that change nothing, the chance that any is called "
-                     "beyond noise stays below 5%. The p column is each test's own.")
+        notes.append(
+            f"Verdicts use Holm-adjusted p-values over the {family} interventions tested against one baseline, at "
+            f"{stats.ALPHA:.0%} family-wise: with {family} interventions that change nothing, the chance that any is called "
+            "beyond noise stays below 5%. The p column is each test's own."
+        )
     elif family == 1:
-        notes.append(f"One intervention was tested, so its p-value is not adjusted; beyond noise at p < {stats.ALPHA:.2f}.")
+        notes.append(
+            f"One intervention was tested, so its p-value is not adjusted; beyond noise at p < {stats.ALPHA:.2f}."
+        )
     base_finite = baseline.finite_losses
     if len(base_finite) >= 2 and family and not judgement.seed_blind:
         sizes = sorted({len(g.finite_losses) for g in groups if g is not baseline and g.finite_losses})
         sd = statistics.stdev(base_finite)
-        detectable = ", ".join(f"{stats.detectable_effect(sd, len(base_finite), n, comparisons=family):.4f} with {n} seed{'s' if n > 1 else ''}"
-                               for n in sizes)
-        notes.append(f"Sensitivity: with the baseline's seed SD ({sd:.4f}) and {len(base_finite)} baseline seeds, an improvement is found "
-                     f"with 80% power when it is at least {detectable} per intervention"
-                     f"{' (Holm-aware, as `gptlab experiment seeds` computes)' if family > 1 else ''}"
-                     f"{'; that is for unpaired tests: pairing by seed finds smaller improvements' if judgement.paired else ''}.")
+        detectable = ", ".join(
+            f"{stats.detectable_effect(sd, len(base_finite), n, comparisons=family):.4f} with {n} seed{'s' if n > 1 else ''}"
+            for n in sizes
+        )
+        notes.append(
+            f"Sensitivity: with the baseline's seed SD ({sd:.4f}) and {len(base_finite)} baseline seeds, an improvement is found "
+            f"with 80% power when it is at least {detectable} per intervention"
+            f"{' (Holm-aware, as `gptlab experiment seeds` computes)' if family > 1 else ''}"
+            f"{'; that is for unpaired tests: pairing by seed finds smaller improvements' if judgement.paired else ''}."
+        )
     if len(base_finite) < 2:
         finite = " with a finite test loss" if len(base_finite) < len(baseline.runs) else ""
-        notes.append(f"The baseline has {len(base_finite)} seed{'s' if len(base_finite) != 1 else ''}{finite}, so noise cannot be judged: "
-                     f"train at least {stats.MIN_SEEDS} seeds of it.")
+        notes.append(
+            f"The baseline has {len(base_finite)} seed{'s' if len(base_finite) != 1 else ''}{finite}, so noise cannot be judged: "
+            f"train at least {stats.MIN_SEEDS} seeds of it."
+        )
     notes += judgement.notes
     for group in groups:
         seeds = [run.seed for run in group.runs]
         if len(set(seeds)) < len(seeds):
-            notes.append(f"{group.label}: several runs share a seed ({seeds}); repeats of one seed understate the noise.")
+            notes.append(
+                f"{group.label}: several runs share a seed ({seeds}); repeats of one seed understate the noise."
+            )
         if group is not baseline and len(group.runs) >= 2 and not group.arm(baseline).same_data_order:
             notes.append(f"{group.label}: not paired with the baseline by seed: its batches come in another order.")
     return notes
@@ -451,8 +550,12 @@ def _sort_key(row: dict[str, Any]) -> tuple:
     return (row["test_loss"] is None, row["test_loss"] if row["test_loss"] is not None else 0.0)
 
 
-def build_comparison(results: list[RunResult], baseline_dir: Optional[Path] = None, labels: Optional[dict[Path, str]] = None,
-                     allow_mixed_checkpoints: bool = False) -> Comparison:
+def build_comparison(
+    results: list[RunResult],
+    baseline_dir: Optional[Path] = None,
+    labels: Optional[dict[Path, str]] = None,
+    allow_mixed_checkpoints: bool = False,
+) -> Comparison:
     """Group the runs, check they share one evaluation identity, and judge every group against the baseline group.
 
     The baseline is the group holding `baseline_dir`; else the group labelled `baseline`; else the first run's group."""
@@ -465,8 +568,12 @@ def build_comparison(results: list[RunResult], baseline_dir: Optional[Path] = No
         raise UserError("compare: no run could be evaluated: every run stopped on non-finite steps")
     mixed_notes = check_same_evaluation(results, reference, allow_mixed_checkpoints)
     others = [group for group in groups if group is not baseline]
-    judgement = verdicts.judge_interventions(baseline.arm(baseline), [group.arm(baseline) for group in others],
-                                             seed_blind_reason(baseline), _pooled_seed_sd(groups))
+    judgement = verdicts.judge_interventions(
+        baseline.arm(baseline),
+        [group.arm(baseline) for group in others],
+        seed_blind_reason(baseline),
+        _pooled_seed_sd(groups),
+    )
     rows = sorted((_row(group, baseline, judgement.verdicts.get(group.label)) for group in groups), key=_sort_key)
     evaluation = reference.evaluation
     return Comparison(baseline, groups, rows, _notes(baseline, groups, evaluation, judgement) + mixed_notes, evaluation)
@@ -483,6 +590,7 @@ def _pick_baseline(groups: list[Group], baseline_dir: Optional[Path]) -> Group:
 
 
 # --- rendering -----------------------------------------------------------------------------------------
+
 
 def _number(value: Optional[float], digits: int = 4, signed: bool = False) -> str:
     if value is None:
@@ -509,22 +617,54 @@ def _p_cell(value: Optional[float]) -> str:
     return "-" if value is None else stats.format_p(value)
 
 
-TABLE_COLUMNS = ("run", "seeds", "test loss", "sd", "min-max", "improvement", "improvement 95% CI", "d", "p", "p (Holm)", "verdict",
-                 "time", "tokens/s", "tokens", "cost", "skipped", "changes")
+TABLE_COLUMNS = (
+    "run",
+    "seeds",
+    "test loss",
+    "sd",
+    "min-max",
+    "improvement",
+    "improvement 95% CI",
+    "d",
+    "p",
+    "p (Holm)",
+    "verdict",
+    "time",
+    "tokens/s",
+    "tokens",
+    "cost",
+    "skipped",
+    "changes",
+)
 VERDICT_COLUMN = TABLE_COLUMNS.index("verdict")
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     """One row as the strings every text format shows, in TABLE_COLUMNS order."""
-    seeds = str(row["seeds"]) if row["finite_seeds"] == row["seeds"] else f"{row['finite_seeds']} of {row['seeds']} finite"
+    seeds = (
+        str(row["seeds"]) if row["finite_seeds"] == row["seeds"] else f"{row['finite_seeds']} of {row['seeds']} finite"
+    )
     spread = f"{row['min']:.4f}-{row['max']:.4f}" if row["finite_seeds"] > 1 else "-"
     interval = f"{row['improvement_ci'][0]:+.4f} to {row['improvement_ci'][1]:+.4f}" if row["improvement_ci"] else "-"
-    return [row["run"], seeds, _number(row["test_loss"]), _number(row["sd"]), spread, _number(row["improvement"], signed=True), interval,
-            _number(row["cohens_d"], 2, signed=True), _p_cell(row["p_value"]), _p_cell(row["p_holm"]), row["verdict"],
-            format_duration(row["training_seconds"]),
-            f"{row['tokens_per_second']:,.0f}" if row["tokens_per_second"] is not None else "-",
-            f"{row['tokens_seen']:,.0f}" if row["tokens_seen"] is not None else "-",
-            format_cost(row["cost"]), str(row["skipped_steps"]), row["changes"]]
+    return [
+        row["run"],
+        seeds,
+        _number(row["test_loss"]),
+        _number(row["sd"]),
+        spread,
+        _number(row["improvement"], signed=True),
+        interval,
+        _number(row["cohens_d"], 2, signed=True),
+        _p_cell(row["p_value"]),
+        _p_cell(row["p_holm"]),
+        row["verdict"],
+        format_duration(row["training_seconds"]),
+        f"{row['tokens_per_second']:,.0f}" if row["tokens_per_second"] is not None else "-",
+        f"{row['tokens_seen']:,.0f}" if row["tokens_seen"] is not None else "-",
+        format_cost(row["cost"]),
+        str(row["skipped_steps"]),
+        row["changes"],
+    ]
 
 
 def _terminal(comparison: Comparison) -> str:
@@ -539,14 +679,44 @@ def _markdown(comparison: Comparison) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
-    lines = [line(list(TABLE_COLUMNS)), "|" + "---|" * len(TABLE_COLUMNS)] + [line(table_cells(row)) for row in comparison.rows]
+    lines = [line(list(TABLE_COLUMNS)), "|" + "---|" * len(TABLE_COLUMNS)] + [
+        line(table_cells(row)) for row in comparison.rows
+    ]
     return "\n".join(lines + [""] + [f"- {note}" for note in comparison.notes]) + "\n"
 
 
-CSV_FIELDS = ("run", "seeds", "finite_seeds", "test_loss", "sd", "min", "max", "ci95_low", "ci95_high", "improvement", "improvement_ci_low",
-              "improvement_ci_high", "cohens_d", "p_value", "p_holm", "verdict", "noise", "decided_by", "p_welch", "p_paired", "test",
-              "baseline_sds", "seeds_needed", "detectable_effect", "training_seconds", "tokens_per_second", "tokens_seen", "cost",
-              "skipped_steps", "changes")
+CSV_FIELDS = (
+    "run",
+    "seeds",
+    "finite_seeds",
+    "test_loss",
+    "sd",
+    "min",
+    "max",
+    "ci95_low",
+    "ci95_high",
+    "improvement",
+    "improvement_ci_low",
+    "improvement_ci_high",
+    "cohens_d",
+    "p_value",
+    "p_holm",
+    "verdict",
+    "noise",
+    "decided_by",
+    "p_welch",
+    "p_paired",
+    "test",
+    "baseline_sds",
+    "seeds_needed",
+    "detectable_effect",
+    "training_seconds",
+    "tokens_per_second",
+    "tokens_seen",
+    "cost",
+    "skipped_steps",
+    "changes",
+)
 
 
 def _csv(comparison: Comparison) -> str:
@@ -561,8 +731,16 @@ def _csv(comparison: Comparison) -> str:
 
 
 def comparison_json(comparison: Comparison) -> dict[str, Any]:
-    evaluation = {key: comparison.evaluation.get(key) for key in (*SLICE_KEYS, "tokens", "precision", "dataset", "tokenizer", "tokens_sha256")}
-    return {"baseline": comparison.baseline.label, "rows": comparison.rows, "notes": comparison.notes, "evaluation": evaluation}
+    evaluation = {
+        key: comparison.evaluation.get(key)
+        for key in (*SLICE_KEYS, "tokens", "precision", "dataset", "tokenizer", "tokens_sha256")
+    }
+    return {
+        "baseline": comparison.baseline.label,
+        "rows": comparison.rows,
+        "notes": comparison.notes,
+        "evaluation": evaluation,
+    }
 
 
 def render(comparison: Comparison, output_format: str = "terminal") -> str:
@@ -574,8 +752,13 @@ def render(comparison: Comparison, output_format: str = "terminal") -> str:
     return renderers[output_format](comparison)
 
 
-def compare_runs(run_dirs: list[Path], baseline_dir: Optional[Path] = None, datasets_dir: Optional[Path] = None,
-                 echo: Callable[[str], Any] = print, allow_mixed_checkpoints: bool = False) -> Comparison:
+def compare_runs(
+    run_dirs: list[Path],
+    baseline_dir: Optional[Path] = None,
+    datasets_dir: Optional[Path] = None,
+    echo: Callable[[str], Any] = print,
+    allow_mixed_checkpoints: bool = False,
+) -> Comparison:
     """`gptlab compare`: load (evaluating where needed, as the baseline was evaluated) and build the comparison."""
     if not run_dirs:
         raise UserError("compare: name at least one run directory")

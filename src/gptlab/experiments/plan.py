@@ -34,7 +34,9 @@ def run_dir_for(experiment: Experiment, variant: str, seed: int) -> Path:
 
 
 def describe_changes(overrides: dict[str, dict[str, Any]]) -> str:
-    parts = [f"{key}={json.dumps(value)}" for file_name in ("model", "train") for key, value in overrides[file_name].items()]
+    parts = [
+        f"{key}={json.dumps(value)}" for file_name in ("model", "train") for key, value in overrides[file_name].items()
+    ]
     return ", ".join(parts) or "-"
 
 
@@ -55,7 +57,9 @@ def plan_runs(experiment: Experiment) -> list[PlannedRun]:
         label = f"{experiment.path} [{variant} over {experiment.baseline_dir}]"
         try:
             model_data, train_data = apply_overrides(base_model, base_train, overrides)
-            config = validate_run_config(Path(f"{label} model.json"), model_data, Path(f"{label} train.json"), train_data)
+            config = validate_run_config(
+                Path(f"{label} model.json"), model_data, Path(f"{label} train.json"), train_data
+            )
         except UserError as error:
             problems += error.lines
             continue
@@ -66,8 +70,14 @@ def plan_runs(experiment: Experiment) -> list[PlannedRun]:
     for seed in experiment.seeds:
         for variant, (model, train) in resolved.items():
             run_dir = run_dir_for(experiment, variant, seed)
-            train = {**train, "random_seed": seed, "dataset": _dataset_seen_from(run_dir, experiment.baseline_dir, train["dataset"])}
-            planned.append(PlannedRun(variant, seed, run_dir, model, train, describe_changes(experiment.variants[variant])))
+            train = {
+                **train,
+                "random_seed": seed,
+                "dataset": _dataset_seen_from(run_dir, experiment.baseline_dir, train["dataset"]),
+            }
+            planned.append(
+                PlannedRun(variant, seed, run_dir, model, train, describe_changes(experiment.variants[variant]))
+            )
     return planned
 
 
@@ -83,8 +93,10 @@ def _conflicts(run: PlannedRun) -> list[str]:
         existing = read_json(path) if path.is_file() else {}
         differing = sorted(key for key in set(planned) | set(existing) if existing.get(key) != planned.get(key))
         if differing:
-            problems.append(f"{path}: this run has already trained with other values of {', '.join(differing)} than the experiment "
-                            f"file now gives; delete {run.run_dir} to retrain it, or restore the experiment file")
+            problems.append(
+                f"{path}: this run has already trained with other values of {', '.join(differing)} than the experiment "
+                f"file now gives; delete {run.run_dir} to retrain it, or restore the experiment file"
+            )
     return problems
 
 

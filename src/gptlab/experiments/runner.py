@@ -21,8 +21,8 @@ from gptlab.errors import UserError
 from gptlab.experiments.compare import evaluate_and_save, evaluation_is_current
 from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
 from gptlab.experiments.spec import Experiment
-from gptlab.rundir import TRAIN_LOG, read_evaluation, read_summary
 from gptlab.notify.training import send_test_loss
+from gptlab.rundir import TRAIN_LOG, read_evaluation, read_summary
 from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
@@ -43,7 +43,9 @@ def run_state(run_dir: Path) -> str:
     return INTERRUPTED if last_step is not None else NEW
 
 
-def train_command(launcher: str, run_dir: Path, resume: bool, datasets_dir: Optional[Path], show_progress: bool) -> list[str]:
+def train_command(
+    launcher: str, run_dir: Path, resume: bool, datasets_dir: Optional[Path], show_progress: bool
+) -> list[str]:
     command = shlex.split(launcher) + ["-m", "gptlab", "train", str(run_dir)]
     if resume:
         command += ["--resume", "latest"]
@@ -56,12 +58,17 @@ class ExperimentStopped(UserError):
     """A run stopped before its last step (SIGTERM, SIGINT, a preemption): the experiment stops too, to be resumed."""
 
     def __init__(self, run_dir: Path, experiment_path: Path, signal_name: Optional[str]):
-        super().__init__(f"{run_dir}: stopped before its last step" + (f" by {signal_name}" if signal_name else "") +
-                         f"; its checkpoints are kept. Run `gptlab experiment run {experiment_path}` again to resume it and go on")
+        super().__init__(
+            f"{run_dir}: stopped before its last step"
+            + (f" by {signal_name}" if signal_name else "")
+            + f"; its checkpoints are kept. Run `gptlab experiment run {experiment_path}` again to resume it and go on"
+        )
         self.exit_code = 128 + int(getattr(signal, signal_name)) if signal_name in ("SIGTERM", "SIGINT") else 1
 
 
-def _train_in_process(run: PlannedRun, resume: bool, datasets_dir: Optional[Path], show_progress: bool) -> Optional[str]:
+def _train_in_process(
+    run: PlannedRun, resume: bool, datasets_dir: Optional[Path], show_progress: bool
+) -> Optional[str]:
     """Train in this process; returns the name of the signal that stopped it early, if one did."""
     from gptlab.train.loop import train_run
 
@@ -69,14 +76,18 @@ def _train_in_process(run: PlannedRun, resume: bool, datasets_dir: Optional[Path
     return outcome.get("signal") if isinstance(outcome, dict) and outcome.get("interrupted") else None
 
 
-def _train_under_launcher(run: PlannedRun, resume: bool, launcher: str, datasets_dir: Optional[Path], show_progress: bool) -> Optional[str]:
+def _train_under_launcher(
+    run: PlannedRun, resume: bool, launcher: str, datasets_dir: Optional[Path], show_progress: bool
+) -> Optional[str]:
     """Train in a subprocess. SIGTERM or SIGINT sent to this process is passed on to it as SIGTERM (the training
     loop's cue to checkpoint and stop), so a scheduler that signals only the parent still stops cleanly."""
     command = train_command(launcher, run.run_dir, resume, datasets_dir, show_progress)
     try:
         process = subprocess.Popen(command)
     except FileNotFoundError:
-        raise UserError(f"--launcher {launcher}: '{command[0]}' was not found; give a command on PATH, e.g. torchrun --nproc_per_node 8") from None
+        raise UserError(
+            f"--launcher {launcher}: '{command[0]}' was not found; give a command on PATH, e.g. torchrun --nproc_per_node 8"
+        ) from None
     received: list[str] = []
 
     def pass_on(signum: int, frame: Any) -> None:
@@ -84,7 +95,9 @@ def _train_under_launcher(run: PlannedRun, resume: bool, launcher: str, datasets
         process.send_signal(signal.SIGTERM)
 
     forwarding = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.signal(signum, pass_on) for signum in (signal.SIGTERM, signal.SIGINT)} if forwarding else {}
+    previous = (
+        {signum: signal.signal(signum, pass_on) for signum in (signal.SIGTERM, signal.SIGINT)} if forwarding else {}
+    )
     try:
         returncode = process.wait()
     finally:
@@ -93,13 +106,21 @@ def _train_under_launcher(run: PlannedRun, resume: bool, launcher: str, datasets
     if received:
         return received[0]
     if returncode != 0:
-        raise UserError(f"{run.run_dir}: training under `{shlex.join(command)}` failed with exit code {returncode}; "
-                        f"see {run.run_dir / TRAIN_LOG}, then run the experiment again to resume")
+        raise UserError(
+            f"{run.run_dir}: training under `{shlex.join(command)}` failed with exit code {returncode}; "
+            f"see {run.run_dir / TRAIN_LOG}, then run the experiment again to resume"
+        )
     return None
 
 
-def train_planned(run: PlannedRun, resume: bool, launcher: Optional[str], datasets_dir: Optional[Path], show_progress: bool,
-                  experiment_path: Path = Path("EXPERIMENT_FILE")) -> None:
+def train_planned(
+    run: PlannedRun,
+    resume: bool,
+    launcher: Optional[str],
+    datasets_dir: Optional[Path],
+    show_progress: bool,
+    experiment_path: Path = Path("EXPERIMENT_FILE"),
+) -> None:
     """Train one planned run to its last step, or raise ExperimentStopped."""
     if launcher is None:
         signal_name = _train_in_process(run, resume, datasets_dir, show_progress)
@@ -115,8 +136,13 @@ def _draw_charts(run_dir: Path) -> None:
     draw_run_charts(run_dir)
 
 
-def run_experiment(experiment: Experiment, launcher: Optional[str] = None, datasets_dir: Optional[Path] = None,
-                   show_progress: bool = False, echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+def run_experiment(
+    experiment: Experiment,
+    launcher: Optional[str] = None,
+    datasets_dir: Optional[Path] = None,
+    show_progress: bool = False,
+    echo: Callable[[str], Any] = print,
+) -> list[dict[str, Any]]:
     """Plan, then train and evaluate each run not yet done. Returns one record per run."""
     planned = plan_runs(experiment)
     write_plan(planned)
@@ -137,13 +163,25 @@ def run_experiment(experiment: Experiment, launcher: Optional[str] = None, datas
             evaluation = evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
             send_test_loss(run.run_dir, evaluation)
         echo(f"{prefix}: test loss {evaluation['loss']:.4f}")
-        outcomes.append({"variant": run.variant, "seed": run.seed, "run_dir": str(run.run_dir), "state_before": state, "test_loss": evaluation["loss"]})
+        outcomes.append(
+            {
+                "variant": run.variant,
+                "seed": run.seed,
+                "run_dir": str(run.run_dir),
+                "state_before": state,
+                "test_loss": evaluation["loss"],
+            }
+        )
     sys.stdout.flush()
     return outcomes
 
 
-def experiment_comparison(experiment: Experiment, datasets_dir: Optional[Path] = None, echo: Callable[[str], Any] = print,
-                          allow_mixed_checkpoints: bool = False):
+def experiment_comparison(
+    experiment: Experiment,
+    datasets_dir: Optional[Path] = None,
+    echo: Callable[[str], Any] = print,
+    allow_mixed_checkpoints: bool = False,
+):
     """The comparison of an experiment's finished runs, grouped by variant; runs not finished yet are noted."""
     from gptlab.experiments.compare import build_comparison, load_results
 
@@ -151,18 +189,30 @@ def experiment_comparison(experiment: Experiment, datasets_dir: Optional[Path] =
     from gptlab.experiments.compare import stopped_on_non_finite
 
     # a run that stopped itself on non-finite steps is done too: its verdict is that it diverged
-    finished = [run for run in planned if run.run_dir.is_dir() and (run_state(run.run_dir) == FINISHED or stopped_on_non_finite(run.run_dir))]
+    finished = [
+        run
+        for run in planned
+        if run.run_dir.is_dir() and (run_state(run.run_dir) == FINISHED or stopped_on_non_finite(run.run_dir))
+    ]
     if not any(run.variant == "baseline" for run in finished):
-        raise UserError(f"{experiment.path}: no baseline run has finished yet; run `gptlab experiment run {experiment.path}` first")
+        raise UserError(
+            f"{experiment.path}: no baseline run has finished yet; run `gptlab experiment run {experiment.path}` first"
+        )
     for run in finished:  # the file's evaluation keys may have changed since the run was evaluated
         if run_state(run.run_dir) == FINISHED and not evaluation_is_current(run.run_dir, experiment.evaluation):
             echo(f"Evaluating {run.run_dir} as {experiment.path} asks ...")
             evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
     results = load_results([run.run_dir for run in finished], experiment.evaluation, datasets_dir, echo)
     labels = {run.run_dir.resolve(): run.variant for run in finished}
-    comparison = build_comparison(results, labels=labels, baseline_dir=next(run.run_dir for run in finished if run.variant == "baseline"),
-                                  allow_mixed_checkpoints=allow_mixed_checkpoints)
+    comparison = build_comparison(
+        results,
+        labels=labels,
+        baseline_dir=next(run.run_dir for run in finished if run.variant == "baseline"),
+        allow_mixed_checkpoints=allow_mixed_checkpoints,
+    )
     waiting = len(planned) - len(finished)
     if waiting:
-        comparison.notes.append(f"{waiting} of {len(planned)} planned runs have not finished; `gptlab experiment run {experiment.path}` trains them.")
+        comparison.notes.append(
+            f"{waiting} of {len(planned)} planned runs have not finished; `gptlab experiment run {experiment.path}` trains them."
+        )
     return comparison

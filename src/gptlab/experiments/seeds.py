@@ -8,7 +8,6 @@ or measured: the baseline's seed SD in an experiment's finished runs.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,7 +17,9 @@ from gptlab.experiments import stats
 POWER_TABLE_SEEDS = (3, 5, 8, 10, 15, 20, 30)
 
 
-def measured_spread(experiment_file: Path, datasets_dir: Optional[Path], echo: Callable[[str], Any]) -> tuple[float, int, int]:
+def measured_spread(
+    experiment_file: Path, datasets_dir: Optional[Path], echo: Callable[[str], Any]
+) -> tuple[float, int, int]:
     """(baseline seed SD, finite baseline seeds, interventions) of an experiment's finished runs."""
     from gptlab.experiments.runner import experiment_comparison
     from gptlab.experiments.spec import load_experiment
@@ -27,22 +28,35 @@ def measured_spread(experiment_file: Path, datasets_dir: Optional[Path], echo: C
     comparison = experiment_comparison(experiment, datasets_dir, echo=echo)
     losses = comparison.baseline.finite_losses
     if len(losses) < 2:
-        raise UserError(f"{experiment_file}: the baseline has {len(losses)} finished seed(s) with a finite test loss; "
-                        "a seed SD needs two or more (give --sd instead)")
+        raise UserError(
+            f"{experiment_file}: the baseline has {len(losses)} finished seed(s) with a finite test loss; "
+            "a seed SD needs two or more (give --sd instead)"
+        )
     sd = stats.describe(losses).sd
     if sd <= 0:
-        raise UserError(f"{experiment_file}: the baseline's {len(losses)} seeds gave the same test loss, so the seed changes nothing "
-                        "there and no seed count follows from it (give --sd instead)")
+        raise UserError(
+            f"{experiment_file}: the baseline's {len(losses)} seeds gave the same test loss, so the seed changes nothing "
+            "there and no seed count follows from it (give --sd instead)"
+        )
     return sd, len(losses), len(experiment.variants) - 1
 
 
-def plan_seeds(effect: float, sd: Optional[float], target_power: float = stats.POWER, interventions: Optional[int] = None,
-               experiment_file: Optional[Path] = None, datasets_dir: Optional[Path] = None, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+def plan_seeds(
+    effect: float,
+    sd: Optional[float],
+    target_power: float = stats.POWER,
+    interventions: Optional[int] = None,
+    experiment_file: Optional[Path] = None,
+    datasets_dir: Optional[Path] = None,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
     """The seeds per arm, the power at a few seed counts, and one line of words."""
     source = "given"
     if sd is None:
         if experiment_file is None:
-            raise UserError("experiment seeds: give --sd (the seed-to-seed SD of the test loss) or an experiment file to measure it from")
+            raise UserError(
+                "experiment seeds: give --sd (the seed-to-seed SD of the test loss) or an experiment file to measure it from"
+            )
         sd, measured_seeds, counted = measured_spread(experiment_file, datasets_dir, echo)
         source = f"measured over {measured_seeds} baseline seeds of {experiment_file}"
         interventions = interventions or counted or 1
@@ -55,9 +69,20 @@ def plan_seeds(effect: float, sd: Optional[float], target_power: float = stats.P
         summary = f"More than {stats.MAX_SEEDS:,} seeds per arm would be needed"
     else:
         summary = f"{needed} seeds per arm (baseline and each intervention)"
-    summary += (f" to find an improvement of {effect:g} with {target_power:.0%} power, two-sided t-test at 5%{holm}; "
-                f"seed SD {sd:.4g} ({source}), an effect of {effect / sd:.2f} SD.\n"
-                "Power with n seeds per arm: " + ", ".join(f"{n}: {p:.0%}" for n, p in powers.items()))
-    return {"effect": effect, "sd": sd, "sd_source": source, "effect_in_sd": effect / sd, "power": target_power,
-            "interventions": interventions, "alpha_per_intervention": level, "seeds_per_arm": needed,
-            "power_by_seeds": {str(n): p for n, p in powers.items()}, "summary": summary}
+    summary += (
+        f" to find an improvement of {effect:g} with {target_power:.0%} power, two-sided t-test at 5%{holm}; "
+        f"seed SD {sd:.4g} ({source}), an effect of {effect / sd:.2f} SD.\n"
+        "Power with n seeds per arm: " + ", ".join(f"{n}: {p:.0%}" for n, p in powers.items())
+    )
+    return {
+        "effect": effect,
+        "sd": sd,
+        "sd_source": source,
+        "effect_in_sd": effect / sd,
+        "power": target_power,
+        "interventions": interventions,
+        "alpha_per_intervention": level,
+        "seeds_per_arm": needed,
+        "power_by_seeds": {str(n): p for n, p in powers.items()},
+        "summary": summary,
+    }

@@ -22,12 +22,20 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptlab.config import EvaluationSettings, Overrides, apply_overrides, overrides_from_mapping, validate_evaluation, validate_run_config
+import tomllib
+
+from gptlab.config import (
+    EvaluationSettings,
+    Overrides,
+    apply_overrides,
+    overrides_from_mapping,
+    validate_evaluation,
+    validate_run_config,
+)
 from gptlab.errors import UserError
 from gptlab.files import DuplicateKeyError, loads_no_duplicates
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
@@ -64,9 +72,13 @@ def read_experiment_file(path: Path) -> dict[str, Any]:
         try:
             data = loads_no_duplicates(text)
         except json.JSONDecodeError as error:
-            raise UserError(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+            raise UserError(
+                f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            ) from None
         except DuplicateKeyError as error:
-            raise UserError(f"{path}: {error.key}: the key appears more than once; keep one (the last would silently win)") from None
+            raise UserError(
+                f"{path}: {error.key}: the key appears more than once; keep one (the last would silently win)"
+            ) from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: must hold an object of keys, not {type(data).__name__}")
     return data
@@ -83,7 +95,9 @@ def resolve_overrides(where: str, mapping: Any, problems: list[str]) -> Override
 
 def _seeds(path: Path, raw: Any, problems: list[str]) -> tuple[int, ...]:
     if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-        problems.append(f"{path}: seeds: {json.dumps(raw)} is not allowed: give a non-empty list of integers, e.g. [1, 2, 3]")
+        problems.append(
+            f"{path}: seeds: {json.dumps(raw)} is not allowed: give a non-empty list of integers, e.g. [1, 2, 3]"
+        )
         return ()
     if len(set(raw)) != len(raw):
         problems.append(f"{path}: seeds: {raw} repeats a seed; each seed once")
@@ -92,7 +106,9 @@ def _seeds(path: Path, raw: Any, problems: list[str]) -> tuple[int, ...]:
 
 def _check_name(path: Path, section: str, name: str, problems: list[str]) -> None:
     if not _VARIANT_NAME.match(name) or name == BASELINE:
-        problems.append(f"{path}: {section}.{name}: not allowed as a name: use letters, digits and . _ + - (and not '{BASELINE}')")
+        problems.append(
+            f"{path}: {section}.{name}: not allowed as a name: use letters, digits and . _ + - (and not '{BASELINE}')"
+        )
 
 
 def _interventions(path: Path, raw: Any, problems: list[str]) -> dict[str, dict]:
@@ -121,7 +137,9 @@ def _stacks(path: Path, raw: Any, interventions: dict[str, dict], problems: list
             continue
         unknown = [m for m in members if m not in interventions]
         if unknown:
-            problems.append(f"{where}: {', '.join(unknown)} not among the interventions ({', '.join(interventions) or 'none'})")
+            problems.append(
+                f"{where}: {', '.join(unknown)} not among the interventions ({', '.join(interventions) or 'none'})"
+            )
             continue
         found[name] = _combine(where, members, interventions, problems)
     return found
@@ -135,8 +153,10 @@ def _combine(where: str, members: list[str], interventions: dict[str, dict], pro
         for file_name, values in interventions[member].items():
             for key, value in values.items():
                 if (file_name, key) in setter and combined[file_name][key] != value:
-                    problems.append(f"{where}: {setter[file_name, key]} and {member} both set {file_name}.{key}, to "
-                                    f"{json.dumps(combined[file_name][key])} and {json.dumps(value)}; stack interventions that agree")
+                    problems.append(
+                        f"{where}: {setter[file_name, key]} and {member} both set {file_name}.{key}, to "
+                        f"{json.dumps(combined[file_name][key])} and {json.dumps(value)}; stack interventions that agree"
+                    )
                 setter[file_name, key] = member
                 combined[file_name][key] = value
     return combined
@@ -168,13 +188,19 @@ def load_experiment(path: Path) -> Experiment:
     """Read and check an experiment file; raises one UserError listing every problem."""
     path = Path(path)
     data = read_experiment_file(path)
-    problems = [f"{path}: {key}: unknown key; allowed keys are: {', '.join(TOP_LEVEL_KEYS)}" for key in data if key not in TOP_LEVEL_KEYS]
+    problems = [
+        f"{path}: {key}: unknown key; allowed keys are: {', '.join(TOP_LEVEL_KEYS)}"
+        for key in data
+        if key not in TOP_LEVEL_KEYS
+    ]
     for required in ("baseline", "seeds"):
         if required not in data:
             problems.append(f"{path}: {required}: required key is missing")
     baseline = data.get("baseline")
     baseline_dir = path.parent / baseline if isinstance(baseline, str) else path.parent
-    if isinstance(baseline, str) and not ((baseline_dir / MODEL_FILE).is_file() and (baseline_dir / TRAIN_FILE).is_file()):
+    if isinstance(baseline, str) and not (
+        (baseline_dir / MODEL_FILE).is_file() and (baseline_dir / TRAIN_FILE).is_file()
+    ):
         problems.append(f"{path}: baseline: {baseline_dir} is not a run directory (it needs model.json and train.json)")
     elif "baseline" in data and not isinstance(baseline, str):
         problems.append(f"{path}: baseline: give the path of a run directory, relative to the experiment file")
@@ -187,8 +213,14 @@ def load_experiment(path: Path) -> Experiment:
         problems.append(f"{path}: runs_dir: give a folder path, relative to the experiment file")
         runs_dir = f"{path.stem}-runs"
     variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks}
-    if isinstance(baseline, str) and (baseline_dir / "model.json").is_file() and (baseline_dir / "train.json").is_file():
+    if (
+        isinstance(baseline, str)
+        and (baseline_dir / "model.json").is_file()
+        and (baseline_dir / "train.json").is_file()
+    ):
         problems += variant_problems(path, baseline_dir, variants)
     if problems:
         raise UserError(*problems)
-    return Experiment(path, str(data.get("name", path.stem)), baseline_dir, path.parent / runs_dir, seeds, variants, evaluation)
+    return Experiment(
+        path, str(data.get("name", path.stem)), baseline_dir, path.parent / runs_dir, seeds, variants, evaluation
+    )

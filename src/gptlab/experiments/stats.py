@@ -154,8 +154,16 @@ def _difference(test: str, improvement: float, standard_error: float, df: float,
     else:
         t = improvement / standard_error
         p = _two_sided_p(t, df)
-    return Difference(test, improvement, improvement - half_width, improvement + half_width, t, df, p,
-                      improvement / pooled_sd if pooled_sd > 0 else None)
+    return Difference(
+        test,
+        improvement,
+        improvement - half_width,
+        improvement + half_width,
+        t,
+        df,
+        p,
+        improvement / pooled_sd if pooled_sd > 0 else None,
+    )
 
 
 def pooled_sd(baseline: Sequence[float], group: Sequence[float]) -> float:
@@ -169,8 +177,8 @@ def welch_difference(baseline: Sequence[float], group: Sequence[float]) -> Diffe
     base, ours = describe(baseline), describe(group)
     if base.sd is None or ours.sd is None:
         raise ValueError("Welch's t-test needs at least two values on each side")
-    va, vb = base.sd ** 2 / base.n, ours.sd ** 2 / ours.n
-    df = (va + vb) ** 2 / (va ** 2 / (base.n - 1) + vb ** 2 / (ours.n - 1)) if va + vb > 0 else float(base.n + ours.n - 2)
+    va, vb = base.sd**2 / base.n, ours.sd**2 / ours.n
+    df = (va + vb) ** 2 / (va**2 / (base.n - 1) + vb**2 / (ours.n - 1)) if va + vb > 0 else float(base.n + ours.n - 2)
     return _difference("welch", base.mean - ours.mean, math.sqrt(va + vb), df, pooled_sd(baseline, group))
 
 
@@ -179,8 +187,13 @@ def paired_difference(baseline: Sequence[float], group: Sequence[float]) -> Diff
     if len(baseline) != len(group) or len(baseline) < 2:
         raise ValueError("the paired t-test needs two or more pairs")
     differences = describe([b - g for b, g in zip(baseline, group)])
-    return _difference("paired", differences.mean, differences.sd / math.sqrt(differences.n), differences.n - 1,
-                       pooled_sd(baseline, group))
+    return _difference(
+        "paired",
+        differences.mean,
+        differences.sd / math.sqrt(differences.n),
+        differences.n - 1,
+        pooled_sd(baseline, group),
+    )
 
 
 def single_run_difference(baseline: Sequence[float], value: float) -> Difference:
@@ -248,7 +261,9 @@ def family_alpha(comparisons: int, alpha: float = ALPHA) -> float:
 MAX_SEEDS = 100_000
 
 
-def seeds_per_arm(effect: float, sd: float, target_power: float = POWER, comparisons: int = 1, alpha: float = ALPHA) -> Optional[int]:
+def seeds_per_arm(
+    effect: float, sd: float, target_power: float = POWER, comparisons: int = 1, alpha: float = ALPHA
+) -> Optional[int]:
     """The fewest seeds per arm (baseline and intervention alike) for the exact power of the two-sided t-test to
     reach `target_power`; None when even MAX_SEEDS would not (or the effect is 0)."""
     if sd <= 0:
@@ -270,8 +285,9 @@ def seeds_per_arm(effect: float, sd: float, target_power: float = POWER, compari
     return high
 
 
-def detectable_effect(sd: float, n_baseline: int, n_group: int, target_power: float = POWER, comparisons: int = 1,
-                      alpha: float = ALPHA) -> float:
+def detectable_effect(
+    sd: float, n_baseline: int, n_group: int, target_power: float = POWER, comparisons: int = 1, alpha: float = ALPHA
+) -> float:
     """The smallest true difference (in the units of `sd`) found with `target_power` by the test on these seeds."""
     return sd * _detectable_in_sds(n_baseline, n_group, target_power, family_alpha(comparisons, alpha))
 

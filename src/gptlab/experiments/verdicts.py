@@ -23,7 +23,13 @@ from typing import Any, Optional, Sequence
 
 from gptlab.experiments import stats
 
-BEYOND, WITHIN, DIVERGED, NO_NOISE, CANNOT_JUDGE = "beyond noise", "within noise", "diverged", "no noise estimate", "cannot judge"
+BEYOND, WITHIN, DIVERGED, NO_NOISE, CANNOT_JUDGE = (
+    "beyond noise",
+    "within noise",
+    "diverged",
+    "no noise estimate",
+    "cannot judge",
+)
 NEAR_ZERO_SPREAD = 1e-6  # baseline SD / |mean| below this: the seeds did not change the result (float noise only)
 SPREAD_RATIO_WARNING = 3.0  # the single-run test and Cohen's d assume equal spread; say so beyond this ratio
 TEST_WORDS = {"welch": "Welch", "paired": "paired t", "single run": "single run"}
@@ -100,7 +106,11 @@ def _pairs(baseline: Arm, arm: Arm) -> Optional[tuple[list[float], list[float]]]
         if run.finite:
             by_seed[run.seed] = math.nan if run.seed in by_seed else run.loss  # a repeated seed cannot pair
     seeds = [run.seed for run in arm.runs]
-    if len(seeds) < 2 or len(set(seeds)) < len(seeds) or any(not math.isfinite(by_seed.get(seed, math.nan)) for seed in seeds):
+    if (
+        len(seeds) < 2
+        or len(set(seeds)) < len(seeds)
+        or any(not math.isfinite(by_seed.get(seed, math.nan)) for seed in seeds)
+    ):
         return None
     return [by_seed[seed] for seed in seeds], [run.loss for run in arm.runs]
 
@@ -121,8 +131,13 @@ def seed_blind_words(reason: Optional[str]) -> str:
     return "no noise estimate: the seeds did not change the result" + (f" ({reason})" if reason else "")
 
 
-def judge_interventions(baseline: Arm, arms: Sequence[Arm], seed_blind_reason: Optional[str] = None,
-                        noise_sd_hint: Optional[float] = None, advise: bool = True) -> Judgement:
+def judge_interventions(
+    baseline: Arm,
+    arms: Sequence[Arm],
+    seed_blind_reason: Optional[str] = None,
+    noise_sd_hint: Optional[float] = None,
+    advise: bool = True,
+) -> Judgement:
     """A verdict for each arm against `baseline`. `seed_blind_reason` names why the seed may change nothing here
     (shown when the baseline seeds agree); `noise_sd_hint` (a seed SD seen in other groups) sizes the advice
     when the baseline has too few seeds to judge. `advise`: also the seeds needed and the detectable effect
@@ -130,8 +145,10 @@ def judge_interventions(baseline: Arm, arms: Sequence[Arm], seed_blind_reason: O
     judgement = Judgement({})
     base = baseline.finite_losses
     if baseline.failed:
-        judgement.notes.append(f"{baseline.label}: {len(baseline.failed)} of {len(baseline.runs)} seeds did not give a finite test loss "
-                               f"({_failure_words(Arm(baseline.label, baseline.failed))}); they are left out of every statistic.")
+        judgement.notes.append(
+            f"{baseline.label}: {len(baseline.failed)} of {len(baseline.runs)} seeds did not give a finite test loss "
+            f"({_failure_words(Arm(baseline.label, baseline.failed))}); they are left out of every statistic."
+        )
     base_sd = statistics.stdev(base) if len(base) >= 2 else None
     seed_blind = base_sd is not None and base_sd <= NEAR_ZERO_SPREAD * max(1.0, abs(statistics.fmean(base)))
     testable = [arm for arm in arms if not arm.failed]
@@ -160,15 +177,19 @@ def judge_interventions(baseline: Arm, arms: Sequence[Arm], seed_blind_reason: O
         if advise:
             arm = next(a for a in arms if a.label == label)
             verdict.seeds_needed = stats.seeds_per_arm(verdict.deciding.improvement, base_sd, comparisons=len(labels))
-            verdict.detectable_effect = stats.detectable_effect(base_sd, len(base), len(arm.finite_losses), comparisons=len(labels))
+            verdict.detectable_effect = stats.detectable_effect(
+                base_sd, len(base), len(arm.finite_losses), comparisons=len(labels)
+            )
         verdict.words = _tested_words(verdict, len(labels))
     judgement.family_size, judgement.seed_blind = len(labels), seed_blind
     judgement.paired = any(verdict.decided_by == "paired" for verdict in tested.values())
     if tested:
         judgement.notes += _spread_warnings(baseline, [a for a in arms if a.label in tested])
     if seed_blind:
-        judgement.notes.append(f"{baseline.label}: its {len(base)} seeds gave the same test loss (SD {base_sd:.2g}): "
-                               f"{seed_blind_words(seed_blind_reason)}, so no difference can be judged against seed noise.")
+        judgement.notes.append(
+            f"{baseline.label}: its {len(base)} seeds gave the same test loss (SD {base_sd:.2g}): "
+            f"{seed_blind_words(seed_blind_reason)}, so no difference can be judged against seed noise."
+        )
     return judgement
 
 
@@ -194,7 +215,10 @@ def _spread_warnings(baseline: Arm, arms: Sequence[Arm]) -> list[str]:
         sd = statistics.stdev(arm.finite_losses)
         ratio = max(sd, base_sd) / min(sd, base_sd) if min(sd, base_sd) > 0 else math.inf
         if ratio > SPREAD_RATIO_WARNING:
-            warnings.append(f"{arm.label}: its seed SD ({sd:.2g}) is {ratio:.1f}x the baseline's ({base_sd:.2g}). Welch's test allows "
-                            "unequal spreads, but Cohen's d and the seeds-needed figures assume equal ones" +
-                            (f", and so does the single-run test of {', '.join(single_runs)}" if single_runs else "") + ".")
+            warnings.append(
+                f"{arm.label}: its seed SD ({sd:.2g}) is {ratio:.1f}x the baseline's ({base_sd:.2g}). Welch's test allows "
+                "unequal spreads, but Cohen's d and the seeds-needed figures assume equal ones"
+                + (f", and so does the single-run test of {', '.join(single_runs)}" if single_runs else "")
+                + "."
+            )
     return warnings

@@ -70,15 +70,19 @@ def _duration(seconds: Optional[float]) -> str:
         return NOT_RECORDED
     hours, rest = divmod(float(seconds), 3600)
     minutes, secs = divmod(rest, 60)
-    return (f"{int(hours)} h " if hours else "") + (f"{int(minutes)} min " if hours or minutes else "") + f"{secs:.0f} s"
+    return (
+        (f"{int(hours)} h " if hours else "") + (f"{int(minutes)} min " if hours or minutes else "") + f"{secs:.0f} s"
+    )
 
 
 def _test_loss(facts: CardFacts) -> str:
     result = facts.eval_result
     if not result or result.get("loss") is None:
         return f"{NOT_RECORDED} (run `gptlab eval --save` on this checkpoint, or give `--eval-result` or `--evaluate` to `gptlab export`)"
-    where = (f"{result.get('split', '?')} split, {_number(result.get('tokens'))} tokens from token {_number(result.get('start_token'))}, "
-             f"batch size {result.get('batch_size', '?')}, {result.get('precision', '?')}")
+    where = (
+        f"{result.get('split', '?')} split, {_number(result.get('tokens'))} tokens from token {_number(result.get('start_token'))}, "
+        f"batch size {result.get('batch_size', '?')}, {result.get('precision', '?')}"
+    )
     return f"{result['loss']:.4f} nats per token (mean cross-entropy; {where}; dataset `{public_dataset(result.get('dataset')) or '?'}`)"
 
 
@@ -86,7 +90,11 @@ def public_dataset(dataset: Optional[str]) -> Optional[str]:
     """A Hub dataset id as it is; a local folder by its name only (the card never shows a local path)."""
     if not dataset:
         return dataset
-    return dataset if _HUB_ID.match(dataset) and not PurePath(dataset).is_absolute() and ".." not in dataset else PurePath(dataset).name
+    return (
+        dataset
+        if _HUB_ID.match(dataset) and not PurePath(dataset).is_absolute() and ".." not in dataset
+        else PurePath(dataset).name
+    )
 
 
 def _public_config(facts: CardFacts) -> dict[str, Any]:
@@ -107,13 +115,27 @@ def card_data(facts: CardFacts) -> Any:
     result = facts.eval_result
     if result and result.get("loss") is not None:
         evaluated_on = public_dataset(result.get("dataset")) or public_dataset(dataset)
-        eval_results = [EvalResult(task_type="text-generation", task_name="Causal language modeling", dataset_type=evaluated_on,
-                                   dataset_name=evaluated_on, dataset_split=result.get("split", "test"), metric_type="loss",
-                                   metric_name=f"{result.get('split', 'test')} loss (nats per token)", metric_value=round(float(result["loss"]), 4))]
+        eval_results = [
+            EvalResult(
+                task_type="text-generation",
+                task_name="Causal language modeling",
+                dataset_type=evaluated_on,
+                dataset_name=evaluated_on,
+                dataset_split=result.get("split", "test"),
+                metric_type="loss",
+                metric_name=f"{result.get('split', 'test')} loss (nats per token)",
+                metric_value=round(float(result["loss"]), 4),
+            )
+        ]
     return ModelCardData(
-        library_name="transformers", pipeline_tag="text-generation", license=facts.license, language=facts.language,
-        datasets=[hub_dataset] if hub_dataset else None, tags=["gpt2", "gptlab", "text-generation"],
-        model_name=(facts.repo_id or "").split("/")[-1] or "gptlab-gpt2", eval_results=eval_results,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=facts.license,
+        language=facts.language,
+        datasets=[hub_dataset] if hub_dataset else None,
+        tags=["gpt2", "gptlab", "text-generation"],
+        model_name=(facts.repo_id or "").split("/")[-1] or "gptlab-gpt2",
+        eval_results=eval_results,
     )
 
 
@@ -135,12 +157,18 @@ def _card_text(facts: CardFacts) -> str:
     summary = facts.summary or {}
     cost = summary.get("cost")
     cost_text = f"${cost:,.2f} at ${summary.get('cost_per_hour')}/hour" if cost is not None else NOT_RECORDED
-    origin = (f"Weights imported from `{imported_from}` with `gptlab import-hf`; their training was not recorded by gptlab."
-              if imported_from else f"Trained from scratch with gptlab (checkpoint `{facts.checkpoint_name}`).")
+    origin = (
+        f"Weights imported from `{imported_from}` with `gptlab import-hf`; their training was not recorded by gptlab."
+        if imported_from
+        else f"Trained from scratch with gptlab (checkpoint `{facts.checkpoint_name}`)."
+    )
     architecture = [
-        "| | |", "|---|---|",
+        "| | |",
+        "|---|---|",
         "| architecture | GPT-2 (`GPT2LMHeadModel`): pre-LayerNorm decoder, learned positions, tanh GELU |",
-        f"| parameters | {facts.parameters:,}" + (f" (+ {zero_biases:,} zero-valued Q/K/V biases that GPT-2's format requires)" if zero_biases else "") + " |",
+        f"| parameters | {facts.parameters:,}"
+        + (f" (+ {zero_biases:,} zero-valued Q/K/V biases that GPT-2's format requires)" if zero_biases else "")
+        + " |",
         f"| layers / width / heads | {model.n_layers} / {model.emb_dim} / {model.n_heads} |",
         f"| context length | {model.context_length} tokens |",
         f"| vocabulary | {model.vocab_size:,} (GPT-2 byte-pair encoding) |",
@@ -149,8 +177,11 @@ def _card_text(facts: CardFacts) -> str:
         f"| dropout (training) | {model.drop_rate} |",
     ]
     training = [
-        "| | |", "|---|---|",
-        f"| data | `{public_dataset(train.dataset)}`" + (" (the dataset given at import; not the training data)" if imported_from else "") + " |",
+        "| | |",
+        "|---|---|",
+        f"| data | `{public_dataset(train.dataset)}`"
+        + (" (the dataset given at import; not the training data)" if imported_from else "")
+        + " |",
         f"| tokens seen | {_number(tokens_seen) if not imported_from else NOT_RECORDED} |",
         f"| steps | {_number(meta.get('global_step') + 1) if isinstance(meta.get('global_step'), int) and not imported_from else NOT_RECORDED} |",
         f"| precision | {meta.get('precision') or _summary_value(facts, 'precision') or NOT_RECORDED} |",
@@ -158,7 +189,9 @@ def _card_text(facts: CardFacts) -> str:
         f"| final validation loss | {_number(_summary_value(facts, 'final_validation_loss'), 4)} |",
         f"| hardware | {_hardware(facts)} |",
         f"| training time | {_duration(_summary_value(facts, 'training_seconds'))} |",
-        f"| throughput | {_number(_summary_value(facts, 'tokens_per_second'))} tokens/s |" if summary.get("tokens_per_second") else f"| throughput | {NOT_RECORDED} |",
+        f"| throughput | {_number(_summary_value(facts, 'tokens_per_second'))} tokens/s |"
+        if summary.get("tokens_per_second")
+        else f"| throughput | {NOT_RECORDED} |",
         f"| cost | {cost_text} |",
     ]
     config_json = json.dumps(_public_config(facts), indent=2)
@@ -167,18 +200,34 @@ def _card_text(facts: CardFacts) -> str:
     parts = [
         f"# GPT-2 style model ({facts.parameters / 1e6:,.1f}M parameters)",
         "",
-        origin + " It is a standard `transformers` GPT-2: it loads with `AutoModelForCausalLM` and needs no `trust_remote_code`.",
+        origin
+        + " It is a standard `transformers` GPT-2: it loads with `AutoModelForCausalLM` and needs no `trust_remote_code`.",
         "",
-        "## Architecture", "", *architecture, "",
-        "## Training", "", *training, "",
+        "## Architecture",
+        "",
+        *architecture,
+        "",
+        "## Training",
+        "",
+        *training,
+        "",
         "Time, throughput and cost are for the whole training run (summary.json); tokens seen are up to the exported checkpoint.",
         "",
-        "## Evaluation", "", f"Test loss: {_test_loss(facts)}", "",
-        "## Sample", "",
+        "## Evaluation",
+        "",
+        f"Test loss: {_test_loss(facts)}",
+        "",
+        "## Sample",
+        "",
         f"The smoke test: prompt {json.dumps(facts.sample_prompt)}, 20 new tokens, top-k 25, temperature 1.0, seed {facts.sample_seed} "
         f"(`gptlab generate RUN_DIR --seed {facts.sample_seed} --checkpoint {facts.checkpoint_name}` gives the same text):",
-        "", fence + "text", facts.sample_text, fence, "",
-        "## Usage", "",
+        "",
+        fence + "text",
+        facts.sample_text,
+        fence,
+        "",
+        "## Usage",
+        "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
@@ -191,8 +240,15 @@ def _card_text(facts: CardFacts) -> str:
         "",
         f"Prompt plus new tokens must fit the context length ({model.context_length}); gptlab's own sampler slides the window, `transformers` does not.",
         "",
-        "## Effective configuration", "",
-        "The run's `model.json` and `train.json` after defaults" + (" (the training keys are placeholders written at import)" if imported_from else "") + ":",
-        "", "```json", config_json, "```", "",
+        "## Effective configuration",
+        "",
+        "The run's `model.json` and `train.json` after defaults"
+        + (" (the training keys are placeholders written at import)" if imported_from else "")
+        + ":",
+        "",
+        "```json",
+        config_json,
+        "```",
+        "",
     ]
     return "\n".join(parts)

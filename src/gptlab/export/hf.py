@@ -29,10 +29,25 @@ from safetensors.torch import save_file
 from gptlab.config import ModelConfig, RunConfig, validate_run_config
 from gptlab.errors import UserError
 from gptlab.export.card import default_new_tokens
-from gptlab.files import (atomic_folder, atomic_write_json, is_out_of_space, out_of_space_error, read_json, remove_stale_staging,
-                          strict_json)
+from gptlab.files import (
+    atomic_folder,
+    atomic_write_json,
+    is_out_of_space,
+    out_of_space_error,
+    read_json,
+    remove_stale_staging,
+    strict_json,
+)
 from gptlab.model import GPT, LAYER_NORM_EPS
-from gptlab.rundir import CHECKPOINTS, DEFAULT_CHECKPOINT, MODEL_FILE, TRAIN_FILE, read_evaluation, read_summary, write_resolved_config
+from gptlab.rundir import (
+    CHECKPOINTS,
+    DEFAULT_CHECKPOINT,
+    MODEL_FILE,
+    TRAIN_FILE,
+    read_evaluation,
+    read_summary,
+    write_resolved_config,
+)
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
 from gptlab.weights import build_model, save_book_safetensors
 
@@ -70,7 +85,12 @@ _IGNORED_HF_KEYS = re.compile(r"^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias
 GPTLAB_CONFIG_KEY = "gptlab_model"
 # GPT-2 activation names that are exactly gptlab's tanh-approximated GELU.
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _rows(n_layers: int) -> Iterator[tuple[str, str, str, str]]:
@@ -121,7 +141,9 @@ def from_hf_state_dict(config: ModelConfig, hf: dict[str, torch.Tensor], source:
         ours[our_name] = (tensor.t() if layout == TRANSPOSE else tensor).contiguous()
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise UserError(f"{source}: missing tensors {shown}; is this a GPT2LMHeadModel matching its config.json (n_layer, tie_word_embeddings)?")
+        raise UserError(
+            f"{source}: missing tensors {shown}; is this a GPT2LMHeadModel matching its config.json (n_layer, tie_word_embeddings)?"
+        )
     if remaining:
         shown = ", ".join(sorted(remaining)[:4])
         raise UserError(f"{source}: unexpected tensors {shown}; only plain GPT2LMHeadModel weights can be imported")
@@ -139,7 +161,9 @@ def load_state_dict_checked(model: GPT, ours: dict[str, torch.Tensor], source: s
         for name, parameter in model.state_dict().items():
             tensor = ours[name]
             if tuple(tensor.shape) != tuple(parameter.shape):
-                raise UserError(f"{source}: tensor for {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(parameter.shape)}")
+                raise UserError(
+                    f"{source}: tensor for {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(parameter.shape)}"
+                )
             parameter.copy_(tensor.to(parameter.dtype))
 
 
@@ -170,7 +194,9 @@ def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
             try:
                 tensors.update(torch.load(path, map_location="cpu", weights_only=True))
             except Exception as error:  # torch raises several unrelated types for a bad file
-                raise UserError(f"{path}: cannot read PyTorch weights ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+                raise UserError(
+                    f"{path}: cannot read PyTorch weights ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                ) from None
     return tensors
 
 
@@ -221,7 +247,11 @@ def generation_config(config: ModelConfig) -> dict[str, Any]:
     The length default is `max_new_tokens`, not `max_length`: transformers warns when a caller's
     max_new_tokens meets a max_length from the file, and warns about its own default when neither is set."""
     gpt2_tokens = config.vocab_size >= VOCAB_SIZE
-    ids = {"bos_token_id": END_OF_TEXT_ID, "eos_token_id": END_OF_TEXT_ID, "pad_token_id": END_OF_TEXT_ID} if gpt2_tokens else {}
+    ids = (
+        {"bos_token_id": END_OF_TEXT_ID, "eos_token_id": END_OF_TEXT_ID, "pad_token_id": END_OF_TEXT_ID}
+        if gpt2_tokens
+        else {}
+    )
     return {**ids, "max_new_tokens": default_new_tokens(config.context_length)}
 
 
@@ -232,10 +262,14 @@ def model_config_from_hf(hf: dict[str, Any], tensors: dict[str, torch.Tensor], s
         return hf.get(key, default)
 
     if get("model_type") != "gpt2":
-        raise UserError(f"{source}: model_type is {json.dumps(get('model_type'))}; only GPT-2 models (model_type \"gpt2\") can be imported")
+        raise UserError(
+            f'{source}: model_type is {json.dumps(get("model_type"))}; only GPT-2 models (model_type "gpt2") can be imported'
+        )
     problems = []
     if get("activation_function", "gelu_new") not in TANH_GELU_NAMES:
-        problems.append(f"activation_function {json.dumps(get('activation_function'))} (gptlab computes {' / '.join(TANH_GELU_NAMES)})")
+        problems.append(
+            f"activation_function {json.dumps(get('activation_function'))} (gptlab computes {' / '.join(TANH_GELU_NAMES)})"
+        )
     if abs(float(get("layer_norm_epsilon", 1e-5)) - LAYER_NORM_EPS) > 1e-12:
         problems.append(f"layer_norm_epsilon {get('layer_norm_epsilon')} (gptlab uses {LAYER_NORM_EPS})")
     n_embd = get("n_embd", 768)
@@ -270,7 +304,9 @@ def model_config_from_hf(hf: dict[str, Any], tensors: dict[str, torch.Tensor], s
         "init": hint.get("init", "gpt2"),
     }
     if values["vocab_size"] < VOCAB_SIZE:
-        raise UserError(f"{source}: vocab_size {values['vocab_size']} is smaller than the GPT-2 tokenizer's {VOCAB_SIZE} tokens that gptlab reads and writes")
+        raise UserError(
+            f"{source}: vocab_size {values['vocab_size']} is smaller than the GPT-2 tokenizer's {VOCAB_SIZE} tokens that gptlab reads and writes"
+        )
     try:
         return validate_run_config(Path(source), values, Path(source), {"dataset": "-", "microbatch_size": 1}).model
     except UserError as error:
@@ -296,32 +332,65 @@ def write_tokenizer_files(directory: Path, context_length: int) -> None:
     (directory / "vocab.json").write_bytes(encoder_json)
     (directory / "merges.txt").write_bytes(vocab_bpe)
     merges = [line for line in vocab_bpe.decode("utf-8").splitlines()[1:] if line.strip()]  # line 0: "#version: 0.2"
-    special = {"id": END_OF_TEXT_ID, "content": END_OF_TEXT, "single_word": False, "lstrip": False, "rstrip": False,
-               "normalized": False, "special": True}
+    special = {
+        "id": END_OF_TEXT_ID,
+        "content": END_OF_TEXT,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [special], "normalizer": None,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [special],
+        "normalizer": None,
         "pre_tokenizer": byte_level,
         "post_processor": {**byte_level, "trim_offsets": False},
         "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
-                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": json.loads(encoder_json), "merges": merges},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": json.loads(encoder_json),
+            "merges": merges,
+        },
     }
     (directory / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
     specials = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
     _write_json(directory / "special_tokens_map.json", specials)
-    _write_json(directory / "tokenizer_config.json", {
-        "tokenizer_class": "GPT2Tokenizer", **specials, "model_max_length": context_length, "add_prefix_space": False,
-        "add_bos_token": False, "errors": "replace", "clean_up_tokenization_spaces": False,
-        "added_tokens_decoder": {str(END_OF_TEXT_ID): {key: value for key, value in special.items() if key != "id"}},
-    })
+    _write_json(
+        directory / "tokenizer_config.json",
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            **specials,
+            "model_max_length": context_length,
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            "errors": "replace",
+            "clean_up_tokenization_spaces": False,
+            "added_tokens_decoder": {
+                str(END_OF_TEXT_ID): {key: value for key, value in special.items() if key != "id"}
+            },
+        },
+    )
 
 
 def _check_tokenizer(model_dir: Path) -> None:
     """Refuse a model whose own vocabulary is not GPT-2's: gptlab would read and write the wrong ids."""
     expected = json.loads(_tokenizer_sources()[0])
-    for name, read in (("vocab.json", lambda data: data), ("tokenizer.json", lambda data: data.get("model", {}).get("vocab"))):
+    for name, read in (
+        ("vocab.json", lambda data: data),
+        ("tokenizer.json", lambda data: data.get("model", {}).get("vocab")),
+    ):
         path = model_dir / name
         if path.is_file():
             try:
@@ -329,7 +398,9 @@ def _check_tokenizer(model_dir: Path) -> None:
             except (json.JSONDecodeError, AttributeError):
                 raise UserError(f"{path}: not valid JSON") from None
             if vocab is not None and vocab != expected:
-                raise UserError(f"{path}: this model's vocabulary is not GPT-2's; gptlab runs use the GPT-2 tokenizer only")
+                raise UserError(
+                    f"{path}: this model's vocabulary is not GPT-2's; gptlab runs use the GPT-2 tokenizer only"
+                )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -348,14 +419,20 @@ def check_export_target(out_dir: Path, overwrite: bool, protected: Path) -> None
     out_dir = Path(out_dir)
     resolved, protected = out_dir.resolve(), Path(protected).resolve()
     if resolved == protected or resolved in protected.parents:
-        raise UserError(f"{out_dir}: OUT_DIR would replace the run directory {protected}; choose a folder outside it, e.g. {protected / 'hf'}")
+        raise UserError(
+            f"{out_dir}: OUT_DIR would replace the run directory {protected}; choose a folder outside it, e.g. {protected / 'hf'}"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; choose a new or empty folder for OUT_DIR")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise UserError(f"{out_dir}: not empty; choose a new or empty folder, or pass --overwrite to replace a previous export there")
+            raise UserError(
+                f"{out_dir}: not empty; choose a new or empty folder, or pass --overwrite to replace a previous export there"
+            )
         if not _looks_like_export(out_dir):
-            raise UserError(f"{out_dir}: not empty and not a previous export (no config.json and model.safetensors); --overwrite only replaces an export")
+            raise UserError(
+                f"{out_dir}: not empty and not a previous export (no config.json and model.safetensors); --overwrite only replaces an export"
+            )
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -379,9 +456,18 @@ def _saved_evaluation(run_dir: Path, checkpoint_name: str) -> Optional[dict]:
     return None
 
 
-def export_run(run_dir: Path, out_dir: Path, checkpoint: str = DEFAULT_CHECKPOINT, overwrite: bool = False,
-               eval_result: Optional[dict] = None, evaluate: bool = False, seed: int = 123,
-               repo_id: Optional[str] = None, license: Optional[str] = None, language: Optional[str] = "en") -> dict[str, Any]:
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+    overwrite: bool = False,
+    eval_result: Optional[dict] = None,
+    evaluate: bool = False,
+    seed: int = 123,
+    repo_id: Optional[str] = None,
+    license: Optional[str] = None,
+    language: Optional[str] = "en",
+) -> dict[str, Any]:
     """Write checkpoint `checkpoint` of the run as a transformers GPT-2 folder with a model card (`license`
     and `language` go into its metadata).
 
@@ -398,8 +484,10 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = DEFAULT_CHECKPOIN
     trained = open_trained_run(run_dir, checkpoint)
     trained.config.model.require_format("gpt2", str(run_dir / MODEL_FILE))
     if trained.config.model.vocab_size < VOCAB_SIZE:
-        raise UserError(f"{run_dir}: vocab_size {trained.config.model.vocab_size} is smaller than the GPT-2 tokenizer's {VOCAB_SIZE} tokens "
-                        f"that an export carries (and that `import-hf` reads back); export a model with vocab_size >= {VOCAB_SIZE}")
+        raise UserError(
+            f"{run_dir}: vocab_size {trained.config.model.vocab_size} is smaller than the GPT-2 tokenizer's {VOCAB_SIZE} tokens "
+            f"that an export carries (and that `import-hf` reads back); export a model with vocab_size >= {VOCAB_SIZE}"
+        )
     if evaluate:
         from gptlab.evaluate.loss import evaluate_run
 
@@ -407,15 +495,25 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = DEFAULT_CHECKPOIN
     elif eval_result is None:
         eval_result = _saved_evaluation(run_dir, trained.checkpoint.name)
     if eval_result is not None and eval_result.get("checkpoint") != trained.checkpoint.name:
-        raise UserError(f"--eval-result: its loss is of checkpoint {eval_result.get('checkpoint')} but the export is of "
-                        f"{trained.checkpoint.name}; evaluate that checkpoint with `gptlab eval {run_dir} --checkpoint {trained.checkpoint.name} --json`")
+        raise UserError(
+            f"--eval-result: its loss is of checkpoint {eval_result.get('checkpoint')} but the export is of "
+            f"{trained.checkpoint.name}; evaluate that checkpoint with `gptlab eval {run_dir} --checkpoint {trained.checkpoint.name} --json`"
+        )
     generator = torch.Generator().manual_seed(seed)
     sample_ids = generate_tokens(trained.model, encode(DEFAULT_PROMPT), 20, 1.0, 25, generator)
     facts = CardFacts(
-        config=trained.config, checkpoint_name=trained.checkpoint.name, checkpoint_meta=trained.checkpoint.meta,
-        parameters=trained.model.parameter_count(), summary=read_summary(run_dir),
-        eval_result=eval_result, sample_prompt=DEFAULT_PROMPT, sample_text=decode(sample_ids), sample_seed=seed,
-        repo_id=repo_id, license=license, language=language,
+        config=trained.config,
+        checkpoint_name=trained.checkpoint.name,
+        checkpoint_meta=trained.checkpoint.meta,
+        parameters=trained.model.parameter_count(),
+        summary=read_summary(run_dir),
+        eval_result=eval_result,
+        sample_prompt=DEFAULT_PROMPT,
+        sample_text=decode(sample_ids),
+        sample_seed=seed,
+        repo_id=repo_id,
+        license=license,
+        language=language,
     )
     remove_stale_staging(out_dir.parent, out_dir.name)
     try:
@@ -427,8 +525,14 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = DEFAULT_CHECKPOIN
         if is_out_of_space(error):
             raise out_of_space_error(out_dir, 4 * trained.model.parameter_count()) from None
         raise
-    return {"run": str(run_dir), "checkpoint": trained.checkpoint.name, "out_dir": str(out_dir), "files": files,
-            "sample": facts.sample_text, "test_loss": eval_result.get("loss") if eval_result else None}
+    return {
+        "run": str(run_dir),
+        "checkpoint": trained.checkpoint.name,
+        "out_dir": str(out_dir),
+        "files": files,
+        "sample": facts.sample_text,
+        "test_loss": eval_result.get("loss") if eval_result else None,
+    }
 
 
 # --- import -----------------------------------------------------------------------------------------
@@ -445,7 +549,9 @@ def _dataset_value(dataset: str) -> str:
         return str(path.resolve())
     if _REPO_ID.match(dataset):
         return dataset
-    raise UserError(f"--dataset {dataset}: neither a token dataset folder (made by `gptlab prepare`) nor a Hugging Face dataset id")
+    raise UserError(
+        f"--dataset {dataset}: neither a token dataset folder (made by `gptlab prepare`) nor a Hugging Face dataset id"
+    )
 
 
 def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_size: int = 8) -> dict[str, Any]:
@@ -456,7 +562,9 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
-        raise UserError(f"{model_dir}: no config.json; MODEL_DIR must be a folder written by transformers' save_pretrained")
+        raise UserError(
+            f"{model_dir}: no config.json; MODEL_DIR must be a folder written by transformers' save_pretrained"
+        )
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir}: already exists and is not empty; choose a new run directory")
     try:
@@ -466,7 +574,9 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
     if not isinstance(hf, dict):
         raise UserError(f"{config_path}: must hold a JSON object")
     if hf.get("model_type") != "gpt2":
-        raise UserError(f"{config_path}: model_type is {json.dumps(hf.get('model_type'))}; only GPT-2 models (model_type \"gpt2\") can be imported")
+        raise UserError(
+            f'{config_path}: model_type is {json.dumps(hf.get("model_type"))}; only GPT-2 models (model_type "gpt2") can be imported'
+        )
     run_train = {"dataset": _dataset_value(dataset), "microbatch_size": microbatch_size}
     _check_tokenizer(model_dir)
     tensors = read_hf_weights(model_dir)
@@ -475,10 +585,19 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
     ours = from_hf_state_dict(model_config, tensors, source)
     model = build_model(model_config, "cpu", initialise=False)
     load_state_dict_checked(model, ours, source)
-    run_config: RunConfig = validate_run_config(run_dir / MODEL_FILE, model_config.model_dump(mode="json"), run_dir / TRAIN_FILE, run_train)
+    run_config: RunConfig = validate_run_config(
+        run_dir / MODEL_FILE, model_config.model_dump(mode="json"), run_dir / TRAIN_FILE, run_train
+    )
     name = checkpoint_name(IMPORT_STEP)
-    meta = {"global_step": IMPORT_STEP, "imported_from": str(model_dir.resolve()), "source_format": "transformers GPT2LMHeadModel",
-            "tokens_seen": None, "validation_loss": None, "is_best": True, "effective_config": run_config.to_json_dict()}
+    meta = {
+        "global_step": IMPORT_STEP,
+        "imported_from": str(model_dir.resolve()),
+        "source_format": "transformers GPT2LMHeadModel",
+        "tokens_seen": None,
+        "validation_loss": None,
+        "is_best": True,
+        "effective_config": run_config.to_json_dict(),
+    }
     remove_stale_staging(run_dir.parent, run_dir.name)
     with atomic_folder(run_dir) as staging:
         atomic_write_json(staging / MODEL_FILE, model_config.model_dump(mode="json"))
@@ -492,5 +611,11 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
         write_checksums(folder)
         point(staging, "latest", name)
         point(staging, "best", name)
-    return {"model_dir": str(model_dir), "run_dir": str(run_dir), "checkpoint": name, "model": model_config.model_dump(mode="json"),
-            "parameters": model.parameter_count(), "dataset": run_train["dataset"]}
+    return {
+        "model_dir": str(model_dir),
+        "run_dir": str(run_dir),
+        "checkpoint": name,
+        "model": model_config.model_dump(mode="json"),
+        "parameters": model.parameter_count(),
+        "dataset": run_train["dataset"],
+    }

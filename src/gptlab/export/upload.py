@@ -59,12 +59,24 @@ def hub_token() -> Optional[str]:
     try:
         return get_token()
     except Exception as error:  # e.g. a failed OIDC exchange when HF_OIDC_RESOURCE is set
-        raise UserError(f"upload: cannot read the Hugging Face token ({type(error).__name__}); check HF_TOKEN or run `hf auth login`") from None
+        raise UserError(
+            f"upload: cannot read the Hugging Face token ({type(error).__name__}); check HF_TOKEN or run `hf auth login`"
+        ) from None
 
 
-def upload_run(run_dir: Path, repo_id: str, private: bool = False, checkpoint: str = DEFAULT_CHECKPOINT, dry_run: bool = False,
-               eval_result: Optional[dict] = None, evaluate: bool = False, seed: int = 123,
-               echo: Callable[[str], None] = print, license: Optional[str] = None, language: Optional[str] = "en") -> dict[str, Any]:
+def upload_run(
+    run_dir: Path,
+    repo_id: str,
+    private: bool = False,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+    dry_run: bool = False,
+    eval_result: Optional[dict] = None,
+    evaluate: bool = False,
+    seed: int = 123,
+    echo: Callable[[str], None] = print,
+    license: Optional[str] = None,
+    language: Optional[str] = "en",
+) -> dict[str, Any]:
     """Export checkpoint `checkpoint` of the run and push it to model repository `repo_id` (created if absent).
     The result holds the model card (`card`), so a dry run can show what would be published."""
     from huggingface_hub import constants
@@ -74,17 +86,23 @@ def upload_run(run_dir: Path, repo_id: str, private: bool = False, checkpoint: s
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise UserError(f"REPO_ID {repo_id!r}: not a Hub repository id ({_first_line(error)}); use OWNER/NAME, e.g. alice/gpt2-brown") from None
+        raise UserError(
+            f"REPO_ID {repo_id!r}: not a Hub repository id ({_first_line(error)}); use OWNER/NAME, e.g. alice/gpt2-brown"
+        ) from None
     if "/" not in repo_id:
         raise UserError(f"REPO_ID {repo_id!r}: give the owner too, as OWNER/NAME (your user name or an organisation)")
     endpoint = constants.ENDPOINT
     api, token = None, ""
     if not dry_run:
         if constants.HF_HUB_OFFLINE:
-            raise UserError("upload: HF_HUB_OFFLINE is set, so huggingface_hub will not use the network; unset it to upload, or use --dry-run")
+            raise UserError(
+                "upload: HF_HUB_OFFLINE is set, so huggingface_hub will not use the network; unset it to upload, or use --dry-run"
+            )
         token = hub_token()
         if not token:
-            raise UserError("upload: no Hugging Face token; set HF_TOKEN or run `hf auth login` (a token with write access)")
+            raise UserError(
+                "upload: no Hugging Face token; set HF_TOKEN or run `hf auth login` (a token with write access)"
+            )
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=endpoint, token=token)
@@ -97,20 +115,43 @@ def upload_run(run_dir: Path, repo_id: str, private: bool = False, checkpoint: s
 
     with tempfile.TemporaryDirectory(prefix="gptlab-upload-") as temporary:
         folder = Path(temporary) / EXPORT_FOLDER
-        exported = export_run(run_dir, folder, checkpoint, eval_result=eval_result, evaluate=evaluate, seed=seed, repo_id=repo_id,
-                              license=license, language=language)
+        exported = export_run(
+            run_dir,
+            folder,
+            checkpoint,
+            eval_result=eval_result,
+            evaluate=evaluate,
+            seed=seed,
+            repo_id=repo_id,
+            license=license,
+            language=language,
+        )
         files = exported["files"]
-        result = {"repo_id": repo_id, "endpoint": endpoint, "private": private, "checkpoint": exported["checkpoint"],
-                  "files": files, "total_bytes": sum(files.values()), "dry_run": dry_run, "url": None,
-                  "card": (folder / "README.md").read_text(encoding="utf-8")}
+        result = {
+            "repo_id": repo_id,
+            "endpoint": endpoint,
+            "private": private,
+            "checkpoint": exported["checkpoint"],
+            "files": files,
+            "total_bytes": sum(files.values()),
+            "dry_run": dry_run,
+            "url": None,
+            "card": (folder / "README.md").read_text(encoding="utf-8"),
+        }
         if api is None:
             return result
-        echo(f"Uploading {len(files)} files ({result['total_bytes']:,} bytes) of {run_dir} checkpoint {exported['checkpoint']} to {repo_id} ...")
+        echo(
+            f"Uploading {len(files)} files ({result['total_bytes']:,} bytes) of {run_dir} checkpoint {exported['checkpoint']} to {repo_id} ..."
+        )
         try:
             # Without --private the Hub's default for the owner applies; an existing repository keeps its visibility.
             repo = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                              commit_message=f"gptlab export of checkpoint {exported['checkpoint']}")
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                repo_type="model",
+                commit_message=f"gptlab export of checkpoint {exported['checkpoint']}",
+            )
         except _network_errors() as error:
             raise _hub_error(error, endpoint, repo_id, token) from None
         result["url"] = str(repo)

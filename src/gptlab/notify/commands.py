@@ -10,8 +10,10 @@ import click
 from gptlab.errors import UserError
 from gptlab.notify.channels import CHANNEL_NAMES
 
-NOTIFY_HELP = ("Channel to send to (repeatable): telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID), webhook (GPTLAB_WEBHOOK_URL) "
-               "or ntfy (NTFY_TOPIC); secrets are read from those environment variables only.")
+NOTIFY_HELP = (
+    "Channel to send to (repeatable): telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID), webhook (GPTLAB_WEBHOOK_URL) "
+    "or ntfy (NTFY_TOPIC); secrets are read from those environment variables only."
+)
 
 
 @click.group()
@@ -23,7 +25,13 @@ def notify() -> None:
 
 
 @notify.command(name="test")
-@click.option("--notify", "names", multiple=True, type=click.Choice(CHANNEL_NAMES), help=NOTIFY_HELP + " Default: every configured channel.")
+@click.option(
+    "--notify",
+    "names",
+    multiple=True,
+    type=click.Choice(CHANNEL_NAMES),
+    help=NOTIFY_HELP + " Default: every configured channel.",
+)
 def send_test(names: tuple[str, ...]) -> None:
     """Send one test message through each channel and say whether it arrived (exit 1 if one did not)."""
     from gptlab.notify.channels import Message, channels_from_environment, configured_channel_names
@@ -31,10 +39,14 @@ def send_test(names: tuple[str, ...]) -> None:
 
     names = names or tuple(configured_channel_names())
     if not names:
-        raise UserError("notify test: no channel is configured; set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID, GPTLAB_WEBHOOK_URL, "
-                        "or NTFY_TOPIC in the environment, or name one with --notify")
+        raise UserError(
+            "notify test: no channel is configured; set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID, GPTLAB_WEBHOOK_URL, "
+            "or NTFY_TOPIC in the environment, or name one with --notify"
+        )
     notifier = Notifier(channels_from_environment(names, source="notify test"), log=lambda line: None, attempts=2)
-    notifier.send(Message("test", f"gptlab notify test from {socket.gethostname()}", "If you read this, gptlab can reach you."))
+    notifier.send(
+        Message("test", f"gptlab notify test from {socket.gethostname()}", "If you read this, gptlab can reach you.")
+    )
     notifier.close()
     for channel in notifier.channels:
         failure = notifier.failures.get(channel.name)

@@ -51,8 +51,15 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None  # an HTTP date; the caller's own backoff applies
 
 
-def request(method: str, url: str, *, json_body: Any = None, data: Optional[bytes] = None,
-            headers: Optional[dict[str, str]] = None, timeout: float = 10.0) -> Response:
+def request(
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    data: Optional[bytes] = None,
+    headers: Optional[dict[str, str]] = None,
+    timeout: float = 10.0,
+) -> Response:
     """Send one request; a 2xx response is returned, anything else raises HttpError."""
     headers = {"User-Agent": "gptlab", "Accept": "application/json", **(headers or {})}
     if json_body is not None:
@@ -64,12 +71,20 @@ def request(method: str, url: str, *, json_body: Any = None, data: Optional[byte
             return Response(response.status, _parse(response.read()))
     except urllib.error.HTTPError as error:
         body = _parse(error.read() or b"")
-        raise HttpError(f"HTTP {error.code}", error.code, body, _retry_after(error.headers.get("Retry-After"))) from None
+        raise HttpError(
+            f"HTTP {error.code}", error.code, body, _retry_after(error.headers.get("Retry-After"))
+        ) from None
     except (socket.timeout, TimeoutError):
         raise HttpError(f"no response within {timeout:g} s") from None
     except urllib.error.URLError as error:
         reason = error.reason  # a string reason may quote the address: never shown
-        what = "timed out" if isinstance(reason, (socket.timeout, TimeoutError)) else type(reason).__name__ if isinstance(reason, BaseException) else "bad address"
+        what = (
+            "timed out"
+            if isinstance(reason, (socket.timeout, TimeoutError))
+            else type(reason).__name__
+            if isinstance(reason, BaseException)
+            else "bad address"
+        )
         raise HttpError(f"connection failed ({what})") from None
     except (OSError, http.client.HTTPException) as error:  # a connection dropped mid-response
         raise HttpError(f"connection failed ({type(error).__name__})") from None

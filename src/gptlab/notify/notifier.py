@@ -36,8 +36,16 @@ def _worth_retrying(error: Exception) -> bool:
 class Notifier:
     """Delivers `Message`s to every channel from a background thread; `send` never blocks."""
 
-    def __init__(self, channels: Sequence[Channel], log: Callable[[str], None] = print, *, timeout: Optional[float] = None,
-                 attempts: Optional[int] = None, first_backoff: Optional[float] = None, close_wait: Optional[float] = None):
+    def __init__(
+        self,
+        channels: Sequence[Channel],
+        log: Callable[[str], None] = print,
+        *,
+        timeout: Optional[float] = None,
+        attempts: Optional[int] = None,
+        first_backoff: Optional[float] = None,
+        close_wait: Optional[float] = None,
+    ):
         self.channels = list(channels)
         self._log = log
         # read at construction, not import, so a test can shorten them
@@ -65,7 +73,10 @@ class Notifier:
         try:
             self._queue.put_nowait(message)
         except queue.Full:
-            self._report_once("queue", f"Notifications: more than {QUEUE_SIZE} messages waiting; dropping new ones until the channels answer")
+            self._report_once(
+                "queue",
+                f"Notifications: more than {QUEUE_SIZE} messages waiting; dropping new ones until the channels answer",
+            )
 
     def close(self, wait: Optional[float] = None) -> bool:
         """Let queued messages go out for at most `wait` seconds; True when none was left undelivered."""
@@ -78,8 +89,11 @@ class Notifier:
             pass
         self._thread.join(timeout=self.close_wait if wait is None else wait)
         if self._thread.is_alive():
-            self._report_once("close", f"Notifications: gave up waiting {self.close_wait if wait is None else wait:g} s for a channel to answer; "
-                                       "the last messages may not arrive")
+            self._report_once(
+                "close",
+                f"Notifications: gave up waiting {self.close_wait if wait is None else wait:g} s for a channel to answer; "
+                "the last messages may not arrive",
+            )
             return False
         return not self.failures
 
@@ -102,10 +116,15 @@ class Notifier:
                 what = str(error) if isinstance(error, HttpError) else type(error).__name__
                 if not _worth_retrying(error) or attempt == self.attempts - 1:
                     break
-                time.sleep(self.first_backoff * 2 ** attempt * random.uniform(0.5, 1.5))  # `close` bounds how long this may go on
+                time.sleep(
+                    self.first_backoff * 2**attempt * random.uniform(0.5, 1.5)
+                )  # `close` bounds how long this may go on
         self.failures[channel.name] = redact(what, channel.secrets())
-        self._report_once(channel.name, f"Notifications via {channel.name} failed ({self.failures[channel.name]}, '{message.event}' message); "
-                                        "further failures of this channel are not reported")
+        self._report_once(
+            channel.name,
+            f"Notifications via {channel.name} failed ({self.failures[channel.name]}, '{message.event}' message); "
+            "further failures of this channel are not reported",
+        )
 
     def _report_once(self, key: str, line: str) -> None:
         if key in self._reported:

@@ -20,7 +20,13 @@ LOG_TAIL_LINES = 8  # lines of train.log quoted in a failure message
 
 
 class TrainingNotifier:
-    def __init__(self, notifier: Optional[Notifier], run_dir: Path, every_checkpoints: Optional[int] = None, machine: Optional[str] = None):
+    def __init__(
+        self,
+        notifier: Optional[Notifier],
+        run_dir: Path,
+        every_checkpoints: Optional[int] = None,
+        machine: Optional[str] = None,
+    ):
         self.notifier = notifier
         self.run_dir = Path(run_dir)
         self.every_checkpoints = every_checkpoints
@@ -48,9 +54,11 @@ class TrainingNotifier:
             return  # the loop may refine its estimate; one "started" is enough
         self.started_sent = True
         plan = run.plan
-        body = [f"{plan.total_steps - run.start_step:,} steps to go of {plan.total_steps:,} ({plan.global_batch_tokens:,} tokens each), "
-                f"{run.model.parameter_count():,} parameters, {run.precision.name} on {run.dist.world_size} x {run.device.type}",
-                estimate]
+        body = [
+            f"{plan.total_steps - run.start_step:,} steps to go of {plan.total_steps:,} ({plan.global_batch_tokens:,} tokens each), "
+            f"{run.model.parameter_count():,} parameters, {run.precision.name} on {run.dist.world_size} x {run.device.type}",
+            estimate,
+        ]
         verb = f"resumed at step {run.start_step:,}" if run.start_step else "started"
         self._send("started", f"{self._name} {verb}", body)
 
@@ -68,16 +76,22 @@ class TrainingNotifier:
         cost_per_hour = run.config.train.cost_per_hour
         if cost_per_hour is not None:
             parts.append(f"${totals.train_seconds / 3600 * cost_per_hour:.2f} so far")
-        self._send("checkpoint", f"{self._name} at step {step + 1:,}/{run.plan.total_steps:,} ({(step + 1) / run.plan.total_steps:.0%})",
-                   [" | ".join(parts)])
+        self._send(
+            "checkpoint",
+            f"{self._name} at step {step + 1:,}/{run.plan.total_steps:,} ({(step + 1) / run.plan.total_steps:.0%})",
+            [" | ".join(parts)],
+        )
 
     def finished(self, run: Any, result: dict[str, Any]) -> None:
         """`fit`'s result: the summary, or the record of a stop by signal."""
         if self.notifier is None:
             return
         if result.get("interrupted"):
-            self._send("stopped", f"{self._name} stopped by {result.get('signal') or 'another rank'} after step {result['stopped_after_step']:,}",
-                       [f"Checkpoint written. Resume with: gptlab train {self.run_dir} --resume latest"])
+            self._send(
+                "stopped",
+                f"{self._name} stopped by {result.get('signal') or 'another rank'} after step {result['stopped_after_step']:,}",
+                [f"Checkpoint written. Resume with: gptlab train {self.run_dir} --resume latest"],
+            )
         else:
             from gptlab.train.record import format_summary
 
@@ -90,11 +104,24 @@ class TrainingNotifier:
         from gptlab.train.loop import TrainingStopped
 
         if isinstance(error, KeyboardInterrupt):
-            title, lines = f"{self._name} interrupted", [f"Interrupted by a second Ctrl-C; resume from the last checkpoint: gptlab train {self.run_dir} --resume latest"]
+            title, lines = (
+                f"{self._name} interrupted",
+                [
+                    f"Interrupted by a second Ctrl-C; resume from the last checkpoint: gptlab train {self.run_dir} --resume latest"
+                ],
+            )
         else:
             first_line = (str(error).strip().splitlines() or [""])[0]
-            error_line = first_line if isinstance(error, TrainingStopped) else f"{type(error).__name__}: {first_line}".rstrip(": ")
-            title = f"{self._name} stopped: too many non-finite steps" if isinstance(error, TrainingStopped) else f"{self._name} failed"
+            error_line = (
+                first_line
+                if isinstance(error, TrainingStopped)
+                else f"{type(error).__name__}: {first_line}".rstrip(": ")
+            )
+            title = (
+                f"{self._name} stopped: too many non-finite steps"
+                if isinstance(error, TrainingStopped)
+                else f"{self._name} failed"
+            )
             lines = [error_line]
         tail = _log_tail(self.run_dir / TRAIN_LOG, LOG_TAIL_LINES)
         if tail:
@@ -133,9 +160,16 @@ def send_test_loss(run_dir: Path, evaluation: dict[str, Any]) -> None:
     train_config = read_run_config(run_dir).train
     if train_config.notify is None:
         return
-    notifier = Notifier(channels_from_environment(train_config.notify.channels, source=f"{Path(run_dir) / TRAIN_FILE}: notify"), print)
+    notifier = Notifier(
+        channels_from_environment(train_config.notify.channels, source=f"{Path(run_dir) / TRAIN_FILE}: notify"), print
+    )
     name = TrainingNotifier(notifier, run_dir, machine=train_config.machine)._name
-    notifier.send(Message("evaluated", f"{name}: {evaluation['split']} loss {evaluation['loss']:.4f}",
-                          f"{evaluation['tokens']:,} tokens from token {evaluation['start_token']:,}, checkpoint {evaluation['checkpoint']}, "
-                          f"{evaluation['precision']}"))
+    notifier.send(
+        Message(
+            "evaluated",
+            f"{name}: {evaluation['split']} loss {evaluation['loss']:.4f}",
+            f"{evaluation['tokens']:,} tokens from token {evaluation['start_token']:,}, checkpoint {evaluation['checkpoint']}, "
+            f"{evaluation['precision']}",
+        )
+    )
     notifier.close()

@@ -10,10 +10,19 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from gptlab.files import atomic_write, read_json
-from gptlab.rundir import CHECKPOINTS, GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, METRICS, RESOLVED_CONFIG, ROUTING_CHART, TRAIN_FILE
+from gptlab.rundir import (
+    CHECKPOINTS,
+    GRAD_NORM_CHART,
+    LEARNING_RATE_CHART,
+    LOSS_CHART,
+    METRICS,
+    RESOLVED_CONFIG,
+    ROUTING_CHART,
+    TRAIN_FILE,
+)
 
 MAX_POINTS = 200
 SIZE, DPI = (8, 4.5), 100
@@ -36,19 +45,25 @@ def read_step_records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def finite(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def bin_size(records: list[dict[str, Any]], points: int = MAX_POINTS) -> int:
     return max(1, math.ceil(len(records) / points))
 
 
-def binned(records: list[dict[str, Any]], key: str, points: int = MAX_POINTS) -> tuple[list[float], list[float], list[float], list[float]]:
+def binned(
+    records: list[dict[str, Any]], key: str, points: int = MAX_POINTS
+) -> tuple[list[float], list[float], list[float], list[float]]:
     """(centre step, min, mean, max) of `key` over consecutive bins of steps; bins without a finite value are left out."""
     size = bin_size(records, points)
     centres, lows, means, highs = [], [], [], []
     for start in range(0, len(records), size):
-        chunk = records[start:start + size]
+        chunk = records[start : start + size]
         values = [v for v in (finite(r.get(key)) for r in chunk) if v is not None]
         if values:
             centres.append((chunk[0]["step"] + chunk[-1]["step"]) / 2)
@@ -109,9 +124,19 @@ def _loss_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     centres, lows, means, highs = binned(records, "loss")
     if centres:
         if bin_size(records) > 1:
-            axes.fill_between(centres, lows, highs, color="tab:blue", alpha=0.25, linewidth=0, label=f"train loss min-max {_interval_words(records)}")
+            axes.fill_between(
+                centres,
+                lows,
+                highs,
+                color="tab:blue",
+                alpha=0.25,
+                linewidth=0,
+                label=f"train loss min-max {_interval_words(records)}",
+            )
         axes.plot(centres, means, color="tab:blue", linewidth=1.5, label=f"train loss mean {_interval_words(records)}")
-    validation = [(r["step"], finite(r.get("validation_loss"))) for r in records if finite(r.get("validation_loss")) is not None]
+    validation = [
+        (r["step"], finite(r.get("validation_loss"))) for r in records if finite(r.get("validation_loss")) is not None
+    ]
     if validation:
         axes.plot(*zip(*validation), "o-", color="tab:orange", markersize=4, linewidth=1, label="validation loss")
     best = _best_step(run_dir)
@@ -126,7 +151,15 @@ def _grad_norm_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     centres, lows, means, highs = binned(records, "grad_norm")
     if centres:
         if bin_size(records) > 1:
-            axes.fill_between(centres, lows, highs, color="tab:purple", alpha=0.25, linewidth=0, label=f"min-max {_interval_words(records)}")
+            axes.fill_between(
+                centres,
+                lows,
+                highs,
+                color="tab:purple",
+                alpha=0.25,
+                linewidth=0,
+                label=f"min-max {_interval_words(records)}",
+            )
         axes.plot(centres, means, color="tab:purple", linewidth=1.5, label=f"mean {_interval_words(records)}")
         if max(highs) > 50 * max(min(lows), 1e-12):
             axes.set_yscale("log")
@@ -141,7 +174,9 @@ def _grad_norm_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
 
 def _learning_rate_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     figure, axes = new_figure(f"Learning rate: {run_title(run_dir)}", "step", "learning rate")
-    points = [(r["step"], finite(r.get("learning_rate"))) for r in records if finite(r.get("learning_rate")) is not None]
+    points = [
+        (r["step"], finite(r.get("learning_rate"))) for r in records if finite(r.get("learning_rate")) is not None
+    ]
     if points:
         axes.plot(*zip(*points), color="tab:green", linewidth=1.5)
     axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
@@ -163,7 +198,12 @@ def _routing_chart(run_dir: Path, records: list[dict[str, Any]]) -> Optional[Pat
     figure.suptitle(f"Mean routing weight per expert: {run_title(run_dir)}", fontsize=11)
     for position, layer in enumerate(layers):
         axes = figure.add_subplot(rows, columns, position + 1)
-        points = [(r["step"], entry["mean_routing_weight"]) for r in routed for entry in r["routing"] if entry["layer"] == layer]
+        points = [
+            (r["step"], entry["mean_routing_weight"])
+            for r in routed
+            for entry in r["routing"]
+            if entry["layer"] == layer
+        ]
         steps = [step for step, _ in points]
         num_experts = len(points[0][1])
         for expert in range(num_experts):
@@ -189,7 +229,11 @@ def draw_run_charts(run_dir: Path) -> list[Path]:
         records = read_step_records(run_dir)
         if not records:
             return []
-        drawn = [_loss_chart(run_dir, records), _grad_norm_chart(run_dir, records), _learning_rate_chart(run_dir, records)]
+        drawn = [
+            _loss_chart(run_dir, records),
+            _grad_norm_chart(run_dir, records),
+            _learning_rate_chart(run_dir, records),
+        ]
         return drawn + [path for path in [_routing_chart(run_dir, records)] if path is not None]
     except Exception as error:  # noqa: BLE001 - charts are a view; training and evaluation must go on without them
         print(f"warning: {run_dir}: charts not drawn ({type(error).__name__}: {error})", file=sys.stderr)

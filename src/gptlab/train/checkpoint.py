@@ -25,8 +25,15 @@ import numpy as np
 import torch
 
 from gptlab.errors import UserError
-from gptlab.files import (atomic_folder, atomic_write_json, fsync_directory, is_out_of_space, out_of_space_error, read_json,
-                          remove_stale_staging)
+from gptlab.files import (
+    atomic_folder,
+    atomic_write_json,
+    fsync_directory,
+    is_out_of_space,
+    out_of_space_error,
+    read_json,
+    remove_stale_staging,
+)
 from gptlab.model import GPT
 from gptlab.rundir import CHECKPOINTS, METRICS
 from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
@@ -45,7 +52,9 @@ def sha256_of(path: Path) -> str:
 
 
 def write_checksums(directory: Path) -> None:
-    lines = [f"{sha256_of(path)}  {path.name}\n" for path in sorted(Path(directory).iterdir()) if path.name != CHECKSUMS]
+    lines = [
+        f"{sha256_of(path)}  {path.name}\n" for path in sorted(Path(directory).iterdir()) if path.name != CHECKSUMS
+    ]
     (Path(directory) / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
 
 
@@ -184,7 +193,9 @@ class Checkpoint:
         if expected is None or not path.is_file():
             return
         if sha256_of(path) != expected:
-            raise UserError(f"{path}: damaged: its content no longer matches the checksum written with the checkpoint ({CHECKSUMS})")
+            raise UserError(
+                f"{path}: damaged: its content no longer matches the checksum written with the checkpoint ({CHECKSUMS})"
+            )
 
     def load_model(self, model: GPT) -> None:
         weights = self._loaded.pop("model.safetensors", None)
@@ -204,10 +215,14 @@ class Checkpoint:
         except FileNotFoundError:
             raise UserError(f"{path}: missing from the checkpoint") from None
         except pickle.UnpicklingError:  # torch's message advises weights_only=False, which would run the file's code
-            raise UserError(f"{path}: refused: it holds pickled objects other than tensors and plain values, "
-                            f"which gptlab never loads (they can run code)") from None
+            raise UserError(
+                f"{path}: refused: it holds pickled objects other than tensors and plain values, "
+                f"which gptlab never loads (they can run code)"
+            ) from None
         except Exception as error:  # torch raises several types for truncated or foreign files
-            raise UserError(f"{path}: corrupt or unreadable checkpoint file ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+            raise UserError(
+                f"{path}: corrupt or unreadable checkpoint file ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+            ) from None
 
     def load_training_state(self) -> dict[str, Any]:
         return _checked_training_state(self._load_pt("training_state.pt"), self.path / "training_state.pt")
@@ -238,7 +253,9 @@ class Checkpoint:
 def _checked_training_state(state: Any, path: Path) -> dict[str, Any]:
     """What resuming reads from training_state.pt, present with the right types (it loaded, but is it ours?)."""
     expected = {"step": int, "totals": dict, "rng": (list, dict)}
-    wrong = [key for key, kind in expected.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    wrong = [
+        key for key, kind in expected.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)
+    ]
     if wrong:
         raise UserError(f"{path}: not a gptlab training state ({', '.join(wrong)} missing or of the wrong type)")
     return state
@@ -249,14 +266,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     directory = Path(run_dir) / CHECKPOINTS
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and "-iteration-" in p.name and not p.name.startswith(".")]
+    found = [
+        p
+        for p in directory.iterdir()
+        if p.is_dir() and not p.is_symlink() and "-iteration-" in p.name and not p.name.startswith(".")
+    ]
     return sorted(found, key=lambda p: (step_of(p), p.name))
 
 
 def find_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
     """`best`, `latest`, a checkpoint folder name, or a path to a checkpoint folder."""
     directory = Path(run_dir) / CHECKPOINTS
-    candidate = Path(which) if Path(which).is_dir() and (Path(which) / "model.safetensors").exists() else directory / which
+    candidate = (
+        Path(which) if Path(which).is_dir() and (Path(which) / "model.safetensors").exists() else directory / which
+    )
     if (candidate / "model.safetensors").is_file():
         return Checkpoint(candidate.resolve())
     available = [p.name for p in list_checkpoints(run_dir)]
@@ -278,7 +301,9 @@ def find_resumable_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoin
     try:
         checkpoint.verify()
     except UserError as error:
-        raise UserError(error.lines[0] + offer_good_checkpoint(run_dir, "resume with --resume", lambda c: c.verify())) from None
+        raise UserError(
+            error.lines[0] + offer_good_checkpoint(run_dir, "resume with --resume", lambda c: c.verify())
+        ) from None
     return checkpoint
 
 
@@ -316,7 +341,11 @@ def set_aside_later_checkpoints(run_dir: Path, resumed: Checkpoint) -> Optional[
     """
     directory = Path(run_dir) / CHECKPOINTS
     resumed_step = step_of(resumed.path)
-    later = [path for path in list_checkpoints(run_dir) if step_of(path) > resumed_step and path.resolve() != resumed.path.resolve()]
+    later = [
+        path
+        for path in list_checkpoints(run_dir)
+        if step_of(path) > resumed_step and path.resolve() != resumed.path.resolve()
+    ]
     if not later:
         return None
     aside = directory / f"{ABANDONED_PREFIX}{time.strftime('%Y%m%dZ%H%M%S', time.gmtime())}"

@@ -28,4 +28,6 @@ def keep_freed_memory_for_reuse() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))  # never trim: a step frees more than 1 GiB
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    )  # never trim: a step frees more than 1 GiB

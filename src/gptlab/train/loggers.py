@@ -39,20 +39,27 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
         except ImportError:
-            raise LoggerUnavailable("tensorboard is not installed; `pip install tensorboard` (or gptlab[tensorboard]), or drop it from loggers") from None
+            raise LoggerUnavailable(
+                "tensorboard is not installed; `pip install tensorboard` (or gptlab[tensorboard]), or drop it from loggers"
+            ) from None
 
         self.config = config
         # purge_step drops events a resumed run is about to write again (steps after its checkpoint).
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=start_step or None)
-        self.writer.add_text("config", "```json\n" + json.dumps(config.to_json_dict(), indent=2) + "\n```", global_step=start_step)
+        self.writer.add_text(
+            "config", "```json\n" + json.dumps(config.to_json_dict(), indent=2) + "\n```", global_step=start_step
+        )
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, global_step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        metrics = {f"hparam/{key}": summary[key] for key in ("final_train_loss", "final_validation_loss", "tokens_per_second")
-                   if isinstance(summary.get(key), (int, float))}
+        metrics = {
+            f"hparam/{key}": summary[key]
+            for key in ("final_train_loss", "final_validation_loss", "tokens_per_second")
+            if isinstance(summary.get(key), (int, float))
+        }
         self.writer.add_hparams(flat_hparams(self.config), metrics, run_name=".")  # "." keeps them in this run's folder
         self.writer.close()
 
@@ -67,11 +74,18 @@ class WandbLogger:
         try:
             import wandb
         except ImportError:
-            raise LoggerUnavailable("wandb is not installed; `pip install wandb` (or gptlab[wandb]), or drop it from loggers") from None
+            raise LoggerUnavailable(
+                "wandb is not installed; `pip install wandb` (or gptlab[wandb]), or drop it from loggers"
+            ) from None
         run_dir = Path(run_dir).resolve()
         # Project from WANDB_PROJECT, the run's name from its directory; WANDB_MODE=offline needs no network.
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_DEFAULT_PROJECT), name=run_dir.name,
-                              config=config.to_json_dict(), dir=str(run_dir), reinit="finish_previous")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", WANDB_DEFAULT_PROJECT),
+            name=run_dir.name,
+            config=config.to_json_dict(),
+            dir=str(run_dir),
+            reinit="finish_previous",
+        )
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
@@ -96,8 +110,14 @@ TRACKERS: dict[str, Callable[..., Any]] = {"tensorboard": TensorBoardLogger, "wa
 class MetricLoggers:
     """The trackers of one run (rank 0 only); each failure is one warning line, then that tracker is dropped."""
 
-    def __init__(self, names: Sequence[str] = (), run_dir: Optional[Path] = None, config: Optional[RunConfig] = None,
-                 start_step: int = 0, warn: Callable[[str], None] = print):
+    def __init__(
+        self,
+        names: Sequence[str] = (),
+        run_dir: Optional[Path] = None,
+        config: Optional[RunConfig] = None,
+        start_step: int = 0,
+        warn: Callable[[str], None] = print,
+    ):
         self.warn = warn
         self.active: list[Any] = []
         for name in names:
@@ -106,7 +126,9 @@ class MetricLoggers:
             except LoggerUnavailable as error:
                 warn(f"Warning: logger {name}: {error}; training goes on without it")
             except Exception as error:
-                warn(f"Warning: logger {name} could not start ({type(error).__name__}: {_first_line(error)}); training goes on without it")
+                warn(
+                    f"Warning: logger {name} could not start ({type(error).__name__}: {_first_line(error)}); training goes on without it"
+                )
 
     def _each(self, action: Callable[[Any], None], what: str) -> None:
         for tracker in list(self.active):
@@ -118,8 +140,10 @@ class MetricLoggers:
                     tracker.close()  # keep what it wrote before failing
                 except Exception:
                     pass
-                self.warn(f"Warning: logger {tracker.name} failed while {what} ({type(error).__name__}: {_first_line(error)}); "
-                          f"training goes on without it")
+                self.warn(
+                    f"Warning: logger {tracker.name} failed while {what} ({type(error).__name__}: {_first_line(error)}); "
+                    f"training goes on without it"
+                )
 
     def scalars(self, step: int, values: dict[str, Optional[float]]) -> None:
         finite = {tag: float(value) for tag, value in values.items() if value is not None and math.isfinite(value)}

@@ -31,15 +31,37 @@ from gptlab.notify.training import TrainingNotifier
 from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
-from gptlab.train.checkpoint import (find_checkpoint, find_resumable_checkpoint, gather_rng_states, list_checkpoints,
-                                     prune_checkpoints, remove_stale_checkpoint_staging, restore_rng_state, save_checkpoint,
-                                     set_aside_later_checkpoints)
+from gptlab.train.checkpoint import (
+    find_checkpoint,
+    find_resumable_checkpoint,
+    gather_rng_states,
+    list_checkpoints,
+    prune_checkpoints,
+    remove_stale_checkpoint_staging,
+    restore_rng_state,
+    save_checkpoint,
+    set_aside_later_checkpoints,
+)
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
-from gptlab.train.precision import PrecisionChoice, choose_precision, clip_to_norm, configure_precision, global_grad_norm
-from gptlab.train.progress import (ESTIMATE_AFTER_STEPS, finish_summary, log_estimate, log_header, peak_memory, record_step, show_progress,
-                                   show_validation)
+from gptlab.train.precision import (
+    PrecisionChoice,
+    choose_precision,
+    clip_to_norm,
+    configure_precision,
+    global_grad_norm,
+)
+from gptlab.train.progress import (
+    ESTIMATE_AFTER_STEPS,
+    finish_summary,
+    log_estimate,
+    log_header,
+    peak_memory,
+    record_step,
+    show_progress,
+    show_validation,
+)
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
 from gptlab.train.routing import record_routing
 from gptlab.train.state import RunningTotals, Training
@@ -65,7 +87,9 @@ def _initial_weights(run_dir: Path, init_from: str) -> Path:
     for candidate in (path, path / "model.safetensors", path / CHECKPOINTS / "latest" / "model.safetensors"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"{Path(run_dir) / TRAIN_FILE}: init_from: '{init_from}' is neither a model.safetensors, a checkpoint folder, nor a run with checkpoints")
+    raise UserError(
+        f"{Path(run_dir) / TRAIN_FILE}: init_from: '{init_from}' is neither a model.safetensors, a checkpoint folder, nor a run with checkpoints"
+    )
 
 
 def _validation_slice(run_config: RunConfig, dataset: TokenDataset) -> Optional[EvalSlice]:
@@ -73,22 +97,39 @@ def _validation_slice(run_config: RunConfig, dataset: TokenDataset) -> Optional[
     if train.validation_batches == 0 or not dataset.has_split("validation"):
         return None
     split = dataset.split("validation")
-    full = eval_slice_for(split, "validation", train.start_val_token, train.microbatch_size, run_config.model.context_length)
-    return EvalSlice("validation", train.start_val_token, min(train.validation_batches, full.batches), full.batch_size, full.context_length)
+    full = eval_slice_for(
+        split, "validation", train.start_val_token, train.microbatch_size, run_config.model.context_length
+    )
+    return EvalSlice(
+        "validation",
+        train.start_val_token,
+        min(train.validation_batches, full.batches),
+        full.batch_size,
+        full.context_length,
+    )
 
 
-def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,
-          resume: Optional[str] = None, show_progress: bool = True) -> Training:
+def setup(
+    run_dir: Path,
+    datasets_dir: Optional[Path] = None,
+    overrides: Optional[dict] = None,
+    resume: Optional[str] = None,
+    show_progress: bool = True,
+) -> Training:
     run_dir = Path(run_dir)
     run_config = load_run_config(run_dir, overrides)
     model_config, train_config = run_config.model, run_config.train
     dist_context = distributed.from_environment()
-    notifier = TrainingNotifier.for_run(run_dir, train_config, dist_context.is_main)  # missing secrets fail here, on every rank
+    notifier = TrainingNotifier.for_run(
+        run_dir, train_config, dist_context.is_main
+    )  # missing secrets fail here, on every rank
     device = distributed.pick_device(train_config.device, dist_context)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{run_dir / TRAIN_FILE}: device: 'cuda' was asked for but torch sees no CUDA device")
     if resume is None and list_checkpoints(run_dir):
-        raise UserError(f"{run_dir}: already has checkpoints; continue it with `gptlab train {run_dir} --resume latest`, or train in a new run directory")
+        raise UserError(
+            f"{run_dir}: already has checkpoints; continue it with `gptlab train {run_dir} --resume latest`, or train in a new run directory"
+        )
     distributed.start(dist_context, device)
 
     # Rank 0 downloads a missing dataset; the others wait for it, then open the same files.
@@ -98,13 +139,19 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     if not dist_context.is_main:
         dataset = locate_dataset(train_config.dataset, run_dir, datasets_dir, download=False)
     plan = plan_training(
-        dataset.split("train"), start_token=train_config.start_train_token, min_tokens=train_config.min_train_tokens,
-        microbatch_size=train_config.microbatch_size, context_length=model_config.context_length,
-        accumulation_steps=train_config.gradient_accumulation_steps, world_size=dist_context.world_size,
+        dataset.split("train"),
+        start_token=train_config.start_train_token,
+        min_tokens=train_config.min_train_tokens,
+        microbatch_size=train_config.microbatch_size,
+        context_length=model_config.context_length,
+        accumulation_steps=train_config.gradient_accumulation_steps,
+        world_size=dist_context.world_size,
         source=str(run_dir / TRAIN_FILE),
     )
     if dataset.meta.get("tokenizer", {}).get("vocab_size", model_config.vocab_size) > model_config.vocab_size:
-        raise UserError(f"{run_dir / MODEL_FILE}: vocab_size: {model_config.vocab_size} is smaller than the dataset's tokenizer ({dataset.meta['tokenizer']['vocab_size']})")
+        raise UserError(
+            f"{run_dir / MODEL_FILE}: vocab_size: {model_config.vocab_size} is smaller than the dataset's tokenizer ({dataset.meta['tokenizer']['vocab_size']})"
+        )
     for name in ("train", "validation"):
         if name == "train" or (train_config.validation_batches > 0 and dataset.has_split(name)):
             dataset.split(name).check_vocabulary(model_config.vocab_size)
@@ -115,7 +162,12 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     precision = configure_precision(precision_choice.name, device, str(run_dir / TRAIN_FILE))
     seed_everything(train_config.random_seed)
     fast_paths = train_config.fast_paths(device.type)
-    model = build_model(model_config, device, vocab_multiple=fast_paths["pad_vocab_multiple"], fused_loss=fast_paths["fused_cross_entropy"])
+    model = build_model(
+        model_config,
+        device,
+        vocab_multiple=fast_paths["pad_vocab_multiple"],
+        fused_loss=fast_paths["fused_cross_entropy"],
+    )
     if train_config.init_from is not None and resume is None:
         load_book_safetensors(model, _initial_weights(run_dir, train_config.init_from))
     optimizer = build_optimizer(model, train_config, device)
@@ -124,13 +176,26 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
         trained_model = torch.compile(trained_model)
     log = RunLog(run_dir, enabled=dist_context.is_main)
     run = Training(
-        run_dir=run_dir, config=run_config, dist=dist_context, device=device, dataset=dataset, model=model,
-        trained_model=trained_model, optimizer=optimizer, precision=precision,
-        precision_reason=precision_choice.reason, fast_paths=fast_paths, notifier=notifier,
-        plan=plan, reader=BatchReader(dataset.split("train"), plan, device, vocab_size=model_config.vocab_size),
-        validation=_validation_slice(run_config, dataset), log=log,
+        run_dir=run_dir,
+        config=run_config,
+        dist=dist_context,
+        device=device,
+        dataset=dataset,
+        model=model,
+        trained_model=trained_model,
+        optimizer=optimizer,
+        precision=precision,
+        precision_reason=precision_choice.reason,
+        fast_paths=fast_paths,
+        notifier=notifier,
+        plan=plan,
+        reader=BatchReader(dataset.split("train"), plan, device, vocab_size=model_config.vocab_size),
+        validation=_validation_slice(run_config, dataset),
+        log=log,
         metrics=MetricsFile(run_dir / METRICS, enabled=dist_context.is_main),
-        show_progress=show_progress and dist_context.is_main and sys.stderr.isatty(),  # without a terminal, log lines instead
+        show_progress=show_progress
+        and dist_context.is_main
+        and sys.stderr.isatty(),  # without a terminal, log lines instead
     )
     if dist_context.is_main:
         remove_stale_checkpoint_staging(run_dir)
@@ -146,8 +211,13 @@ def setup(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optiona
     return run
 
 
-def _choose_run_precision(run_dir: Path, run_config: RunConfig, device: torch.device, dist_context: distributed.Distributed,
-                          resume: Optional[str]) -> PrecisionChoice:
+def _choose_run_precision(
+    run_dir: Path,
+    run_config: RunConfig,
+    device: torch.device,
+    dist_context: distributed.Distributed,
+    resume: Optional[str],
+) -> PrecisionChoice:
     """train.json's precision for this machine; a resumed run keeps the one its checkpoint recorded when chosen automatically."""
     train = run_config.train
     chosen_per_machine = train.precision == "auto" or train.precision_is_default
@@ -160,7 +230,9 @@ def _choose_run_precision(run_dir: Path, run_config: RunConfig, device: torch.de
         bf16_everywhere = distributed.all_ranks_agree(choice.name == "bf16", dist_context, device)
         if choice.name == "bf16" and not bf16_everywhere:
             fallback = "fp16" if device.type == "cuda" else "fp32"
-            return PrecisionChoice(fallback, f"not every rank chose bf16 (here: {choice.reason}), so all take {fallback}")
+            return PrecisionChoice(
+                fallback, f"not every rank chose bf16 (here: {choice.reason}), so all take {fallback}"
+            )
     return choice
 
 
@@ -170,12 +242,16 @@ def _restore(run: Training, which: str) -> None:
     current = run.config.to_json_dict()
     differing_model = sorted(key for key in current["model"] if saved["model"].get(key) != current["model"][key])
     if differing_model:
-        raise UserError(f"{run.run_dir / MODEL_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(differing_model)}; resume with the model it was trained with")
+        raise UserError(
+            f"{run.run_dir / MODEL_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(differing_model)}; resume with the model it was trained with"
+        )
     differing_train = sorted(key for key in current["train"] if saved["train"].get(key) != current["train"][key])
     unsafe = [key for key in differing_train if key not in RESUME_SAFE_TRAIN_KEYS]
     if unsafe:
-        raise UserError(f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
-                        f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume")
+        raise UserError(
+            f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
+            f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume"
+        )
     checkpoint.load_model(run.model)
     checkpoint.load_optimizer(run.optimizer)
     checkpoint.load_scaler(run.precision.scaler)
@@ -189,18 +265,26 @@ def _restore(run: Training, which: str) -> None:
     if run.dist.is_main:
         aside = set_aside_later_checkpoints(run.run_dir, checkpoint)
         _truncate_metrics(run.run_dir / METRICS, last_step=int(state["step"]))
-    run.log.line(f"Resuming from {checkpoint.name} at step {run.start_step}"
-                 + (f" (changed: {', '.join(differing_train)})" if differing_train else ""))
+    run.log.line(
+        f"Resuming from {checkpoint.name} at step {run.start_step}"
+        + (f" (changed: {', '.join(differing_train)})" if differing_train else "")
+    )
     if aside is not None:
-        run.log.line(f"Note: {checkpoint.name} is older than the run's newest checkpoint: this resume starts a new line of history; "
-                     f"the later checkpoints and the old {METRICS} were moved, not deleted, into {aside}")
+        run.log.line(
+            f"Note: {checkpoint.name} is older than the run's newest checkpoint: this resume starts a new line of history; "
+            f"the later checkpoints and the old {METRICS} were moved, not deleted, into {aside}"
+        )
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records of steps after the checkpoint: the resumed run will record them again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", -1) <= last_step]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", -1) <= last_step
+    ]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -261,17 +345,28 @@ def read_back(values: list[torch.Tensor]) -> list[dict[str, Any]]:
     if not values:
         return []
     rows = torch.stack(values).tolist()
-    return [{"loss": loss, "grad_norm": norm, "clipped": clipped > 0, "skipped": skipped > 0, "stop": stop > 0}
-            for loss, norm, clipped, skipped, stop in rows]
+    return [
+        {"loss": loss, "grad_norm": norm, "clipped": clipped > 0, "skipped": skipped > 0, "stop": stop > 0}
+        for loss, norm, clipped, skipped, stop in rows
+    ]
 
 
 def validate(run: Training) -> Optional[float]:
     """Validation loss on the same batches every time; each rank takes every world_size-th batch."""
     if run.validation is None:
         return None
-    batch_losses = evaluate_batch_losses(run.model, run.dataset.split("validation"), run.validation, run.precision, run.device,
-                                         first=run.dist.rank, stride=run.dist.world_size)
-    total = torch.stack([batch_losses.sum(), torch.tensor(float(batch_losses.numel()), dtype=torch.float64, device=run.device)])
+    batch_losses = evaluate_batch_losses(
+        run.model,
+        run.dataset.split("validation"),
+        run.validation,
+        run.precision,
+        run.device,
+        first=run.dist.rank,
+        stride=run.dist.world_size,
+    )
+    total = torch.stack(
+        [batch_losses.sum(), torch.tensor(float(batch_losses.numel()), dtype=torch.float64, device=run.device)]
+    )
     loss_sum, count = (distributed.mean_across_ranks(total, run.dist) * run.dist.world_size).tolist()
     return loss_sum / count
 
@@ -298,10 +393,21 @@ def fit(run: Training) -> dict[str, Any]:
             learning_rate = learning_rate_at(step, plan.total_steps, train_config)
             set_learning_rate(run.optimizer, learning_rate)
             loss = forward_backward(run, step)
-            pending.append((step, learning_rate, time.perf_counter() - started, optimizer_step(run, loss, stop_request.requested)))
-            checkpoint_by_interval = train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0
-            validation_by_interval = train_config.validation_interval is not None and step % train_config.validation_interval == 0
-            read_due = step == last_step or checkpoint_by_interval or validation_by_interval or (step + 1 - run.start_step) % read_interval == 0
+            pending.append(
+                (step, learning_rate, time.perf_counter() - started, optimizer_step(run, loss, stop_request.requested))
+            )
+            checkpoint_by_interval = (
+                train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0
+            )
+            validation_by_interval = (
+                train_config.validation_interval is not None and step % train_config.validation_interval == 0
+            )
+            read_due = (
+                step == last_step
+                or checkpoint_by_interval
+                or validation_by_interval
+                or (step + 1 - run.start_step) % read_interval == 0
+            )
             outcomes = read_back([values for *_, values in pending]) if read_due else []
             if run.fast_paths["compile"] and totals.compile_seconds is None:
                 totals.compile_seconds = time.perf_counter() - step_clock  # the first step compiles; kept apart
@@ -329,7 +435,11 @@ def fit(run: Training) -> dict[str, Any]:
                 run.notifier.started(run, log_estimate(run, step, train_seconds_at_start))
 
             checkpoint_due = step == last_step or stop or checkpoint_by_interval
-            validation_due = validation_by_interval or step == last_step or (train_config.validation_interval is None and checkpoint_due)
+            validation_due = (
+                validation_by_interval
+                or step == last_step
+                or (train_config.validation_interval is None and checkpoint_due)
+            )
             if validation_due:
                 totals.last_validation_loss = validate(run)
                 if totals.last_validation_loss is not None:
@@ -342,8 +452,10 @@ def fit(run: Training) -> dict[str, Any]:
             if checkpoint_due:
                 _redraw_charts(run, final=step == last_step or stop)
             if stop and step != last_step:
-                run.log.line(f"Stopped by {stop_request.signal_name or 'another rank'} after step {step}; checkpoint written. "
-                             f"Resume with: gptlab train {run.run_dir} --resume latest")
+                run.log.line(
+                    f"Stopped by {stop_request.signal_name or 'another rank'} after step {step}; checkpoint written. "
+                    f"Resume with: gptlab train {run.run_dir} --resume latest"
+                )
                 return {"interrupted": True, "stopped_after_step": step, "signal": stop_request.signal_name}
     finally:
         stop_request.restore()
@@ -406,26 +518,52 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
     rng_per_rank = gather_rng_states(run.dist)  # a collective: every rank takes part
     if run.dist.is_main:
         meta = {
-            "learning_rate": learning_rate, **stats, "global_step": step,
-            "validation_loss": totals.last_validation_loss, "best_by": "validation" if by_validation else "train",
-            "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "skipped_steps": totals.skipped_steps,
-            "clipped_steps": totals.clipped_steps, "peak_learning_rate": totals.peak_learning_rate,
-            "precision": run.precision.name, "schedule": train_config.effective_schedule,
-            "peak_memory_bytes": peak_memory(run.device), "torch_version": torch.__version__,
+            "learning_rate": learning_rate,
+            **stats,
+            "global_step": step,
+            "validation_loss": totals.last_validation_loss,
+            "best_by": "validation" if by_validation else "train",
+            "tokens_seen": (step + 1) * run.plan.global_batch_tokens,
+            "skipped_steps": totals.skipped_steps,
+            "clipped_steps": totals.clipped_steps,
+            "peak_learning_rate": totals.peak_learning_rate,
+            "precision": run.precision.name,
+            "schedule": train_config.effective_schedule,
+            "peak_memory_bytes": peak_memory(run.device),
+            "torch_version": torch.__version__,
             "effective_config": run.config.to_json_dict(),
         }
         if run.last_routing is not None:
             meta["routing"] = run.last_routing
-        training_state = {"step": step, "totals": totals.to_state(), "interval": run.interval.to_state(), "rng": rng_per_rank}
-        save_checkpoint(run.run_dir, step, run.model, run.optimizer, run.precision.scaler,
-                        training_state, meta, run.config.to_json_dict(), is_best)
+        training_state = {
+            "step": step,
+            "totals": totals.to_state(),
+            "interval": run.interval.to_state(),
+            "rng": rng_per_rank,
+        }
+        save_checkpoint(
+            run.run_dir,
+            step,
+            run.model,
+            run.optimizer,
+            run.precision.scaler,
+            training_state,
+            meta,
+            run.config.to_json_dict(),
+            is_best,
+        )
         if train_config.keep_checkpoints is not None:
             prune_checkpoints(run.run_dir, train_config.keep_checkpoints)
     distributed.barrier(run.dist)
 
 
-def train_run(run_dir: Path, datasets_dir: Optional[Path] = None, overrides: Optional[dict] = None,
-              resume: Optional[str] = None, show_progress: bool = True) -> dict[str, Any]:
+def train_run(
+    run_dir: Path,
+    datasets_dir: Optional[Path] = None,
+    overrides: Optional[dict] = None,
+    resume: Optional[str] = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Train the run in `run_dir` from its model.json and train.json; returns the summary."""
     try:
         run = setup(run_dir, datasets_dir, overrides, resume, show_progress)

@@ -99,15 +99,28 @@ def choose_cpu_precision(width: int, flags: Optional[set[str]] = None, measure=b
     flags = cpu_flags() if flags is None else flags
     machine = platform.machine()
     if flags is not None and not flags & set(NATIVE_BF16_CPU_FLAGS):
-        return PrecisionChoice("fp32", f"this {machine} CPU has no native bf16 (no {'/'.join(NATIVE_BF16_CPU_FLAGS[:2])} flag), "
-                                       "where bf16 is emulated and several times slower", True)
+        return PrecisionChoice(
+            "fp32",
+            f"this {machine} CPU has no native bf16 (no {'/'.join(NATIVE_BF16_CPU_FLAGS[:2])} flag), "
+            "where bf16 is emulated and several times slower",
+            True,
+        )
     speedup = measure(width)
     if speedup >= BF16_MIN_SPEEDUP:
-        return PrecisionChoice("bf16", f"this CPU has native bf16 and an MLP-shaped matmul measured {speedup:.1f}x faster in bf16 than in fp32", True)
-    return PrecisionChoice("fp32", f"an MLP-shaped matmul measured {1 / speedup:.1f}x slower in bf16 than in fp32 on this CPU "
-                                   f"(bf16 is chosen only when at least {BF16_MIN_SPEEDUP}x faster)" if speedup < 1 else
-                                   f"an MLP-shaped matmul measured only {speedup:.2f}x faster in bf16 than in fp32 on this CPU "
-                                   f"(bf16 is chosen when at least {BF16_MIN_SPEEDUP}x faster)", True)
+        return PrecisionChoice(
+            "bf16",
+            f"this CPU has native bf16 and an MLP-shaped matmul measured {speedup:.1f}x faster in bf16 than in fp32",
+            True,
+        )
+    return PrecisionChoice(
+        "fp32",
+        f"an MLP-shaped matmul measured {1 / speedup:.1f}x slower in bf16 than in fp32 on this CPU "
+        f"(bf16 is chosen only when at least {BF16_MIN_SPEEDUP}x faster)"
+        if speedup < 1
+        else f"an MLP-shaped matmul measured only {speedup:.2f}x faster in bf16 than in fp32 on this CPU "
+        f"(bf16 is chosen when at least {BF16_MIN_SPEEDUP}x faster)",
+        True,
+    )
 
 
 def choose_precision(train: TrainConfig, device: torch.device, width: int) -> PrecisionChoice:
@@ -127,15 +140,19 @@ def choose_precision(train: TrainConfig, device: torch.device, width: int) -> Pr
     else:
         reason = "use_amp absent means true in the ddp-base-model-from-scratch harness"
     if train.effective_precision == "fp16" and device.type == "cpu":
-        reason += ("; warning: fp16 autocast on a CPU is several times slower than fp32 (no fp16 matmul units): "
-                   "set precision 'auto' to get the faster of fp32 and bf16")
+        reason += (
+            "; warning: fp16 autocast on a CPU is several times slower than fp32 (no fp16 matmul units): "
+            "set precision 'auto' to get the faster of fp32 and bf16"
+        )
     return PrecisionChoice(train.effective_precision, reason)
 
 
 def configure_precision(name: str, device: torch.device, source: str = "train.json") -> Precision:
     """Set process-wide matmul precision for `name` and build the scaler fp16 needs."""
     if name == "fp16" and device.type == "cpu" and not torch.amp.is_autocast_available("cpu"):
-        raise UserError(f"{source}: precision: fp16 autocast is not supported on this CPU build of torch; use 'bf16' or 'fp32'")
+        raise UserError(
+            f"{source}: precision: fp16 autocast is not supported on this CPU build of torch; use 'bf16' or 'fp32'"
+        )
     # 'highest' keeps float32 matmuls in true float32; 'high' allows TF32 on GPUs that have it.
     torch.set_float32_matmul_precision("highest" if name == "fp32" else "high")
     if device.type == "cuda":
@@ -161,4 +178,3 @@ def global_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
 def clip_to_norm(parameters: list[torch.nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
     """Scale gradients so their global norm is at most `max_norm`, reusing the norm already computed."""
     torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=True)
-

@@ -29,21 +29,37 @@ LOG_LINE_SECONDS = 10.0  # a log line at most this often: on a CPU the step valu
 def log_header(run: Training) -> None:
     model_config, train_config, plan = run.config.model, run.config.train, run.plan
     env = environment()
-    run.log.line(f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
-                 + (f" ({env['device_name']})" if "device_name" in env else "") + f" | world size {run.dist.world_size}")
+    run.log.line(
+        f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
+        + (f" ({env['device_name']})" if "device_name" in env else "")
+        + f" | world size {run.dist.world_size}"
+    )
     experts = model_config.moe
-    run.log.line(f"Model: {run.model.parameter_count():,} parameters ({counted(model_config.n_layers, 'layer')}, {model_config.emb_dim} wide, "
-                 f"{counted(model_config.n_heads, 'head')}, context {model_config.context_length}, tied head: {model_config.tie_weights})"
-                 + (f"; mixture of experts: {experts.num_active_experts} of {experts.num_experts} per token, "
-                    f"{run.model.active_parameter_count():,} active parameters" if experts is not None else ""))
-    run.log.line(f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
-                 f"{plan.total_steps:,} steps of {plan.global_batch_tokens:,} tokens")
-    run.log.line(f"Precision: {run.precision.name} ({run.precision_reason}) | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
-                 f"clipping: {train_config.clipping_max_norm or 'off'} | validation: "
-                 + (f"{run.validation.batches} batches" if run.validation else "off"))
+    run.log.line(
+        f"Model: {run.model.parameter_count():,} parameters ({counted(model_config.n_layers, 'layer')}, {model_config.emb_dim} wide, "
+        f"{counted(model_config.n_heads, 'head')}, context {model_config.context_length}, tied head: {model_config.tie_weights})"
+        + (
+            f"; mixture of experts: {experts.num_active_experts} of {experts.num_experts} per token, "
+            f"{run.model.active_parameter_count():,} active parameters"
+            if experts is not None
+            else ""
+        )
+    )
+    run.log.line(
+        f"Data: {run.dataset.directory} | train tokens {plan.train_tokens:,} from token {plan.start_token:,} | "
+        f"{plan.total_steps:,} steps of {plan.global_batch_tokens:,} tokens"
+    )
+    run.log.line(
+        f"Precision: {run.precision.name} ({run.precision_reason}) | schedule: {train_config.effective_schedule} | peak lr {train_config.learning_rate} | "
+        f"clipping: {train_config.clipping_max_norm or 'off'} | validation: "
+        + (f"{run.validation.batches} batches" if run.validation else "off")
+    )
     if run.validation is None and train_config.validation_batches > 0:
-        run.log.line(f"Note: validation_batches is {train_config.validation_batches} but {run.dataset.directory} has no validation split, "
-                     f"so validation is off" + (" and 'best' is picked by train loss" if train_config.best_by == "validation" else ""))
+        run.log.line(
+            f"Note: validation_batches is {train_config.validation_batches} but {run.dataset.directory} has no validation split, "
+            f"so validation is off"
+            + (" and 'best' is picked by train loss" if train_config.best_by == "validation" else "")
+        )
     for note in not_yet_applied_notes(run.config):
         run.log.line(f"Note: {note}")
 
@@ -52,16 +68,28 @@ def record_step(run: Training, step: int, learning_rate: float, outcome: dict[st
     """Count the step in the totals and the interval statistics, and add its metrics.jsonl record."""
     run.totals.add_step(learning_rate, outcome["clipped"], outcome["skipped"], outcome["loss"])
     run.interval.add(outcome["loss"], outcome["grad_norm"], outcome["clipped"])
-    run.metrics.add({
-        "step": step, "loss": json_float(outcome["loss"]), "learning_rate": learning_rate,
-        "grad_norm": json_float(outcome["grad_norm"]), "clipped": outcome["clipped"], "skipped": outcome["skipped"],
-        "tokens_seen": (step + 1) * run.plan.global_batch_tokens, "elapsed_seconds": round(elapsed, 4),
-        "train_seconds": round(run.totals.train_seconds, 4),
-    })
-    run.loggers.scalars(step, {"train/loss": outcome["loss"], "train/learning_rate": learning_rate, "train/grad_norm": outcome["grad_norm"]})
+    run.metrics.add(
+        {
+            "step": step,
+            "loss": json_float(outcome["loss"]),
+            "learning_rate": learning_rate,
+            "grad_norm": json_float(outcome["grad_norm"]),
+            "clipped": outcome["clipped"],
+            "skipped": outcome["skipped"],
+            "tokens_seen": (step + 1) * run.plan.global_batch_tokens,
+            "elapsed_seconds": round(elapsed, 4),
+            "train_seconds": round(run.totals.train_seconds, 4),
+        }
+    )
+    run.loggers.scalars(
+        step,
+        {"train/loss": outcome["loss"], "train/learning_rate": learning_rate, "train/grad_norm": outcome["grad_norm"]},
+    )
 
 
-def show_progress(run: Training, bar, step: int, learning_rate: float, outcome: dict[str, Any], train_seconds_at_start: float) -> None:
+def show_progress(
+    run: Training, bar, step: int, learning_rate: float, outcome: dict[str, Any], train_seconds_at_start: float
+) -> None:
     """After the step values are read back: the bar's numbers, speed, cost and memory to the trackers, and a log line when
     log_interval steps and LOG_LINE_SECONDS have both passed since the last one (and always after the last step).
     The log line goes to train.log, and to the console too when there is no progress bar on a terminal."""
@@ -76,13 +104,21 @@ def show_progress(run: Training, bar, step: int, learning_rate: float, outcome: 
     bar.set_postfix(postfix, refresh=False)
 
     utilisation = mfu(run, tokens_per_second)
-    run.loggers.scalars(step, {  # each step's loss, learning rate and gradient norm went with its record
-        "speed/tokens_per_second": tokens_per_second, "speed/mfu": utilisation, "cost/dollars": cost_so_far(run),
-        "memory/peak_allocated_gib": _gib(peak_memory(run.device)), "memory/host_peak_rss_gib": _gib(host_peak_rss()),
-    })
+    run.loggers.scalars(
+        step,
+        {  # each step's loss, learning rate and gradient norm went with its record
+            "speed/tokens_per_second": tokens_per_second,
+            "speed/mfu": utilisation,
+            "cost/dollars": cost_so_far(run),
+            "memory/peak_allocated_gib": _gib(peak_memory(run.device)),
+            "memory/host_peak_rss_gib": _gib(host_peak_rss()),
+        },
+    )
     last_logged_step, last_logged_at = run.last_log_line
     now = time.monotonic()
-    due = (step - last_logged_step >= run.fast_paths["log_interval"] and now - last_logged_at >= LOG_LINE_SECONDS) or step == run.plan.total_steps - 1
+    due = (
+        step - last_logged_step >= run.fast_paths["log_interval"] and now - last_logged_at >= LOG_LINE_SECONDS
+    ) or step == run.plan.total_steps - 1
     if not due:
         return
     run.last_log_line = (step, now)
@@ -102,7 +138,9 @@ def show_progress(run: Training, bar, step: int, learning_rate: float, outcome: 
 
 def show_validation(run: Training, step: int, loss: float) -> None:
     """A validation result as its own line, on the console whether or not a progress bar runs."""
-    run.log.line(f"step {step + 1:,}/{run.plan.total_steps:,} | validation loss {loss:.4f} | perplexity {math.exp(min(loss, 700)):,.2f}")
+    run.log.line(
+        f"step {step + 1:,}/{run.plan.total_steps:,} | validation loss {loss:.4f} | perplexity {math.exp(min(loss, 700)):,.2f}"
+    )
     run.loggers.scalars(step, {"validation/loss": loss, "validation/perplexity": math.exp(min(loss, 700))})
 
 
@@ -150,7 +188,9 @@ def throughput(run: Training, seconds: float, since_start: bool = False) -> floa
 def log_estimate(run: Training, step: int, train_seconds_at_start: float) -> str:
     """Once the first steps are timed: how long, and what it will cost, to finish."""
     totals = run.totals
-    seconds_per_step = (totals.train_seconds - train_seconds_at_start) / max(1, totals.timed_steps - run.start_timed_steps)
+    seconds_per_step = (totals.train_seconds - train_seconds_at_start) / max(
+        1, totals.timed_steps - run.start_timed_steps
+    )
     remaining = seconds_per_step * (run.plan.total_steps - step - 1)
     line = f"Estimate from the first {step + 1 - run.start_step} steps: {seconds_per_step:.3f} s/step, {remaining / 3600:.2f} h to go"
     if run.config.train.cost_per_hour is not None:
@@ -180,7 +220,9 @@ def finish_summary(run: Training) -> dict[str, Any]:
         "final_validation_loss": totals.last_validation_loss,
         "steps": plan.total_steps,
         "skipped_steps": totals.skipped_steps,
-        "clipped_fraction": totals.clipped_steps / plan.total_steps if train_config.clipping_max_norm is not None else None,
+        "clipped_fraction": totals.clipped_steps / plan.total_steps
+        if train_config.clipping_max_norm is not None
+        else None,
         "peak_learning_rate": totals.peak_learning_rate,
         "precision": run.precision.name,
         "precision_reason": run.precision_reason,

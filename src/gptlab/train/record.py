@@ -127,8 +127,16 @@ class IntervalStats:
 
 
 def progress_bar(total_steps: int, start_step: int, enabled: bool) -> tqdm:
-    return tqdm(total=total_steps, initial=start_step, desc="training", unit="step", disable=not enabled,
-                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    return tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="training",
+        unit="step",
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        smoothing=0.1,
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> list[str]:
@@ -136,7 +144,9 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         f"Training complete in {summary['training_seconds']:.1f} seconds",
         f"Tokens seen: {summary['tokens_seen']:,}",
         f"Throughput: {summary['tokens_per_second']:,.0f} tokens/second",
-        f"Final train loss: {summary['final_train_loss']:.4f}" if summary.get("final_train_loss") is not None else "Final train loss: n/a",
+        f"Final train loss: {summary['final_train_loss']:.4f}"
+        if summary.get("final_train_loss") is not None
+        else "Final train loss: n/a",
     ]
     if summary.get("final_validation_loss") is not None:
         lines.append(f"Final validation loss: {summary['final_validation_loss']:.4f}")
