@@ -51,6 +51,7 @@ GPU_CHECK_BREAK=resume) nudges the SIGTERM checkpoint's weights before the resum
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -503,6 +504,16 @@ def nudge_weights(path: Path) -> str:
     name = next(n for n in sorted(tensors) if tensors[n].is_floating_point() and not n.endswith(".mask"))
     tensors[name] = tensors[name] + 1e-3
     save_file(tensors, str(path), metadata=metadata)
+    # A deliberate change, not damage: its line in the checkpoint's checksums.sha256 (sha256sum format) is
+    # rewritten, so the resume takes the nudged weights instead of refusing the file.
+    checksums = path.with_name("checksums.sha256")
+    if checksums.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines = [
+            f"{digest}  {path.name}" if line.endswith(f"  {path.name}") else line
+            for line in checksums.read_text(encoding="utf-8").splitlines()
+        ]
+        checksums.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return name
 
 

@@ -153,11 +153,13 @@ def test_resuming_from_an_older_checkpoint_keeps_the_new_line_and_moves_the_old_
     kept = steps(run)  # the one resumed from and the new step 3, plus `best` when it is older
     best = checkpoints.step_of((run / "checkpoints" / "best").resolve())
     assert kept[-2:] == [2, 3] and kept == sorted({2, 3, best})
-    latest = find_resumable_checkpoint(run, "latest")
-    assert checkpoints.step_of(latest.path) == 3 and latest.name not in old_line
     abandoned = [path for path in (run / "checkpoints").iterdir() if path.name.startswith("abandoned-")]
     assert len(abandoned) == 1
     assert sorted(path.name for path in abandoned[0].iterdir() if path.is_dir()) == sorted(old_line)
+    # The new step 3 sits in checkpoints/ itself; the old line's step 3 (same name when both were written within
+    # one second) is the one moved aside.
+    latest = find_resumable_checkpoint(run, "latest")
+    assert checkpoints.step_of(latest.path) == 3 and latest.path.resolve().parent == (run / "checkpoints").resolve()
     assert (abandoned[0] / "metrics.jsonl").is_file()
     assert (run / "checkpoints" / "best").exists()
     assert "new line of history" in (run / "train.log").read_text()
@@ -402,7 +404,7 @@ def test_a_latest_without_its_model_file_says_what_is_missing(trained, copy_of, 
     one_clear_line(code, err, "latest: has no model.safetensors (it holds: ")
     os.unlink(run / "checkpoints" / "best")
     os.symlink("gone", run / "checkpoints" / "best")
-    code, err = gptlab(capsys, "generate", str(run))
+    code, err = gptlab(capsys, "generate", str(run), "--checkpoint", "best")
     one_clear_line(code, err, "best: points to gone, which does not exist")
 
 

@@ -94,9 +94,9 @@ class TokenSplitWriter:
     reserved up front (JSON padded with spaces, which the format allows), the tokens go straight after it
     into a `.NAME.partial` file, and `close()` fills in the header and renames the file into place: the
     tokens are written once and never read back. `resume_from=n` reopens a partial file, keeping its
-    first n tokens and dropping anything written after them. The header records the largest token id
-    (unless the file was resumed: its earlier tokens are not read back), so a reader checks the ids
-    against a vocabulary at once.
+    first n tokens and dropping anything written after them. The header records the largest token id, so a
+    reader checks the ids against a vocabulary at once; a resumed file reads its kept tokens back once, in
+    chunks, so that it ends byte-identical to one written without a break.
     """
 
     _HEADER_ROOM = 120  # + the 8-byte size = 128 bytes: room for any length, and 8-byte aligned data
@@ -119,7 +119,15 @@ class TokenSplitWriter:
             self._data.truncate(self.DATA_OFFSET + 2 * resume_from)
             self._data.seek(0, os.SEEK_END)
             self.count = resume_from
-            self.max_id = None
+            self.max_id = self._largest_kept_id(resume_from)
+
+    def _largest_kept_id(self, count: int, chunk: int = 1 << 24) -> int:
+        if count == 0:
+            return -1
+        kept = np.memmap(self.partial_path, dtype=np.uint16, mode="r", offset=self.DATA_OFFSET, shape=(count,))
+        largest = max(int(kept[start : start + chunk].max()) for start in range(0, count, chunk))
+        del kept
+        return largest
 
     def write(self, tokens: np.ndarray | list[int]) -> None:
         array = np.asarray(tokens, dtype=np.uint16)

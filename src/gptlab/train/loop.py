@@ -575,6 +575,9 @@ def train_run(
         finally:
             run.loggers.close()  # after a stop or a failure; after the last step finish_summary has finished them
         run.notifier.finished(run, result)
+        # Every rank leaves together: a rank that tears gloo down while another still works with it can abort
+        # ("terminate called without an active exception"). Only after success: after a failure it could hang.
+        distributed.barrier(run.dist)
         return result
     finally:
         distributed.stop()
