@@ -8,6 +8,7 @@ values are read back at once and each step is recorded; then validate and checkp
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import signal
@@ -580,4 +581,8 @@ def train_run(
         distributed.barrier(run.dist)
         return result
     finally:
+        # The DDP wrapper (its reducer holds gloo work) goes before the process group it uses: destroyed
+        # after it, at interpreter exit, it could abort the process.
+        run = None
+        gc.collect()
         distributed.stop()
