@@ -4,26 +4,9 @@ import json
 
 import pytest
 from conftest import run_cli, write_run
+from users_harness import USERS_MODEL, USERS_TRAIN
 
 from gptlab.config import TrainConfig
-
-USERS_MODEL = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-USERS_TRAIN = {
-    "microbatch_size": 12,
-    "checkpoint_interval": 617,
-    "dataset": "gpjt/fineweb-gpt2-tokens",
-    "min_train_tokens": 3260190720,
-    "start_train_token": 0,
-    "start_val_token": 0,
-}
 
 
 def test_users_files_validate_unchanged():

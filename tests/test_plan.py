@@ -8,31 +8,13 @@ from pathlib import Path
 
 import pytest
 from conftest import read_metrics, run_cli
+from users_harness import USERS_MODEL, USERS_TRAIN
 
 from gptlab.bench.flops import flops_per_token
 from gptlab.bench.plan import estimate_memory, plan_run
 from gptlab.config import ModelConfig, TrainConfig
 from gptlab.errors import UserError
 from gptlab.model import GPT, parameter_counts
-
-# The users' GPT-2 small and their baseline train.json, as USERS-FILES.md gives them.
-USERS_MODEL = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-USERS_BASELINE = {
-    "microbatch_size": 12,
-    "checkpoint_interval": 617,
-    "dataset": "gpjt/fineweb-gpt2-tokens",
-    "min_train_tokens": 3260190720,
-    "start_train_token": 0,
-    "start_val_token": 0,
-}
 
 
 def _listing(*roots: Path) -> dict[str, tuple[int, int]]:
@@ -49,7 +31,7 @@ def _users_run(tmp_path: Path, model: dict | None = None, train: dict | None = N
     run_dir = tmp_path / "runs" / "baseline"
     run_dir.mkdir(parents=True)
     (run_dir / "model.json").write_text(json.dumps({**USERS_MODEL, **(model or {})}))
-    (run_dir / "train.json").write_text(json.dumps({**USERS_BASELINE, **(train or {})}))
+    (run_dir / "train.json").write_text(json.dumps({**USERS_TRAIN, **(train or {})}))
     return run_dir
 
 
