@@ -311,7 +311,10 @@ def train(
     help="Number of batches (default: every whole batch to the end of the split).",
 )
 @click.option(
-    "--batch-size", type=POSITIVE, default=None, help="Sequences per batch (default: the run's microbatch_size)."
+    "--batch-size",
+    type=POSITIVE,
+    default=None,
+    help="Sequences per batch (hellaswag: items, of 4 sequences each), default the run's microbatch_size.",
 )
 @click.option(
     "--precision",
@@ -325,6 +328,23 @@ def train(
 @click.option(
     "--save", is_flag=True, help="Also write the result to RUN_DIR/evaluation.json, where `gptlab compare` reads it."
 )
+@click.option(
+    "--task",
+    type=click.Choice(["loss", "hellaswag"]),
+    default="loss",
+    show_default=True,
+    help="loss: mean cross-entropy on a slice of the run's dataset; hellaswag: HellaSwag accuracy (zero-shot).",
+)
+@click.option(
+    "--file",
+    "hellaswag_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="hellaswag: the items, in the dataset's jsonl format "
+    "(default: hellaswag_val.jsonl, downloaded once into ~/.cache/gptlab/hellaswag).",
+)
+@click.option("--limit", type=POSITIVE, default=None, help="hellaswag: score only the file's first N items.")
+@click.option("--no-progress", is_flag=True, help="hellaswag: no progress bar.")
 def evaluate(
     run_dir: Path,
     checkpoint: str,
@@ -336,12 +356,40 @@ def evaluate(
     datasets_dir: Optional[Path],
     as_json: bool,
     save: bool,
+    task: str,
+    hellaswag_file: Optional[Path],
+    limit: Optional[int],
+    no_progress: bool,
 ) -> None:
     """Loss of a run's checkpoint on the test split: mean cross-entropy, the same tokens every time.
 
     The users' published "test set loss" is `--split validation --start-token 50000000 --batches 3200
-    --batch-size 6 --precision fp16`.
+    --batch-size 6 --precision fp16`. `--task hellaswag` scores HellaSwag instead: acc_norm picks the ending
+    with the lowest mean loss per token (about 0.29 for the original GPT-2 small), acc the lowest summed loss.
     """
+    if task == "hellaswag":
+        if split_name is not None or start_token or batches is not None or datasets_dir is not None:
+            raise UserError("--task hellaswag: --split, --start-token, --batches and --datasets-dir are for the loss")
+        from gptlab.evaluate.hellaswag import evaluate_hellaswag_run
+
+        result = evaluate_hellaswag_run(
+            run_dir, checkpoint, hellaswag_file, limit, batch_size, precision, show_progress=not no_progress
+        )
+        if save:
+            from gptlab.rundir import write_hellaswag_evaluation
+
+            result = write_hellaswag_evaluation(run_dir, result, checkpoint)
+        if as_json:
+            _print_json(result)
+        else:
+            click.echo(
+                f"hellaswag acc_norm: {result['acc_norm']:.4f}, acc: {result['acc']:.4f} "
+                f"(standard error {result['acc_norm_stderr']:.4f}; {result['items']:,} items of {result['file']}, "
+                f"checkpoint {result['checkpoint']}, {result['precision']})"
+            )
+        return
+    if hellaswag_file is not None or limit is not None:
+        raise UserError("--file and --limit are for --task hellaswag")
     from gptlab.evaluate.loss import evaluate_run
 
     result = evaluate_run(run_dir, checkpoint, split_name, start_token, batches, batch_size, precision, datasets_dir)

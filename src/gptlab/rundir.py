@@ -5,7 +5,8 @@
       resolved_config.json      the configuration after defaults, written once when training starts
       metrics.jsonl, train.log  one record per step; every line training printed
       summary.json              written when training reaches its last step
-      evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare)
+      evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare),
+                                and under `hellaswag` a HellaSwag accuracy (`gptlab eval --task hellaswag --save`)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
       checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
       tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
@@ -29,6 +30,7 @@ RESOLVED_CONFIG = "resolved_config.json"
 METRICS, TRAIN_LOG = "metrics.jsonl", "train.log"
 SUMMARY = "summary.json"
 EVALUATION = "evaluation.json"
+HELLASWAG_ENTRY = "hellaswag"  # evaluation.json's key for `gptlab eval --task hellaswag --save`
 LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
 ROUTING_CHART = "routing-chart.png"  # mixture-of-experts runs only
 CHECKPOINTS = "checkpoints"
@@ -79,10 +81,28 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def write_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
-    """Write evaluation.json, noting which checkpoint was asked for (latest, best or a name); returns what was written."""
+    """Write the test loss into evaluation.json, noting which checkpoint was asked for (latest, best or a name);
+    a HellaSwag entry already there is kept. Returns what was written."""
     result = {**result, "checkpoint_choice": checkpoint_choice}
+    kept = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
+    if isinstance(kept, dict):
+        result[HELLASWAG_ENTRY] = kept
     atomic_write_json(Path(run_dir) / EVALUATION, result)
     return result
+
+
+def write_hellaswag_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
+    """Put a HellaSwag result under evaluation.json's `hellaswag` key, leaving the test loss (the top-level keys,
+    which say how comparisons evaluate runs) as it is. Returns the entry written."""
+    entry = {**result, "checkpoint_choice": checkpoint_choice}
+    atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), HELLASWAG_ENTRY: entry})
+    return entry
+
+
+def read_hellaswag_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:
+    """evaluation.json's HellaSwag entry, or None."""
+    entry = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
+    return entry if isinstance(entry, dict) else None
 
 
 def read_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:

@@ -89,6 +89,13 @@ def evaluate_loss(
     return float(evaluate_batch_losses(model, split, eval_slice, precision, device).mean())
 
 
+def eval_device(device_name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU."""
+    if device_name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device_name)
+
+
 def evaluate_run(
     run_dir,
     checkpoint: str = DEFAULT_CHECKPOINT,
@@ -104,11 +111,7 @@ def evaluate_run(
     from gptlab.runs import open_trained_run
     from gptlab.train.precision import configure_precision
 
-    device = torch.device(
-        "cuda"
-        if device_name == "auto" and torch.cuda.is_available()
-        else ("cpu" if device_name == "auto" else device_name)
-    )
+    device = eval_device(device_name)
     trained = open_trained_run(run_dir, checkpoint, device)
     dataset = trained.dataset(datasets_dir)
     if split_name is None:

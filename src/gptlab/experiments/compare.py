@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
-from gptlab.experiments import stats, verdicts
+from gptlab.experiments import hellaswag_column, stats, verdicts
 from gptlab.files import strict_json
 from gptlab.rundir import (
     CHECKPOINTS,
@@ -391,6 +391,7 @@ class Comparison:
     rows: list[dict[str, Any]]
     notes: list[str]
     evaluation: dict[str, Any]
+    hellaswag: Optional[dict[str, Any]] = None  # the HellaSwag items every run was scored on, when compared
 
 
 def _mean(values: list[Optional[float]]) -> Optional[float]:
@@ -415,7 +416,12 @@ def seed_blind_reason(baseline: Group) -> str:
     return "check that random_seed reaches initialisation and dropout"
 
 
-def _row(group: Group, baseline: Group, verdict: Optional[verdicts.Verdict]) -> dict[str, Any]:
+def _row(
+    group: Group,
+    baseline: Group,
+    verdict: Optional[verdicts.Verdict],
+    hellaswag: Optional[hellaswag_column.HellaSwagColumn] = None,
+) -> dict[str, Any]:
     finite = group.finite_losses
     described = stats.describe(finite) if finite else None
     base_finite = baseline.finite_losses
@@ -466,6 +472,7 @@ def _row(group: Group, baseline: Group, verdict: Optional[verdicts.Verdict]) -> 
         "run_seeds": [run.seed for run in group.runs],
         "run_losses": [loss if math.isfinite(loss) else None for loss in group.losses],
         "run_stopped": [run.stopped for run in group.runs],
+        **hellaswag_column.row_keys(group, baseline, hellaswag or hellaswag_column.HellaSwagColumn()),
     }
 
 
@@ -574,9 +581,13 @@ def build_comparison(
         seed_blind_reason(baseline),
         _pooled_seed_sd(groups),
     )
-    rows = sorted((_row(group, baseline, judgement.verdicts.get(group.label)) for group in groups), key=_sort_key)
+    hellaswag = hellaswag_column.judge_hellaswag(baseline, groups, seed_blind_reason(baseline))
+    rows = sorted(
+        (_row(group, baseline, judgement.verdicts.get(group.label), hellaswag) for group in groups), key=_sort_key
+    )
     evaluation = reference.evaluation
-    return Comparison(baseline, groups, rows, _notes(baseline, groups, evaluation, judgement) + mixed_notes, evaluation)
+    notes = _notes(baseline, groups, evaluation, judgement) + mixed_notes + hellaswag.notes
+    return Comparison(baseline, groups, rows, notes, evaluation, hellaswag.identity)
 
 
 def _pick_baseline(groups: list[Group], baseline_dir: Optional[Path]) -> Group:
@@ -629,6 +640,7 @@ TABLE_COLUMNS = (
     "p",
     "p (Holm)",
     "verdict",
+    "hellaswag",
     "time",
     "tokens/s",
     "tokens",
@@ -658,6 +670,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _p_cell(row["p_value"]),
         _p_cell(row["p_holm"]),
         row["verdict"],
+        hellaswag_column.cell(row),
         format_duration(row["training_seconds"]),
         f"{row['tokens_per_second']:,.0f}" if row["tokens_per_second"] is not None else "-",
         f"{row['tokens_seen']:,.0f}" if row["tokens_seen"] is not None else "-",
@@ -710,6 +723,12 @@ CSV_FIELDS = (
     "baseline_sds",
     "seeds_needed",
     "detectable_effect",
+    "hellaswag",
+    "hellaswag_sd",
+    "hellaswag_difference",
+    "hellaswag_p",
+    "hellaswag_p_holm",
+    "hellaswag_verdict",
     "training_seconds",
     "tokens_per_second",
     "tokens_seen",
@@ -740,6 +759,7 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
         "rows": comparison.rows,
         "notes": comparison.notes,
         "evaluation": evaluation,
+        "hellaswag": comparison.hellaswag,
     }
 
 

@@ -35,6 +35,7 @@ class CardFacts:
     repo_id: Optional[str] = None
     license: Optional[str] = None  # a Hub license id (mit, apache-2.0, ...), as `--license` gives it
     language: Optional[str] = "en"  # GPT-2's byte-pair encoding was made for English text
+    hellaswag: Optional[dict[str, Any]] = None  # as `gptlab eval --task hellaswag --save` wrote it, of this checkpoint
 
 
 def default_new_tokens(context_length: int) -> int:
@@ -86,6 +87,20 @@ def _test_loss(facts: CardFacts) -> str:
     return f"{result['loss']:.4f} nats per token (mean cross-entropy; {where}; dataset `{public_dataset(result.get('dataset')) or '?'}`)"
 
 
+def _hellaswag_items(result: dict[str, Any]) -> str:
+    """Which items were scored, without a local path: the file's name and hash, and how many of its items."""
+    first = "the first " if result.get("limit") is not None else ""
+    return f"{first}{result.get('items', 0):,} items of `{PurePath(str(result.get('file'))).name}` (sha256 {str(result.get('file_sha256'))[:12]})"
+
+
+def _hellaswag(facts: CardFacts) -> str:
+    result = facts.hellaswag
+    return (
+        f"acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f} (zero-shot; acc_norm picks the ending with the lowest "
+        f"mean loss per token, acc the lowest summed loss; {_hellaswag_items(result)}, {result.get('precision', '?')})"
+    )
+
+
 def public_dataset(dataset: Optional[str]) -> Optional[str]:
     """A Hub dataset id as it is; a local folder by its name only (the card never shows a local path)."""
     if not dataset:
@@ -126,6 +141,23 @@ def card_data(facts: CardFacts) -> Any:
                 metric_name=f"{result.get('split', 'test')} loss (nats per token)",
                 metric_value=round(float(result["loss"]), 4),
             )
+        ]
+    hellaswag = facts.hellaswag
+    if hellaswag and hellaswag.get("acc_norm") is not None:
+        split = {"val": "validation", "train": "train"}.get(str(hellaswag.get("split")), "validation")
+        eval_results = (eval_results or []) + [
+            EvalResult(
+                task_type="text-generation",
+                task_name="Text Generation",
+                dataset_type="Rowan/hellaswag",  # the Hub's copy of the same items
+                dataset_name="HellaSwag",
+                dataset_split=split,
+                dataset_args={"num_few_shot": 0},
+                metric_type=metric,
+                metric_name=f"{metric} ({_hellaswag_items(hellaswag)})",
+                metric_value=round(float(hellaswag[metric]), 4),
+            )
+            for metric in ("acc_norm", "acc")
         ]
     return ModelCardData(
         library_name="transformers",
@@ -217,6 +249,7 @@ def _card_text(facts: CardFacts) -> str:
         "",
         f"Test loss: {_test_loss(facts)}",
         "",
+        *([f"HellaSwag: {_hellaswag(facts)}", ""] if facts.hellaswag else []),
         "## Sample",
         "",
         f"The smoke test: prompt {json.dumps(facts.sample_prompt)}, 20 new tokens, top-k 25, temperature 1.0, seed {facts.sample_seed} "

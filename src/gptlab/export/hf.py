@@ -45,6 +45,7 @@ from gptlab.rundir import (
     MODEL_FILE,
     TRAIN_FILE,
     read_evaluation,
+    read_hellaswag_evaluation,
     read_summary,
     write_resolved_config,
 )
@@ -456,6 +457,18 @@ def _saved_evaluation(run_dir: Path, checkpoint_name: str) -> Optional[dict]:
     return None
 
 
+def _saved_hellaswag(run_dir: Path, checkpoint_name: str) -> Optional[dict]:
+    """evaluation.json's HellaSwag entry (`gptlab eval --task hellaswag --save`) when it is of exactly this checkpoint."""
+    saved = read_hellaswag_evaluation(run_dir)
+    if (
+        saved is not None
+        and saved.get("checkpoint") == checkpoint_name
+        and isinstance(saved.get("acc_norm"), (int, float))
+    ):
+        return saved
+    return None
+
+
 def export_run(
     run_dir: Path,
     out_dir: Path,
@@ -514,6 +527,7 @@ def export_run(
         repo_id=repo_id,
         license=license,
         language=language,
+        hellaswag=_saved_hellaswag(run_dir, trained.checkpoint.name),
     )
     remove_stale_staging(out_dir.parent, out_dir.name)
     try:

@@ -1,0 +1,146 @@
+"""The HellaSwag column of a comparison: each group's mean acc_norm, with a noise verdict of its own.
+
+Runs are compared on HellaSwag only when every run with a usable test loss has a HellaSwag result
+(`gptlab eval RUN --task hellaswag --save`) on the same items (the same file by its sha256, the same number
+of items) and of the checkpoint its test loss is of; otherwise the column shows "-" and a note says which run
+lacks what. The verdicts are verdicts.py's rules applied to per-seed error rates (1 - acc_norm: lower is
+better, as for losses, so an improvement is a gain in accuracy), Holm-adjusted as a family of their own.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from gptlab.experiments import verdicts
+from gptlab.rundir import HELLASWAG_ENTRY
+
+if TYPE_CHECKING:
+    from gptlab.experiments.compare import Group, RunResult
+
+
+@dataclass
+class HellaSwagColumn:
+    identity: Optional[dict[str, Any]] = None  # the items every run was scored on; None: no column
+    judgement: Optional[verdicts.Judgement] = None
+    notes: list[str] = field(default_factory=list)
+
+
+def saved_entry(run: RunResult) -> Optional[dict[str, Any]]:
+    entry = run.evaluation.get(HELLASWAG_ENTRY)
+    usable = isinstance(entry, dict) and isinstance(entry.get("acc_norm"), (int, float))
+    return entry if usable else None
+
+
+def _items_words(entry: dict[str, Any]) -> str:
+    return f"{entry.get('items', 0):,} items of {Path(str(entry.get('file'))).name} (sha256 {str(entry.get('file_sha256'))[:12]})"
+
+
+def _problem(run: RunResult, entry: Optional[dict[str, Any]], reference: RunResult, wanted: dict[str, Any]) -> str:
+    if entry is None:
+        return f"{run.run_dir} has none (`gptlab eval {run.run_dir} --task hellaswag --save`)"
+    if (entry.get("file_sha256"), entry.get("items")) != (wanted.get("file_sha256"), wanted.get("items")):
+        return f"{run.run_dir} was scored on {_items_words(entry)}, {reference.run_dir} on {_items_words(wanted)}"
+    if entry.get("checkpoint") != run.evaluation.get("checkpoint"):
+        return (
+            f"{run.run_dir} was scored at checkpoint {entry.get('checkpoint')}, its test loss is of "
+            f"{run.evaluation.get('checkpoint')}"
+        )
+    return ""
+
+
+def _arm(group: Group, baseline: Group) -> verdicts.Arm:
+    paired_as = group.arm(baseline)  # the test loss's arm: it knows whether seeds pair with the baseline's
+    outcomes = []
+    for run in group.runs:
+        entry = saved_entry(run)
+        error_rate = 1.0 - float(entry["acc_norm"]) if entry and run.stopped is None else math.nan
+        outcomes.append(verdicts.RunOutcome(run.seed, error_rate, run.stopped))
+    return verdicts.Arm(group.label, outcomes, paired_as.same_data_order)
+
+
+def judge_hellaswag(baseline: Group, groups: list[Group], seed_blind_reason: Optional[str] = None) -> HellaSwagColumn:
+    """The column's identity and verdicts, or only a note when the runs cannot be compared on HellaSwag."""
+    runs = [run for group in groups for run in group.runs if run.stopped is None]
+    entries = [saved_entry(run) for run in runs]
+    found = next(((run, entry) for run, entry in zip(runs, entries) if entry), None)
+    if found is None:
+        return HellaSwagColumn()
+    reference, wanted = found
+    problems = [problem for run, entry in zip(runs, entries) if (problem := _problem(run, entry, reference, wanted))]
+    if problems:
+        return HellaSwagColumn(
+            notes=[
+                "HellaSwag: not compared, as every run needs a result on the same items of the checkpoint its test "
+                "loss is of: " + "; ".join(problems) + "."
+            ]
+        )
+    judgement = verdicts.judge_interventions(
+        _arm(baseline, baseline),
+        [_arm(group, baseline) for group in groups if group is not baseline],
+        seed_blind_reason,
+        advise=False,
+    )
+    identity = {key: wanted.get(key) for key in ("items", "limit", "file_sha256", "split", "precision")}
+    identity["file"] = Path(str(wanted.get("file"))).name
+    notes = [
+        f"HellaSwag: acc_norm (the ending with the lowest mean loss per token, zero-shot) on {_items_words(wanted)}, "
+        "the same items for every run; the difference from the baseline (positive is better) is judged by the same "
+        "tests on per-seed accuracies, Holm-adjusted among the HellaSwag verdicts only."
+    ]
+    notes += [f"HellaSwag: {note}" for note in judgement.notes]
+    return HellaSwagColumn(identity, judgement, notes)
+
+
+ROW_KEYS = (
+    "hellaswag",
+    "hellaswag_sd",
+    "hellaswag_difference",
+    "hellaswag_p",
+    "hellaswag_p_holm",
+    "hellaswag_verdict",
+    "hellaswag_noise",
+    "run_hellaswag",
+)
+
+
+def _accuracies(group: Group) -> list[float]:
+    return [float(entry["acc_norm"]) for run in group.runs if run.stopped is None and (entry := saved_entry(run))]
+
+
+def row_keys(group: Group, baseline: Group, column: HellaSwagColumn) -> dict[str, Any]:
+    """A comparison row's HellaSwag keys (None throughout when there is no column)."""
+    if column.judgement is None:
+        return dict.fromkeys(ROW_KEYS)
+    ours, theirs = _accuracies(group), _accuracies(baseline)
+    is_baseline = group is baseline
+    verdict = None if is_baseline else column.judgement.verdicts.get(group.label)
+    deciding = verdict.deciding if verdict else None
+    if deciding is not None:
+        difference = deciding.improvement
+    else:
+        difference = statistics.fmean(ours) - statistics.fmean(theirs) if ours and theirs and not is_baseline else None
+    return {
+        "hellaswag": statistics.fmean(ours) if ours else None,
+        "hellaswag_sd": statistics.stdev(ours) if len(ours) >= 2 else None,
+        "hellaswag_difference": difference,
+        "hellaswag_p": deciding.p if deciding else None,
+        "hellaswag_p_holm": verdict.p_holm if verdict else None,
+        "hellaswag_verdict": "baseline" if is_baseline else verdict.words if verdict else None,
+        "hellaswag_noise": "baseline" if is_baseline else verdict.label if verdict else None,
+        "run_hellaswag": [entry["acc_norm"] if (entry := saved_entry(run)) else None for run in group.runs],
+    }
+
+
+def cell(row: dict[str, Any]) -> str:
+    """The table's text: the mean acc_norm, then for an intervention its difference and verdict."""
+    if row.get("hellaswag") is None:
+        return "-"
+    text = f"{row['hellaswag']:.4f}"
+    if row.get("hellaswag_verdict") in (None, "baseline"):
+        return text
+    difference = f"{row['hellaswag_difference']:+.4f}, " if row.get("hellaswag_difference") is not None else ""
+    return f"{text} ({difference}{row['hellaswag_verdict']})"
