@@ -19,6 +19,7 @@ import torch
 from conftest import TINY_MODEL, TINY_TRAIN, run_cli
 from scipy import stats as scipy_stats
 
+import gptlab
 from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.evaluate import hellaswag
@@ -136,6 +137,7 @@ def test_the_known_ending_wins_and_length_decides_between_acc_and_acc_norm(fixed
     result = evaluate_hellaswag_run(fixed_run, file=path, batch_items=2)
     assert result["acc"] == pytest.approx(acc) and result["acc_norm"] == pytest.approx(acc_norm)
     assert result["items"] == 3 and result["split"] == "val" and result["endings_cut"] == 0
+    assert gptlab.evaluate(fixed_run, task="hellaswag", file=path, batch_size=2) == result  # the Python API
 
     items, _ = read_items(path)
     assert items[2].context == "He reads the note. he says" and items[2].label == 0

@@ -125,10 +125,28 @@ def evaluate(
     precision: str = "fp32",
     datasets_dir: Optional[PathLike] = None,
     save: bool = False,
+    task: str = "loss",
+    file: Optional[PathLike] = None,
+    limit: Optional[int] = None,
 ) -> dict[str, Any]:
-    """`gptlab eval RUN_DIR --json [--save]`: mean cross-entropy of a checkpoint on a named slice of tokens."""
+    """`gptlab eval RUN_DIR --json [--save]`: mean cross-entropy of a checkpoint on a named slice of tokens;
+    with `task="hellaswag"` (`gptlab eval --task hellaswag`), HellaSwag accuracy on `file` (default: the cached
+    validation file), its first `limit` items."""
     from gptlab.evaluate.loss import evaluate_run
     from gptlab.rundir import write_evaluation
+
+    if task == "hellaswag":
+        from gptlab.evaluate.hellaswag import evaluate_hellaswag_run
+        from gptlab.rundir import write_hellaswag_evaluation
+
+        if split is not None or start_token or batches is not None or datasets_dir is not None:
+            raise UserError("task='hellaswag': split, start_token, batches and datasets_dir are for the loss")
+        result = evaluate_hellaswag_run(
+            Path(run_dir), checkpoint, Path(file) if file else None, limit, batch_size, precision
+        )
+        return write_hellaswag_evaluation(Path(run_dir), result, checkpoint) if save else result
+    if task != "loss" or file is not None or limit is not None:
+        raise UserError(f"task={task!r}: 'loss' or 'hellaswag'; file and limit are for 'hellaswag'")
 
     result = evaluate_run(
         Path(run_dir),
