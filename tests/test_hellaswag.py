@@ -172,8 +172,11 @@ def test_batched_scores_equal_each_ending_scored_alone(tmp_path):
     items, _ = read_items(write_items(tmp_path / "items.jsonl", records))
     batched = score_items(model, items, FP32, CPU, batch_items=3)
     one_by_one = score_items(model, items, FP32, CPU, batch_items=1)
+    by_tokens = score_items(model, items, FP32, CPU, max_tokens=4 * 3 * 24)  # as many items as fill 288 positions
     assert torch.allclose(batched.summed, one_by_one.summed, rtol=1e-5)
+    assert torch.allclose(by_tokens.summed, one_by_one.summed, rtol=1e-5)
     assert torch.equal(batched.tokens, one_by_one.tokens)
+    assert [len(group) for group in hellaswag._batches([0, 1, 2, 3], [5, 6, 10, 40], None, 4 * 2 * 10)] == [2, 1, 1]
     context_length = TINY_MODEL["context_length"]
     with torch.no_grad():
         for i, record in enumerate(records):
@@ -440,9 +443,20 @@ def test_model_card_carries_hellaswag(fixed_run, tmp_path):
     assert str(tmp_path) not in text
 
 
+# The validation file's item 24 as rowanz/hellaswag's data/hellaswag_val.jsonl holds it (quoted in its README).
+REAL_LINE = (
+    '{"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he", '
+    '"ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain", "label": 3, '
+    '"endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", '
+    '"is holding a rubik\'s cube.", "starts pulling up roofing on a roof."], "source_id": "activitynet~v_-JhWjGDPHMY"}'
+)
+
+
 def test_items_parse_as_the_dataset_writes_them():
-    """Field names and joining as in rowanz/hellaswag's data/README: ctx is ctx_a, a space, ctx_b."""
-    parsed = hellaswag.parse_item(
-        json.dumps({"ctx_a": "A man.", "ctx_b": "", "endings": list("abcd"), "label": 3}), "f:1", 1
-    )
-    assert parsed == Item(1, "A man.", ("a", "b", "c", "d"), 3, None)
+    """ctx is ctx_a, a space, ctx_b (the dataset's README); the Hugging Face copy's labels are strings."""
+    parsed = hellaswag.parse_item(REAL_LINE, "f:1", 1)
+    assert parsed == Item(1, "A man is sitting on a roof. he", tuple(json.loads(REAL_LINE)["endings"]), 3, "val")
+    without_ctx = {key: value for key, value in json.loads(REAL_LINE).items() if key != "ctx"}
+    assert hellaswag.parse_item(json.dumps({**without_ctx, "label": "3"}), "f:1", 1) == parsed
+    no_b = hellaswag.parse_item(json.dumps({**without_ctx, "ctx_b": ""}), "f:1", 1)
+    assert no_b.context == "A man is sitting on a roof."

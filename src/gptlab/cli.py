@@ -314,7 +314,7 @@ def train(
     "--batch-size",
     type=POSITIVE,
     default=None,
-    help="Sequences per batch (hellaswag: items, of 4 sequences each), default the run's microbatch_size.",
+    help="Sequences per batch, default the run's microbatch_size (hellaswag: items of 4 sequences per forward pass, default as many as fill one microbatch's tokens).",
 )
 @click.option(
     "--precision",

@@ -171,10 +171,12 @@ def score_items(
     items: Sequence[Item],
     precision: Precision,
     device: torch.device,
-    batch_items: int = 8,
+    batch_items: Optional[int] = None,
     show_progress: bool = False,
+    max_tokens: Optional[int] = None,
 ) -> Scores:
-    """The ending losses of every item, `batch_items` items (4 sequences each) per forward pass.
+    """The ending losses of every item: `batch_items` items (4 sequences each) per forward pass, or, when it is
+    None, as many as fit in `max_tokens` padded positions (default: one context window per item's sequence).
 
     Items are batched in order of length so little is padding; padded positions come after every real token,
     so causal attention keeps them out of what is scored, and the mask keeps them out of the sums."""
@@ -184,7 +186,9 @@ def score_items(
 
     context_length = model.config.context_length
     rows = [row for item in items for row in _sequences(item, encode, context_length)]
-    order = sorted(range(len(items)), key=lambda i: max(len(rows[ENDINGS * i + e][0]) for e in range(ENDINGS)))
+    longest = [max(len(rows[ENDINGS * i + e][0]) for e in range(ENDINGS)) for i in range(len(items))]
+    order = sorted(range(len(items)), key=longest.__getitem__)
+    budget = max_tokens or ENDINGS * context_length
     summed = torch.zeros(len(items), ENDINGS, dtype=torch.float64)
     counts = torch.zeros(len(items), ENDINGS, dtype=torch.int64)
     was_training = model.training
@@ -198,8 +202,7 @@ def score_items(
         file=sys.stderr,
     )
     try:
-        for start in range(0, len(order), batch_items):
-            chosen = order[start : start + batch_items]
+        for chosen in _batches(order, longest, batch_items, budget):
             batch = [rows[ENDINGS * i + e] for i in chosen for e in range(ENDINGS)]
             width = max(len(row[0]) for row in batch)
             inputs = torch.zeros(len(batch), width, dtype=torch.long)
@@ -213,7 +216,7 @@ def score_items(
             with precision.autocast():
                 logits = model(inputs)
             losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-            losses = (losses.view(len(batch), width) * mask).double().sum(dim=1)
+            losses = losses.view(len(batch), width).masked_fill(~mask, 0.0).double().sum(dim=1)
             index = torch.tensor(chosen)
             summed[index] = losses.view(len(chosen), ENDINGS).cpu()
             counts[index] = mask.sum(dim=1).view(len(chosen), ENDINGS).cpu()
@@ -222,6 +225,20 @@ def score_items(
         bar.close()
         model.train(was_training)
     return Scores(summed, counts, sum(scored < whole for _, _, scored, whole in rows))
+
+
+def _batches(order: list[int], longest: list[int], batch_items: Optional[int], max_tokens: int) -> list[list[int]]:
+    """Items in `order` (shortest first), cut into groups of `batch_items`, or into groups whose padded
+    sequences (4 per item, each as long as the group's longest) fill at most `max_tokens` positions."""
+    if batch_items is not None:
+        return [order[start : start + batch_items] for start in range(0, len(order), batch_items)]
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and ENDINGS * (len(batches[-1]) + 1) * longest[index] <= max_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def accuracies(scores: Scores, labels: Sequence[int]) -> dict[str, float]:
@@ -261,8 +278,9 @@ def evaluate_hellaswag_run(
             "HellaSwag is read with GPT-2's byte-pair encoding"
         )
     precision = configure_precision(precision_name, device, "--precision")
-    batch_items = batch_items or trained.config.train.microbatch_size
-    scores = score_items(trained.model, items, precision, device, batch_items, show_progress)
+    # By default a forward pass reads at most the positions of one training microbatch, which the run's device held.
+    max_tokens = trained.config.train.microbatch_size * trained.config.model.context_length
+    scores = score_items(trained.model, items, precision, device, batch_items, show_progress, max_tokens)
     splits = sorted({item.split for item in items if item.split})
     return {
         "task": "hellaswag",
