@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_markdown_csv_and_terminal_show_the_same_rows(trained):
     assert [row["run"] for row in rows] == [row["run"] for row in as_json]
     assert [float(row["test_loss"]) for row in rows] == pytest.approx([row["test_loss"] for row in as_json])
 
-    terminal = run_cli("compare", *runs).stdout
+    terminal = run_cli("compare", *runs, env={"COLUMNS": "400"}).stdout  # wide enough that no cell wraps
     for name in RUNS:
         assert name in terminal
     assert (
@@ -173,6 +174,67 @@ def test_markdown_csv_and_terminal_show_the_same_rows(trained):
         and " SD)" in terminal
     )
     assert "improvement 95% CI" in terminal and "p (Holm)" in terminal
+
+
+def test_terminal_table_fits_the_width_and_shows_perplexity_beside_the_loss(trained):
+    runs = _all(trained)
+    rows = _compare_json(*runs)["rows"]
+    for row in rows:
+        assert row["ppl"] == pytest.approx(math.exp(row["test_loss"]))
+
+    narrow = run_cli("compare", *runs, env={"COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split()[:4] == ["run", "test", "loss", "ppl"]
+    for row in rows:  # each row's first line: its name, its loss and exp(loss) beside it
+        first = next(line for line in lines if line.startswith(row["run"] + " "))
+        assert first.split()[1:3] == [f"{row['test_loss']:.4f}", f"{math.exp(row['test_loss']):,.2f}"], first
+    assert "Left out to fit 80 characters: " in narrow.stdout and "tokens_s" in narrow.stdout
+
+    wide = run_cli("compare", *runs, env={"COLUMNS": "400"}).stdout
+    assert "Left out" not in wide and all(header in wide.splitlines()[0] for header in ("sd", "tokens/s", "changes"))
+
+
+def test_columns_choose_and_order_the_markdown_csv_and_terminal_tables(trained):
+    runs = _all(trained)
+    rows = {row["run"]: row for row in _compare_json(*runs)["rows"]}
+    markdown = run_cli("compare", *runs, "--format", "markdown", "--columns", "verdict,run,test_loss,ppl").stdout
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert table[0] == "| verdict | run | test loss | ppl |" and len(table) == 2 + len(RUNS)
+    for line in table[2:]:
+        verdict, run, loss, ppl = [cell.strip() for cell in line.strip("|").split("|")]
+        assert verdict == rows[run]["verdict"] and float(loss) == pytest.approx(rows[run]["test_loss"], abs=1e-4)
+        assert float(ppl.replace(",", "")) == pytest.approx(math.exp(float(loss)), rel=1e-3)
+
+    csv_text = run_cli("compare", *runs, "--format", "csv", "--columns", "run, ppl,test_loss").stdout
+    reader = csv.DictReader(io.StringIO(csv_text))
+    assert reader.fieldnames == ["run", "ppl", "test_loss"]
+    for row in reader:
+        assert float(row["ppl"]) == pytest.approx(math.exp(float(row["test_loss"])))
+
+    terminal = run_cli("compare", *runs, "--columns", "run,improvement,ppl", env={"COLUMNS": "80"}).stdout
+    assert terminal.splitlines()[0].split() == ["run", "improvement", "ppl"] and "Left out" not in terminal
+
+
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        (
+            ["--columns", "run,bogus"],
+            "error: --columns bogus: not a column of --format terminal; choose from run, seeds, ",
+        ),
+        (
+            ["--format", "csv", "--columns", "run,d"],
+            "error: --columns d: not a column of --format csv; choose from run, ",
+        ),
+        (["--format", "json", "--columns", "run"], "error: --columns: only for --format terminal, markdown, csv"),
+    ],
+)
+def test_unknown_columns_are_one_line_naming_the_allowed_ones(trained, arguments, words):
+    result = run_cli("compare", *map(str, trained["baseline"]), *arguments)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(words) and len(result.stderr.splitlines()) == 1, result.stderr
 
 
 def test_one_baseline_seed_says_noise_cannot_be_judged_and_how_many_seeds(trained):

@@ -1,4 +1,6 @@
 import json
+import math
+import re
 
 import pytest
 from conftest import run_cli
@@ -40,6 +42,17 @@ def test_eval_whole_split_by_default_and_json_cli(trained_run, brown_dataset):
     test_tokens = len(TokenDataset(brown_dataset).split("test"))
     assert data["batches"] == (test_tokens - 1) // (4 * 32)
     assert data["loss"] == pytest.approx(evaluate_run(trained_run, "latest")["loss"], rel=1e-9)
+
+
+def test_eval_prints_the_perplexity_beside_the_loss(trained_run):
+    result = run_cli("eval", str(trained_run), "--checkpoint", "latest", "--batches", "5")
+    assert result.returncode == 0, result.stderr
+    found = re.match(
+        r"test loss: (\d+\.\d{4}) \(perplexity ([\d,]+\.\d\d)\) on 640 tokens from token 0 ", result.stdout
+    )
+    assert found, result.stdout
+    loss = evaluate_run(trained_run, "latest", batches=5)["loss"]
+    assert found.group(1) == f"{loss:.4f}" and found.group(2) == f"{math.exp(loss):,.2f}"
 
 
 def test_eval_of_an_earlier_checkpoint_differs(trained_run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -219,6 +220,10 @@ def test_run_skips_finished_runs_and_resumes_an_interrupted_one_under_a_launcher
     assert result.returncode == 0, result.stderr
     assert f"lr seed 2 ({interrupted}): resuming after step 5" in result.stdout
     assert result.stdout.count("finished earlier, not retrained") == 3
+    losses = re.findall(r": test loss (\d+\.\d+) \(perplexity ([\d,.]+)\)", result.stdout)
+    assert len(losses) == len(runs) and all(
+        float(ppl.replace(",", "")) == pytest.approx(math.exp(float(loss)), rel=1e-3) for loss, ppl in losses
+    )
     assert {key: (runs[key] / "summary.json").stat().st_mtime_ns for key in finished_summaries} == finished_summaries
 
     resumed = read_metrics(interrupted)

@@ -16,10 +16,12 @@ from gptlab.experiments.compare import VERDICT_COLUMN, build_comparison, load_re
 from gptlab.experiments.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
-# Written into the page under test: after every image has loaded (or failed), record each one's decoded size in the DOM.
+# Written into the page under test: after every image has loaded (or failed), record each one's decoded size and the
+# size it is laid out at (zero inside a closed <details>) in the DOM.
 IMAGE_PROBE = """<script>
 window.addEventListener("load", () => {
-  const found = Array.from(document.images).map(img => ({alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight}));
+  const found = Array.from(document.images).map(img => ({alt: img.alt, complete: img.complete, width: img.naturalWidth,
+    height: img.naturalHeight, shownWidth: img.getBoundingClientRect().width, shownHeight: img.getBoundingClientRect().height}));
   const out = document.createElement("pre");
   out.id = "image-probe";
   out.textContent = JSON.stringify(found);
@@ -48,10 +50,7 @@ class _PageParts(HTMLParser):
                 self.external.append(attributes[name])
 
 
-def render_in_chromium(page: Path, profile: Path) -> str:
-    """The DOM of `page` after Chromium has loaded it and run its scripts."""
-    probed = page.with_name(page.stem + "-probed.html")
-    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
+def _chromium(profile: Path, *arguments: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [
             str(CHROMIUM),
@@ -64,16 +63,28 @@ def render_in_chromium(page: Path, profile: Path) -> str:
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={profile}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            probed.as_uri(),
+            *arguments,
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    return result
+
+
+def render_in_chromium(page: Path, profile: Path) -> str:
+    """The DOM of `page` after Chromium has loaded it and run its scripts."""
+    probed = page.with_name(page.stem + "-probed.html")
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
+    return _chromium(profile, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()).stdout
+
+
+def print_in_chromium(page: Path, profile: Path) -> bytes:
+    """`page` printed to PDF by Chromium, as a reader's "Print" would."""
+    pdf = page.with_suffix(".pdf")
+    _chromium(profile, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri())
+    return pdf.read_bytes()
 
 
 @pytest.mark.skipif(
@@ -96,6 +107,8 @@ def test_report_renders_its_table_and_every_image_in_chromium(trained, tmp_path)
     probe = json.loads(re.search(r'<pre id="image-probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
     assert len(probe) == len(parts.image_sources)
     assert all(image["complete"] and image["width"] in (800, 1200) and image["height"] == 450 for image in probe), probe
+    # Every run's charts are laid out open, not folded away in a closed section.
+    assert all(image["shownWidth"] > 100 and image["shownHeight"] > 50 for image in probe), probe
     assert "<h1>Seeds &amp; &lt;noise&gt;</h1>" in dom
 
     table = re.search(r'<table id="comparison">(.*?)</table>', dom, re.S).group(1)
@@ -118,3 +131,22 @@ def test_report_text_is_escaped_not_interpreted(trained, tmp_path):
     dom = render_in_chromium(page, tmp_path / "profile")
     assert "<title>escaping</title>" in dom and "<b>bold</b>" not in dom
     assert "&lt;script&gt;document.title='owned'&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in dom
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium package (apt-get install chromium) at /usr/bin/chromium"
+)
+def test_report_prints_every_run_chart_whole(trained, tmp_path):
+    runs = trained["baseline"] + trained["lr20x"]
+    page = write_report(build_comparison(load_results(runs, echo=lambda line: None)), tmp_path / "print.html")
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<details open>") == len(runs) and "<details>" not in text
+    style = re.search(r"@media print \{(.*)\}\s*</style>", text, re.S).group(1)
+    assert re.search(r"img[^{]*\{[^}]*break-inside: avoid", style) and "details::details-content" in style
+
+    # A closed section prints too: the stylesheet, not only the open attribute, shows its charts.
+    closed = page.with_name("closed.html")
+    closed.write_text(text.replace("<details open>", "<details>"), encoding="utf-8")
+    for printed in (page, closed):
+        pdf = print_in_chromium(printed, tmp_path / "profile")
+        assert pdf.startswith(b"%PDF") and pdf.count(b"/Subtype /Image") == 2 + 3 * len(runs), printed.name

@@ -183,10 +183,15 @@ def compare(
     baseline: Optional[PathLike] = None,
     datasets_dir: Optional[PathLike] = None,
     output_format: Optional[str] = None,
+    columns: Optional[list[str]] = None,
 ) -> Union[dict[str, Any], str]:
-    """`gptlab compare RUN_DIR... [--baseline DIR]`: runs by test loss against seed noise. Returns the `--format json`
-    data, or the rendered table when `output_format` is 'terminal', 'markdown' or 'csv'."""
-    from gptlab.experiments.compare import compare_runs, comparison_json, render
+    """`gptlab compare RUN_DIR... [--baseline DIR] [--columns ...]`: runs by test loss against seed noise. Returns the
+    `--format json` data, or the rendered table when `output_format` is 'terminal', 'markdown' or 'csv' (`columns`:
+    which, in that order)."""
+    from gptlab.experiments.compare import check_columns, compare_runs, comparison_json, render
+
+    if output_format is not None or columns is not None:
+        check_columns(columns, output_format or "json")
 
     comparison = compare_runs(
         [Path(run) for run in run_dirs],
@@ -194,4 +199,4 @@ def compare(
         Path(datasets_dir) if datasets_dir else None,
         echo=lambda line: None,
     )
-    return render(comparison, output_format) if output_format is not None else comparison_json(comparison)
+    return render(comparison, output_format, columns) if output_format is not None else comparison_json(comparison)

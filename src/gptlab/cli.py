@@ -14,6 +14,7 @@ from gptlab.click_types import FRACTION, NON_NEGATIVE, POSITIVE, SEED, FiniteFlo
 from gptlab.config import EVAL_PRECISIONS
 from gptlab.errors import UserError
 from gptlab.rundir import DEFAULT_CHECKPOINT
+from gptlab.words import loss_with_perplexity
 
 CHECKPOINT_HELP = "Which checkpoint: latest (the last one written), best, or a checkpoint folder name."
 
@@ -401,8 +402,8 @@ def evaluate(
         _print_json(result)
     else:
         click.echo(
-            f"{result['split']} loss: {result['loss']:.4f} ({result['tokens']:,} tokens from token {result['start_token']:,}, "
-            f"checkpoint {result['checkpoint']}, {result['precision']})"
+            f"{result['split']} loss: {loss_with_perplexity(result['loss'])} on {result['tokens']:,} tokens from token "
+            f"{result['start_token']:,} (checkpoint {result['checkpoint']}, {result['precision']})"
         )
 
 

@@ -24,7 +24,7 @@ from gptlab.files import atomic_write_json
 from gptlab.presets import DEMO_MODEL, DEMO_STEPS, DEMO_TRAIN
 from gptlab.rundir import CHECKPOINTS, MODEL_FILE, TRAIN_FILE
 from gptlab.train.loop import train_run
-from gptlab.words import counted
+from gptlab.words import counted, format_perplexity, perplexity
 
 # Smaller sizes for slower machines, tried in order until MIN_STEPS fit the budget: (model.json, train.json
 # changes). The GPT-2 vocabulary stays (the unigram comparison needs it), so the head dominates the step and
@@ -142,7 +142,10 @@ def run_demo(
     }
     atomic_write_json(out_dir / "demo.json", result)
     click.echo("")
-    click.echo(f"Test loss: {evaluation['loss']:.4f} nats on {evaluation['tokens']:,} test tokens")
+    click.echo(
+        f"Test loss: {evaluation['loss']:.4f} nats on {evaluation['tokens']:,} test tokens "
+        f"(perplexity {format_perplexity(perplexity(evaluation['loss']))})"
+    )
     click.echo(f"Unigram baseline (token frequencies of the train split) on the same tokens: {unigram:.4f} nats")
     click.echo(
         f"The model {'beats' if result['beats_unigram'] else 'does NOT beat'} the unigram baseline by {unigram - evaluation['loss']:.4f} nats"

@@ -18,6 +18,13 @@ FORMAT_OPTION = click.option(
     show_default=True,
     help="How to print the table.",
 )
+COLUMNS_OPTION = click.option(
+    "--columns",
+    default=None,
+    metavar="NAME,...",
+    help="The table's columns, in this order, e.g. run,test_loss,ppl,improvement,verdict (csv: its field names); "
+    "an unknown name lists the allowed ones. Default: every column (a narrow terminal leaves some out and says which).",
+)
 DATASETS_OPTION = click.option(
     "--datasets-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -50,6 +57,11 @@ def _echo_err(line: str) -> None:
     click.echo(line, err=True)
 
 
+def _column_list(columns: Optional[str]) -> Optional[list[str]]:
+    """`--columns a, b,c` as names; None when the option is absent."""
+    return None if columns is None else [name.strip() for name in columns.split(",") if name.strip()]
+
+
 def _show(
     comparison,
     output_format: str,
@@ -57,10 +69,11 @@ def _show(
     html_path: Optional[Path] = None,
     title: Optional[str] = None,
     chart_format: str = "png",
+    columns: Optional[str] = None,
 ) -> None:
     from gptlab.experiments.compare import render
 
-    click.echo(render(comparison, output_format), nl=False)
+    click.echo(render(comparison, output_format, _column_list(columns)), nl=False)
     if charts_dir is not None:
         from gptlab.experiments.charts import draw_comparison_charts
 
@@ -119,6 +132,7 @@ def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[P
 @experiment.command(name="report")
 @EXPERIMENT_FILE
 @FORMAT_OPTION
+@COLUMNS_OPTION
 @click.option(
     "-o",
     "--output",
@@ -134,6 +148,7 @@ def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[P
 def experiment_report(
     experiment_file: Path,
     output_format: str,
+    columns: Optional[str],
     html_path: Optional[Path],
     charts_dir: Optional[Path],
     chart_format: str,
@@ -141,14 +156,16 @@ def experiment_report(
     allow_mixed_checkpoints: bool,
 ) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
+    from gptlab.experiments.compare import check_columns
     from gptlab.experiments.runner import experiment_comparison
     from gptlab.experiments.spec import load_experiment
 
+    check_columns(_column_list(columns), output_format)
     loaded = load_experiment(experiment_file)
     comparison = experiment_comparison(
         loaded, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
     )
-    _show(comparison, output_format, charts_dir, html_path, f"Experiment {loaded.name}", chart_format)
+    _show(comparison, output_format, charts_dir, html_path, f"Experiment {loaded.name}", chart_format, columns)
 
 
 @experiment.command()
@@ -209,6 +226,7 @@ def seeds(
     help="The baseline run (its seed group is the baseline); default: the group named baseline, else the first run's.",
 )
 @FORMAT_OPTION
+@COLUMNS_OPTION
 @CHARTS_OPTION
 @CHART_FORMAT_OPTION
 @DATASETS_OPTION
@@ -217,6 +235,7 @@ def compare(
     run_dirs: tuple[Path, ...],
     baseline_dir: Optional[Path],
     output_format: str,
+    columns: Optional[str],
     charts_dir: Optional[Path],
     chart_format: str,
     datasets_dir: Optional[Path],
@@ -227,8 +246,9 @@ def compare(
     Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
     baseline was; runs evaluated on different test tokens or checkpoints are refused.
     """
-    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.compare import check_columns, compare_runs
 
+    check_columns(_column_list(columns), output_format)
     _show(
         compare_runs(
             list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
@@ -236,6 +256,7 @@ def compare(
         output_format,
         charts_dir,
         chart_format=chart_format,
+        columns=columns,
     )
 
 

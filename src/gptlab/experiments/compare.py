@@ -16,10 +16,13 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
+import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
@@ -36,6 +39,7 @@ from gptlab.rundir import (
     read_summary,
     write_evaluation,
 )
+from gptlab.words import format_perplexity, perplexity
 
 FORMATS = ("terminal", "markdown", "csv", "json")
 # Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
@@ -438,6 +442,7 @@ def _row(
         "seeds": len(group.runs),
         "finite_seeds": len(finite),
         "test_loss": described.mean if described else None,
+        "ppl": perplexity(described.mean) if described else None,
         "sd": described.sd if described else None,
         "min": described.minimum if described else None,
         "max": described.maximum if described else None,
@@ -632,6 +637,7 @@ TABLE_COLUMNS = (
     "run",
     "seeds",
     "test loss",
+    "ppl",
     "sd",
     "min-max",
     "improvement",
@@ -662,6 +668,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         row["run"],
         seeds,
         _number(row["test_loss"]),
+        format_perplexity(row["ppl"]),
         _number(row["sd"]),
         spread,
         _number(row["improvement"], signed=True),
@@ -680,20 +687,129 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def _terminal(comparison: Comparison) -> str:
-    cells = [list(TABLE_COLUMNS)] + [table_cells(row) for row in comparison.rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines + [""] + comparison.notes) + "\n"
+# When the terminal is too narrow for every column even with long cells wrapped, these are left out first, in this
+# order (and a note says so); the others always stay. Columns chosen with --columns are never left out.
+NARROW_TERMINAL_DROPS = (
+    "tokens",
+    "skipped",
+    "cost",
+    "tokens/s",
+    "time",
+    "min-max",
+    "sd",
+    "d",
+    "p",
+    "seeds",
+    "improvement 95% CI",
+    "p (Holm)",
+)
+# `changes` can hold a long value (a path, a list); it folds within this share of the width rather than crowd the numbers.
+CHANGES_WIDTH_SHARE = 4
+TEXT_FORMATS = ("terminal", "markdown", "csv")
 
 
-def _markdown(comparison: Comparison) -> str:
+def column_name(header: str) -> str:
+    """A table column's name for --columns: its header in lower case, other characters as "_" ("p (Holm)" -> p_holm)."""
+    return re.sub(r"[^a-z0-9]+", "_", header.lower()).strip("_")
+
+
+def column_names(output_format: str) -> tuple[str, ...]:
+    """The names --columns accepts: the CSV field names for csv, the table's column names for terminal and markdown."""
+    return CSV_FIELDS if output_format == "csv" else tuple(column_name(header) for header in TABLE_COLUMNS)
+
+
+def _chosen_columns(columns: Optional[Sequence[str]], output_format: str) -> list[int]:
+    """Indices into column_names(output_format) of the columns asked for, in the order asked; every one when None."""
+    names = column_names(output_format)
+    if columns is None:
+        return list(range(len(names)))
+    if not columns:
+        raise UserError(f"--columns: name at least one column; for --format {output_format}: {', '.join(names)}")
+    unknown = [name for name in columns if name not in names]
+    if unknown:
+        raise UserError(
+            f"--columns {', '.join(unknown)}: not {'a column' if len(unknown) == 1 else 'columns'} of --format "
+            f"{output_format}; choose from {', '.join(names)}"
+        )
+    return [names.index(name) for name in dict.fromkeys(columns)]
+
+
+def _default_columns(comparison: Comparison, columns: Optional[Sequence[str]], output_format: str) -> list[int]:
+    """The columns to draw: those asked for; by default every one, less the hellaswag column when no run has a score."""
+    shown = _chosen_columns(columns, output_format)
+    scored = any(hellaswag_column.saved_entry(run) for group in comparison.groups for run in group.runs)
+    if columns is None and not scored:
+        shown.remove(TABLE_COLUMNS.index("hellaswag"))
+    return shown
+
+
+def check_columns(columns: Optional[Sequence[str]], output_format: str) -> None:
+    """Refuse a format or --columns the table cannot show (called before any run is evaluated, and by render)."""
+    if output_format not in FORMATS:
+        raise UserError(f"--format {output_format}: not a format; choose one of {', '.join(FORMATS)}")
+    if output_format == "json" and columns is not None:
+        raise UserError(f"--columns: only for --format {', '.join(TEXT_FORMATS)}; json holds every field")
+    if output_format != "json":
+        _chosen_columns(columns, output_format)
+
+
+def _terminal(comparison: Comparison, columns: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:
+    """The table drawn by rich to fit `width` (default: $COLUMNS, else the terminal's, else 80): long cells wrap at
+    spaces; if the numbers still do not fit, NARROW_TERMINAL_DROPS are left out and a note names them."""
+    from rich import box
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    width = width or shutil.get_terminal_size().columns
+    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False, markup=False, emoji=False)
+    rows = [table_cells(row) for row in comparison.rows]
+
+    def table(shown: list[int]) -> Table:
+        drawn = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+        for index in shown:
+            changes = TABLE_COLUMNS[index] == "changes"
+            drawn.add_column(
+                Text(TABLE_COLUMNS[index]), overflow="fold", max_width=width // CHANGES_WIDTH_SHARE if changes else None
+            )
+        for cells in rows:
+            drawn.add_row(*(Text(cells[index]) for index in shown))
+        return drawn
+
+    def narrowest(shown: list[int]) -> int:
+        return Measurement.get(console, console.options.update_width(sys.maxsize), table(shown)).minimum
+
+    shown = _default_columns(comparison, columns, "terminal")
+    left_out = []
+    if columns is None:
+        for header in NARROW_TERMINAL_DROPS:
+            if narrowest(shown) <= width:
+                break
+            if header in TABLE_COLUMNS:
+                shown.remove(TABLE_COLUMNS.index(header))
+                left_out.append(column_name(header))
+    console.print(table(shown))
+    lines = [line.rstrip() for line in console.file.getvalue().splitlines()]
+    notes = list(comparison.notes)
+    if left_out:
+        notes.insert(
+            0,
+            f"Left out to fit {width} characters: {', '.join(left_out)}; a wider terminal (or COLUMNS=N) shows them, "
+            "and --columns chooses.",
+        )
+    wrapped = [textwrap.fill(note, width, subsequent_indent="  ", break_on_hyphens=False) for note in notes]
+    return "\n".join(lines + [""] + wrapped) + "\n"
+
+
+def _markdown(comparison: Comparison, columns: Optional[Sequence[str]] = None) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
-    lines = [line(list(TABLE_COLUMNS)), "|" + "---|" * len(TABLE_COLUMNS)] + [
-        line(table_cells(row)) for row in comparison.rows
+    shown = _default_columns(comparison, columns, "markdown")
+    rows = [table_cells(row) for row in comparison.rows]
+    lines = [line([TABLE_COLUMNS[index] for index in shown]), "|" + "---|" * len(shown)] + [
+        line([cells[index] for index in shown]) for cells in rows
     ]
     return "\n".join(lines + [""] + [f"- {note}" for note in comparison.notes]) + "\n"
 
@@ -703,6 +819,7 @@ CSV_FIELDS = (
     "seeds",
     "finite_seeds",
     "test_loss",
+    "ppl",
     "sd",
     "min",
     "max",
@@ -738,9 +855,10 @@ CSV_FIELDS = (
 )
 
 
-def _csv(comparison: Comparison) -> str:
+def _csv(comparison: Comparison, columns: Optional[Sequence[str]] = None) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = [CSV_FIELDS[index] for index in _chosen_columns(columns, "csv")]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in comparison.rows:
         low, high = row["improvement_ci"] or (None, None)
@@ -763,13 +881,20 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
     }
 
 
-def render(comparison: Comparison, output_format: str = "terminal") -> str:
+def render(
+    comparison: Comparison,
+    output_format: str = "terminal",
+    columns: Optional[Sequence[str]] = None,
+    width: Optional[int] = None,
+) -> str:
+    """The comparison as `output_format`; `columns` (names from column_names) chooses and orders the table's columns,
+    `width` the terminal table's width."""
+    check_columns(columns, output_format)
     if output_format == "json":
         return strict_json(comparison_json(comparison), indent=2) + "\n"
-    renderers = {"terminal": _terminal, "markdown": _markdown, "csv": _csv}
-    if output_format not in renderers:
-        raise UserError(f"--format {output_format}: not a format; choose one of {', '.join(FORMATS)}")
-    return renderers[output_format](comparison)
+    if output_format == "terminal":
+        return _terminal(comparison, columns, width)
+    return {"markdown": _markdown, "csv": _csv}[output_format](comparison, columns)
 
 
 def compare_runs(

@@ -24,6 +24,7 @@ from gptlab.experiments.spec import Experiment
 from gptlab.notify.training import send_test_loss
 from gptlab.rundir import TRAIN_LOG, read_evaluation, read_summary
 from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
+from gptlab.words import loss_with_perplexity
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
 
@@ -162,7 +163,7 @@ def run_experiment(
         else:
             evaluation = evaluate_and_save(run.run_dir, experiment.evaluation, datasets_dir)
             send_test_loss(run.run_dir, evaluation)
-        echo(f"{prefix}: test loss {evaluation['loss']:.4f}")
+        echo(f"{prefix}: test loss {loss_with_perplexity(evaluation['loss'])}")
         outcomes.append(
             {
                 "variant": run.variant,

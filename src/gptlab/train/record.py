@@ -16,6 +16,7 @@ from tqdm import tqdm
 import gptlab
 from gptlab.files import append_jsonl
 from gptlab.rundir import TRAIN_LOG
+from gptlab.words import loss_with_perplexity
 
 
 def device_name(device: torch.device) -> str:
@@ -149,7 +150,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         else "Final train loss: n/a",
     ]
     if summary.get("final_validation_loss") is not None:
-        lines.append(f"Final validation loss: {summary['final_validation_loss']:.4f}")
+        lines.append(f"Final validation loss: {loss_with_perplexity(summary['final_validation_loss'])}")
     if summary.get("skipped_steps"):
         lines.append(f"Skipped steps (non-finite gradients or loss): {summary['skipped_steps']}")
     if summary.get("cost") is not None:
