@@ -362,7 +362,7 @@ def _compare(*runs: Path, output_format: str = "json"):
     """`gptlab compare RUNS --format json` in this process (the CLI itself runs once, in the first test)."""
     from gptlab.experiments.compare import compare_runs, render
 
-    text = render(compare_runs(list(runs), echo=lambda line: None), output_format)
+    text = render(compare_runs(list(runs), echo=lambda line: None), output_format, width=400)
     return json.loads(text) if output_format == "json" else text
 
 
@@ -385,7 +385,7 @@ def test_compare_shows_hellaswag_with_its_own_verdict(groups):
     assert better["hellaswag_noise"] == "beyond noise" and same["hellaswag_noise"] == "within noise"
     assert better["hellaswag_verdict"].startswith("beyond noise (paired t, Holm p=")
 
-    terminal = run_cli("compare", *map(str, runs))
+    terminal = run_cli("compare", *map(str, runs), env={"COLUMNS": "400"})  # wide enough that no cell wraps
     assert terminal.returncode == 0, terminal.stderr
     header, _, *lines = terminal.stdout.splitlines()
     assert "hellaswag" in header.split()

@@ -754,16 +754,19 @@ def check_columns(columns: Optional[Sequence[str]], output_format: str) -> None:
 
 
 def _terminal(comparison: Comparison, columns: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:
-    """The table drawn by rich to fit `width` (default: $COLUMNS, else the terminal's, else 80): long cells wrap at
-    spaces; if the numbers still do not fit, NARROW_TERMINAL_DROPS are left out and a note names them."""
+    """The table drawn by rich to fit `width` (default: $COLUMNS, else the terminal's; none for a file or pipe): long
+    cells wrap at spaces; if the numbers still do not fit, NARROW_TERMINAL_DROPS are left out and a note names them."""
     from rich import box
     from rich.console import Console
     from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
 
-    width = width or shutil.get_terminal_size().columns
-    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False, markup=False, emoji=False)
+    # $COLUMNS, else the terminal's width; output to a file or pipe is not a terminal and keeps whole lines for grep.
+    width = width or shutil.get_terminal_size(fallback=(0, 0)).columns or None
+    console = Console(
+        file=io.StringIO(), width=width or 10_000, color_system=None, highlight=False, markup=False, emoji=False
+    )
     rows = [table_cells(row) for row in comparison.rows]
 
     def table(shown: list[int]) -> Table:
@@ -771,7 +774,9 @@ def _terminal(comparison: Comparison, columns: Optional[Sequence[str]] = None, w
         for index in shown:
             changes = TABLE_COLUMNS[index] == "changes"
             drawn.add_column(
-                Text(TABLE_COLUMNS[index]), overflow="fold", max_width=width // CHANGES_WIDTH_SHARE if changes else None
+                Text(TABLE_COLUMNS[index]),
+                overflow="fold",
+                max_width=width // CHANGES_WIDTH_SHARE if changes and width else None,
             )
         for cells in rows:
             drawn.add_row(*(Text(cells[index]) for index in shown))
@@ -782,7 +787,9 @@ def _terminal(comparison: Comparison, columns: Optional[Sequence[str]] = None, w
 
     shown = _default_columns(comparison, columns, "terminal")
     left_out = []
-    if columns is None:
+    if width is None:
+        console.width = Measurement.get(console, console.options, table(shown)).maximum
+    elif columns is None:
         for header in NARROW_TERMINAL_DROPS:
             if narrowest(shown) <= width:
                 break
@@ -798,7 +805,9 @@ def _terminal(comparison: Comparison, columns: Optional[Sequence[str]] = None, w
             f"Left out to fit {width} characters: {', '.join(left_out)}; a wider terminal (or COLUMNS=N) shows them, "
             "and --columns chooses.",
         )
-    wrapped = [textwrap.fill(note, width, subsequent_indent="  ", break_on_hyphens=False) for note in notes]
+    wrapped = [
+        textwrap.fill(note, width, subsequent_indent="  ", break_on_hyphens=False) if width else note for note in notes
+    ]
     return "\n".join(lines + [""] + wrapped) + "\n"
 
 
