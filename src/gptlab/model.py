@@ -57,6 +57,51 @@ class MLP(nn.Module):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias by oneDNN's inner product (no autograd), on strided tensors as they are."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _OneDNNExpertMLP(torch.autograd.Function):
+    """An expert's MLP, c_proj(gelu_tanh(c_fc(x))), forward and backward with oneDNN's float32 matmuls.
+
+    Why: torch's float32 matmul on CPU is MKL's sgemm, which on AMD CPUs runs about half as fast as oneDNN's
+    (measured on this lab's AMD EPYC, benchmarks/moe_layer.py); the function and the matmuls' FLOPs are
+    those of `MLP.forward` and its autograd backward, only the kernel differs. Used for float32 CPU tensors
+    outside autocast (see `MixtureOfExperts._expert`); everything else takes the plain `MLP`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias):
+        hidden = _onednn_linear(x, fc_weight, fc_bias)  # (n, 4C)
+        activated = F.gelu(hidden, approximate="tanh")
+        ctx.save_for_backward(x, hidden, activated, fc_weight, proj_weight)
+        return _onednn_linear(activated, proj_weight, proj_bias)  # (n, C)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, hidden, activated, fc_weight, proj_weight = ctx.saved_tensors
+        if x.shape[0] == 0:  # no tokens: oneDNN refuses an empty inner dimension, and the gradients are zero
+            return (
+                torch.zeros_like(x),
+                torch.zeros_like(fc_weight),
+                hidden.new_zeros(hidden.shape[1]),
+                torch.zeros_like(proj_weight),
+                x.new_zeros(proj_weight.shape[0]),
+            )
+        grad_out = grad_out.contiguous()
+        grad_proj_weight = _onednn_linear(grad_out.t(), activated.t())  # (C, 4C) = grad_out^T @ activated
+        grad_activated = _onednn_linear(grad_out, proj_weight.t())  # (n, 4C) = grad_out @ proj_weight
+        grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden, approximate="tanh")
+        grad_fc_weight = _onednn_linear(grad_hidden.t(), x.t())  # (4C, C) = grad_hidden^T @ x
+        grad_x = _onednn_linear(grad_hidden, fc_weight.t()) if ctx.needs_input_grad[0] else None  # (n, C)
+        return grad_x, grad_fc_weight, grad_hidden.sum(0), grad_proj_weight, grad_out.sum(0)
+
+
 # Per expert, what MixtureOfExperts.routing_totals sums while training (rows of a (ROUTING_ROWS, E) tensor),
 # and per block the scalars in its last column block: see `routing_statistics`.
 ROUTING_ROWS = 3  # routing weight (softmax over all logits), kept top-k weight, routed token slots
@@ -89,6 +134,7 @@ class MixtureOfExperts(nn.Module):
         # attribute, not a buffer, so DDP does not overwrite each rank's own counts with rank 0's.
         self.routing_totals: torch.Tensor | None = None
         self.router_loss: torch.Tensor | None = None  # the weighted balance and z-losses of the last training forward
+        self.onednn_matmuls = _onednn_linear_available()  # a plain attribute: benchmarks turn it off to compare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_len, width = x.shape
@@ -105,7 +151,10 @@ class MixtureOfExperts(nn.Module):
         tokens_per_expert = torch.bincount(slot_experts, minlength=len(self.experts))  # (E,)
         grouped = tokens.index_select(0, slot_tokens)  # (N K, C)
         outputs = torch.cat(
-            [expert(part) for expert, part in zip(self.experts, grouped.split(tokens_per_expert.tolist()))]
+            [
+                self._expert(expert, part)
+                for expert, part in zip(self.experts, grouped.split(tokens_per_expert.tolist()))
+            ]
         )
         weighted = outputs * kept_weights.flatten()[order].unsqueeze(1)  # (N K, C)
         mixed = torch.zeros_like(tokens).index_add_(0, slot_tokens, weighted)  # (N, C)
@@ -113,6 +162,19 @@ class MixtureOfExperts(nn.Module):
         if self.training:
             self._routing(logits, kept_experts, kept_weights, tokens_per_expert)
         return mixed.view(batch, seq_len, width)
+
+    def _expert(self, expert: MLP, x: torch.Tensor) -> torch.Tensor:
+        """expert(x), on oneDNN's matmuls for float32 on the CPU (see _OneDNNExpertMLP), else as written."""
+        if (
+            self.onednn_matmuls
+            and x.device.type == "cpu"
+            and x.dtype == expert.c_fc.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return _OneDNNExpertMLP.apply(
+                x, expert.c_fc.weight, expert.c_fc.bias, expert.c_proj.weight, expert.c_proj.bias
+            )
+        return expert(x)
 
     def _routing(
         self,
