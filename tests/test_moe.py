@@ -9,9 +9,11 @@ expert applied to a boolean-mask gather of its tokens.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -414,6 +416,17 @@ def test_routing_statistics_go_to_metrics_the_balance_file_and_checkpoint_meta(m
 
     with Image.open(run / "routing-chart.png") as chart:  # one panel per layer, drawn at the end of the run
         assert chart.size[0] >= 600
+
+    # The HTML report shows the run's routing chart with its other charts.
+    from gptlab.config import EvaluationSettings
+    from gptlab.experiments.compare import build_comparison, load_results
+    from gptlab.experiments.report import write_report
+
+    results = load_results([run], EvaluationSettings(batches=1), echo=lambda line: None)  # one batch: a cheap loss
+    page = write_report(build_comparison(results), tmp_path / "report.html")
+    images = dict(re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)">', page.read_text()))
+    routing = [data for data, alt in images.items() if alt == f"routing-chart.png of {run}"]
+    assert len(routing) == 1 and base64.b64decode(routing[0]) == (run / "routing-chart.png").read_bytes()
 
 
 @pytest.mark.slow
