@@ -14,6 +14,7 @@ Run from the repository root (prints a table and one JSON line):
 
     python benchmarks/moe_layer.py                                  # GPT-2 small width, 6 experts, 2 active, 4,096 tokens
     python benchmarks/moe_layer.py --tokens 1024 --rounds 3         # smaller, for a busy machine
+    python benchmarks/moe_layer.py --threads 1 --profile            # where the time goes: matmul, GELU, the rest
 """
 
 from __future__ import annotations
@@ -70,6 +71,28 @@ def time_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
     return time.perf_counter() - started
 
 
+# torch.profiler's operator names, sorted into the parts of a step: the matmuls (the same FLOPs in every layer
+# here), the GELU (the book's is tanh, pow and mul; gptlab's one gelu kernel) with the expert weighting's mul,
+# and everything else (router softmax and top-k, gathers, scatters, copies, bias sums).
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise"}
+GELU_AND_MUL = {"aten::gelu", "aten::gelu_backward", "aten::tanh", "aten::tanh_backward", "aten::pow", "aten::mul"}
+
+
+def profile_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, steps: int = 2) -> dict[str, float]:
+    """Self CPU milliseconds per step (forward + backward) of matmul, GELU and mul, and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    time_step(layer, x, grad)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            time_step(layer, x, grad)
+    parts = {"matmul": 0.0, "gelu_and_mul": 0.0, "other": 0.0}
+    for event in profiler.key_averages():
+        part = "matmul" if event.key in MATMULS else "gelu_and_mul" if event.key in GELU_AND_MUL else "other"
+        parts[part] += event.self_cpu_time_total / 1e3 / steps
+    return {name: round(value, 1) for name, value in parts.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emb-dim", type=int, default=768)
@@ -78,6 +101,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch x context)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each, alternating")
     parser.add_argument("--threads", type=int, default=None, help="torch threads; default: torch's")
+    parser.add_argument(
+        "--profile", action="store_true", help="also torch.profiler's self CPU time per part of a step, per layer"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,6 +159,14 @@ def main() -> None:
         print(f"  {name:>19}: {rate:12,.0f} tokens/s")
     print(f"  gptlab / users' loop: {result['speedup']:.2f}x")
     print(f"  gptlab_torch_matmul / users' loop: {result['speedup_torch_matmul']:.2f}x")
+    if args.profile:
+        result["profile_ms_per_step"] = {}
+        for name, layer in layers.items():
+            parts = profile_step(layer, x, grad)
+            result["profile_ms_per_step"][name] = parts
+            total = sum(parts.values())
+            shares = ", ".join(f"{part} {ms:,.0f} ms ({ms / total:.0%})" for part, ms in parts.items())
+            print(f"  profile {name:>19}: {total:,.0f} ms per step: {shares}")
     print(json.dumps(result))
 
 

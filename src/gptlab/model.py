@@ -2,7 +2,8 @@
 
 Inside, names follow Hugging Face's GPT-2 (`wte`, `h.{i}.attn.c_attn`, `ln_f`, ...) and Q, K and V are
 computed by one fused matmul; at the file boundary `gptlab.weights` converts to and from the book's
-`GPTModel` layout. This file knows nothing of devices, precision, ranks or files.
+`GPTModel` layout. This file knows nothing of devices, precision, ranks or files (beyond one kernel choice:
+mixture-of-experts experts in float32 on the CPU run their matmuls on oneDNN).
 
 Shapes: B = batch, T = sequence length, C = emb_dim, H = n_heads, D = head_dim = C / H, V = vocab_size;
 for mixture-of-experts blocks N = B x T tokens, E = num_experts, K = num_active_experts.
@@ -119,8 +120,14 @@ class MixtureOfExperts(nn.Module):
     Each token's K (token, expert) slots are sorted by expert, so each expert runs one matmul over all of
     its tokens and the results are added back with index_add_, instead of one boolean-mask gather per
     expert. An expert that gets no tokens still runs on an empty slice, so every expert's parameters
-    receive a gradient (zero) in every step, as DDP requires without find_unused_parameters.
-    The split sizes are read back to the host once per layer and forward (a synchronisation on GPUs).
+    receive a gradient (zero) in every step, as DDP requires without find_unused_parameters. On the CPU in
+    float32 the experts' matmuls run on oneDNN (see _OneDNNExpertMLP).
+
+    The split sizes are read back to the host once per layer and forward (a synchronisation on GPUs). Kept
+    because the sync-free alternative, one grouped matmul with the offsets on the device, needs the experts'
+    weights stacked into one (E, ...) tensor: copied every forward, or stored stacked behind state_dict hooks
+    that keep the users' per-expert names; and on the CPU torch's grouped matmul is MKL-speed, about half of
+    the oneDNN path's, so it would be a CUDA-only path that no CPU test exercises.
     """
 
     def __init__(self, config: ModelConfig):
@@ -164,12 +171,14 @@ class MixtureOfExperts(nn.Module):
         return mixed.view(batch, seq_len, width)
 
     def _expert(self, expert: MLP, x: torch.Tensor) -> torch.Tensor:
-        """expert(x), on oneDNN's matmuls for float32 on the CPU (see _OneDNNExpertMLP), else as written."""
+        """expert(x), on oneDNN's matmuls for float32 on the CPU (see _OneDNNExpertMLP), else as written (and
+        under torch.compile, which chooses its own kernels)."""
         if (
             self.onednn_matmuls
             and x.device.type == "cpu"
             and x.dtype == expert.c_fc.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
         ):
             return _OneDNNExpertMLP.apply(
                 x, expert.c_fc.weight, expert.c_fc.bias, expert.c_proj.weight, expert.c_proj.bias
