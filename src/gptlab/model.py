@@ -70,8 +70,8 @@ def _onednn_linear_available() -> bool:
 class _OneDNNExpertMLP(torch.autograd.Function):
     """An expert's MLP, c_proj(gelu_tanh(c_fc(x))), forward and backward with oneDNN's float32 matmuls.
 
-    Why: torch's float32 matmul on CPU is MKL's sgemm, which on AMD CPUs runs about half as fast as oneDNN's
-    (measured on this lab's AMD EPYC, benchmarks/moe_layer.py); the function and the matmuls' FLOPs are
+    Why: torch's float32 matmul on CPU is MKL's sgemm, which on this lab's AMD EPYC runs about half as fast as
+    oneDNN's AVX-512 inner product (benchmarks/moe_layer.py, docs/performance.md); the function and FLOPs are
     those of `MLP.forward` and its autograd backward, only the kernel differs. Used for float32 CPU tensors
     outside autocast (see `MixtureOfExperts._expert`); everything else takes the plain `MLP`.
     """
