@@ -9,9 +9,11 @@ expert applied to a boolean-mask gather of its tokens.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import torch.nn as nn
 from conftest import read_metrics
 from safetensors.torch import load_file
 
+import gptlab.model
 from gptlab.config import ModelConfig, apply_overrides, overrides_from_mapping, validate_run_config
 from gptlab.errors import UserError
 from gptlab.model import MixtureOfExperts, routing_statistics
@@ -172,6 +175,58 @@ def test_a_dense_checkpoint_is_refused_by_an_moe_model_in_one_line(tmp_path):
         and "missing tensors trf_blocks.0.ff.router.weight" in error.value.lines[0]
         and "moe" in error.value.lines[0]
     )
+
+
+def layer_like(reference: ReferenceMoE, config: ModelConfig) -> MixtureOfExperts:
+    ours = MixtureOfExperts(config)
+    ours.load_state_dict(
+        {k.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): v for k, v in reference.state_dict().items()}
+    )
+    return ours
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-matmuls", "torch-matmuls"])
+def test_outputs_and_every_gradient_match_the_users_layer(monkeypatch, onednn):
+    """Float32 on the CPU: with oneDNN's matmuls (gptlab's default where torch has them) and with torch's."""
+    if onednn and not gptlab.model._onednn_linear_available():
+        pytest.skip("this torch has no oneDNN linear")
+    config = moe_config(num_experts=6, num_active_experts=2)
+    torch.manual_seed(0)
+    reference = ReferenceMoE(config.model_dump())
+    ours = layer_like(reference, config)
+    ours.onednn_matmuls = onednn
+    calls = []
+    original = gptlab.model._OneDNNExpertMLP.apply
+    monkeypatch.setattr(gptlab.model._OneDNNExpertMLP, "apply", lambda *args: calls.append(1) or original(*args))
+    x = torch.randn(3, 40, 32, requires_grad=True)
+    x_ours = x.detach().clone().requires_grad_()
+    grad = torch.randn_like(x)
+    out, out_ours = reference(x), ours(x_ours)
+    out.backward(grad)
+    out_ours.backward(grad)
+    assert len(calls) == (6 if onednn else 0)
+    torch.testing.assert_close(out_ours, out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x.grad, rtol=1e-5, atol=1e-5)
+    ours_parameters = dict(ours.named_parameters())
+    for name, parameter in reference.named_parameters():
+        theirs_grad = parameter.grad
+        our_grad = ours_parameters[name.replace("layers.0", "c_fc").replace("layers.2", "c_proj")].grad
+        torch.testing.assert_close(our_grad, theirs_grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_under_autocast_the_experts_run_as_written_in_bf16():
+    """oneDNN's float32 path is only for float32: under a bf16 autocast the experts' matmuls are autocast's."""
+    config = moe_config()
+    torch.manual_seed(0)
+    layer = MixtureOfExperts(config)
+    x = torch.randn(1, 6, 32)
+    float32 = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        default = layer(x)
+        layer.onednn_matmuls = False
+        as_written = layer(x)
+    assert torch.equal(default, as_written)
+    assert not torch.allclose(default, float32, rtol=0, atol=1e-4)  # bf16 rounding: the experts ran in bf16
 
 
 def test_ties_at_the_lowest_kept_logit_keep_exactly_k_experts_as_topk_does(monkeypatch):
@@ -361,6 +416,17 @@ def test_routing_statistics_go_to_metrics_the_balance_file_and_checkpoint_meta(m
 
     with Image.open(run / "routing-chart.png") as chart:  # one panel per layer, drawn at the end of the run
         assert chart.size[0] >= 600
+
+    # The HTML report shows the run's routing chart with its other charts.
+    from gptlab.config import EvaluationSettings
+    from gptlab.experiments.compare import build_comparison, load_results
+    from gptlab.experiments.report import write_report
+
+    results = load_results([run], EvaluationSettings(batches=1), echo=lambda line: None)  # one batch: a cheap loss
+    page = write_report(build_comparison(results), tmp_path / "report.html")
+    images = dict(re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)">', page.read_text()))
+    routing = [data for data, alt in images.items() if alt == f"routing-chart.png of {run}"]
+    assert len(routing) == 1 and base64.b64decode(routing[0]) == (run / "routing-chart.png").read_bytes()
 
 
 @pytest.mark.slow

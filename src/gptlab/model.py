@@ -2,7 +2,8 @@
 
 Inside, names follow Hugging Face's GPT-2 (`wte`, `h.{i}.attn.c_attn`, `ln_f`, ...) and Q, K and V are
 computed by one fused matmul; at the file boundary `gptlab.weights` converts to and from the book's
-`GPTModel` layout. This file knows nothing of devices, precision, ranks or files.
+`GPTModel` layout. This file knows nothing of devices, precision, ranks or files (beyond one kernel choice:
+mixture-of-experts experts in float32 on the CPU run their matmuls on oneDNN).
 
 Shapes: B = batch, T = sequence length, C = emb_dim, H = n_heads, D = head_dim = C / H, V = vocab_size;
 for mixture-of-experts blocks N = B x T tokens, E = num_experts, K = num_active_experts.
@@ -57,6 +58,51 @@ class MLP(nn.Module):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias by oneDNN's inner product (no autograd), on strided tensors as they are."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _OneDNNExpertMLP(torch.autograd.Function):
+    """An expert's MLP, c_proj(gelu_tanh(c_fc(x))), forward and backward with oneDNN's float32 matmuls.
+
+    Why: torch's float32 matmul on CPU is MKL's sgemm, which on this lab's AMD EPYC runs about half as fast as
+    oneDNN's AVX-512 inner product (benchmarks/moe_layer.py, docs/performance.md); the function and FLOPs are
+    those of `MLP.forward` and its autograd backward, only the kernel differs. Used for float32 CPU tensors
+    outside autocast (see `MixtureOfExperts._expert`); everything else takes the plain `MLP`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias):
+        hidden = _onednn_linear(x, fc_weight, fc_bias)  # (n, 4C)
+        activated = F.gelu(hidden, approximate="tanh")
+        ctx.save_for_backward(x, hidden, activated, fc_weight, proj_weight)
+        return _onednn_linear(activated, proj_weight, proj_bias)  # (n, C)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, hidden, activated, fc_weight, proj_weight = ctx.saved_tensors
+        if x.shape[0] == 0:  # no tokens: oneDNN refuses an empty inner dimension, and the gradients are zero
+            return (
+                torch.zeros_like(x),
+                torch.zeros_like(fc_weight),
+                hidden.new_zeros(hidden.shape[1]),
+                torch.zeros_like(proj_weight),
+                x.new_zeros(proj_weight.shape[0]),
+            )
+        grad_out = grad_out.contiguous()
+        grad_proj_weight = _onednn_linear(grad_out.t(), activated.t())  # (C, 4C) = grad_out^T @ activated
+        grad_activated = _onednn_linear(grad_out, proj_weight.t())  # (n, 4C) = grad_out @ proj_weight
+        grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden, approximate="tanh")
+        grad_fc_weight = _onednn_linear(grad_hidden.t(), x.t())  # (4C, C) = grad_hidden^T @ x
+        grad_x = _onednn_linear(grad_hidden, fc_weight.t()) if ctx.needs_input_grad[0] else None  # (n, C)
+        return grad_x, grad_fc_weight, grad_hidden.sum(0), grad_proj_weight, grad_out.sum(0)
+
+
 # Per expert, what MixtureOfExperts.routing_totals sums while training (rows of a (ROUTING_ROWS, E) tensor),
 # and per block the scalars in its last column block: see `routing_statistics`.
 ROUTING_ROWS = 3  # routing weight (softmax over all logits), kept top-k weight, routed token slots
@@ -74,8 +120,14 @@ class MixtureOfExperts(nn.Module):
     Each token's K (token, expert) slots are sorted by expert, so each expert runs one matmul over all of
     its tokens and the results are added back with index_add_, instead of one boolean-mask gather per
     expert. An expert that gets no tokens still runs on an empty slice, so every expert's parameters
-    receive a gradient (zero) in every step, as DDP requires without find_unused_parameters.
-    The split sizes are read back to the host once per layer and forward (a synchronisation on GPUs).
+    receive a gradient (zero) in every step, as DDP requires without find_unused_parameters. On the CPU in
+    float32 the experts' matmuls run on oneDNN (see _OneDNNExpertMLP).
+
+    The split sizes are read back to the host once per layer and forward (a synchronisation on GPUs). Kept
+    because the sync-free alternative, one grouped matmul with the offsets on the device, needs the experts'
+    weights stacked into one (E, ...) tensor: copied every forward, or stored stacked behind state_dict hooks
+    that keep the users' per-expert names; and on the CPU torch's grouped matmul is MKL-speed, about half of
+    the oneDNN path's, so it would be a CUDA-only path that no CPU test exercises.
     """
 
     def __init__(self, config: ModelConfig):
@@ -89,6 +141,7 @@ class MixtureOfExperts(nn.Module):
         # attribute, not a buffer, so DDP does not overwrite each rank's own counts with rank 0's.
         self.routing_totals: torch.Tensor | None = None
         self.router_loss: torch.Tensor | None = None  # the weighted balance and z-losses of the last training forward
+        self.onednn_matmuls = _onednn_linear_available()  # a plain attribute: benchmarks turn it off to compare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_len, width = x.shape
@@ -105,7 +158,10 @@ class MixtureOfExperts(nn.Module):
         tokens_per_expert = torch.bincount(slot_experts, minlength=len(self.experts))  # (E,)
         grouped = tokens.index_select(0, slot_tokens)  # (N K, C)
         outputs = torch.cat(
-            [expert(part) for expert, part in zip(self.experts, grouped.split(tokens_per_expert.tolist()))]
+            [
+                self._expert(expert, part)
+                for expert, part in zip(self.experts, grouped.split(tokens_per_expert.tolist()))
+            ]
         )
         weighted = outputs * kept_weights.flatten()[order].unsqueeze(1)  # (N K, C)
         mixed = torch.zeros_like(tokens).index_add_(0, slot_tokens, weighted)  # (N, C)
@@ -113,6 +169,21 @@ class MixtureOfExperts(nn.Module):
         if self.training:
             self._routing(logits, kept_experts, kept_weights, tokens_per_expert)
         return mixed.view(batch, seq_len, width)
+
+    def _expert(self, expert: MLP, x: torch.Tensor) -> torch.Tensor:
+        """expert(x), on oneDNN's matmuls for float32 on the CPU (see _OneDNNExpertMLP), else as written (and
+        under torch.compile, which chooses its own kernels)."""
+        if (
+            self.onednn_matmuls
+            and x.device.type == "cpu"
+            and x.dtype == expert.c_fc.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        ):
+            return _OneDNNExpertMLP.apply(
+                x, expert.c_fc.weight, expert.c_fc.bias, expert.c_proj.weight, expert.c_proj.bias
+            )
+        return expert(x)
 
     def _routing(
         self,

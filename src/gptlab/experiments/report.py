@@ -14,7 +14,7 @@ from typing import Optional
 from gptlab.experiments.charts import draw_comparison_charts
 from gptlab.experiments.compare import TABLE_COLUMNS, VERDICT_COLUMN, Comparison, table_cells
 from gptlab.files import atomic_write_text
-from gptlab.rundir import GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART
+from gptlab.rundir import GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, ROUTING_CHART
 from gptlab.train.charts import draw_run_charts
 
 STYLE = """
@@ -73,7 +73,7 @@ def _run_sections(comparison: Comparison) -> str:
                 draw_run_charts(run.run_dir)
             images = "".join(
                 image_tag(run.run_dir / name, f"{name} of {run.run_dir}")
-                for name in (LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART)
+                for name in (LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART, ROUTING_CHART)  # routing: MoE runs only
                 if (run.run_dir / name).is_file()
             )
             outcome = run.stopped or f"test loss {run.test_loss:.4f}"
