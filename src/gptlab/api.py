@@ -184,14 +184,20 @@ def compare(
     datasets_dir: Optional[PathLike] = None,
     output_format: Optional[str] = None,
     columns: Optional[list[str]] = None,
+    budget: Optional[str] = None,
+    cost_per_hour: Optional[dict[str, float]] = None,
 ) -> Union[dict[str, Any], str]:
-    """`gptlab compare RUN_DIR... [--baseline DIR] [--columns ...]`: runs by test loss against seed noise. Returns the
-    `--format json` data, or the rendered table when `output_format` is 'terminal', 'markdown' or 'csv' (`columns`:
-    which, in that order)."""
+    """`gptlab compare RUN_DIR... [--baseline DIR] [--columns ...] [--budget time|cost|tokens] [--cost-per-hour
+    RUN=PRICE]`: runs by test loss against seed noise, and with `budget` at the cheapest run's time, money or tokens
+    (`cost_per_hour`: {run directory or group label: dollars per hour}). Returns the `--format json` data (with a
+    `budget` key when asked), or the rendered text when `output_format` is 'terminal', 'markdown' or 'csv'
+    (`columns`: which, in that order)."""
     from gptlab.experiments.compare import check_columns, compare_runs, comparison_json, render
 
     if output_format is not None or columns is not None:
         check_columns(columns, output_format or "json")
+    if budget is None and cost_per_hour is not None:
+        raise UserError("compare: cost_per_hour only with budget='time', 'cost' or 'tokens'")
 
     comparison = compare_runs(
         [Path(run) for run in run_dirs],
@@ -199,4 +205,12 @@ def compare(
         Path(datasets_dir) if datasets_dir else None,
         echo=lambda line: None,
     )
-    return render(comparison, output_format, columns) if output_format is not None else comparison_json(comparison)
+    if budget is None:
+        return render(comparison, output_format, columns) if output_format is not None else comparison_json(comparison)
+    from gptlab.experiments.budget import budget_comparison, budget_json, parse_prices, render_with_budget
+
+    prices = parse_prices(f"{run}={price}" for run, price in (cost_per_hour or {}).items())
+    found = budget_comparison(comparison, budget, prices)
+    if output_format is None:
+        return {**comparison_json(comparison), "budget": budget_json(found)}
+    return render_with_budget(comparison, found, output_format, columns)

@@ -46,6 +46,31 @@ CHART_FORMAT_OPTION = click.option(
     help="File format of the --charts files (svg and pdf for print and blogs).",
 )
 EXPERIMENT_FILE = click.argument("experiment_file", type=click.Path(dir_okay=False, path_type=Path))
+BUDGET_OPTION = click.option(
+    "--budget",
+    type=click.Choice(["time", "cost", "tokens"]),
+    default=None,
+    help="Also compare every run at the cheapest run's training time, money or tokens (validation loss read from its "
+    "curve), with the time and money each needed to reach the baseline's loss, projections and per-hour/per-dollar verdicts.",
+)
+
+
+def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    """Checked as the arguments are read, so a typo is reported before any run is loaded or evaluated."""
+    from gptlab.experiments.budget import parse_prices
+
+    return parse_prices(values)
+
+
+PRICE_OPTION = click.option(
+    "--cost-per-hour",
+    "prices",
+    multiple=True,
+    callback=_parse_prices,
+    metavar="RUN=PRICE",
+    help="With --budget: dollars per hour of RUN (a run directory or group label), setting or correcting train.json's "
+    "cost_per_hour; repeatable.",
+)
 MIXED_OPTION = click.option(
     "--allow-mixed-checkpoints",
     is_flag=True,
@@ -70,19 +95,45 @@ def _show(
     title: Optional[str] = None,
     chart_format: str = "png",
     columns: Optional[str] = None,
+    budget_kind: Optional[str] = None,
+    prices: Optional[dict[str, float]] = None,
 ) -> None:
     from gptlab.experiments.compare import render
 
-    click.echo(render(comparison, output_format, _column_list(columns)), nl=False)
+    budget = _budget(comparison, budget_kind, prices)
+    if budget is None:
+        click.echo(render(comparison, output_format, _column_list(columns)), nl=False)
+    else:
+        from gptlab.experiments.budget import render_with_budget
+
+        click.echo(render_with_budget(comparison, budget, output_format, _column_list(columns)), nl=False)
     if charts_dir is not None:
         from gptlab.experiments.charts import draw_comparison_charts
 
         for path in draw_comparison_charts(comparison, charts_dir, chart_format):
             _echo_err(f"Wrote {path}")
+        if budget is not None:
+            from gptlab.experiments.budget import draw_budget_charts
+
+            for path in draw_budget_charts(budget, charts_dir, chart_format):
+                _echo_err(f"Wrote {path}")
     if html_path is not None:
         from gptlab.experiments.report import write_report
 
-        _echo_err(f"Wrote {write_report(comparison, html_path, title)}")
+        _echo_err(f"Wrote {write_report(comparison, html_path, title, budget)}")
+
+
+def _budget(comparison, budget_kind: Optional[str], prices: Optional[dict[str, float]]):
+    """The comparison at equal budget when --budget asks for it; --cost-per-hour alone is refused."""
+    from gptlab.errors import UserError
+
+    if budget_kind is None:
+        if prices:
+            raise UserError("--cost-per-hour: only with --budget time|cost|tokens")
+        return None
+    from gptlab.experiments.budget import budget_comparison
+
+    return budget_comparison(comparison, budget_kind, prices)
 
 
 @click.group()
@@ -145,6 +196,8 @@ def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[P
 @CHART_FORMAT_OPTION
 @DATASETS_OPTION
 @MIXED_OPTION
+@BUDGET_OPTION
+@PRICE_OPTION
 def experiment_report(
     experiment_file: Path,
     output_format: str,
@@ -154,6 +207,8 @@ def experiment_report(
     chart_format: str,
     datasets_dir: Optional[Path],
     allow_mixed_checkpoints: bool,
+    budget: Optional[str],
+    prices: dict[str, float],
 ) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
     from gptlab.experiments.compare import check_columns
@@ -165,7 +220,17 @@ def experiment_report(
     comparison = experiment_comparison(
         loaded, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
     )
-    _show(comparison, output_format, charts_dir, html_path, f"Experiment {loaded.name}", chart_format, columns)
+    _show(
+        comparison,
+        output_format,
+        charts_dir,
+        html_path,
+        f"Experiment {loaded.name}",
+        chart_format,
+        columns,
+        budget,
+        prices,
+    )
 
 
 @experiment.command()
@@ -231,6 +296,8 @@ def seeds(
 @CHART_FORMAT_OPTION
 @DATASETS_OPTION
 @MIXED_OPTION
+@BUDGET_OPTION
+@PRICE_OPTION
 def compare(
     run_dirs: tuple[Path, ...],
     baseline_dir: Optional[Path],
@@ -240,6 +307,8 @@ def compare(
     chart_format: str,
     datasets_dir: Optional[Path],
     allow_mixed_checkpoints: bool,
+    budget: Optional[str],
+    prices: dict[str, float],
 ) -> None:
     """Table of runs by test loss: improvement over the baseline with its interval, beyond or within seed noise, time, tokens/s, cost.
 
@@ -257,6 +326,8 @@ def compare(
         charts_dir,
         chart_format=chart_format,
         columns=columns,
+        budget_kind=budget,
+        prices=prices,
     )
 
 
@@ -280,12 +351,21 @@ def compare(
 )
 @click.option("--title", default="gptlab comparison", show_default=True, help="Heading of the page.")
 @DATASETS_OPTION
+@BUDGET_OPTION
+@PRICE_OPTION
 def report(
-    run_dirs: tuple[Path, ...], html_path: Path, baseline_dir: Optional[Path], title: str, datasets_dir: Optional[Path]
+    run_dirs: tuple[Path, ...],
+    html_path: Path,
+    baseline_dir: Optional[Path],
+    title: str,
+    datasets_dir: Optional[Path],
+    budget: Optional[str],
+    prices: dict[str, float],
 ) -> None:
-    """One self-contained HTML page: the comparison table, loss overlay, difference-from-baseline chart, and each run's charts."""
+    """One self-contained HTML page: the comparison table, loss overlay, difference-from-baseline chart, and each run's charts
+    (with --budget, also the runs at equal time, money or tokens, and validation loss against hours and dollars)."""
     from gptlab.experiments.compare import compare_runs
     from gptlab.experiments.report import write_report
 
     comparison = compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err)
-    click.echo(f"Wrote {write_report(comparison, html_path, title)}")
+    click.echo(f"Wrote {write_report(comparison, html_path, title, _budget(comparison, budget, prices))}")

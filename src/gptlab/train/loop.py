@@ -356,6 +356,7 @@ def validate(run: Training) -> Optional[float]:
     """Validation loss on the same batches every time; each rank takes every world_size-th batch."""
     if run.validation is None:
         return None
+    started = time.perf_counter()
     batch_losses = evaluate_batch_losses(
         run.model,
         run.dataset.split("validation"),
@@ -369,6 +370,7 @@ def validate(run: Training) -> Optional[float]:
         [batch_losses.sum(), torch.tensor(float(batch_losses.numel()), dtype=torch.float64, device=run.device)]
     )
     loss_sum, count = (distributed.mean_across_ranks(total, run.dist) * run.dist.world_size).tolist()
+    run.totals.validation_seconds += time.perf_counter() - started  # kept apart from train_seconds, as compile time is
     return loss_sum / count
 
 

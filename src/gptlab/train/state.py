@@ -30,6 +30,7 @@ class RunningTotals:
     train_seconds: float = 0.0  # time in timed steps, so the time of a compiling first step is not in it
     timed_steps: int = 0
     compile_seconds: Optional[float] = None  # the first step's time when it compiles
+    validation_seconds: float = 0.0  # time spent computing validation losses, not in train_seconds
     best_metric: Optional[float] = None  # the loss that made the current `best` checkpoint
     peak_learning_rate: float = 0.0
     last_train_loss: Optional[float] = None
