@@ -119,6 +119,12 @@ def _interval_words(records: list[dict[str, Any]]) -> str:
     return "per step" if size == 1 else f"per {size} steps"
 
 
+def _legend(axes) -> None:
+    """A legend when something was drawn (a run's metrics may hold no gradient norms, e.g. a resumed old run's)."""
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper right", fontsize=8)
+
+
 def _loss_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     figure, axes = new_figure(f"Loss: {run_title(run_dir)}", "step", "cross-entropy (nats)")
     centres, lows, means, highs = binned(records, "loss")
@@ -142,7 +148,7 @@ def _loss_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     best = _best_step(run_dir)
     if best is not None:
         axes.axvline(best, color="tab:green", linestyle="--", linewidth=1, label=f"best checkpoint (step {best})")
-    axes.legend(loc="upper right", fontsize=8)
+    _legend(axes)
     return save_png(figure, Path(run_dir) / LOSS_CHART)
 
 
@@ -168,7 +174,7 @@ def _grad_norm_chart(run_dir: Path, records: list[dict[str, Any]]) -> Path:
         axes.axhline(max_norm, color="tab:red", linestyle="--", linewidth=1.2, label=f"clipping at {max_norm:g}")
         clipped = sum(1 for r in records if r.get("clipped"))
         axes.text(0.01, 0.02, f"clipped steps: {clipped} of {len(records)}", transform=axes.transAxes, fontsize=8)
-    axes.legend(loc="upper right", fontsize=8)
+    _legend(axes)
     return save_png(figure, Path(run_dir) / GRAD_NORM_CHART)
 
 
