@@ -46,6 +46,7 @@ def test_small_mode_runs_every_phase_and_the_functional_pass_holds(tmp_path):
 
     functional = report["phases"]["functional"]
     assert set(functional["checks"]) == CHECKS and all(check["ok"] for check in functional["checks"].values())
+    assert functional["skipped_after_break"] is None
     sigterm = functional["checks"]["sigterm"]
     assert 0 < sigterm["stopped_after_step"] < functional["steps"] - 1  # really stopped mid-run
     resume = functional["checks"]["resume"]
@@ -97,6 +98,9 @@ def test_a_resume_that_does_not_match_fails_the_check(tmp_path):
     assert checks["sigterm"]["ok"] and checks["sigterm"]["nudged_for_test"]  # only the nudge broke it
     assert "FUNCTIONAL PASS FAILED" in result.stdout and "resume:" in result.stdout
     assert "bench" not in report["phases"]  # --phases was honoured
+    # The break ends the pass at the resume's verdict; the steps after it are the plain check's (above).
+    assert report["phases"]["functional"]["skipped_after_break"] == ["eval", "generate", "export", "export logits"]
+    assert set(checks) == CHECKS - {"eval", "generate", "export", "export logits"}
 
 
 def test_resume_is_judged_against_the_noise_between_two_uninterrupted_runs():
