@@ -474,8 +474,7 @@ def _redraw_charts(run: Training, final: bool) -> None:
     """loss-chart.png, grad-norm-chart.png and learning-rate-chart.png in the run directory, as the ddp-base-model-from-scratch harness drew them.
 
     Drawing takes about a second; with checkpoints every few seconds it would cost more than training,
-    so it is rate-limited, counting from the start of the run (a run shorter than that draws once, at its
-    end), and drawn whole at the end."""
+    so it is rate-limited, and drawn whole at the end."""
     if not run.dist.is_main or (not final and time.perf_counter() - run.charts_drawn_at < CHART_SECONDS):
         return
     draw_run_charts(run.run_dir)

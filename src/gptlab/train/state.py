@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -83,7 +82,7 @@ class Training:
     start_step: int = 0
     interval: IntervalStats = field(default_factory=IntervalStats)  # train statistics since the last checkpoint
     start_timed_steps: int = 0
-    charts_drawn_at: float = field(default_factory=time.perf_counter)  # the first charts wait too (train/loop.py)
+    charts_drawn_at: float = float("-inf")
     totals: RunningTotals = field(default_factory=RunningTotals)
     loggers: MetricLoggers = field(default_factory=MetricLoggers)  # TensorBoard, wandb
     last_log_line: tuple[int, float] = (-1, float("-inf"))  # (step, time.monotonic()) of the newest log line
