@@ -33,7 +33,16 @@ import numpy as np
 
 from gptlab.errors import UserError
 from gptlab.experiments import stats, verdicts
-from gptlab.experiments.compare import Comparison, Group, RunResult, format_cost, format_duration
+from gptlab.experiments.compare import (
+    Comparison,
+    Group,
+    RunResult,
+    csv_table,
+    format_cost,
+    format_duration,
+    markdown_table,
+    mean_of_present,
+)
 from gptlab.files import strict_json
 from gptlab.rundir import METRICS, SUMMARY
 
@@ -291,11 +300,6 @@ def format_budget(kind: str, value: Optional[float]) -> str:
     return f"{value:,.0f} tokens"
 
 
-def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
 def _run_numbers(
     curve: ValidationCurve, kind: str, budgets: dict[str, Optional[float]], target: Optional[float]
 ) -> dict[str, Any]:
@@ -444,23 +448,24 @@ def _group_row(group: Group, numbers: list[dict[str, Any]], curves: list[Validat
         "run": group.label,
         "seeds": len(group.runs),
         "seeds_with_curve": len(numbers),
-        "budget_spent": _mean(curve.total(kind) for curve in curves),
+        "budget_spent": mean_of_present(curve.total(kind) for curve in curves),
         **{
-            key: _mean(n[key] for n in numbers) for key in ("training_seconds", "compile_seconds", "validation_seconds")
+            key: mean_of_present(n[key] for n in numbers)
+            for key in ("training_seconds", "compile_seconds", "validation_seconds")
         },
-        **{key: _mean(n[key] for n in numbers) for key in ("cost_per_hour", "cost", "tokens_seen")},
-        "loss_at_budget": _mean(at_budget),
+        **{key: mean_of_present(n[key] for n in numbers) for key in ("cost_per_hour", "cost", "tokens_seen")},
+        "loss_at_budget": mean_of_present(at_budget),
         "loss_at_budget_min": min(at_budget) if at_budget else None,
         "loss_at_budget_max": max(at_budget) if at_budget else None,
         "seeds_at_budget": len(at_budget),
         "improvement_at_budget": None,
-        "final_validation_loss": _mean(n["final_validation_loss"] for n in numbers),
+        "final_validation_loss": mean_of_present(n["final_validation_loss"] for n in numbers),
         "reached": len(reached),
-        "reach_seconds": _mean(n["reach_seconds"] for n in reached),
-        "reach_cost": _mean(n["reach_cost"] for n in reached)
+        "reach_seconds": mean_of_present(n["reach_seconds"] for n in reached),
+        "reach_cost": mean_of_present(n["reach_cost"] for n in reached)
         if all(n["reach_cost"] is not None for n in reached)
         else None,
-        "reach_tokens": _mean(n["reach_tokens"] for n in reached),
+        "reach_tokens": mean_of_present(n["reach_tokens"] for n in reached),
         "projection": None,
         "verdict_per_hour": None,
         "verdict_per_dollar": None,
@@ -493,7 +498,7 @@ def _worth_it(
         if budgets[axis] is None:
             parts.append(f"per {unit}: no price for every run (--cost-per-hour RUN=PRICE)")
             continue
-        ours, base = _mean(n[f"loss_at_equal_{axis}"] for n in row["runs"]), base_losses[axis]
+        ours, base = mean_of_present(n[f"loss_at_equal_{axis}"] for n in row["runs"]), base_losses[axis]
         improvement = base - ours if ours is not None and base is not None else None
         verdict = judged[axis].get(row["run"])
         row[f"verdict_per_{unit}"] = {
@@ -530,7 +535,7 @@ def budget_comparison(comparison: Comparison, kind: str, prices: Optional[dict[s
         axis: None if axis == "cost" and unpriced else min(curve.total(axis) for curve in every) for axis in BUDGETS
     }
     cheapest = min(every, key=lambda curve: curve.total(kind))
-    target = _mean(curve.losses[-1] for curve in curves[baseline])
+    target = mean_of_present(curve.losses[-1] for curve in curves[baseline])
     targets = _reach_targets(comparison, curves, target)
     numbers = {
         label: [_run_numbers(c, kind, budgets, targets[c.run.run_dir]) for c in group_curves]
@@ -543,9 +548,11 @@ def budget_comparison(comparison: Comparison, kind: str, prices: Optional[dict[s
         for axis in ("time", "cost")
         if budgets[axis] is not None
     }
-    base_losses = {axis: _mean(n[f"loss_at_equal_{axis}"] for n in numbers[baseline]) for axis in ("time", "cost")}
-    base_at_budget = _mean(n["loss_at_budget"] for n in numbers[baseline])
-    base_total = _mean(curve.total(kind) for curve in curves[baseline])
+    base_losses = {
+        axis: mean_of_present(n[f"loss_at_equal_{axis}"] for n in numbers[baseline]) for axis in ("time", "cost")
+    }
+    base_at_budget = mean_of_present(n["loss_at_budget"] for n in numbers[baseline])
+    base_total = mean_of_present(curve.total(kind) for curve in curves[baseline])
 
     rows, verdict_lines = [], []
     test_loss_verdicts = {row["run"]: row["verdict"] for row in comparison.rows}
@@ -700,11 +707,7 @@ def projection_lines(budget: BudgetComparison) -> list[str]:
 
 def _text_table(header: list[str], lines: list[list[str]], markdown: bool) -> list[str]:
     if markdown:
-
-        def line(cells: list[str]) -> str:
-            return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-        return [line(header), "|" + "---|" * len(header)] + [line(cells) for cells in lines]
+        return markdown_table(header, lines)
     widths = [max(len(cells[i]) for cells in [header] + lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in [header] + lines]
     out.insert(1, "  ".join("-" * width for width in widths))
@@ -788,21 +791,13 @@ BUDGET_CSV_FIELDS = (
 
 
 def _csv_with_budget(comparison: Comparison, budget: BudgetComparison, columns: Optional[Sequence[str]] = None) -> str:
-    import csv
-    import io
-
-    from gptlab.experiments.compare import render
-
     by_label = {row["run"]: row for row in budget.rows}
-    table = list(csv.DictReader(io.StringIO(render(comparison, "csv", columns))))
-    buffer = io.StringIO()
-    fields = list(table[0].keys()) + list(BUDGET_CSV_FIELDS) if table else list(BUDGET_CSV_FIELDS)
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for line, table_row in zip(table, comparison.rows):  # the table's rows, in its order
-        row = by_label.get(table_row["run"], {})
+    extra = {}
+    for label in (table_row["run"] for table_row in comparison.rows):  # a group left out of the budget: blanks
+        row = by_label.get(label, {})
         projection = row.get("projection") or {}
-        extra = {
+        low, high = projection.get("interval95") or [None, None]
+        extra[label] = {
             "budget": budget.kind,
             "budget_value": budget.budget,
             "loss_at_budget": row.get("loss_at_budget"),
@@ -811,11 +806,10 @@ def _csv_with_budget(comparison: Comparison, budget: BudgetComparison, columns: 
             "reach_cost": row.get("reach_cost"),
             "reach_tokens": row.get("reach_tokens"),
             "projected_baseline_loss": projection.get("baseline_loss"),
-            "projected_low": (projection.get("interval95") or [None, None])[0],
-            "projected_high": (projection.get("interval95") or [None, None])[1],
+            "projected_low": low,
+            "projected_high": high,
         }
-        writer.writerow({**line, **{key: "" if value is None else value for key, value in extra.items()}})
-    return buffer.getvalue()
+    return csv_table(comparison, columns, BUDGET_CSV_FIELDS, extra)
 
 
 def budget_html(budget: BudgetComparison, chart_tag: str) -> str:

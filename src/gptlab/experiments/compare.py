@@ -22,7 +22,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
@@ -398,7 +398,8 @@ class Comparison:
     hellaswag: Optional[dict[str, Any]] = None  # the HellaSwag items every run was scored on, when compared
 
 
-def _mean(values: list[Optional[float]]) -> Optional[float]:
+def mean_of_present(values: Iterable[Optional[float]]) -> Optional[float]:
+    """The mean of the values that are not None; None when none is."""
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 
@@ -467,10 +468,10 @@ def _row(
         else None,
         "seeds_needed": verdict.seeds_needed if verdict else None,
         "detectable_effect": verdict.detectable_effect if verdict else None,
-        "training_seconds": _mean([s.get("training_seconds") for s in summaries]),
-        "tokens_per_second": _mean([s.get("tokens_per_second") for s in summaries]),
-        "tokens_seen": _mean([s.get("tokens_seen") for s in summaries]),
-        "cost": _mean([s.get("cost") for s in summaries]),
+        "training_seconds": mean_of_present([s.get("training_seconds") for s in summaries]),
+        "tokens_per_second": mean_of_present([s.get("tokens_per_second") for s in summaries]),
+        "tokens_seen": mean_of_present([s.get("tokens_seen") for s in summaries]),
+        "cost": mean_of_present([s.get("cost") for s in summaries]),
         "skipped_steps": sum(int(s.get("skipped_steps") or 0) for s in summaries),
         "changes": "-" if is_baseline else describe_difference(group, baseline),
         "run_dirs": [str(run.run_dir) for run in group.runs],
@@ -811,15 +812,21 @@ def _terminal(comparison: Comparison, columns: Optional[Sequence[str]] = None, w
     return "\n".join(lines + [""] + wrapped) + "\n"
 
 
-def _markdown(comparison: Comparison, columns: Optional[Sequence[str]] = None) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (a "|" inside a cell escaped)."""
+
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
+    return [line(header), "|" + "---|" * len(header)] + [line(cells) for cells in rows]
+
+
+def _markdown(comparison: Comparison, columns: Optional[Sequence[str]] = None) -> str:
     shown = _default_columns(comparison, columns, "markdown")
     rows = [table_cells(row) for row in comparison.rows]
-    lines = [line([TABLE_COLUMNS[index] for index in shown]), "|" + "---|" * len(shown)] + [
-        line([cells[index] for index in shown]) for cells in rows
-    ]
+    lines = markdown_table(
+        [TABLE_COLUMNS[index] for index in shown], [[cells[index] for index in shown] for cells in rows]
+    )
     return "\n".join(lines + [""] + [f"- {note}" for note in comparison.notes]) + "\n"
 
 
@@ -849,12 +856,7 @@ CSV_FIELDS = (
     "baseline_sds",
     "seeds_needed",
     "detectable_effect",
-    "hellaswag",
-    "hellaswag_sd",
-    "hellaswag_difference",
-    "hellaswag_p",
-    "hellaswag_p_holm",
-    "hellaswag_verdict",
+    *hellaswag_column.CSV_KEYS,
     "training_seconds",
     "tokens_per_second",
     "tokens_seen",
@@ -864,14 +866,20 @@ CSV_FIELDS = (
 )
 
 
-def _csv(comparison: Comparison, columns: Optional[Sequence[str]] = None) -> str:
+def csv_table(
+    comparison: Comparison,
+    columns: Optional[Sequence[str]] = None,
+    extra_fields: Sequence[str] = (),
+    extra: Optional[dict[str, dict[str, Any]]] = None,
+) -> str:
+    """One CSV row per group: the chosen CSV_FIELDS, then `extra_fields` from `extra` (by group label, e.g. the budget's)."""
     buffer = io.StringIO()
-    fields = [CSV_FIELDS[index] for index in _chosen_columns(columns, "csv")]
+    fields = [CSV_FIELDS[index] for index in _chosen_columns(columns, "csv")] + list(extra_fields)
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in comparison.rows:
         low, high = row["improvement_ci"] or (None, None)
-        flat = {**row, "improvement_ci_low": low, "improvement_ci_high": high}
+        flat = {**row, "improvement_ci_low": low, "improvement_ci_high": high, **(extra or {}).get(row["run"], {})}
         writer.writerow({key: ("" if value is None else value) for key, value in flat.items()})
     return buffer.getvalue()
 
@@ -903,7 +911,7 @@ def render(
         return strict_json(comparison_json(comparison), indent=2) + "\n"
     if output_format == "terminal":
         return _terminal(comparison, columns, width)
-    return {"markdown": _markdown, "csv": _csv}[output_format](comparison, columns)
+    return {"markdown": _markdown, "csv": csv_table}[output_format](comparison, columns)
 
 
 def compare_runs(

@@ -95,16 +95,9 @@ def judge_hellaswag(baseline: Group, groups: list[Group], seed_blind_reason: Opt
     return HellaSwagColumn(identity, judgement, notes)
 
 
-ROW_KEYS = (
-    "hellaswag",
-    "hellaswag_sd",
-    "hellaswag_difference",
-    "hellaswag_p",
-    "hellaswag_p_holm",
-    "hellaswag_verdict",
-    "hellaswag_noise",
-    "run_hellaswag",
-)
+# The comparison row's HellaSwag keys; the first ones are also its CSV columns.
+CSV_KEYS = ("hellaswag", "hellaswag_sd", "hellaswag_difference", "hellaswag_p", "hellaswag_p_holm", "hellaswag_verdict")
+ROW_KEYS = (*CSV_KEYS, "hellaswag_noise", "run_hellaswag")
 
 
 def _accuracies(group: Group) -> list[float]:
