@@ -30,14 +30,8 @@ def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.Complet
     )
 
 
-def final_weights(run_dir):
-    return load_file(run_dir / "checkpoints" / "latest" / "model.safetensors")
-
-
-def test_two_processes_match_one_process_with_accumulation(make_run):
-    common = {"min_train_tokens": 4 * 32 * 2 * 8, "checkpoint_interval": 4, "validation_batches": 3}
-    two = make_run("two", train={**common, "gradient_accumulation_steps": 1})
-    one = make_run("one", train={**common, "gradient_accumulation_steps": 2})
+def train_two_processes_and_one(two, one) -> tuple[list[dict], list[dict]]:
+    """Train `two` with 2 torchrun processes and `one` in one process (one thread, as each rank has); their metrics."""
     result = torchrun(2, "train", str(two), "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     result = subprocess.run(
@@ -47,8 +41,18 @@ def test_two_processes_match_one_process_with_accumulation(make_run):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return read_metrics(two), read_metrics(one)
 
-    two_records, one_records = read_metrics(two), read_metrics(one)
+
+def final_weights(run_dir):
+    return load_file(run_dir / "checkpoints" / "latest" / "model.safetensors")
+
+
+def test_two_processes_match_one_process_with_accumulation(make_run):
+    common = {"min_train_tokens": 4 * 32 * 2 * 8, "checkpoint_interval": 4, "validation_batches": 3}
+    two = make_run("two", train={**common, "gradient_accumulation_steps": 1})
+    one = make_run("one", train={**common, "gradient_accumulation_steps": 2})
+    two_records, one_records = train_two_processes_and_one(two, one)
     assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == list(range(8))
     for a, b in zip(two_records, one_records):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)

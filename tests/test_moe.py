@@ -15,8 +15,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import llms_from_scratch.ch04 as book
@@ -480,7 +478,7 @@ def test_an_moe_run_resumes_bit_identically(make_run):
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_accumulation(make_run):
     """DDP without find_unused_parameters: every expert gets a gradient in every step, and routing is per token."""
-    from test_distributed import TORCHRUN, torchrun
+    from test_distributed import TORCHRUN, train_two_processes_and_one
 
     if not os.path.exists(TORCHRUN):
         pytest.skip("torchrun not installed")
@@ -488,16 +486,7 @@ def test_two_processes_match_one_process_with_accumulation(make_run):
     model = {"moe": {**TRAIN_MOE, "aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}}
     two = make_run("two", model=model, train={**common, "gradient_accumulation_steps": 1})
     one = make_run("one", model=model, train={**common, "gradient_accumulation_steps": 2})
-    result = torchrun(2, "train", str(two), "--no-progress")
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run(
-        [sys.executable, "-m", "gptlab", "train", str(one), "--no-progress"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    two_records, one_records = read_metrics(two), read_metrics(one)
+    two_records, one_records = train_two_processes_and_one(two, one)
     assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == list(range(4))
     for a, b in zip(two_records, one_records):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
