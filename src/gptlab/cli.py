@@ -527,9 +527,12 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
-    except Exception as error:  # a full device met by a write that has no handling of its own: still one line
-        from gptlab.files import is_out_of_space, out_of_space_error
+    except Exception as error:  # a full device or read-only folder met by a write with no handling of its own
+        from gptlab.files import is_out_of_space, is_read_only, out_of_space_error, read_only_error
 
+        if is_read_only(error):
+            click.echo(f"error: {read_only_error(error).lines[0]}", err=True)
+            sys.exit(2)
         if not is_out_of_space(error):
             raise
         what = getattr(error, "filename", None) or "a file"

@@ -421,6 +421,8 @@ def _read_json_object(path: Path) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8 JSON") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be read; a config is one level of keys") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: must hold a JSON object of keys, not {type(data).__name__}")
     return data

@@ -16,3 +16,19 @@ class UserError(Exception):
 
 class OutOfSpace(UserError):
     """A write failed because the device is full; whatever was partly written has been removed."""
+
+
+class BadFile(UserError, ValueError):
+    """A file gptlab reads is empty, torn, not JSON or not of the expected shape. It is also a ValueError so
+    that readers which treat an unreadable optional file as absent (`except ValueError`) keep doing so."""
+
+
+class ReadOnly(UserError):
+    """A write was refused because the file system (or the folder) is read-only."""
+
+
+class NonFiniteWeights(UserError):
+    """A model's weights hold NaN or infinite values: nothing it computes means anything (exit 3, as a run
+    stopped by non-finite steps)."""
+
+    exit_code = 3

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from gptlab.errors import OutOfSpace
+from gptlab.errors import BadFile, OutOfSpace, ReadOnly
 
 # torch.save's C++ writer (RuntimeError) and safetensors' Rust writer (SafetensorError) report a full
 # device in their message only.
@@ -157,8 +157,42 @@ def loads_no_duplicates(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path: Path, shape: type | None = None) -> Any:
+    """A JSON file's content; an empty, torn, non-UTF-8 or too deeply nested file, or (with `shape`) one whose
+    top level is not that type, raises BadFile naming the file and what is wrong."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise BadFile(f"{path}: is empty (a write was cut short?); restore it or remove the run's damaged file")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise BadFile(f"{path}: not UTF-8 text (byte {error.start}); it should be UTF-8 JSON") from None
+    except json.JSONDecodeError as error:
+        raise BadFile(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except RecursionError:
+        raise BadFile(f"{path}: nested too deeply to be read") from None
+    if shape is not None and not isinstance(data, shape):
+        wanted = {dict: "a JSON object", list: "a JSON list"}.get(shape, shape.__name__)
+        raise BadFile(f"{path}: must hold {wanted}, not {type(data).__name__}")
+    return data
+
+
+def is_read_only(error: BaseException) -> bool:
+    """A write failed because the file system is mounted read-only or the folder's permissions forbid it."""
+    return isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[^.]+\.tmp")
+
+
+def read_only_error(error: OSError) -> ReadOnly:
+    """One line naming the file that could not be written (not the temporary name an atomic write used)."""
+    where = Path(error.filename) if error.filename else "a file"
+    if isinstance(where, Path) and (match := _TEMPORARY.fullmatch(where.name)):
+        where = where.parent / match["name"]
+    why = "the file system is read-only" if error.errno == errno.EROFS else "permission denied"
+    return ReadOnly(f"{where}: cannot be written: {why}; give gptlab a folder it can write to")
 
 
 def current_umask() -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from gptlab.errors import BadFile
 from gptlab.files import atomic_write_json, read_json
 
 if TYPE_CHECKING:
@@ -52,18 +53,30 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
     resolved = Path(run_dir) / RESOLVED_CONFIG
     if resolved.is_file():
-        data = read_json(resolved)
+        data = _read_resolved(resolved)
         return validate_run_config(resolved, data["model"], resolved, data["train"])
     return load_run_config(Path(run_dir))
+
+
+def _read_resolved(path: Path) -> dict[str, Any]:
+    """resolved_config.json, refused in one line when it is empty, torn or lacks its `model` or `train` part."""
+    data = read_json(path, dict)
+    missing = [part for part in ("model", "train") if not isinstance(data.get(part), dict)]
+    if missing:
+        raise BadFile(
+            f"{path}: {' and '.join(missing)} missing or not a JSON object (a damaged file); "
+            f"remove it to fall back to {MODEL_FILE} and {TRAIN_FILE}"
+        )
+    return data
 
 
 def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:
     """The configuration a run trained with, as JSON: from summary.json, else resolved_config.json (raw, so a run
     of an older gptlab with keys since removed can still be compared)."""
     summary = read_summary(run_dir)
-    if summary is not None and summary.get("config"):
+    if summary is not None and isinstance(summary.get("config"), dict):
         return summary["config"]
-    return read_json(Path(run_dir) / RESOLVED_CONFIG)
+    return _read_resolved(Path(run_dir) / RESOLVED_CONFIG)
 
 
 def has_summary(run_dir: Path) -> bool:
@@ -77,7 +90,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
     """summary.json, or None when the run has not finished training."""
     path = Path(run_dir) / SUMMARY
-    return read_json(path) if path.is_file() else None
+    return read_json(path, dict) if path.is_file() else None
 
 
 def write_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:

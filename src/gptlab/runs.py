@@ -45,9 +45,12 @@ def open_trained_run(
         checkpoint.load_model(model)
     except UserError as error:
         offer = offer_good_checkpoint(
-            run_dir, "choose it with --checkpoint", lambda other: other.check_content("model.safetensors")
+            run_dir,
+            "choose it with --checkpoint",
+            lambda other: other.check_content("model.safetensors"),
+            damaged=checkpoint.path,
         )
-        raise UserError(error.lines[0] + offer, *error.lines[1:]) from None
+        raise type(error)(error.lines[0] + offer, *error.lines[1:]) from None
     return TrainedModel(run_dir, config, checkpoint, model.to(device).eval())
 
 

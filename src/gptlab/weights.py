@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gptlab.config import ModelConfig
-from gptlab.errors import UserError
+from gptlab.errors import NonFiniteWeights, UserError
 from gptlab.model import GPT
 
 # One row per tensor that is not per-block or per-projection: (book name, gptlab name).
@@ -126,7 +126,27 @@ def from_book_state_dict(config: ModelConfig, book: dict[str, torch.Tensor], sou
     return ours
 
 
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], source: str, error: type[UserError] = NonFiniteWeights) -> None:
+    bad = non_finite_tensors(tensors)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise error(
+            f"{source}: weights hold NaN or infinite values (in {', '.join(bad[:3])}{more}); "
+            "nothing computed from them means anything: use another checkpoint or model"
+        )
+
+
 def load_book_state_dict(model: GPT, book: dict[str, torch.Tensor], source: str) -> None:
+    refuse_non_finite(book, source)
     ours = from_book_state_dict(model.config, book, source)
     expected = model.state_dict()
     for name, tensor in ours.items():

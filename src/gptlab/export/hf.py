@@ -50,7 +50,7 @@ from gptlab.rundir import (
     write_resolved_config,
 )
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
-from gptlab.weights import build_model, save_book_safetensors
+from gptlab.weights import build_model, refuse_non_finite, save_book_safetensors
 
 COPY = "copy"
 TRANSPOSE = "transpose"  # HF Conv1D weight (in, out) = nn.Linear weight (out, in) transposed
@@ -176,10 +176,10 @@ def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{model_dir}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
     chosen = model_dir / present[0]
     if chosen.name.endswith(".index.json"):
-        try:
-            files = sorted(set(read_json(chosen)["weight_map"].values()))
-        except (KeyError, AttributeError, json.JSONDecodeError) as error:
-            raise UserError(f"{chosen}: not a weight index ({error})") from None
+        weight_map = read_json(chosen, dict).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+            raise UserError(f"{chosen}: not a weight index (weight_map must map tensor names to file names)")
+        files = sorted(set(weight_map.values()))
         paths = [model_dir / name for name in files]
     else:
         paths = [chosen]
@@ -256,6 +256,28 @@ def generation_config(config: ModelConfig) -> dict[str, Any]:
     return {**ids, "max_new_tokens": default_new_tokens(config.context_length)}
 
 
+_HF_INTEGERS = ("n_embd", "n_layer", "n_head", "n_positions", "n_ctx", "vocab_size", "n_inner")
+_HF_NUMBERS = ("layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def _check_hf_config_types(hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse, before anything is built, a config.json whose sizes are not integers or disagree with the
+    weights (a huge n_positions would otherwise allocate its position table first)."""
+    for key in _HF_INTEGERS:
+        value = hf.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise UserError(f"{source}: {key} is {json.dumps(value)}; it must be a positive integer")
+    for key in _HF_NUMBERS:
+        value = hf.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{source}: {key} is {json.dumps(value)}; it must be a number")
+    named = {_with_prefix(name): tensor for name, tensor in tensors.items()}
+    for key, tensor_name in (("n_positions", "transformer.wpe.weight"),):
+        tensor, value = named.get(tensor_name), hf.get(key)
+        if tensor is not None and value is not None and tensor.ndim == 2 and tensor.shape[0] != value:
+            raise UserError(f"{source}: {key} is {value} but {tensor_name} has {tensor.shape[0]} rows")
+
+
 def model_config_from_hf(hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> ModelConfig:
     """gptlab's model.json for a transformers GPT-2 config.json and its weights; refuses what gptlab cannot compute."""
 
@@ -266,6 +288,7 @@ def model_config_from_hf(hf: dict[str, Any], tensors: dict[str, torch.Tensor], s
         raise UserError(
             f'{source}: model_type is {json.dumps(get("model_type"))}; only GPT-2 models (model_type "gpt2") can be imported'
         )
+    _check_hf_config_types(hf, tensors, source)
     problems = []
     if get("activation_function", "gelu_new") not in TANH_GELU_NAMES:
         problems.append(
@@ -581,12 +604,7 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
         )
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir}: already exists and is not empty; choose a new run directory")
-    try:
-        hf = read_json(config_path)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{config_path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(hf, dict):
-        raise UserError(f"{config_path}: must hold a JSON object")
+    hf = read_json(config_path, dict)
     if hf.get("model_type") != "gpt2":
         raise UserError(
             f'{config_path}: model_type is {json.dumps(hf.get("model_type"))}; only GPT-2 models (model_type "gpt2") can be imported'
@@ -594,6 +612,7 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
     run_train = {"dataset": _dataset_value(dataset), "microbatch_size": microbatch_size}
     _check_tokenizer(model_dir)
     tensors = read_hf_weights(model_dir)
+    refuse_non_finite(tensors, str(model_dir), error=UserError)
     model_config = model_config_from_hf(hf, tensors, str(config_path))
     source = str(model_dir)
     ours = from_hf_state_dict(model_config, tensors, source)

@@ -15,6 +15,7 @@ import hashlib
 import os
 import pickle
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -269,9 +270,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     found = [
         p
         for p in directory.iterdir()
-        if p.is_dir() and not p.is_symlink() and "-iteration-" in p.name and not p.name.startswith(".")
+        if p.is_dir() and not p.is_symlink() and _CHECKPOINT_NAME.search(p.name) and not p.name.startswith(".")
     ]
     return sorted(found, key=lambda p: (step_of(p), p.name))
+
+
+def not_checkpoints(run_dir: Path) -> list[str]:
+    """Folders in checkpoints/ that look like a checkpoint's copy but whose name does not end in
+    `-iteration-<step>` (e.g. `...-iteration-9-backup`): discovery ignores them, and callers say so."""
+    directory = Path(run_dir) / CHECKPOINTS
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_dir() and not p.is_symlink() and "-iteration-" in p.name and not _CHECKPOINT_NAME.search(p.name)
+    )
 
 
 def find_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoint:
@@ -302,14 +316,18 @@ def find_resumable_checkpoint(run_dir: Path, which: str = "latest") -> Checkpoin
         checkpoint.verify()
     except UserError as error:
         raise UserError(
-            error.lines[0] + offer_good_checkpoint(run_dir, "resume with --resume", lambda c: c.verify())
+            error.lines[0]
+            + offer_good_checkpoint(run_dir, "resume with --resume", lambda c: c.verify(), damaged=checkpoint.path)
         ) from None
     return checkpoint
 
 
-def offer_good_checkpoint(run_dir: Path, how: str, check) -> str:
-    """'; the newest good checkpoint is X: ...' for the newest checkpoint that passes `check`."""
+def offer_good_checkpoint(run_dir: Path, how: str, check, damaged: Path) -> str:
+    """'; the newest good checkpoint is X: ...' for the newest checkpoint that passes `check`, never `damaged`
+    itself (a quick `check` can pass a checkpoint whose full load just failed)."""
     for path in reversed(list_checkpoints(run_dir)):
+        if path.resolve() == Path(damaged).resolve():
+            continue
         try:
             check(Checkpoint(path))
         except UserError:
@@ -379,8 +397,15 @@ def _was_best(path: Path) -> bool:
         return False
 
 
+# A checkpoint folder's name ends in -iteration-<step> (the users' scripts read <UTC>-iteration-<step>).
+_CHECKPOINT_NAME = re.compile(r"-iteration-(\d+)$")
+
+
 def step_of(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[1])
+    match = _CHECKPOINT_NAME.search(Path(path).name)
+    if match is None:
+        raise UserError(f"{path}: not a checkpoint folder name (<UTC time>-iteration-<step>)")
+    return int(match[1])
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:

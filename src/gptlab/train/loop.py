@@ -25,7 +25,7 @@ from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config
 from gptlab.data.batches import BatchReader, plan_training
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
-from gptlab.errors import UserError
+from gptlab.errors import BadFile, UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
 from gptlab.notify.training import TrainingNotifier
@@ -37,6 +37,7 @@ from gptlab.train.checkpoint import (
     find_resumable_checkpoint,
     gather_rng_states,
     list_checkpoints,
+    not_checkpoints,
     prune_checkpoints,
     remove_stale_checkpoint_staging,
     restore_rng_state,
@@ -270,6 +271,11 @@ def _restore(run: Training, which: str) -> None:
         f"Resuming from {checkpoint.name} at step {run.start_step}"
         + (f" (changed: {', '.join(differing_train)})" if differing_train else "")
     )
+    ignored = not_checkpoints(run.run_dir)
+    if ignored and run.dist.is_main:
+        run.log.line(
+            f"Note: ignored in {CHECKPOINTS}/, not named <UTC time>-iteration-<step> like a checkpoint: {', '.join(ignored)}"
+        )
     if aside is not None:
         run.log.line(
             f"Note: {checkpoint.name} is older than the run's newest checkpoint: this resume starts a new line of history; "
@@ -281,11 +287,19 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records of steps after the checkpoint: the resumed run will record them again."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", -1) <= last_step
-    ]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if number == len(lines):
+                continue  # torn by a kill mid-append: it recorded a step after the checkpoint anyway
+            raise BadFile(f"{path}: line {number} is not a JSON record; remove or repair it, then resume again")
+        if record.get("step", -1) <= last_step:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
