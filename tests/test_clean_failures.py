@@ -218,3 +218,29 @@ def test_checkpoint_verify_names_a_torn_meta(copy):
     (latest / "meta.json").write_text("")
     with pytest.raises(ValueError, match="meta.json: is empty"):
         Checkpoint(latest).meta
+
+
+def test_upload_to_a_hub_answering_garbage_is_one_line(trained, tmp_path):
+    """A 200 answer that is not the Hub's JSON (a captive portal, a proxy's page) to `whoami`."""
+    from conftest import run_cli
+    from standins import StandIn
+
+    class Garbage(StandIn):
+        def handle(self, handler, method, path, body) -> None:
+            payload = b"<html>garbage\xff"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+
+    with Garbage() as hub:
+        result = run_cli(
+            "upload",
+            str(trained),
+            "alice/tiny",
+            env={"HF_TOKEN": "hf_planted_token_123", "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")},
+            timeout=120,
+        )
+    assert result.returncode == 2 and "gave an answer that is not what a Hub answers" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "hf_planted_token_123" not in result.stdout + result.stderr

@@ -145,3 +145,22 @@ def test_bad_input_is_one_line_and_exit_2():
     assert result.returncode == 2 and "--launch needs --ssh-key" in result.stderr
     result = run_cli("cloud", "watch", "--instance-type", TYPE, env={"LAMBDA_API_KEY": ""})
     assert result.returncode == 2 and "LAMBDA_API_KEY is not set" in result.stderr
+
+
+class WrongShapeStandIn(LambdaStandIn):
+    """Answers instance-types with `data` of the wrong shape (a type mapped to a list), as a proxy or a
+    changed API might."""
+
+    def handle(self, handler, method, path, body) -> None:
+        if path == "/api/v1/instance-types":
+            with self.lock:
+                self.type_polls += 1
+            return self.reply(handler, 200, {"data": {TYPE: ["not", "an", "object"]}})
+        super().handle(handler, method, path, body)
+
+
+def test_an_answer_of_the_wrong_shape_is_a_failed_poll_not_a_traceback():
+    with WrongShapeStandIn(API_KEY) as api:
+        result = watch(api, "--max-hours", str(1 / 3600))
+        assert result.returncode == 1 and "lambda instance-types: an answer of an unexpected shape" in result.stdout
+        assert api.type_polls > 1  # waited out and polled again, as a 5xx is

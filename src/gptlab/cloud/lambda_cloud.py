@@ -9,7 +9,8 @@ second and one launch every 12 seconds.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Optional
 
 from gptlab.cloud.provider import Instance, Offer, ProviderError
 from gptlab.errors import UserError
@@ -20,6 +21,16 @@ DEFAULT_BASE_URL = "https://cloud.lambda.ai"
 REQUEST_TIMEOUT = 30.0
 LAUNCH_TIMEOUT = 90.0  # a launch answers once the instance is allocated
 GONE_STATUSES = {"terminated", "terminating", "preempted"}
+
+
+@contextmanager
+def _expected_shape(path: str) -> Iterator[None]:
+    """An answer whose JSON is not of the documented shape is a failed request, as a 5xx is: the watch
+    retries it and says so, never a traceback."""
+    try:
+        yield
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+        raise ProviderError(f"lambda {path}: an answer of an unexpected shape", retry=True) from None
 
 
 class LambdaCloud:
@@ -45,21 +56,26 @@ class LambdaCloud:
         if not isinstance(types, dict) or instance_type not in types:
             known = ", ".join(sorted(types)) if isinstance(types, dict) else "none"
             raise UserError(f"cloud: lambda has no instance type '{instance_type}'; its types are: {known}")
-        entry = types[instance_type]
-        about = entry.get("instance_type", {})
-        cents = about.get("price_cents_per_hour")
-        return Offer(
-            instance_type,
-            about.get("description", instance_type),
-            cents / 100 if isinstance(cents, (int, float)) else None,
-            tuple(region["name"] for region in entry.get("regions_with_capacity_available", [])),
-        )
+        with _expected_shape("instance-types"):
+            entry = types[instance_type]
+            about = entry.get("instance_type", {})
+            cents = about.get("price_cents_per_hour")
+            return Offer(
+                instance_type,
+                str(about.get("description", instance_type)),
+                cents / 100 if isinstance(cents, (int, float)) else None,
+                tuple(str(region["name"]) for region in entry.get("regions_with_capacity_available", [])),
+            )
 
     def instances(self) -> list[Instance]:
-        return [self._instance(item) for item in self._call("GET", "instances") or []]
+        data = self._call("GET", "instances") or []
+        with _expected_shape("instances"):
+            return [self._instance(item) for item in data]
 
     def instance(self, instance_id: str) -> Instance:
-        return self._instance(self._call("GET", f"instances/{instance_id}"))
+        data = self._call("GET", f"instances/{instance_id}")
+        with _expected_shape(f"instances/{instance_id}"):
+            return self._instance(data)
 
     def launch(self, instance_type: str, region: str, ssh_key: str, filesystem: Optional[str], name: str) -> str:
         data = self._call(

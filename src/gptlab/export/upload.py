@@ -24,7 +24,8 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     library this huggingface_hub version uses (requests, httpx or httpx2: read once it is loaded)."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    found: list[type[BaseException]] = [HfHubHTTPError, OSError, TimeoutError]
+    # ValueError, KeyError, TypeError: an answer that is not the JSON the client expects (a proxy's page, garbage)
+    found: list[type[BaseException]] = [HfHubHTTPError, OSError, TimeoutError, ValueError, KeyError, TypeError]
     for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
         error_type = getattr(sys.modules.get(module), name, None)
         if isinstance(error_type, type) and issubclass(error_type, BaseException):
@@ -47,6 +48,8 @@ def _hub_error(error: BaseException, endpoint: str, repo_id: str, token: str) ->
         line = f"upload {repo_id}: the token may not write to {repo_id} (HTTP 403); use a token with write access to that owner"
     elif isinstance(error, HfHubHTTPError) and status is not None:
         line = f"upload {repo_id}: the Hub at {endpoint} answered HTTP {status} ({_first_line(error)})"
+    elif isinstance(error, (ValueError, KeyError, TypeError)):
+        line = f"upload {repo_id}: the Hub at {endpoint} gave an answer that is not what a Hub answers ({type(error).__name__}); check HF_ENDPOINT"
     else:
         line = f"upload {repo_id}: cannot reach the Hub at {endpoint} ({type(error).__name__}: {_first_line(error)}); check the network or HF_ENDPOINT"
     return UserError(line.replace(token, "***") if token else line)
