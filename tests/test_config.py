@@ -1,12 +1,13 @@
 """Bad input: one line per problem naming the file and key, exit code 2, no traceback, nothing written."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import run_cli, write_run
 from users_harness import USERS_MODEL, USERS_TRAIN
 
-from gptlab.config import TrainConfig
+from gptlab.config import TrainConfig, validate_run_config
 
 
 def test_users_files_validate_unchanged():
@@ -42,7 +43,8 @@ def test_users_files_validate_unchanged():
 @pytest.mark.parametrize(
     "file, change, expected",
     [
-        ("train", {"learning_rat": 0.001}, "train.json: learning_rat: unknown key; allowed keys are:"),
+        ("train", {"learning_rat": 0.001}, "train.json: learning_rat: unknown key; did you mean learning_rate?"),
+        ("train", {"qqqq": 1}, "train.json: qqqq: unknown key; allowed keys are:"),
         (
             "train",
             {"microbatch_size": "12"},
@@ -128,6 +130,50 @@ def test_set_overrides_are_typed_and_checked():
     }
     with pytest.raises(UserError, match="not a key"):
         parse_overrides(("nonsense=1",))
+
+
+@pytest.mark.parametrize(
+    "file, key, expected",
+    [
+        ("model", "n_layer", "gptlab calls it n_layers"),
+        ("model", "n_embd", "gptlab calls it emb_dim"),
+        ("model", "block_size", "gptlab calls it context_length"),
+        ("train", "lr", "gptlab calls it learning_rate"),
+        ("train", "lr_warmup_steps", "gptlab calls it warmup_steps"),
+        ("train", "per_device_train_batch_size", "gptlab calls it microbatch_size"),
+        ("train", "max_steps", "gptlab calls it min_train_tokens; gptlab sets the length in tokens"),
+        ("train", "warmup_ratio", "warmup_ratio 0.1 is warmup_period_percent 10"),
+        ("train", "max_grad_norm", "gptlab calls it clipping_max_norm"),
+        ("train", "seed", "gptlab calls it random_seed"),
+        ("train", "n_layer", "gptlab calls it n_layers (in model.json)"),
+        ("model", "learning_rate", "did you mean learning_rate (in train.json)?"),
+        ("train", "warmup_step", "did you mean warmup_steps?"),
+    ],
+)
+def test_other_tools_names_and_near_misses_point_to_gptlabs_key(file, key, expected):
+    from gptlab.errors import UserError
+
+    model, train = dict(USERS_MODEL), dict(USERS_TRAIN)
+    (model if file == "model" else train)[key] = 1
+    with pytest.raises(UserError) as raised:
+        validate_run_config(Path("model.json"), model, Path("train.json"), train)
+    [line] = raised.value.lines
+    assert line.startswith(f"{file}.json: {key}: unknown key; ") and expected in line and "allowed keys" not in line
+
+
+def test_set_names_other_tools_keys_and_blames_set_for_bad_values(make_run):
+    from gptlab.config import load_run_config, parse_assignments
+    from gptlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"--set n_layer=4: 'n_layer' is not a key .*gptlab calls it n_layers"):
+        parse_assignments(("n_layer=4",))
+    with pytest.raises(UserError, match=r"--set lr=0.001: .*gptlab calls it learning_rate"):
+        parse_assignments(("lr=0.001",))
+    with pytest.raises(UserError) as raised:
+        load_run_config(make_run(), parse_assignments(("learning_rate=abc", "model.n_heads=5")))
+    assert raised.value.lines[0].startswith('--set learning_rate="abc": "abc" is not allowed')
+    assert raised.value.lines[1].startswith("--set n_heads=5: 5 does not divide emb_dim")
+    assert "train.json" not in raised.value.lines[0]
 
 
 def test_configuration_doc_is_current():

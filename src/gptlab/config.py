@@ -8,6 +8,7 @@ The resolved configuration (after defaults) is written once into the run directo
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
@@ -452,14 +453,107 @@ def _keys_at(model_type: type[BaseModel], path: tuple) -> list[str]:
     return list(model_type.model_fields)
 
 
+# --- other tools' names ------------------------------------------------------------------------------
+
+_STEPS_AS_TOKENS = "gptlab sets the length in tokens: steps x microbatch_size x gradient_accumulation_steps x processes x context_length"
+# Names nanoGPT, the Hugging Face Trainer (TrainingArguments, GPT2Config) and litgpt use for what gptlab calls
+# otherwise: name -> (gptlab key, how the value converts when it is not the same number). A key of one of
+# them that gptlab spells the same (learning_rate, weight_decay, gradient_accumulation_steps, warmup_steps,
+# vocab_size, compile, device, init_from) needs no entry. Unknown-key messages read this one table.
+OTHER_TOOLS_NAMES: dict[str, tuple[str, str]] = {
+    # nanoGPT
+    "n_layer": ("n_layers", ""),
+    "n_head": ("n_heads", ""),
+    "n_embd": ("emb_dim", ""),
+    "block_size": ("context_length", ""),
+    "dropout": ("drop_rate", ""),
+    "bias": ("qkv_bias", "gptlab's bias switch is the attention's Q, K, V bias only"),
+    "lr": ("learning_rate", ""),
+    "max_iters": ("min_train_tokens", _STEPS_AS_TOKENS),
+    "warmup_iters": ("warmup_steps", ""),
+    "lr_decay_iters": ("lr_schedule", "the decay spans the run; 'wsd' takes decay_period_percent"),
+    "min_lr": ("min_lr_ratio", "a fraction of learning_rate, not a rate"),
+    "decay_lr": ("lr_schedule", "'cosine' decays, 'constant' does not"),
+    "batch_size": ("microbatch_size", ""),
+    "grad_clip": ("clipping_max_norm", ""),
+    "beta1": ("betas", "a pair [beta1, beta2]"),
+    "beta2": ("betas", "a pair [beta1, beta2]"),
+    "eval_interval": ("validation_interval", ""),
+    "eval_iters": ("validation_batches", ""),
+    "dtype": ("precision", "'fp32', 'tf32', 'fp16', 'bf16' or 'auto'"),
+    "seed": ("random_seed", ""),
+    "out_dir": ("", "the run directory is the folder holding model.json and train.json"),
+    # Hugging Face TrainingArguments and GPT2Config
+    "per_device_train_batch_size": ("microbatch_size", ""),
+    "max_steps": ("min_train_tokens", _STEPS_AS_TOKENS),
+    "num_train_epochs": ("min_train_tokens", "-1 is one pass over every whole global batch of the train split"),
+    "warmup_ratio": ("warmup_period_percent", "in percent: warmup_ratio 0.1 is warmup_period_percent 10"),
+    "max_grad_norm": ("clipping_max_norm", ""),
+    "lr_scheduler_type": ("lr_schedule", "'constant', 'cosine', 'linear' or 'wsd'"),
+    "adam_beta1": ("betas", "a pair [beta1, beta2]"),
+    "adam_beta2": ("betas", "a pair [beta1, beta2]"),
+    "adam_epsilon": ("eps", ""),
+    "eval_steps": ("validation_interval", ""),
+    "save_steps": ("checkpoint_interval", ""),
+    "save_total_limit": ("keep_checkpoints", ""),
+    "logging_steps": ("log_interval", ""),
+    "bf16": ("precision", "precision 'bf16'"),
+    "fp16": ("precision", "precision 'fp16'"),
+    "n_positions": ("context_length", ""),
+    "n_ctx": ("context_length", ""),
+    "resid_pdrop": ("drop_rate", "one rate for every dropout"),
+    "embd_pdrop": ("drop_rate", "one rate for every dropout"),
+    "attn_pdrop": ("drop_rate", "one rate for every dropout"),
+    "tie_word_embeddings": ("tie_weights", ""),
+    # litgpt
+    "n_embed": ("emb_dim", ""),
+    "padded_vocab_size": ("pad_vocab_multiple", "gptlab pads vocab_size up to a multiple of this"),
+    "micro_batch_size": ("microbatch_size", ""),
+    "global_batch_size": ("gradient_accumulation_steps", "global batch = microbatch_size x this x processes"),
+    "lr_warmup_steps": ("warmup_steps", ""),
+    "lr_warmup_fraction": ("warmup_period_percent", "in percent: 0.1 is 10"),
+    "max_tokens": ("min_train_tokens", ""),
+    "max_norm": ("clipping_max_norm", ""),
+    "save_interval": ("checkpoint_interval", ""),
+}
+
+
+def _file_of_key(key: str) -> str:
+    return MODEL_FILE if key in ModelConfig.model_fields else TRAIN_FILE
+
+
+def suggest_key(name: str, allowed: list[str], here: str = "") -> str:
+    """'gptlab calls it X (in train.json)' for another tool's name, 'did you mean X?' for a near-miss of an
+    allowed key (of this file, else of the other), or '' when nothing is close. `here` is the file being read,
+    so a key of the other file says where it belongs."""
+    if name in OTHER_TOOLS_NAMES:
+        ours, how = OTHER_TOOLS_NAMES[name]
+        if not ours:
+            return f"gptlab has no such key: {how}"
+        where = _file_of_key(ours)
+        return f"gptlab calls it {ours}" + (f" (in {where})" if where != here else "") + (f"; {how}" if how else "")
+    every = list(ModelConfig.model_fields) + list(TrainConfig.model_fields)
+    for pool in (allowed, every):
+        close = difflib.get_close_matches(name, pool, n=1, cutoff=0.75)
+        if close:
+            where = _file_of_key(close[0])
+            return f"did you mean {close[0]}" + (f" (in {where})" if where != here and pool is every else "") + "?"
+    return ""
+
+
 def _pydantic_problems(path: Path, model_type: type[BaseModel], error: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for item in error.errors():
         key = prefix + ".".join(str(part) for part in item["loc"]) or "(file)"
         top_key = str(item["loc"][0]) if item["loc"] else ""
         if item["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(_keys_at(model_type, item["loc"][:-1])))
-            problems.append(f"{path}: {key}: unknown key; allowed keys are: {allowed}")
+            allowed = _keys_at(model_type, item["loc"][:-1])
+            nested = len(item["loc"]) > 1
+            hint = "" if nested else suggest_key(str(item["loc"][-1]), allowed, Path(path).name)
+            problems.append(
+                f"{path}: {key}: unknown key; "
+                + (hint + " (see docs/configuration.md)" if hint else f"allowed keys are: {', '.join(sorted(allowed))}")
+            )
         elif item["type"] == "missing":
             problems.append(f"{path}: {key}: required key is missing ({_describe_allowed(model_type, top_key)})")
         else:
@@ -565,7 +659,12 @@ def _place(where: str, key: str, value: Any, overrides: Overrides, problems: lis
     fields = {"model": ModelConfig.model_fields, "train": TrainConfig.model_fields}.get(file_name, {})
     if bare_key not in fields:
         subject = f"'{bare_key}' is " if name_key else ""
-        problems.append(f"{where}: {subject}not a key of model.json or train.json (see docs/configuration.md)")
+        hint = suggest_key(bare_key, list(fields) or list(ModelConfig.model_fields) + list(TrainConfig.model_fields))
+        problems.append(
+            f"{where}: {subject}not a key of model.json or train.json"
+            + (f"; {hint}" if hint else "")
+            + " (see docs/configuration.md)"
+        )
         return
     overrides[file_name][bare_key] = value
 
@@ -631,14 +730,27 @@ def apply_overrides(
     return model_data, train_data
 
 
-def load_run_config(run_dir: Path, overrides: Optional[Overrides] = None) -> RunConfig:
-    """Read `model.json` and `train.json` from a run directory, apply overrides, and validate."""
+def load_run_config(run_dir: Path, overrides: Optional[Overrides] = None, option: str = "--set") -> RunConfig:
+    """Read `model.json` and `train.json` from a run directory, apply overrides, and validate. A problem with
+    an overridden value is blamed on `option` (where the user typed it), not on the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
     model_path, train_path = run_dir / MODEL_FILE, run_dir / TRAIN_FILE
     model_data, train_data = apply_overrides(_read_json_object(model_path), _read_json_object(train_path), overrides)
-    return validate_run_config(model_path, model_data, train_path, train_data)
+    try:
+        return validate_run_config(model_path, model_data, train_path, train_data)
+    except UserError as error:
+        blamed = {
+            f"{path}: {key}": f"{option} {key}={json.dumps(value)}"
+            for path, part in ((model_path, "model"), (train_path, "train"))
+            for key, value in (overrides or {}).get(part, {}).items()
+        }
+        lines = []
+        for line in error.lines:
+            prefix = next((p for p in blamed if line.startswith((p + ":", p + "."))), None)
+            lines.append(blamed[prefix] + line[len(prefix) :] if prefix else line)
+        raise UserError(*lines) from None
 
 
 def not_yet_applied_notes(config: RunConfig) -> list[str]:
@@ -666,4 +778,18 @@ def markdown_reference() -> str:
             lines.append(f"| `{name}` | {shown} | {field.description} |")
         lines.append("")
     lines += ["## Accepted but not yet applied", ""] + [f"- `{key}`: {why}" for key, why in NOT_YET_APPLIED.items()]
+    lines += [
+        "",
+        "## Other tools' names",
+        "",
+        "nanoGPT's, the Hugging Face Trainer's and litgpt's names for these keys; an unknown key in model.json, "
+        "train.json or `--set` that is one of them is answered with gptlab's key (a near-miss with "
+        "'did you mean').",
+        "",
+        "| their name | gptlab's key | note |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| `{name}` | {f'`{ours}`' if ours else '-'} | {how} |" for name, (ours, how) in OTHER_TOOLS_NAMES.items()
+    ]
     return "\n".join(lines) + "\n"
