@@ -181,7 +181,7 @@ def test_a_run_reports_start_checkpoints_and_finish_and_no_secret_is_written(mak
         and "Estimate from the first " in texts[0]
         and "for the whole run at $32.77/h" in texts[0]
     )
-    assert events[1].endswith("at step 4/12 (33%)") and events[2].endswith("at step 10/12 (83%)")
+    assert events[1].endswith("at step 3 (4/12, 33%)") and events[2].endswith("at step 9 (10/12, 83%)")
     assert all(part in texts[1] for part in ("train loss ", "val loss ", "tokens/s", "so far"))
     assert events[3].endswith(" finished") and "Tokens seen: 1,536" in texts[3] and "Final validation loss" in texts[3]
     assert json.loads((run / "resolved_config.json").read_text())["train"]["notify"] == NOTIFY["notify"]

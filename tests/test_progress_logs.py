@@ -20,11 +20,11 @@ from gptlab.train.loggers import TensorBoardLogger
 from gptlab.train.loop import train_run
 
 LOG_LINE = re.compile(
-    r"^step (\d+)/12 \| loss [\d.]+ \| (val [\d.]+ \| )?lr [\d.e+-]+ \| grad norm [\d.]+ \| [\d,]+ tok/s \| "
+    r"^step (\d+) \(\d+/12\) \| loss [\d.]+ \| (val [\d.]+ \| )?lr [\d.e+-]+ \| grad norm [\d.]+ \| [\d,]+ tok/s \| "
     r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d \| \$\d+\.\d\d$"
 )
 NO_COST_LINE = re.compile(LOG_LINE.pattern.replace(r" \| \$\d+\.\d\d", ""))
-VALIDATION_LINE = re.compile(r"^step (\d+)/12 \| validation loss ([\d.]+) \| perplexity [\d,.]+$")
+VALIDATION_LINE = re.compile(r"^step (\d+) \(\d+/12\) \| validation loss ([\d.]+) \| perplexity [\d,.]+$")
 
 
 def _steps(pattern: re.Pattern, text: str) -> list[int]:
@@ -41,25 +41,30 @@ def test_log_lines_every_log_interval_without_a_terminal_and_tensorboard_reads_t
     )
     summary = train_run(run, show_progress=True)  # capsys's stderr is no terminal: lines instead of a bar
     console, log = capsys.readouterr().out, (run / "train.log").read_text()
-    assert _steps(LOG_LINE, log) == [3, 6, 9, 12] == _steps(LOG_LINE, console)
+    # the step numbers of metrics.jsonl, TensorBoard and the checkpoint names (counted from 0)
+    assert _steps(LOG_LINE, log) == [2, 5, 8, 11] == _steps(LOG_LINE, console)
     assert "MFU" not in log  # no datasheet peak for a CPU
-    assert _steps(VALIDATION_LINE, log) == [1, 7, 12] == _steps(VALIDATION_LINE, console)  # at the checkpoints 0, 6, 11
+    assert _steps(VALIDATION_LINE, log) == [0, 6, 11] == _steps(VALIDATION_LINE, console)  # at the checkpoints
+    names = sorted(path.name for path in (run / "checkpoints").iterdir() if not path.is_symlink())
+    assert [name.rsplit("-", 1)[1] for name in names] == ["0", "6", "11"]
     last_line = [line for line in log.splitlines() if LOG_LINE.match(line)][-1]
     assert f"val {json.loads((run / 'metrics.jsonl').read_text().splitlines()[6])['validation_loss']:.4f}" in last_line
 
-    events = EventAccumulator(str(run / "tensorboard"))
+    events = EventAccumulator(str(run))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {
-        "train/loss",
+        "loss/train",
         "train/learning_rate",
         "train/grad_norm",
         "speed/tokens_per_second",
-        "cost/dollars",
+        "usage/cost_dollars",
         "memory/host_peak_rss_gib",
-        "validation/loss",
+        "loss/validation",
         "validation/perplexity",
     } <= scalars, scalars
+    # TensorBoard sorts chart groups by name: the losses come first, before the one-point end-of-run charts
+    assert sorted({tag.split("/")[0] for tag in scalars})[0] == "loss" and "summary/final_train_loss" in scalars
     assert sorted(event.step for event in events.Scalars("speed/tokens_per_second")) == [
         0,
         2,
@@ -69,11 +74,11 @@ def test_log_lines_every_log_interval_without_a_terminal_and_tensorboard_reads_t
         11,
     ]  # at each read-back
     records = {record["step"]: record for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
-    losses = {event.step: event.value for event in events.Scalars("train/loss")}
+    losses = {event.step: event.value for event in events.Scalars("loss/train")}
     assert sorted(losses) == list(range(12)) and all(
         losses[step] == pytest.approx(records[step]["loss"], rel=1e-6) for step in losses
     )
-    validation = {event.step: event.value for event in events.Scalars("validation/loss")}
+    validation = {event.step: event.value for event in events.Scalars("loss/validation")}
     assert validation[11] == pytest.approx(summary["final_validation_loss"], rel=1e-6)
     hparams = events.PluginTagToContent("hparams")  # the resolved config as hparams, with the final losses
     assert hparams, "no hparams written"
@@ -104,10 +109,10 @@ def test_with_a_terminal_the_bar_stays_validation_prints_and_a_failing_logger_do
     summary = train_run(run, show_progress=True)
     captured = capsys.readouterr()
     log = (run / "train.log").read_text()
-    assert _steps(NO_COST_LINE, log) == [3, 12]
+    assert _steps(NO_COST_LINE, log) == [2, 11]
     assert " tok/s " not in captured.out  # with a terminal the log lines stay in train.log; the bar shows the numbers
     assert "training:" in captured.err and "12/12" in captured.err  # tqdm's bar
-    assert _steps(VALIDATION_LINE, captured.out) == [12]  # validation results are printed as lines too
+    assert _steps(VALIDATION_LINE, captured.out) == [11]  # validation results are printed as lines too
     warnings = [line for line in log.splitlines() if line.startswith("Warning: logger tensorboard")]
     assert len(warnings) == 1 and "disk full" in warnings[0] and "training goes on" in warnings[0]
     assert summary["steps"] == 12 and (run / "summary.json").is_file()
@@ -122,8 +127,8 @@ def test_with_a_terminal_the_bar_stays_validation_prints_and_a_failing_logger_do
         for expected in (
             b"gptlab-tests",
             b'"learning_rate"',
-            b"validation/loss",
-            b"train/loss",
+            b"loss/validation",
+            b"loss/train",
             b"final_validation_loss",
             json.dumps(summary["final_validation_loss"]).encode(),
         ):
@@ -211,3 +216,19 @@ def test_log_to_sets_the_runs_loggers(make_run, monkeypatch):
     assert load_run_config(run).train.loggers == []
     bad = CliRunner().invoke(cli, ["train", str(run), "--log-to", "mlflow"])
     assert bad.exit_code == 2 and "mlflow" in bad.output
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_the_progress_bar_keeps_its_width_in_a_narrow_terminal(columns):
+    """Fields go, most important last, before the bar itself would shrink below MIN_BAR_WIDTH."""
+    import io
+
+    from tqdm import tqdm
+
+    from gptlab.train.record import MIN_BAR_WIDTH, set_fitting_postfix
+
+    bar = tqdm(total=49, initial=19, desc="training", unit="step", file=io.StringIO(), ncols=columns)
+    set_fitting_postfix(bar, {"loss": "5.123", "val": "5.432", "tok/s": "12,345,678", "$": "123.45"})
+    line = str(bar)
+    assert len(line) <= columns and len(line.split("|")[1]) >= MIN_BAR_WIDTH
+    assert "loss=5.123" in line and ("$=123.45" in line) == (columns >= 120)

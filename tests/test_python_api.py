@@ -26,7 +26,10 @@ def test_the_documented_notebook_runs_and_matches_the_commands(tmp_path):
         _notebook_code()
         + "\nimport json, pathlib\npathlib.Path('out.json').write_text(json.dumps({'loss': result['loss'], 'text': sample['text']}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    # Saved as a script and run as `python notebook.py`, with no `if __name__ == "__main__":` guard: prepare's
+    # spawned workers must not re-run it (`python -c` would hide that: it has no file to re-import).
+    (tmp_path / "notebook.py").write_text(code)
+    done = subprocess.run([sys.executable, "notebook.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[-1].startswith("overrides.learning_rat:")  # a UserError, caught, with the command's message

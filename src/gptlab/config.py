@@ -269,7 +269,7 @@ class TrainConfig(BaseModel):
     loggers: list[Literal["tensorboard", "wandb"]] = Field(
         [],
         description="Experiment trackers that also receive the "
-        "metrics: 'tensorboard' (event files in RUN_DIR/tensorboard) and 'wandb' (needs the wandb package; "
+        "metrics: 'tensorboard' (event files in RUN_DIR itself) and 'wandb' (needs the wandb package; "
         "WANDB_PROJECT names the project, WANDB_MODE=offline works without a network); `gptlab train --log-to` replaces them for one run.",
     )
 

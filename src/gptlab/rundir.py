@@ -2,14 +2,17 @@
 
     RUN_DIR/
       model.json, train.json    the users' files; gptlab reads them and never rewrites them
-      resolved_config.json      the configuration after defaults, written once when training starts
+      resolved_config.json      the configuration after defaults, written once when training starts, with the
+                                dataset's absolute location under `dataset_location`
       metrics.jsonl, train.log  one record per step; every line training printed
       summary.json              written when training reaches its last step
       evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare),
                                 and under `hellaswag` a HellaSwag accuracy (`gptlab eval --task hellaswag --save`)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
       checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
-      tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
+      events.out.tfevents.*     TensorBoard's event files (train.json's `loggers`), in the run directory itself so
+                                that `tensorboard --logdir runs/` labels each run by its name (gptlab.train.loggers)
+      wandb/                    wandb's own folder
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
 with one grep.
@@ -35,7 +38,6 @@ HELLASWAG_ENTRY = "hellaswag"  # evaluation.json's key for `gptlab eval --task h
 LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
 ROUTING_CHART = "routing-chart.png"  # mixture-of-experts runs only
 CHECKPOINTS = "checkpoints"
-TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run directory
 # The checkpoint eval, generate, export, upload and experiments use when none is named: the run's last one.
 # Runs compared after the same token budget are then compared at equal tokens, whatever `best_by` and the
 # validation cadence picked as `best`; it is also what litgpt and the Hugging Face Trainer hand back by
@@ -43,8 +45,30 @@ TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run 
 DEFAULT_CHECKPOINT = "latest"
 
 
-def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
-    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, config.to_json_dict())
+DATASET_LOCATION = "dataset_location"  # resolved_config.json: where `dataset` was found when training started
+
+
+def write_resolved_config(run_dir: Path, config: RunConfig, dataset_location: Optional[Path] = None) -> None:
+    """The configuration after defaults; with `dataset_location`, the absolute folder the dataset was found in,
+    so that a relative `dataset` is found again from any working directory (see data.locate)."""
+    data: dict[str, Any] = config.to_json_dict()
+    if dataset_location is not None:
+        data[DATASET_LOCATION] = str(Path(dataset_location).resolve())
+    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, data)
+
+
+def recorded_dataset_location(run_dir: Path, dataset: str) -> Optional[Path]:
+    """The folder train.json's `dataset` value was found in when the run started, or None (no
+    resolved_config.json, an older run's, one recorded for another `dataset` value, or one that cannot be
+    read: the reader of the configuration reports that)."""
+    try:
+        data = read_json(Path(run_dir) / RESOLVED_CONFIG, dict)
+    except (OSError, ValueError):
+        return None
+    location, train = data.get(DATASET_LOCATION), data.get("train")
+    if not (isinstance(location, str) and location and isinstance(train, dict) and train.get("dataset") == dataset):
+        return None
+    return Path(location)
 
 
 def read_run_config(run_dir: Path) -> RunConfig:

@@ -29,3 +29,9 @@ def format_perplexity(value: Optional[float]) -> str:
 def loss_with_perplexity(loss: float) -> str:
     """A mean cross-entropy as gptlab prints it, with its perplexity beside it: "3.2100 (perplexity 24.78)"."""
     return f"{loss:.4f} (perplexity {format_perplexity(perplexity(loss))})"
+
+
+def step_label(step: int, total_steps: int) -> str:
+    """How a step is named on screen: its global step, the number metrics.jsonl, TensorBoard and the checkpoint
+    names (`...-iteration-<step>`) use, counted from 0; then how many of the run's steps are done with it."""
+    return f"step {step:,} ({step + 1:,}/{total_steps:,})"

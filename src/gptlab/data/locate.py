@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
-from gptlab.rundir import TRAIN_FILE
+from gptlab.rundir import TRAIN_FILE, recorded_dataset_location
 
 DATASETS_DIR_ENV = "GPTLAB_DATASETS_DIR"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -22,8 +22,9 @@ def default_datasets_dir() -> Path:
     return Path(os.environ.get(DATASETS_DIR_ENV, "datasets"))
 
 
-def download_hf_dataset(repo_id: str, target: Path) -> None:
-    """Download a whole dataset repository into `target` (the ddp-base-model-from-scratch harness's layout)."""
+def download_hf_dataset(repo_id: str, target: Path, looked: str = "") -> None:
+    """Download a whole dataset repository into `target` (the ddp-base-model-from-scratch harness's layout);
+    `looked` names the local folders searched first, for the message when the download fails."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -32,7 +33,10 @@ def download_hf_dataset(repo_id: str, target: Path) -> None:
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"dataset '{repo_id}': download into {target} failed ({first_line}); download it there yourself or give a local directory"
+            f"dataset '{repo_id}': no token dataset folder "
+            + (f"at {looked} " if looked else "")
+            + f"and the download from the Hugging Face Hub into {target} failed ({first_line}); "
+            "download it there yourself or give a local directory"
         ) from None
 
 
@@ -63,21 +67,28 @@ def locate_dataset(
     dataset: str, run_dir: Path, datasets_dir: Path | None = None, download: bool = True
 ) -> TokenDataset:
     """Resolve train.json's `dataset` value, in this order: a path (absolute, or relative to the run
-    directory, then to the working directory); `<datasets_dir>/<repository id>`; a download of that id."""
-    candidates = [Path(dataset)] if Path(dataset).is_absolute() else [Path(run_dir) / dataset, Path(dataset)]
+    directory; then the folder recorded when the run started, so a run finds its data from any working
+    directory; then relative to the working directory); `<datasets_dir>/<repository id>`; only when none of
+    these holds it, a download of that id."""
+    recorded = recorded_dataset_location(run_dir, dataset)
+    if Path(dataset).is_absolute():
+        candidates = [Path(dataset)]
+    else:
+        candidates = [Path(run_dir) / dataset, *([recorded] if recorded is not None else []), Path(dataset)]
     for candidate in candidates:
         if (candidate / "train.safetensors").is_file():
             return TokenDataset(readable_path(candidate))
     datasets_dir = Path(datasets_dir) if datasets_dir is not None else default_datasets_dir()
+    looked = ", ".join(str(readable_path(candidate)) for candidate in candidates)
     if _REPO_ID.match(dataset):
         cached = datasets_dir / dataset
         if (cached / "train.safetensors").is_file():
             return TokenDataset(cached)
         if download:
-            download_hf_dataset(dataset, cached)
+            download_hf_dataset(dataset, cached, looked=f"{looked}, {cached}")
             return TokenDataset(cached)
     raise UserError(
         f"{Path(run_dir) / TRAIN_FILE}: dataset: '{dataset}' is neither a token dataset directory "
-        f"(relative to the run directory or the working directory) nor in {datasets_dir}; "
+        f"(looked in {looked}) nor in {datasets_dir}; "
         f"make one with `gptlab prepare SOURCE DIR` or give a Hugging Face dataset id"
     )

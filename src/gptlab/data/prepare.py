@@ -24,6 +24,7 @@ import random
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -133,6 +134,32 @@ def tokenise_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(piece) + 1 for piece in pieces[::2]), dtype=np.int64, count=len(texts))
     tokens = np.concatenate(pieces).astype(np.uint16) if pieces else np.zeros(0, dtype=np.uint16)
     return tokens, lengths
+
+
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While worker processes start, hide the path of a script run as `python script.py` from multiprocessing.
+    A spawned worker otherwise re-runs the script's top level (which calls gptlab.prepare again and fails
+    without an `if __name__ == "__main__":` guard); the workers need nothing from it, as tokenise_chunk lives
+    here. A script run as a module (`python -m`) or a notebook has no such path and is left alone."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+class _ScriptSafePool(ProcessPoolExecutor):
+    """Spawned workers that never re-import the user's script; they start inside `submit`."""
+
+    def submit(self, function, /, *args, **kwargs) -> Future:
+        with _main_script_hidden():
+            return super().submit(function, *args, **kwargs)
 
 
 class _InProcess:
@@ -379,7 +406,7 @@ def prepare_dataset(
         smoothing=0.1,
     )
     executor = (
-        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InProcess()
+        _ScriptSafePool(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InProcess()
     )
     try:
         if not progress.finished:

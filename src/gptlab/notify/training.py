@@ -15,6 +15,7 @@ from typing import Any, Optional
 from gptlab.notify.channels import Message, channels_from_environment
 from gptlab.notify.notifier import Notifier
 from gptlab.rundir import TRAIN_FILE, TRAIN_LOG, read_run_config
+from gptlab.words import step_label
 
 LOG_TAIL_LINES = 8  # lines of train.log quoted in a failure message
 
@@ -78,7 +79,7 @@ class TrainingNotifier:
             parts.append(f"${totals.train_seconds / 3600 * cost_per_hour:.2f} so far")
         self._send(
             "checkpoint",
-            f"{self._name} at step {step + 1:,}/{run.plan.total_steps:,} ({(step + 1) / run.plan.total_steps:.0%})",
+            f"{self._name} at {step_label(step, run.plan.total_steps)[:-1]}, {(step + 1) / run.plan.total_steps:.0%})",
             [" | ".join(parts)],
         )
 

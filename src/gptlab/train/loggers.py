@@ -1,5 +1,10 @@
 """Experiment trackers a run reports to beside its own files, as train.json's `loggers` (or `--log-to`) asks:
-TensorBoard event files under RUN_DIR/tensorboard, and Weights & Biases.
+TensorBoard event files in RUN_DIR itself, and Weights & Biases.
+
+TensorBoard labels a run by the folder of its event files and groups charts by the tag's first part in
+alphabetical order: the event files sit in the run directory, so `tensorboard --logdir runs/` shows each run by
+its name, and the losses are tagged `loss/train` and `loss/validation` so their charts come first (cost and the
+end-of-run numbers are `usage/` and `summary/`, which sort after).
 
 A tracker is a convenience, never the record (metrics.jsonl and train.log are): one that cannot start or
 fails while writing prints one warning line and is dropped, and training goes on.
@@ -14,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from gptlab.config import RunConfig
-from gptlab.rundir import TENSORBOARD_DIR
 
 WANDB_DEFAULT_PROJECT = "gptlab"  # when WANDB_PROJECT is not set
 
@@ -45,7 +49,7 @@ class TensorBoardLogger:
 
         self.config = config
         # purge_step drops events a resumed run is about to write again (steps after its checkpoint).
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=start_step or None)
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir)), purge_step=start_step or None)
         self.writer.add_text(
             "config", "```json\n" + json.dumps(config.to_json_dict(), indent=2) + "\n```", global_step=start_step
         )
@@ -56,7 +60,7 @@ class TensorBoardLogger:
 
     def finish(self, summary: dict[str, Any]) -> None:
         metrics = {
-            f"hparam/{key}": summary[key]
+            f"summary/{key}": summary[key]
             for key in ("final_train_loss", "final_validation_loss", "tokens_per_second")
             if isinstance(summary.get(key), (int, float))
         }

@@ -204,7 +204,7 @@ def setup(
     if resume is not None:
         _restore(run, resume)
     elif dist_context.is_main:
-        write_resolved_config(run_dir, run_config)
+        write_resolved_config(run_dir, run_config, dataset.directory)
         (run_dir / METRICS).unlink(missing_ok=True)
         (run_dir / TRAIN_LOG).unlink(missing_ok=True)
     log_header(run)

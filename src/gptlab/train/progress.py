@@ -18,9 +18,9 @@ import torch
 from gptlab.config import not_yet_applied_notes
 from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.rundir import write_summary
-from gptlab.train.record import device_name, environment, format_summary
+from gptlab.train.record import device_name, environment, format_summary, set_fitting_postfix
 from gptlab.train.state import Training
-from gptlab.words import counted
+from gptlab.words import counted, step_label
 
 ESTIMATE_AFTER_STEPS = 3  # steps timed before the time and cost of the whole run are estimated
 LOG_LINE_SECONDS = 10.0  # a log line at most this often: on a CPU the step values are read back every step
@@ -83,7 +83,7 @@ def record_step(run: Training, step: int, learning_rate: float, outcome: dict[st
     )
     run.loggers.scalars(
         step,
-        {"train/loss": outcome["loss"], "train/learning_rate": learning_rate, "train/grad_norm": outcome["grad_norm"]},
+        {"loss/train": outcome["loss"], "train/learning_rate": learning_rate, "train/grad_norm": outcome["grad_norm"]},
     )
 
 
@@ -96,12 +96,13 @@ def show_progress(
     totals = run.totals
     seconds = max(totals.train_seconds - train_seconds_at_start, 1e-9)
     tokens_per_second = throughput(run, seconds, since_start=True)
-    postfix = {"loss": f"{outcome['loss']:.3f}", "tok/s": f"{tokens_per_second:,.0f}"}
+    postfix = {"loss": f"{outcome['loss']:.3f}"}  # most important first: narrow terminals drop from the end
     if totals.last_validation_loss is not None:
         postfix["val"] = f"{totals.last_validation_loss:.3f}"
+    postfix["tok/s"] = f"{tokens_per_second:,.0f}"
     if run.config.train.cost_per_hour is not None:
         postfix["$"] = f"{cost_so_far(run):.2f}"
-    bar.set_postfix(postfix, refresh=False)
+    set_fitting_postfix(bar, postfix)
 
     utilisation = mfu(run, tokens_per_second)
     run.loggers.scalars(
@@ -109,7 +110,7 @@ def show_progress(
         {  # each step's loss, learning rate and gradient norm went with its record
             "speed/tokens_per_second": tokens_per_second,
             "speed/mfu": utilisation,
-            "cost/dollars": cost_so_far(run),
+            "usage/cost_dollars": cost_so_far(run),
             "memory/peak_allocated_gib": _gib(peak_memory(run.device)),
             "memory/host_peak_rss_gib": _gib(host_peak_rss()),
         },
@@ -124,7 +125,7 @@ def show_progress(
     run.last_log_line = (step, now)
     steps_timed = max(1, totals.timed_steps - run.start_timed_steps)
     remaining = seconds / steps_timed * (run.plan.total_steps - step - 1)
-    parts = [f"step {step + 1:,}/{run.plan.total_steps:,}", f"loss {outcome['loss']:.4f}"]
+    parts = [step_label(step, run.plan.total_steps), f"loss {outcome['loss']:.4f}"]
     if totals.last_validation_loss is not None:
         parts.append(f"val {totals.last_validation_loss:.4f}")
     parts += [f"lr {learning_rate:.3e}", f"grad norm {outcome['grad_norm']:.3f}", f"{tokens_per_second:,.0f} tok/s"]
@@ -139,9 +140,9 @@ def show_progress(
 def show_validation(run: Training, step: int, loss: float) -> None:
     """A validation result as its own line, on the console whether or not a progress bar runs."""
     run.log.line(
-        f"step {step + 1:,}/{run.plan.total_steps:,} | validation loss {loss:.4f} | perplexity {math.exp(min(loss, 700)):,.2f}"
+        f"{step_label(step, run.plan.total_steps)} | validation loss {loss:.4f} | perplexity {math.exp(min(loss, 700)):,.2f}"
     )
-    run.loggers.scalars(step, {"validation/loss": loss, "validation/perplexity": math.exp(min(loss, 700))})
+    run.loggers.scalars(step, {"loss/validation": loss, "validation/perplexity": math.exp(min(loss, 700))})
 
 
 def cost_so_far(run: Training) -> Optional[float]:

@@ -140,6 +140,26 @@ def progress_bar(total_steps: int, start_step: int, enabled: bool) -> tqdm:
     )
 
 
+MIN_BAR_WIDTH = 10  # characters of the bar itself; fields are dropped before the bar gets narrower
+
+
+def set_fitting_postfix(bar: tqdm, postfix: dict[str, str]) -> None:
+    """Show as many of `postfix`'s fields (most important first) as leave the bar MIN_BAR_WIDTH wide in the
+    terminal's width: in 80 columns the speed and cost go before the bar shrinks to a character."""
+    if bar.disable:
+        return
+    items = list(postfix.items())
+    for keep in range(len(items), -1, -1):
+        bar.set_postfix(dict(items[:keep]), refresh=False)
+        meter = bar.format_dict  # its ncols is the terminal's width now (dynamic_ncols), or None when unknown
+        if meter.get("ncols") is None:
+            return
+        line = bar.format_meter(**meter)
+        parts = line.split("|")
+        if len(parts) >= 3 and len(parts[1]) >= MIN_BAR_WIDTH:
+            return
+
+
 def format_summary(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"Training complete in {summary['training_seconds']:.1f} seconds",
