@@ -31,7 +31,9 @@ def gptlab(capsys, *args) -> tuple[int, str]:
         code = stop.code if isinstance(stop.code, int) else 1
     finally:
         sys.argv = argv
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    gptlab.out = captured.out
+    return code, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +246,11 @@ def test_upload_to_a_hub_answering_garbage_is_one_line(trained, tmp_path):
         )
     assert result.returncode == 2 and "gave an answer that is not what a Hub answers" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "hf_planted_token_123" not in result.stdout + result.stderr
+
+
+def test_eval_save_names_the_file_it_wrote(copy, capsys):
+    run = copy()
+    code, err = gptlab(capsys, "eval", run, "--save", "--batches", "1")
+    assert code == 0 and gptlab.out.splitlines()[-1] == f"Saved to {run / 'evaluation.json'}", err
+    code, err = gptlab(capsys, "eval", run, "--save", "--batches", "1", "--json")
+    assert code == 0 and f"Saved to {run / 'evaluation.json'}" in err and json.loads(gptlab.out)["loss"] > 0

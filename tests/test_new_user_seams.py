@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 
+import pytest
 from conftest import TINY_MODEL, TINY_TRAIN
 
 from gptlab.cli import main
@@ -55,3 +56,24 @@ def test_a_relative_dataset_is_found_from_another_directory(tmp_path, brown_data
     shutil.move(first / "data", tmp_path / "moved")
     code, _, err = gptlab(capsys, "eval", run, "--batches", "1")
     assert code == 2 and str(run / "data" / "brown") in err and recorded in err and "Hub" in err, err
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_finished_run_is_extended_when_its_schedule_allows(make_run, capsys, schedule):
+    step_tokens = 4 * 32
+    run = make_run(train={"min_train_tokens": step_tokens * 2, "lr_schedule": schedule, "validation_batches": 1})
+    code, _, err = gptlab(capsys, "train", run, "--no-progress")
+    assert code == 0, err
+    code, out, err = gptlab(
+        capsys, "train", run, "--resume", "latest", "--set", f"min_train_tokens={step_tokens * 4}", "--no-progress"
+    )
+    if schedule == "constant":
+        assert code == 0, err
+        assert "Extending the run from 2 steps to 4 steps" in out
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert sorted(set(steps)) == [0, 1, 2, 3]
+        assert json.loads((run / "summary.json").read_text())["steps"] == 4
+    else:
+        assert code == 2 and "the 'cosine' learning-rate schedule spans the run's length" in err, err
+        assert '"init_from": "' in err and "Traceback" not in err
+        assert json.loads((run / "summary.json").read_text())["steps"] == 2  # nothing trained

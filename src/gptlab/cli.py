@@ -388,6 +388,8 @@ def evaluate(
                 f"(standard error {result['acc_norm_stderr']:.4f}; {result['items']:,} items of {result['file']}, "
                 f"checkpoint {result['checkpoint']}, {result['precision']})"
             )
+        if save:
+            _say_saved(run_dir, as_json)
         return
     if hellaswag_file is not None or limit is not None:
         raise UserError("--file and --limit are for --task hellaswag")
@@ -405,6 +407,15 @@ def evaluate(
             f"{result['split']} loss: {loss_with_perplexity(result['loss'])} on {result['tokens']:,} tokens from token "
             f"{result['start_token']:,} (checkpoint {result['checkpoint']}, {result['precision']})"
         )
+    if save:
+        _say_saved(run_dir, as_json)
+
+
+def _say_saved(run_dir: Path, as_json: bool) -> None:
+    """Name the file `--save` wrote; with --json on stderr, so the output stays one JSON document."""
+    from gptlab.rundir import EVALUATION
+
+    click.echo(f"Saved to {run_dir / EVALUATION}", err=as_json)
 
 
 @cli.command()

@@ -33,6 +33,7 @@ from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LO
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (
+    Checkpoint,
     find_checkpoint,
     find_resumable_checkpoint,
     gather_rng_states,
@@ -43,6 +44,7 @@ from gptlab.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     set_aside_later_checkpoints,
+    step_of,
 )
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
@@ -68,6 +70,7 @@ from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
 from gptlab.train.routing import record_routing
 from gptlab.train.state import RunningTotals, Training
 from gptlab.weights import build_model, load_book_safetensors
+from gptlab.words import counted
 
 
 class TrainingStopped(UserError):
@@ -249,6 +252,9 @@ def _restore(run: Training, which: str) -> None:
         )
     differing_train = sorted(key for key in current["train"] if saved["train"].get(key) != current["train"][key])
     unsafe = [key for key in differing_train if key not in RESUME_SAFE_TRAIN_KEYS]
+    if unsafe == ["min_train_tokens"]:
+        _check_extension(run, checkpoint, saved["train"]["min_train_tokens"])
+        unsafe = []
     if unsafe:
         raise UserError(
             f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
@@ -281,6 +287,47 @@ def _restore(run: Training, which: str) -> None:
             f"Note: {checkpoint.name} is older than the run's newest checkpoint: this resume starts a new line of history; "
             f"the later checkpoints and the old {METRICS} were moved, not deleted, into {aside}"
         )
+
+
+def _check_extension(run: Training, checkpoint: Checkpoint, old_tokens: int) -> None:
+    """A run resumed with another min_train_tokens (a finished run extended, say) continues only if every step
+    already taken had the learning rate the new length gives it: a constant rate, a fixed warmup_steps, a
+    'wsd' decay that had not begun. A schedule that spans the run's length would have had other rates, so
+    the resume would not be the run it claims to be: refused, with init_from offered instead."""
+    train = run.config.train
+    done = step_of(checkpoint.path)
+    before = plan_training(
+        run.dataset.split("train"),
+        start_token=train.start_train_token,
+        min_tokens=old_tokens,
+        microbatch_size=train.microbatch_size,
+        context_length=run.config.model.context_length,
+        accumulation_steps=train.gradient_accumulation_steps,
+        world_size=run.dist.world_size,
+        source=str(run.run_dir / TRAIN_FILE),
+    ).total_steps
+    old_train, now = train.model_copy(update={"min_train_tokens": old_tokens}), run.plan.total_steps
+    where = f"{run.run_dir / TRAIN_FILE}: min_train_tokens: {old_tokens:,} -> {train.min_train_tokens:,} on resume"
+    if now <= done:
+        raise UserError(
+            f"{where}: {counted(now, 'step')}, but {checkpoint.name} has already taken {counted(done + 1, 'step')}; "
+            "resume with a larger value"
+        )
+    for step in range(done + 1):
+        old_rate, new_rate = learning_rate_at(step, before, old_train), learning_rate_at(step, now, train)
+        if old_rate != new_rate:
+            raise UserError(
+                f"{where}: the '{train.effective_schedule}' learning-rate schedule spans the run's length, so step "
+                f"{step} would have had learning rate {new_rate:.4g}, not the {old_rate:.4g} it had; to train further, "
+                f'start a new run from these weights with `"init_from": "{checkpoint.path}"` in its train.json '
+                "(or use a constant schedule, fixed warmup_steps, or 'wsd' resumed before its decay)"
+            )
+    if run.dist.is_main:  # what the run trains with from here on (the resumed checkpoints record it too)
+        write_resolved_config(run.run_dir, run.config, run.dataset.directory)
+    run.log.line(
+        f"Extending the run from {counted(before, 'step')} to {counted(now, 'step')} (min_train_tokens "
+        f"{old_tokens:,} -> {train.min_train_tokens:,}): the steps already taken keep their learning rates"
+    )
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
