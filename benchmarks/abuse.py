@@ -457,6 +457,292 @@ class Abuse:
             check=lambda r: all(word in r.stderr for word in ("seeds", "learning_rate", "emb_dim")),
         )
 
+    # --- issue 28: failures and new-user seams -----------------------------------------------------------
+    def issue28_damaged_run_files(self) -> None:
+        for name, content in (("empty", ""), ("list", "[]")):
+            run = self.copy(f"summary-{name}")
+            (run / "summary.json").write_text(content)
+            named = lambda r: "summary.json:" in r.stderr  # noqa: E731
+            self.refuse("traceback", f"summary.json {name or 'empty'}: compare", "compare", run, run, check=named)
+            self.refuse(
+                "traceback", f"summary.json {name or 'empty'}: report", "report", run, "-o", run / "r.html", check=named
+            )
+        for name, content in (("empty", ""), ("partial", '{"model": {}}')):
+            run = self.copy(f"resolved-{name}")
+            (run / "summary.json").unlink()
+            (run / "resolved_config.json").write_text(content)
+            named = lambda r: "resolved_config.json:" in r.stderr  # noqa: E731
+            self.refuse("traceback", f"resolved_config.json {name}: eval", "eval", run, check=named)
+            self.refuse(
+                "traceback", f"resolved_config.json {name}: generate", "generate", run, "--prompt", "a", check=named
+            )
+        run = self.copy("meta-empty")
+        latest = (run / "checkpoints" / "latest").resolve()
+        (latest / "meta.json").write_text("")
+        (latest / "checksums.json").unlink(missing_ok=True)
+        self.refuse("traceback", "empty meta.json, no checksums: export", "export", run, self.work / "meta-export")
+        deep = run_dir(self.work / "deep", self.data, raw_model="[" * 100_000 + "]" * 100_000)
+        self.refuse(
+            "traceback", "100,000-deep model.json", "train", deep, "--no-progress", check=lambda r: "deep" in r.stderr
+        )
+
+    def issue28_resume_seams(self) -> None:
+        run = self.copy("torn-metrics")
+        with open(run / "metrics.jsonl", "a") as handle:
+            handle.write('{"step": 9, "lo')
+        older = list_checkpoints(run)[2].name
+        result = gptlab("train", run, "--resume", older, "--no-progress")
+        self.record("traceback", "torn last metrics.jsonl line, resume", classify(result, False))
+        run = self.copy("backup-folder")
+        latest = (run / "checkpoints" / "latest").resolve()
+        shutil.copytree(latest, run / "checkpoints" / f"{latest.name}9-backup")
+        result = gptlab("eval", run, "--checkpoint", "best")
+        self.record("traceback", "*-iteration-N-backup folder: eval --checkpoint best", classify(result, False))
+        result = gptlab("train", run, "--resume", list_checkpoints(run)[2].name, "--no-progress")
+        noted = lambda r: "-backup" in (run / "train.log").read_text()  # noqa: E731
+        self.record("traceback", "*-iteration-N-backup folder: resume (noted)", classify(result, False, noted))
+
+    def issue28_non_finite_weights(self) -> None:
+        from safetensors.torch import load_file, save_file
+
+        run = self.copy("nan-weights")
+        latest = (run / "checkpoints" / "latest").resolve()
+        weights = load_file(str(latest / "model.safetensors"))
+        weights["trf_blocks.0.att.W_query.weight"][0, 0] = float("nan")
+        save_file(weights, str(latest / "model.safetensors"))
+        write_checksums(latest)
+        exit3 = lambda r: r.returncode == 3 and not (run / "evaluation.json").exists()  # noqa: E731
+        self.refuse("silent", "NaN weights: eval --save (exit 3, nothing saved)", "eval", run, "--save", check=exit3)
+        self.refuse("traceback", "NaN weights: generate", "generate", run, "--prompt", "a", check=exit3)
+        try:
+            from transformers import GPT2Config, GPT2LMHeadModel
+        except ImportError:
+            print("skipped   import-hf cases: transformers is not installed", flush=True)
+            return
+        base = self.work / "hf"
+        GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=1, n_head=4)).save_pretrained(
+            str(base)
+        )
+        config = json.loads((base / "config.json").read_text())
+        cases = {
+            "string types": lambda f: (f / "config.json").write_text(json.dumps({**config, "n_embd": "32"})),
+            "huge n_positions": lambda f: (f / "config.json").write_text(json.dumps({**config, "n_positions": 10**12})),
+            "non-UTF-8 config": lambda f: (f / "config.json").write_bytes(b'{"model_type": "gpt2", "x": "\xff"}'),
+            "bad index": lambda f: (
+                (f / "model.safetensors").rename(f / "model-1.safetensors"),
+                (f / "model.safetensors.index.json").write_text('{"weight_map": {"lm_head.weight": 5}}'),
+            ),
+            "NaN weights": lambda f: _nan_hf(f),
+        }
+        for name, damage in cases.items():
+            folder = Path(shutil.copytree(base, self.work / f"hf-{name.replace(' ', '-')}"))
+            damage(folder)
+            target = self.work / f"imported-{name.replace(' ', '-')}"
+            self.refuse(
+                "traceback",
+                f"import-hf: {name}",
+                "import-hf",
+                folder,
+                target,
+                "--dataset",
+                self.data,
+                check=lambda r, target=target: not target.exists(),
+            )
+
+    def issue28_read_only(self) -> None:
+        folder = self.work / "read-only"
+        folder.mkdir()
+        run = Path(shutil.copytree(self.trained, folder / "run", symlinks=True))
+        (folder / "texts").mkdir()
+        (folder / "texts" / "a.txt").write_text("some text to prepare " * 50)
+        bound = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+        if not bound or subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True).returncode:
+            if bound:
+                subprocess.run(["umount", str(folder)], check=False)
+            print("skipped   read-only cases: a read-only bind mount needs root", flush=True)
+            return
+        try:
+            said = lambda r: "read-only" in r.stderr  # noqa: E731
+            self.refuse(
+                "traceback",
+                "read-only run: train --resume",
+                "train",
+                run,
+                "--resume",
+                "latest",
+                "--set",
+                "log_interval=2",
+                "--no-progress",
+                check=said,
+            )
+            self.refuse("traceback", "read-only run: eval --save", "eval", run, "--save", check=said)
+            self.refuse(
+                "traceback",
+                "read-only target: compare --charts",
+                "compare",
+                run,
+                run,
+                "--charts",
+                folder / "charts",
+                check=said,
+            )
+            self.refuse(
+                "traceback", "read-only target: prepare", "prepare", folder / "texts", folder / "out", check=said
+            )
+            self.refuse("traceback", "read-only target: init", "init", folder / "new", "--preset", "demo", check=said)
+            fresh = folder / "run"
+            self.refuse(
+                "traceback", "read-only run: train (fresh over it)", "train", fresh, "--no-progress", check=said
+            )
+        finally:
+            subprocess.run(["umount", str(folder)], check=False)
+
+    def issue28_habits(self) -> None:
+        run = self.copy("habits")
+        for assignment, key in (
+            ("n_layer=4", "n_layers"),
+            ("n_embd=64", "emb_dim"),
+            ("lr=1e-3", "learning_rate"),
+            ("lr_warmup_steps=3", "warmup_steps"),
+            ("max_steps=10", "min_train_tokens"),
+        ):
+            self.refuse(
+                "unclear",
+                f"--set {assignment} names {key}",
+                "train",
+                run,
+                "--set",
+                assignment,
+                check=lambda r, key=key: key in r.stderr,
+            )
+        self.refuse(
+            "unclear",
+            "--set learning_rate=abc blames --set",
+            "train",
+            self.copy("habits-2"),
+            "--set",
+            "learning_rate=abc",
+            "--no-progress",
+            check=lambda r: "--set learning_rate" in r.stderr and "train.json" not in r.stderr,
+        )
+        result = gptlab("eval", run, "--save")
+        self.record(
+            "silent", "eval --save names the file", classify(result, False, lambda r: "evaluation.json" in r.stdout)
+        )
+        log = (self.trained / "train.log").read_text()
+        last = list_checkpoints(self.trained)[-1]
+        self.record(
+            "silent",
+            "one step numbering (log line, checkpoint name)",
+            ("right" if f"step {step_of(last)} (" in log else "silent", last.name),
+        )
+
+    def issue28_extend_and_locate(self) -> None:
+        for schedule, expect in (("constant", False), ("cosine", True)):
+            run = run_dir(self.work / f"extend-{schedule}", self.data, train={"lr_schedule": schedule})
+            gptlab("train", run, "--no-progress")
+            args = ("train", run, "--resume", "latest", "--set", f"min_train_tokens={2 * 16 * 9}", "--no-progress")
+            if expect:
+                self.refuse(
+                    "traceback",
+                    "extend a cosine run: refused, init_from offered",
+                    *args,
+                    check=lambda r: "init_from" in r.stderr,
+                )
+            else:
+                self.record("silent", "extend a constant-rate run", classify(gptlab(*args), False))
+        here = self.work / "cwd-a"
+        shutil.copytree(self.data, here / "data")
+        run = run_dir(here / "run", self.data, raw_train=json.dumps({"dataset": "data", **TRAIN}))
+        subprocess.run([sys.executable, "-m", "gptlab", "train", "run", "--no-progress"], cwd=here, capture_output=True)
+        elsewhere = self.work / "cwd-b"
+        elsewhere.mkdir()
+        result = subprocess.run(
+            [sys.executable, "-m", "gptlab", "eval", str(run)],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        self.record("silent", "relative dataset, eval from another directory", classify(result, False))
+        script = self.work / "script" / "notebook.py"
+        script.parent.mkdir()
+        script.write_text(
+            'import gptlab\nprint(gptlab.prepare("brown", "data", max_tokens=20_000, workers=2)["tokens"])\n'
+        )
+        result = subprocess.run(
+            [sys.executable, script.name], cwd=script.parent, capture_output=True, text=True, timeout=600
+        )
+        self.record("traceback", "API example as a plain script (spawned workers)", classify(result, False))
+
+    def issue28_network_answers(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Answer(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                payload = (
+                    b'{"data": {"gpu_1x_a10": ["wrong shape"]}}'
+                    if "instance-types" in self.path
+                    else b"<html>garbage\xff"
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            env = {**os.environ, "LAMBDA_API_KEY": "k-planted", "LAMBDA_API_BASE_URL": url}
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gptlab",
+                    "cloud",
+                    "watch",
+                    "--instance-type",
+                    "gpu_1x_a10",
+                    "--interval",
+                    "0.05",
+                    "--max-hours",
+                    str(2 / 3600),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
+            shaped = lambda r: "unexpected shape" in r.stdout and r.returncode == 1  # noqa: E731
+            self.record("traceback", "cloud watch: JSON of the wrong shape", classify(result, False, shaped))
+            env = {**os.environ, "HF_TOKEN": "hf_planted", "HF_ENDPOINT": url, "HF_HOME": str(self.work / "hf-home")}
+            result = subprocess.run(
+                [sys.executable, "-m", "gptlab", "upload", str(self.trained), "alice/x"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
+            self.record(
+                "traceback", "upload: a garbage answer", classify(result, True, lambda r: "hf_planted" not in r.stderr)
+            )
+        finally:
+            server.shutdown()
+
+
+def _nan_hf(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
 
 def _fill(path: Path, leave_bytes: int) -> None:
     path.unlink(missing_ok=True)
@@ -491,6 +777,13 @@ def main() -> None:
             "disk_full",
             "broken_meta",
             "other_tracebacks",
+            "issue28_damaged_run_files",
+            "issue28_resume_seams",
+            "issue28_non_finite_weights",
+            "issue28_read_only",
+            "issue28_habits",
+            "issue28_extend_and_locate",
+            "issue28_network_answers",
         ]
         for group in groups:
             if options.only in group:

@@ -80,6 +80,30 @@ def render_in_chromium(page: Path, profile: Path) -> str:
     return _chromium(profile, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()).stdout
 
 
+# Where the comparison table ends, against the window's width, once laid out.
+TABLE_PROBE = """<script>
+window.addEventListener("load", () => {
+  const table = document.getElementById("comparison");
+  const verdict = table.querySelector("td.verdict");
+  const out = document.createElement("pre");
+  out.id = "table-probe";
+  out.textContent = JSON.stringify({right: table.getBoundingClientRect().right, window: window.innerWidth,
+    page: document.documentElement.scrollWidth, verdictWidth: verdict.getBoundingClientRect().width});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def table_layout_in_chromium(page: Path, profile: Path, width: int) -> dict:
+    """The comparison table's right edge and the verdict column's width in a `width`-pixel window."""
+    probed = page.with_name(page.stem + "-table.html")
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", TABLE_PROBE + "</body>"), encoding="utf-8")
+    dom = _chromium(
+        profile, f"--window-size={width},768", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()
+    ).stdout
+    return json.loads(re.search(r'<pre id="table-probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
+
+
 def print_in_chromium(page: Path, profile: Path) -> bytes:
     """`page` printed to PDF by Chromium, as a reader's "Print" would."""
     pdf = page.with_suffix(".pdf")
@@ -118,6 +142,11 @@ def test_report_renders_its_table_and_every_image_in_chromium(trained, tmp_path)
     assert cells["lr10x"][VERDICT_COLUMN].startswith("beyond noise (paired t, Holm p=")
     assert cells["ckpt5"][VERDICT_COLUMN].startswith("within noise (paired t, Holm p=")
     assert cells["baseline"][VERDICT_COLUMN] == "baseline" and cells["baseline"][1] == "3"
+
+    # A 1366-pixel laptop window holds the whole table, with a verdict column wide enough to read.
+    layout = table_layout_in_chromium(page, tmp_path / "profile", 1366)
+    assert layout["right"] <= layout["window"] and layout["page"] <= layout["window"], layout
+    assert layout["verdictWidth"] >= 120, layout
 
 
 @pytest.mark.skipif(

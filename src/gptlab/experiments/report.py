@@ -20,12 +20,17 @@ from gptlab.rundir import GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, ROUT
 from gptlab.train.charts import draw_run_charts
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1em; max-width: 1400px; color: #222; }
+table { border-collapse: collapse; font-size: 0.74em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.35em; text-align: right; vertical-align: top; }
 th { background: #f2f2f2; }
 td:first-child, td.verdict, td:last-child { text-align: left; }
-td:not(.verdict):not(:last-child) { white-space: nowrap; }
+/* Fits a 1366-pixel laptop window: cells wrap at their spaces (a number is never cut), the verdict keeps room to
+   read in two or three lines, run names and changes may break anywhere. */
+td.verdict { min-width: 11em; }
+td:first-child { overflow-wrap: anywhere; min-width: 5em; }
+td:last-child { overflow-wrap: anywhere; min-width: 9em; }
+.table-frame { overflow-x: auto; }
 tr.baseline { background: #f7f7ff; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 details { margin: 0.4em 0; }
@@ -64,7 +69,10 @@ def table_html(comparison: Comparison) -> str:
             for index, cell in enumerate(table_cells(row))
         )
         body.append(f'<tr{css} data-run="{html.escape(row["run"])}">{cells}</tr>')
-    return f'<table id="comparison"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<div class="table-frame"><table id="comparison"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _run_sections(comparison: Comparison) -> str:
