@@ -164,3 +164,22 @@ def test_an_answer_of_the_wrong_shape_is_a_failed_poll_not_a_traceback():
         result = watch(api, "--max-hours", str(1 / 3600))
         assert result.returncode == 1 and "lambda instance-types: an answer of an unexpected shape" in result.stdout
         assert api.type_polls > 1  # waited out and polled again, as a 5xx is
+
+
+class InfiniteRetryAfterStandIn(LambdaStandIn):
+    """Rate-limits every poll with `Retry-After: inf`, which float() reads but no wait can honour."""
+
+    def handle(self, handler, method, path, body) -> None:
+        if path == "/api/v1/instance-types":
+            with self.lock:
+                self.type_polls += 1
+            return self.reply(handler, 429, {"error": {"code": "global/too-many-requests"}}, {"Retry-After": "inf"})
+        super().handle(handler, method, path, body)
+
+
+def test_retry_after_inf_is_no_wait_and_max_hours_still_ends_it():
+    with InfiniteRetryAfterStandIn(API_KEY) as api:
+        started = time.monotonic()
+        result = watch(api, "--max-hours", str(1 / 3600))
+        assert result.returncode == 1 and "HTTP 429" in result.stdout, result.stdout + result.stderr
+        assert time.monotonic() - started < 30 and api.type_polls > 1

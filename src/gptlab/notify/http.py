@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import socket
 import urllib.error
 import urllib.request
@@ -46,9 +47,11 @@ def _parse(raw: bytes) -> Any:
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None  # an HTTP date; the caller's own backoff applies
+    # `inf` and `nan` parse as floats but are no wait at all: the caller's own backoff applies
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 def request(
