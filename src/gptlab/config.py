@@ -15,8 +15,8 @@ from typing import Any, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import UserError
-from gptlab.files import DuplicateKeyError, loads_no_duplicates
-from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, TRAIN_FILE
+from gptlab.files import DuplicateKeyError, atomic_write_json, loads_no_duplicates, read_json
+from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, RESOLVED_CONFIG, TRAIN_FILE
 
 
 class MoESettings(BaseModel):
@@ -637,6 +637,19 @@ def load_run_config(run_dir: Path, overrides: Optional[Overrides] = None) -> Run
     model_path, train_path = run_dir / MODEL_FILE, run_dir / TRAIN_FILE
     model_data, train_data = apply_overrides(_read_json_object(model_path), _read_json_object(train_path), overrides)
     return validate_run_config(model_path, model_data, train_path, train_data)
+
+
+def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
+    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, config.to_json_dict())
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration written when the run started, else model.json and train.json as they are."""
+    resolved = Path(run_dir) / RESOLVED_CONFIG
+    if resolved.is_file():
+        data = read_json(resolved)
+        return validate_run_config(resolved, data["model"], resolved, data["train"])
+    return load_run_config(Path(run_dir))
 
 
 def not_yet_applied_notes(config: RunConfig) -> list[str]:

@@ -9,12 +9,12 @@ from typing import Optional
 import click
 import torch
 
-from gptlab.config import RunConfig, load_run_config
+from gptlab.config import RunConfig, load_run_config, read_run_config
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.model import GPT
-from gptlab.rundir import DEFAULT_CHECKPOINT, RESOLVED_CONFIG, read_run_config
+from gptlab.rundir import DEFAULT_CHECKPOINT, RESOLVED_CONFIG
 from gptlab.train.checkpoint import Checkpoint, find_checkpoint, offer_good_checkpoint
 from gptlab.weights import build_model
 

@@ -31,7 +31,6 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-import gptlab
 from gptlab.data.sources import Source, SourceOptions, open_source
 from gptlab.data.tokens import SPLIT_NAMES, TokenSplitWriter
 from gptlab.errors import UserError
@@ -45,6 +44,7 @@ from gptlab.tokenizer import (
     VOCAB_SIZE,
     gpt2_encoding,
 )
+from gptlab.version import __version__
 
 STATE_FILE = ".prepare-state.json"
 CHUNK_DOCUMENTS = 1024
@@ -205,7 +205,7 @@ def _settings(source: Source, fractions: SplitFractions, seed: int, rule: SplitR
         "seed": seed,
         "rule": asdict(rule),
         "max_tokens": max_tokens,
-        "gptlab_version": gptlab.__version__,
+        "gptlab_version": __version__,
     }
 
 
@@ -627,7 +627,7 @@ def _finish(
         "tokens": {name: sizes[name] for name in produced},
         "max_tokens": max_tokens,
         "seconds": round(time.perf_counter() - started, 3),
-        "gptlab_version": gptlab.__version__,
+        "gptlab_version": __version__,
     }
     atomic_write_json(out_dir / "meta.json", meta)
     (out_dir / STATE_FILE).unlink(missing_ok=True)

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gptlab.config import ModelConfig, RunConfig, validate_run_config
+from gptlab.config import ModelConfig, RunConfig, validate_run_config, write_resolved_config
 from gptlab.errors import UserError
 from gptlab.export.card import default_new_tokens
 from gptlab.files import (
@@ -47,7 +47,6 @@ from gptlab.rundir import (
     read_evaluation,
     read_hellaswag_evaluation,
     read_summary,
-    write_resolved_config,
 )
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
 from gptlab.weights import build_model, save_book_safetensors

@@ -12,9 +12,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
+from gptlab.config import read_run_config
 from gptlab.notify.channels import Message, channels_from_environment
 from gptlab.notify.notifier import Notifier
-from gptlab.rundir import TRAIN_FILE, TRAIN_LOG, read_run_config
+from gptlab.rundir import TRAIN_FILE, TRAIN_LOG
 
 LOG_TAIL_LINES = 8  # lines of train.log quoted in a failure message
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config
+from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config, write_resolved_config
 from gptlab.data.batches import BatchReader, plan_training
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
@@ -29,7 +29,7 @@ from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
 from gptlab.notify.training import TrainingNotifier
-from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config
+from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (
