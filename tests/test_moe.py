@@ -432,7 +432,7 @@ def test_a_small_moe_run_beats_the_unigram_baseline(make_run):
     """About 100 k tokens (200 steps of 512); at emb_dim 64 the GPT-2-vocabulary head dominates the time."""
     from gptlab.evaluate.loss import evaluate_run
     from gptlab.evaluate.unigram import unigram_cross_entropy
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.train.loop import train_run
 
     run = make_run(
@@ -452,7 +452,7 @@ def test_a_small_moe_run_beats_the_unigram_baseline(make_run):
 
 @pytest.mark.slow
 def test_an_moe_run_resumes_bit_identically(make_run):
-    from gptlab.train.checkpoint import list_checkpoints
+    from gptlab.runtime.checkpoint import list_checkpoints
     from gptlab.train.loop import train_run
 
     train = {"min_train_tokens": 4 * 32 * 8, "checkpoint_interval": 4}

@@ -137,7 +137,7 @@ class NotifySettings(BaseModel):
 
 PrecisionName = Literal[
     "fp32", "tf32", "fp16", "bf16", "auto"
-]  # train.json's precision; train.precision.Precision is what it sets up
+]  # train.json's precision; runtime.precision.Precision is what it sets up
 Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
 
@@ -274,7 +274,7 @@ class TrainConfig(BaseModel):
 
     @property
     def effective_precision(self) -> str:
-        """The precision the files ask for: 'auto' is resolved per machine by train/precision.py."""
+        """The precision the files ask for: 'auto' is resolved per machine by runtime/precision.py."""
         if self.precision is not None:
             return self.precision
         return "fp32" if self.use_amp is False else "fp16"

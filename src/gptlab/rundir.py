@@ -8,7 +8,7 @@
       evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare),
                                 and under `hellaswag` a HellaSwag accuracy (`gptlab eval --task hellaswag --save`)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
-      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
+      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.runtime.checkpoint)
       tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
 
 Every other module names these files through this one, so a reader finds each file's writer and readers

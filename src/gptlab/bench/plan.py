@@ -23,7 +23,7 @@ from gptlab.errors import UserError
 from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.linear_cross_entropy import DEFAULT_CHUNK_TOKENS
 from gptlab.model import parameter_counts
-from gptlab.rundir import TRAIN_FILE
+from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
 # The stated model FLOPs utilisation used when no `gptlab bench --json` file is given: what a compiled bf16
 # GPT-2-small step of gptlab reaches on an H200 is about 0.3 to 0.45 (docs/performance.md, ANCHORS.md).
@@ -56,7 +56,7 @@ USABLE_MEMORY_FRACTION = 0.9
 
 
 def gpu_precision(train: TrainConfig) -> tuple[str, str]:
-    """(precision, why) the run gets on a current NVIDIA GPU, by the rules of train/precision.py."""
+    """(precision, why) the run gets on a current NVIDIA GPU, by the rules of runtime/precision.py."""
     if train.precision == "auto":
         return "bf16", "precision 'auto' on a GPU with bf16"
     if train.precision is not None:
@@ -183,7 +183,7 @@ def _dataset_plan(
     tokenizer_vocab = dataset.meta.get("tokenizer", {}).get("vocab_size", model.vocab_size)
     if tokenizer_vocab > model.vocab_size:
         raise UserError(
-            f"{run_dir / 'model.json'}: vocab_size: {model.vocab_size} is smaller than the dataset's tokenizer ({tokenizer_vocab})"
+            f"{run_dir / MODEL_FILE}: vocab_size: {model.vocab_size} is smaller than the dataset's tokenizer ({tokenizer_vocab})"
         )
     plan = plan_training(
         dataset.split("train"),

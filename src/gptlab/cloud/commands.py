@@ -12,8 +12,7 @@ import click
 
 from gptlab.click_types import FiniteFloatRange
 from gptlab.errors import UserError
-from gptlab.notify.channels import CHANNEL_NAMES
-from gptlab.notify.commands import NOTIFY_HELP
+from gptlab.notify.channels import CHANNEL_NAMES, NOTIFY_HELP
 
 EXIT_CODES = {"up": 0, "capacity": 0, "gave-up": 1, "lost-instance": 1}
 

@@ -488,7 +488,7 @@ def export_run(
     checkpoint. The card's sample is the smoke test (`gptlab generate --seed SEED`)."""
     from gptlab.evaluate.sample import DEFAULT_PROMPT, generate_tokens
     from gptlab.export.card import CardFacts, model_card
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.tokenizer import decode, encode
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -570,7 +570,7 @@ def _dataset_value(dataset: str) -> str:
 def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_size: int = 8) -> dict[str, Any]:
     """Turn a local transformers GPT-2 folder into a gptlab run with one weights-only checkpoint
     (`latest` and `best` point at it), ready for `gptlab eval` and `gptlab generate`."""
-    from gptlab.train.checkpoint import checkpoint_name, point, write_checksums
+    from gptlab.runtime.checkpoint import checkpoint_name, point, write_checksums
 
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     config_path = model_dir / "config.json"

@@ -11,6 +11,11 @@ from gptlab.errors import UserError
 from gptlab.notify.http import request
 
 CHANNEL_NAMES = ("telegram", "webhook", "ntfy")
+# The --notify help of `gptlab notify test` and `gptlab cloud watch`.
+NOTIFY_HELP = (
+    "Channel to send to (repeatable): telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID), webhook (GPTLAB_WEBHOOK_URL) "
+    "or ntfy (NTFY_TOPIC); secrets are read from those environment variables only."
+)
 TELEGRAM_TEXT_LIMIT = 4096  # characters Telegram accepts in one message
 
 

@@ -8,12 +8,7 @@ import sys
 import click
 
 from gptlab.errors import UserError
-from gptlab.notify.channels import CHANNEL_NAMES
-
-NOTIFY_HELP = (
-    "Channel to send to (repeatable): telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID), webhook (GPTLAB_WEBHOOK_URL) "
-    "or ntfy (NTFY_TOPIC); secrets are read from those environment variables only."
-)
+from gptlab.notify.channels import CHANNEL_NAMES, NOTIFY_HELP
 
 
 @click.group()

@@ -28,11 +28,10 @@ from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
+from gptlab.notify.events import CheckpointWritten, Failed, Finished, Started, Stopped
 from gptlab.notify.training import TrainingNotifier
 from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG
-from gptlab.train import distributed
-from gptlab.train.charts import draw_run_charts
-from gptlab.train.checkpoint import (
+from gptlab.runtime.checkpoint import (
     find_checkpoint,
     find_resumable_checkpoint,
     gather_rng_states,
@@ -43,16 +42,18 @@ from gptlab.train.checkpoint import (
     save_checkpoint,
     set_aside_later_checkpoints,
 )
-from gptlab.train.host import keep_freed_memory_for_reuse
-from gptlab.train.loggers import MetricLoggers
-from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
-from gptlab.train.precision import (
+from gptlab.runtime.precision import (
     PrecisionChoice,
     choose_precision,
     clip_to_norm,
     configure_precision,
     global_grad_norm,
 )
+from gptlab.train import distributed
+from gptlab.train.charts import draw_run_charts
+from gptlab.train.host import keep_freed_memory_for_reuse
+from gptlab.train.loggers import MetricLoggers
+from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.progress import (
     ESTIMATE_AFTER_STEPS,
     finish_summary,
@@ -63,7 +64,7 @@ from gptlab.train.progress import (
     show_progress,
     show_validation,
 )
-from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
+from gptlab.train.record import IntervalStats, MetricsFile, RunLog, format_summary, progress_bar
 from gptlab.train.routing import record_routing
 from gptlab.train.state import RunningTotals, Training
 from gptlab.weights import build_model, load_book_safetensors
@@ -122,7 +123,7 @@ def setup(
     model_config, train_config = run_config.model, run_config.train
     dist_context = distributed.from_environment()
     notifier = TrainingNotifier.for_run(
-        run_dir, train_config, dist_context.is_main
+        run_dir, train_config, dist_context.is_main, RunLog(run_dir).line
     )  # missing secrets fail here, on every rank
     device = distributed.pick_device(train_config.device, dist_context)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -435,7 +436,7 @@ def fit(run: Training) -> dict[str, Any]:
             stop = any(outcome["stop"] for outcome in outcomes)
             show_progress(run, bar, step, learning_rate, outcomes[-1], train_seconds_at_start)
             if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
-                run.notifier.started(run, log_estimate(run, step, train_seconds_at_start))
+                run.notifier.started(_started_event(run, log_estimate(run, step, train_seconds_at_start)))
 
             checkpoint_due = step == last_step or stop or checkpoint_by_interval
             validation_due = (
@@ -450,7 +451,7 @@ def fit(run: Training) -> dict[str, Any]:
                     show_validation(run, step, totals.last_validation_loss)
             if checkpoint_due:
                 _checkpoint(run, step, learning_rate)
-                run.notifier.checkpoint(run, step)
+                run.notifier.checkpoint(_checkpoint_event(run, step))
             run.metrics.flush()
             if checkpoint_due:
                 _redraw_charts(run, final=step == last_step or stop)
@@ -465,6 +466,32 @@ def fit(run: Training) -> dict[str, Any]:
         bar.close()
         run.metrics.flush()
     return finish_summary(run)
+
+
+def _started_event(run: Training, estimate: str) -> Started:
+    return Started(
+        start_step=run.start_step,
+        total_steps=run.plan.total_steps,
+        global_batch_tokens=run.plan.global_batch_tokens,
+        parameters=run.model.parameter_count(),
+        precision=run.precision.name,
+        world_size=run.dist.world_size,
+        device_type=run.device.type,
+        estimate=estimate,
+    )
+
+
+def _checkpoint_event(run: Training, step: int) -> CheckpointWritten:
+    totals, cost_per_hour = run.totals, run.config.train.cost_per_hour
+    seconds = totals.train_seconds
+    return CheckpointWritten(
+        step=step,
+        total_steps=run.plan.total_steps,
+        train_loss=totals.last_train_loss,
+        validation_loss=totals.last_validation_loss,
+        tokens_per_second=totals.timed_steps * run.plan.global_batch_tokens / seconds if seconds > 0 else None,
+        cost_so_far=seconds / 3600 * cost_per_hour if cost_per_hour is not None else None,
+    )
 
 
 CHART_SECONDS = 30.0  # charts are redrawn at a checkpoint at most this often (and always at the end)
@@ -573,11 +600,14 @@ def train_run(
         try:
             result = fit(run)
         except BaseException as error:
-            run.notifier.failed(run, error)
+            run.notifier.failed(Failed(error, gave_up=isinstance(error, TrainingStopped)))
             raise
         finally:
             run.loggers.close()  # after a stop or a failure; after the last step finish_summary has finished them
-        run.notifier.finished(run, result)
+        if result.get("interrupted"):
+            run.notifier.stopped(Stopped(result["stopped_after_step"], result.get("signal") or "another rank"))
+        else:
+            run.notifier.finished(Finished(format_summary(result)))
         # Every rank leaves together: a rank that tears gloo down while another still works with it can abort
         # ("terminate called without an active exception"). Only after success: after a failure it could hang.
         distributed.barrier(run.dist)

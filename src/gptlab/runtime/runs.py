@@ -15,7 +15,7 @@ from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.model import GPT
 from gptlab.rundir import DEFAULT_CHECKPOINT, RESOLVED_CONFIG
-from gptlab.train.checkpoint import Checkpoint, find_checkpoint, offer_good_checkpoint
+from gptlab.runtime.checkpoint import Checkpoint, find_checkpoint, offer_good_checkpoint
 from gptlab.weights import build_model
 
 
