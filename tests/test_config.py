@@ -108,16 +108,6 @@ def test_missing_and_broken_files(tmp_path):
     assert result.returncode == 2 and "model.json: not valid JSON" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_key_not_yet_applied_is_reported(make_run, monkeypatch):
-    """Every key is applied today; the mechanism that reports one that is not must still work."""
-    from gptlab.config import NOT_YET_APPLIED, load_run_config, not_yet_applied_notes
-
-    assert not_yet_applied_notes(load_run_config(make_run(train={"compile": False}))) == []
-    monkeypatch.setitem(NOT_YET_APPLIED, "machine", "labels are not shown yet")
-    notes = not_yet_applied_notes(load_run_config(make_run("labelled", train={"machine": "8xH100"})))
-    assert notes == ["train.json: machine: accepted but not yet applied (labels are not shown yet)"]
-
-
 def test_set_overrides_are_typed_and_checked():
     from gptlab.config import parse_assignments as parse_overrides
     from gptlab.errors import UserError

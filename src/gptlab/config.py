@@ -392,10 +392,6 @@ def validate_evaluation(path: Path, data: Any, problems: list[str]) -> Evaluatio
         return EvaluationSettings()
 
 
-# Keys accepted so that existing configs run, but not acted on yet: reported, never silently ignored.
-NOT_YET_APPLIED: dict[str, str] = {}
-
-
 class RunConfig(BaseModel):
     """Both files of a run, resolved."""
 
@@ -652,15 +648,6 @@ def read_run_config(run_dir: Path) -> RunConfig:
     return load_run_config(Path(run_dir))
 
 
-def not_yet_applied_notes(config: RunConfig) -> list[str]:
-    """One line per key that was set but that gptlab does not act on yet."""
-    notes = []
-    for key, why in NOT_YET_APPLIED.items():
-        if getattr(config.train, key) is not None:
-            notes.append(f"train.json: {key}: accepted but not yet applied ({why})")
-    return notes
-
-
 def markdown_reference() -> str:
     """docs/configuration.md, generated from the fields above so the two cannot drift apart."""
     lines = [
@@ -676,5 +663,4 @@ def markdown_reference() -> str:
             shown = "required" if field.is_required() else json.dumps(default)
             lines.append(f"| `{name}` | {shown} | {field.description} |")
         lines.append("")
-    lines += ["## Accepted but not yet applied", ""] + [f"- `{key}`: {why}" for key, why in NOT_YET_APPLIED.items()]
     return "\n".join(lines) + "\n"

@@ -367,11 +367,6 @@ class GPT(nn.Module):
         self.lm_head.weight[self.config.vocab_size :].zero_()
 
 
-def gpt2_small_config(**overrides) -> ModelConfig:
-    """GPT-2 small (124M tied / 163M untied parameters) as the users' `model.json` has it."""
-    return ModelConfig(**overrides)
-
-
 def routing_statistics(totals: torch.Tensor) -> list[dict[str, object]]:
     """`GPT.take_routing_totals()` (already on the host, possibly averaged over ranks) -> one record per layer:
     mean routing weight per expert (softmax over all logits), mean kept top-K weight per expert (0 where not

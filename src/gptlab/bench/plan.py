@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from gptlab.bench.memory import format_bytes
-from gptlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config, not_yet_applied_notes
+from gptlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config
 from gptlab.data.batches import BatchPlan, plan_training
 from gptlab.data.locate import default_datasets_dir, find_local_dataset, is_hub_id
 from gptlab.errors import UserError
@@ -277,7 +277,6 @@ def plan_run(
         "run_dir": str(run_dir),
         "world_size": world_size,
         "writes_nothing": True,
-        "notes": not_yet_applied_notes(config),
         "dataset": dataset,
         "steps": steps,
         "tokens": tokens,
@@ -319,7 +318,6 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
         f"Dry run of {plan['run_dir']} on {plan['world_size']} GPU(s); nothing is written.",
         f"  dataset      {plan['dataset']['dataset']}: {plan['dataset']['status']}",
     ]
-    lines += [f"  note         {note}" for note in plan["notes"]]
     lines += [
         f"  global batch {plan['global_batch_tokens']:,} tokens = world {batch['world_size']} x microbatch {batch['microbatch_size']} "
         f"x accumulation {batch['gradient_accumulation_steps']} x context {batch['context_length']:,}",

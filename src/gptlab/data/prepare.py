@@ -100,7 +100,7 @@ class SplitRule:
             raise UserError(f"--split-rule {split_rule} and --split-by {split_by}: give one of them")
         return cls("rows", percent)
 
-    def describe(self, fractions: SplitFractions, seed: int) -> dict:
+    def describe(self, seed: int) -> dict:
         if self.by == "rows":
             return {
                 "by": "rows",
@@ -618,7 +618,7 @@ def _finish(
         "document_separator": END_OF_TEXT,
         "split_seed": seed,
         "split_rule": {
-            **SplitRule(progress.rule, rule.train_percent).describe(fractions, seed),
+            **SplitRule(progress.rule, rule.train_percent).describe(seed),
             **({"chosen_by": "auto"} if rule.by == "auto" else {}),
         },
         "fractions": split_fractions,
@@ -659,10 +659,3 @@ def _cut_stream(out_dir: Path, stream: TokenSplitWriter, sizes: dict[str, int]) 
     del data
     stream.partial_path.unlink()
     return {**{name: 0 for name in SPLIT_NAMES}, **documents}
-
-
-def iter_documents(source: str, text_field: str = "text") -> Iterator[str]:
-    """Every document of `source`, in a stable order."""
-    for text in open_source(source, SourceOptions(text_field=text_field)).rows(0):
-        if text:
-            yield text
