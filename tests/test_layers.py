@@ -27,9 +27,10 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ),
     ("gptlab.files", "gptlab.tokenizer"),
     ("gptlab.rundir",),  # the run directory's file names
+    ("gptlab.notify",),  # below config, which names train.json's channels from its registry; the loop sends
     ("gptlab.config",),  # model.json, train.json and resolved_config.json, read by rundir's names
     ("gptlab.model", "gptlab.data"),
-    ("gptlab.weights", "gptlab.flops", "gptlab.presets", "gptlab.notify"),
+    ("gptlab.weights", "gptlab.flops", "gptlab.presets"),
     ("gptlab.runtime",),  # precision, checkpoints, opening a trained run: what training and evaluation share
     ("gptlab.evaluate",),
     ("gptlab.train",),  # validates with evaluate's loss, tells notify its events

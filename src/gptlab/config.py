@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import UserError
 from gptlab.files import DuplicateKeyError, atomic_write_json, loads_no_duplicates, read_json
+from gptlab.notify.channels import CHANNEL_NAMES
 from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, RESOLVED_CONFIG, TRAIN_FILE
 
 
@@ -129,7 +130,7 @@ class NotifySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-    channels: list[Literal["telegram", "webhook", "ntfy"]] = Field(min_length=1, description="Where messages go.")
+    channels: list[Literal[CHANNEL_NAMES]] = Field(min_length=1, description="Where messages go.")  # the registry's
     every_checkpoints: Optional[int] = Field(
         None, gt=0, description="Also send loss, tokens/s and cost every this many checkpoints; absent: never."
     )
@@ -262,7 +263,7 @@ class TrainConfig(BaseModel):
     notify: Optional[NotifySettings] = Field(
         None,
         description="Messages when the run starts, fails, stops or finishes, e.g. "
-        '{"channels": ["telegram"], "every_checkpoints": 5} (channels: telegram, webhook, ntfy); '
+        f'{{"channels": ["telegram"], "every_checkpoints": 5}} (channels: {", ".join(CHANNEL_NAMES)}); '
         "tokens and addresses come from environment variables only, see docs/cloud.md.",
     )
     loggers: list[Literal["tensorboard", "wandb"]] = Field(

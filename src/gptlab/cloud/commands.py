@@ -82,7 +82,8 @@ def watch(
     """
     from gptlab.cloud.lambda_cloud import LambdaCloud
     from gptlab.cloud.watch import Watcher, WatchPlan
-    from gptlab.notify.channels import Message, channels_from_environment
+    from gptlab.notify.channels import channels_from_environment
+    from gptlab.notify.message import Message
     from gptlab.notify.notifier import Notifier
 
     if launch and not ssh_key:

@@ -10,15 +10,23 @@ from __future__ import annotations
 import socket
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
-from gptlab.config import TrainConfig, read_run_config
-from gptlab.notify.channels import Message, channels_from_environment
+from gptlab.notify.channels import channels_from_environment
 from gptlab.notify.events import CheckpointWritten, Failed, Finished, Started, Stopped
+from gptlab.notify.message import Message
 from gptlab.notify.notifier import Notifier
-from gptlab.rundir import TRAIN_FILE, TRAIN_LOG
+from gptlab.rundir import TRAIN_FILE, TRAIN_LOG, read_config_dict
 
 LOG_TAIL_LINES = 8  # lines of train.log quoted in a failure message
+
+
+class NotifySettings(Protocol):
+    """train.json's `notify` (gptlab.config.NotifySettings, which stands above this package and names its
+    channels from this package's registry)."""
+
+    channels: Sequence[str]
+    every_checkpoints: Optional[int]
 
 
 class TrainingNotifier:
@@ -38,18 +46,22 @@ class TrainingNotifier:
 
     @classmethod
     def for_run(
-        cls, run_dir: Path, train_config: TrainConfig, is_main: bool, log: Callable[[str], None]
+        cls,
+        run_dir: Path,
+        settings: Optional[NotifySettings],
+        machine: Optional[str],
+        is_main: bool,
+        log: Callable[[str], None],
     ) -> "TrainingNotifier":
         """From train.json's `notify` key, channel secrets from the environment: a missing one is a UserError on
         every process at setup, not a surprise at the end. A failing channel is reported once through `log`
         (train.log)."""
-        settings = train_config.notify
         if settings is None:
             return cls(None, run_dir)
         channels = channels_from_environment(settings.channels, source=f"{Path(run_dir) / TRAIN_FILE}: notify")
         if not is_main:
             return cls(None, run_dir)
-        return cls(Notifier(channels, log), run_dir, settings.every_checkpoints, train_config.machine)
+        return cls(Notifier(channels, log), run_dir, settings.every_checkpoints, machine)
 
     # --- the events -------------------------------------------------------------------------------
     def started(self, event: Started) -> None:
@@ -148,13 +160,13 @@ def _log_tail(path: Path, count: int) -> list[str]:
 
 def send_test_loss(run_dir: Path, evaluation: dict[str, Any]) -> None:
     """The experiment runner's last word on a run: the test loss it measured after training."""
-    train_config = read_run_config(run_dir).train
-    if train_config.notify is None:
+    train = read_config_dict(run_dir)["train"]  # as the run trained, already checked then
+    if not train.get("notify"):
         return
     notifier = Notifier(
-        channels_from_environment(train_config.notify.channels, source=f"{Path(run_dir) / TRAIN_FILE}: notify"), print
+        channels_from_environment(train["notify"]["channels"], source=f"{Path(run_dir) / TRAIN_FILE}: notify"), print
     )
-    name = TrainingNotifier(notifier, run_dir, machine=train_config.machine)._name
+    name = TrainingNotifier(notifier, run_dir, machine=train.get("machine"))._name
     notifier.send(
         Message(
             "evaluated",

@@ -123,7 +123,7 @@ def setup(
     model_config, train_config = run_config.model, run_config.train
     dist_context = distributed.from_environment()
     notifier = TrainingNotifier.for_run(
-        run_dir, train_config, dist_context.is_main, RunLog(run_dir).line
+        run_dir, train_config.notify, train_config.machine, dist_context.is_main, RunLog(run_dir).line
     )  # missing secrets fail here, on every rank
     device = distributed.pick_device(train_config.device, dist_context)
     if device.type == "cuda" and not torch.cuda.is_available():
