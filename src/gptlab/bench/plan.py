@@ -24,6 +24,7 @@ from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.linear_cross_entropy import DEFAULT_CHUNK_TOKENS
 from gptlab.model import parameter_counts
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
+from gptlab.train.cadence import Cadence
 
 # The stated model FLOPs utilisation used when no `gptlab bench --json` file is given: what a compiled bf16
 # GPT-2-small step of gptlab reaches on an H200 is about 0.3 to 0.45 (docs/performance.md, ANCHORS.md).
@@ -149,13 +150,6 @@ def _bench_differences(bench: dict[str, Any], config: RunConfig, precision: str)
     return differing
 
 
-def _occurrences(total_steps: int, interval: Optional[int]) -> int:
-    """Steps s in 0..total-1 with s % interval == 0, plus the last step: the loop's rule for checkpoints."""
-    if interval is None:
-        return 1
-    return math.ceil(total_steps / interval) + (1 if (total_steps - 1) % interval else 0)
-
-
 def _dataset_plan(
     config: RunConfig, run_dir: Path, datasets_dir: Optional[Path], world_size: int
 ) -> tuple[dict[str, Any], Optional[BatchPlan]]:
@@ -227,13 +221,12 @@ def plan_run(
         steps = math.ceil(train.min_train_tokens / global_batch)
     tokens = steps * global_batch if steps is not None else None
     validates = train.validation_batches > 0 and dataset.get("has_validation_split", True)
-    checkpoints = _occurrences(steps, train.checkpoint_interval) if steps is not None else None
-    if steps is None or not validates:
-        validations = None if steps is None else 0
-    elif train.validation_interval is not None:
-        validations = _occurrences(steps, train.validation_interval)  # with an interval, checkpoints do not validate
+    cadence = Cadence(steps, train.checkpoint_interval, train.validation_interval) if steps is not None else None
+    checkpoints = cadence.checkpoints() if cadence is not None else None
+    if cadence is None or not validates:
+        validations = None if cadence is None else 0
     else:
-        validations = checkpoints
+        validations = cadence.validations()
 
     precision, precision_why = gpu_precision(train)
     counts = parameter_counts(model)

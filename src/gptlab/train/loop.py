@@ -27,14 +27,15 @@ from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
-from gptlab.files import atomic_write_text, read_json
+from gptlab.files import atomic_write_text
 from gptlab.notify.events import CheckpointWritten, Failed, Finished, Started, Stopped
 from gptlab.notify.training import TrainingNotifier
-from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG
+from gptlab.rundir import METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG
 from gptlab.runtime.checkpoint import (
     find_checkpoint,
     find_resumable_checkpoint,
     gather_rng_states,
+    initial_weights,
     list_checkpoints,
     prune_checkpoints,
     remove_stale_checkpoint_staging,
@@ -50,6 +51,7 @@ from gptlab.runtime.precision import (
     global_grad_norm,
 )
 from gptlab.train import distributed
+from gptlab.train.cadence import Cadence
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
@@ -85,10 +87,9 @@ def seed_everything(seed: int) -> None:
 
 def _initial_weights(run_dir: Path, init_from: str) -> Path:
     """train.json's init_from -> a model.safetensors: the file itself, a checkpoint folder's, or a run's latest."""
-    path = Path(init_from) if Path(init_from).is_absolute() else Path(run_dir) / init_from
-    for candidate in (path, path / "model.safetensors", path / CHECKPOINTS / "latest" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
+    found = initial_weights(Path(init_from) if Path(init_from).is_absolute() else Path(run_dir) / init_from)
+    if found is not None:
+        return found
     raise UserError(
         f"{Path(run_dir) / TRAIN_FILE}: init_from: '{init_from}' is neither a model.safetensors, a checkpoint folder, nor a run with checkpoints"
     )
@@ -240,7 +241,7 @@ def _choose_run_precision(
 
 def _restore(run: Training, which: str) -> None:
     checkpoint = find_resumable_checkpoint(run.run_dir, which)
-    saved = read_json(checkpoint.path / "config.json")
+    saved = checkpoint.config
     current = run.config.to_json_dict()
     differing_model = sorted(key for key in current["model"] if saved["model"].get(key) != current["model"][key])
     if differing_model:
@@ -383,6 +384,7 @@ def fit(run: Training) -> dict[str, Any]:
     """
     train_config, plan, totals = run.config.train, run.plan, run.totals
     last_step = plan.total_steps - 1
+    cadence = Cadence(plan.total_steps, train_config.checkpoint_interval, train_config.validation_interval)
     read_interval = run.fast_paths["log_interval"]
     bar = progress_bar(plan.total_steps, run.start_step, run.show_progress)
     stop_request = StopRequest()
@@ -400,16 +402,9 @@ def fit(run: Training) -> dict[str, Any]:
             pending.append(
                 (step, learning_rate, time.perf_counter() - started, optimizer_step(run, loss, stop_request.requested))
             )
-            checkpoint_by_interval = (
-                train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0
-            )
-            validation_by_interval = (
-                train_config.validation_interval is not None and step % train_config.validation_interval == 0
-            )
             read_due = (
-                step == last_step
-                or checkpoint_by_interval
-                or validation_by_interval
+                cadence.checkpoint_due(step)
+                or cadence.validation_due(step, checkpoint_due=False)
                 or (step + 1 - run.start_step) % read_interval == 0
             )
             outcomes = read_back([values for *_, values in pending]) if read_due else []
@@ -438,12 +433,8 @@ def fit(run: Training) -> dict[str, Any]:
             if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
                 run.notifier.started(_started_event(run, log_estimate(run, step, train_seconds_at_start)))
 
-            checkpoint_due = step == last_step or stop or checkpoint_by_interval
-            validation_due = (
-                validation_by_interval
-                or step == last_step
-                or (train_config.validation_interval is None and checkpoint_due)
-            )
+            checkpoint_due = cadence.checkpoint_due(step, stop)
+            validation_due = cadence.validation_due(step, checkpoint_due)
             if validation_due:
                 totals.last_validation_loss = validate(run)
                 if totals.last_validation_loss is not None:
