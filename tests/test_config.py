@@ -4,9 +4,9 @@ import json
 
 import pytest
 from conftest import run_cli, write_run
-from users_harness import USERS_MODEL, USERS_TRAIN
 
 from gptlab.config import TrainConfig
+from gptlab.presets import USERS_MODEL, USERS_TRAIN
 
 
 def test_users_files_validate_unchanged():

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 from conftest import read_metrics, run_cli
-from users_harness import USERS_MODEL, USERS_TRAIN
 
 from gptlab.bench.flops import flops_per_token
 from gptlab.bench.plan import estimate_memory, plan_run
 from gptlab.config import ModelConfig, TrainConfig
 from gptlab.errors import UserError
 from gptlab.model import GPT, parameter_counts
+from gptlab.presets import USERS_MODEL, USERS_TRAIN
 
 
 def _listing(*roots: Path) -> dict[str, tuple[int, int]]:
