@@ -29,7 +29,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("gptlab.rundir",),  # the run directory's file names
     ("gptlab.notify",),  # below config, which names train.json's channels from its registry; the loop sends
     ("gptlab.config",),  # model.json, train.json and resolved_config.json, read by rundir's names
-    ("gptlab.model", "gptlab.data"),
+    ("gptlab.model_moe", "gptlab.data"),  # the mixture-of-experts layer, which the model's blocks hold
+    ("gptlab.model",),
     ("gptlab.weights", "gptlab.flops", "gptlab.presets"),
     ("gptlab.runtime",),  # precision, checkpoints, opening a trained run: what training and evaluation share
     ("gptlab.evaluate",),

@@ -302,8 +302,9 @@ def forward_backward(run: Training, step: int) -> torch.Tensor:
         inputs, targets = run.reader.read(step, micro_step, run.dist.rank)
         with distributed.gradient_sync(run.trained_model, sync=micro_step == accumulation - 1):
             with run.precision.autocast():
-                loss = run.trained_model(inputs, targets) / accumulation
-                router_loss = run.model.take_router_loss()  # mixture-of-experts balance and z-losses, when asked for
+                # router_loss: the mixture-of-experts balance and z-losses, when model.json asks for them
+                loss, router_loss = run.trained_model(inputs, targets, with_router_loss=True)
+                loss = loss / accumulation
             objective = loss if router_loss is None else loss + router_loss / accumulation
             scaled = run.precision.scaler.scale(objective) if run.precision.scaler is not None else objective
             scaled.backward()
