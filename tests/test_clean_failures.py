@@ -16,7 +16,7 @@ from conftest import write_run
 from safetensors.torch import load_file, save_file
 
 from gptlab.cli import main
-from gptlab.train.checkpoint import Checkpoint, list_checkpoints, offer_good_checkpoint, write_checksums
+from gptlab.runtime.checkpoint import Checkpoint, list_checkpoints, offer_good_checkpoint, write_checksums
 from gptlab.train.loop import train_run
 
 

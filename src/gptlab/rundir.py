@@ -1,4 +1,4 @@
-"""The run directory: the name of every file in it, and reading and writing its configs, summary and evaluation.
+"""The run directory: the name of every file in it, and reading and writing its summary and evaluation.
 
     RUN_DIR/
       model.json, train.json    the users' files; gptlab reads them and never rewrites them
@@ -9,25 +9,23 @@
       evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare),
                                 and under `hellaswag` a HellaSwag accuracy (`gptlab eval --task hellaswag --save`)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
-      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
+      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.runtime.checkpoint)
       events.out.tfevents.*     TensorBoard's event files (train.json's `loggers`), in the run directory itself so
                                 that `tensorboard --logdir runs/` labels each run by its name (gptlab.train.loggers)
       wandb/                    wandb's own folder
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
-with one grep.
+with one grep. It stands below `gptlab.config`, which reads and writes the configs (model.json, train.json,
+resolved_config.json) by these names.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from gptlab.errors import BadFile
 from gptlab.files import atomic_write_json, read_json
-
-if TYPE_CHECKING:
-    from gptlab.config import RunConfig
 
 MODEL_FILE, TRAIN_FILE = "model.json", "train.json"
 RESOLVED_CONFIG = "resolved_config.json"
@@ -48,15 +46,6 @@ DEFAULT_CHECKPOINT = "latest"
 DATASET_LOCATION = "dataset_location"  # resolved_config.json: where `dataset` was found when training started
 
 
-def write_resolved_config(run_dir: Path, config: RunConfig, dataset_location: Optional[Path] = None) -> None:
-    """The configuration after defaults; with `dataset_location`, the absolute folder the dataset was found in,
-    so that a relative `dataset` is found again from any working directory (see data.locate)."""
-    data: dict[str, Any] = config.to_json_dict()
-    if dataset_location is not None:
-        data[DATASET_LOCATION] = str(Path(dataset_location).resolve())
-    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, data)
-
-
 def recorded_dataset_location(run_dir: Path, dataset: str) -> Optional[Path]:
     """The folder train.json's `dataset` value was found in when the run started, or None (no
     resolved_config.json, an older run's, one recorded for another `dataset` value, or one that cannot be
@@ -71,18 +60,7 @@ def recorded_dataset_location(run_dir: Path, dataset: str) -> Optional[Path]:
     return Path(location)
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved configuration written when the run started, else model.json and train.json as they are."""
-    from gptlab.config import load_run_config, validate_run_config
-
-    resolved = Path(run_dir) / RESOLVED_CONFIG
-    if resolved.is_file():
-        data = _read_resolved(resolved)
-        return validate_run_config(resolved, data["model"], resolved, data["train"])
-    return load_run_config(Path(run_dir))
-
-
-def _read_resolved(path: Path) -> dict[str, Any]:
+def read_resolved_config(path: Path) -> dict[str, Any]:
     """resolved_config.json, refused in one line when it is empty, torn or lacks its `model` or `train` part."""
     data = read_json(path, dict)
     missing = [part for part in ("model", "train") if not isinstance(data.get(part), dict)]
@@ -100,7 +78,7 @@ def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:
     summary = read_summary(run_dir)
     if summary is not None and isinstance(summary.get("config"), dict):
         return summary["config"]
-    return _read_resolved(Path(run_dir) / RESOLVED_CONFIG)
+    return read_resolved_config(Path(run_dir) / RESOLVED_CONFIG)
 
 
 def has_summary(run_dir: Path) -> bool:
