@@ -157,7 +157,10 @@ class TrainConfig(BaseModel):
 
     # --- the ddp-base-model-from-scratch harness's keys ---------------------------------------------
     dataset: str = Field(
-        description="A local token dataset directory, or a Hugging Face dataset id downloaded once into the datasets folder."
+        description="A local token dataset directory, or a Hugging Face dataset id downloaded once into the datasets folder. "
+        "A relative folder is looked for under the run directory, then where the run found it when it started "
+        "(recorded in resolved_config.json, so eval from another directory finds it), then under the working "
+        "directory; a name goes to the Hub only when none of these holds it."
     )
     microbatch_size: int = Field(gt=0, description="Sequences per forward/backward pass on one process.")
     min_train_tokens: int = Field(
