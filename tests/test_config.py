@@ -217,7 +217,7 @@ def test_both_keys_of_an_alias_in_one_override_still_must_agree(make_run):
     from gptlab.config import load_run_config, parse_assignments
     from gptlab.errors import UserError
 
-    with pytest.raises(UserError, match="use_amp: true means precision 'fp16' but precision is 'bf16'"):
+    with pytest.raises(UserError, match="--set use_amp=true: true means precision 'fp16' but precision is 'bf16'"):
         load_run_config(make_run(), parse_assignments(("precision=bf16", "use_amp=true")))
 
 
