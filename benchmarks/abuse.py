@@ -712,7 +712,7 @@ class Abuse:
                     "--interval",
                     "0.05",
                     "--max-hours",
-                    str(2 / 3600),
+                    str(20 / 3600),  # the first poll must come before the deadline on a loaded machine,
                 ],
                 capture_output=True,
                 text=True,
@@ -720,7 +720,11 @@ class Abuse:
                 timeout=120,
             )
             shaped = lambda r: "unexpected shape" in r.stdout and r.returncode == 1  # noqa: E731
-            self.record("traceback", "cloud watch: JSON of the wrong shape", classify(result, False, shaped))
+            # right: each poll said so and the watch gave up at --max-hours with exit 1 (no capacity seen)
+            outcome = classify(result, False)
+            if outcome[0] != "traceback":
+                outcome = ("right" if shaped(result) else "silent", result.stdout.strip().splitlines()[-1][:150])
+            self.record("traceback", "cloud watch: JSON of the wrong shape", outcome)
             env = {**os.environ, "HF_TOKEN": "hf_planted", "HF_ENDPOINT": url, "HF_HOME": str(self.work / "hf-home")}
             result = subprocess.run(
                 [sys.executable, "-m", "gptlab", "upload", str(self.trained), "alice/x"],
