@@ -189,6 +189,13 @@ class TrainConfig(BaseModel):
         le=2**64 - 1,
         description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.",
     )
+    random_streams: bool = Field(
+        False,
+        description="Common random numbers: each parameter's initial values come from a generator seeded by (random_seed, "
+        "its name) and dropout from a stream of its own, so an intervention that adds or reshapes parameters leaves "
+        "every other parameter's initialisation bit-identical; false: one generator in the book's module order (the "
+        "users' harness).",
+    )
 
     # --- gptlab's own keys ---------------------------------------------------------------------
     precision: Optional[PrecisionName] = Field(
@@ -327,6 +334,7 @@ TRAIN_KEY_ROLES: dict[str, KeyRole] = {
     "schedule_learning_rate": "computation",
     "warmup_period_percent": "computation",
     "random_seed": "computation",
+    "random_streams": "computation",
     "precision": "computation",
     "device": "bookkeeping",
     "betas": "computation",

@@ -29,6 +29,7 @@ from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
 from gptlab.notify.training import TrainingNotifier
+from gptlab.random_streams import init_with_streams
 from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
@@ -165,10 +166,14 @@ def setup(
     fast_paths = train_config.fast_paths(device.type)
     model = build_model(
         model_config,
-        device,
+        "cpu" if train_config.random_streams else device,
+        initialise=not train_config.random_streams,
         vocab_multiple=fast_paths["pad_vocab_multiple"],
         fused_loss=fast_paths["fused_cross_entropy"],
     )
+    if train_config.random_streams:
+        init_with_streams(model, train_config.random_seed)
+        model = model.to(device)
     if train_config.init_from is not None and resume is None:
         load_book_safetensors(model, _initial_weights(run_dir, train_config.init_from))
     optimizer = build_optimizer(model, train_config, device)
