@@ -178,8 +178,8 @@ def test_equal_money_reads_each_run_at_the_cheapest_runs_dollars(crossing):
     assert rows["fp32"]["loss_at_budget"] == pytest.approx(2.5)
     assert rows["fp32"]["verdict_per_dollar"]["improvement"] == pytest.approx(5 - 0.02 * baseline_seconds - 2.5)
     # the baseline's seed SD is 0.01, so a 0.7 nat single run is far beyond noise by the single-run t-test
-    assert rows["fp32"]["verdict_per_dollar"]["noise"] == "beyond noise"
-    assert rows["fp32"]["verdict_per_hour"]["noise"] == "beyond noise"
+    assert rows["fp32"]["verdict_per_dollar"]["noise"] == "better, beyond noise"
+    assert rows["fp32"]["verdict_per_hour"]["noise"] == "better, beyond noise"
 
 
 def test_equal_tokens_and_group_verdicts_match_the_main_tables_tests(tmp_path):
@@ -204,7 +204,7 @@ def test_equal_tokens_and_group_verdicts_match_the_main_tables_tests(tmp_path):
     expected_p = scipy_stats.ttest_rel(base, ours).pvalue
     verdict = rows["lr"]["verdict_per_hour"]
     assert verdict["test"] == "paired" and verdict["p"] == pytest.approx(expected_p, rel=1e-6)
-    assert verdict["noise"] == ("beyond noise" if expected_p < 0.05 else "within noise")
+    assert verdict["noise"] == ("better, beyond noise" if expected_p < 0.05 else "within noise")
 
 
 def test_learning_curve_recovers_its_parameters_as_scipy_does_and_the_interval_holds_the_truth():

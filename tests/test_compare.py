@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import math
 import shutil
 import statistics
@@ -103,7 +104,7 @@ def test_table_groups_seeds_and_labels_differences_beyond_and_within_noise(train
     faster_losses = [_loss(d) for d in trained["lr10x"]]
     paired = scipy_stats.ttest_rel(base_losses, faster_losses)
     assert (
-        faster["noise"] == "beyond noise"
+        faster["noise"] == "better, beyond noise"
         and faster["decided_by"] == "paired"
         and faster["test"].startswith("paired t-test (decides)")
     )
@@ -114,7 +115,7 @@ def test_table_groups_seeds_and_labels_differences_beyond_and_within_noise(train
     )
     assert faster["improvement"] == pytest.approx(baseline["test_loss"] - statistics.fmean(faster_losses))
     assert faster["improvement"] > 0 and faster["changes"] == "learning_rate=0.03"
-    assert faster["verdict"].startswith("beyond noise (paired t, Holm p=") and "Welch p=" in faster["verdict"]
+    assert faster["verdict"].startswith("better, beyond noise (paired t, Holm p=") and "Welch p=" in faster["verdict"]
 
     same = rows["ckpt5"]  # computes exactly what the baseline computes: every per-seed difference is 0
     assert (
@@ -126,9 +127,9 @@ def test_table_groups_seeds_and_labels_differences_beyond_and_within_noise(train
     assert same["changes"] == "checkpoint_interval=5"
 
     single = rows["lr20x"]  # a single run, judged by the single-run t-test and its distance from the baseline seeds
-    assert single["seeds"] == 1 and single["noise"] == "beyond noise" and "baseline SDs" in single["test"]
+    assert single["seeds"] == 1 and single["noise"] == "better, beyond noise" and "baseline SDs" in single["test"]
     assert single["baseline_sds"] == pytest.approx(
-        (_loss(trained["lr20x"][0]) - baseline["test_loss"]) / baseline["sd"]
+        (baseline["test_loss"] - _loss(trained["lr20x"][0])) / baseline["sd"]
     )
     assert single["p_value"] == pytest.approx(
         scipy_stats.ttest_ind(base_losses, [_loss(trained["lr20x"][0])]).pvalue, rel=1e-9
@@ -143,7 +144,8 @@ def test_table_groups_seeds_and_labels_differences_beyond_and_within_noise(train
     assert [row["p_holm"] for row in tested] == pytest.approx(_holm([row["p_value"] for row in tested]))
     for row in tested:
         assert {"improvement_ci", "cohens_d", "p_value", "p_holm", "verdict"} <= set(row)
-        assert row["noise"] == ("beyond noise" if row["p_holm"] < 0.05 else "within noise")
+        direction = "better" if row["improvement"] > 0 else "worse"
+        assert row["noise"] == (f"{direction}, beyond noise" if row["p_holm"] < 0.05 else "within noise")
     assert any("Holm-adjusted p-values over the 4 interventions" in note for note in table["notes"])
 
     summary = json.loads((trained["lr10x"][0] / "summary.json").read_text())
@@ -169,9 +171,9 @@ def test_markdown_csv_and_terminal_show_the_same_rows(trained):
     for name in RUNS:
         assert name in terminal
     assert (
-        "beyond noise (paired t, Holm p=" in terminal
+        "better, beyond noise (paired t, Holm p=" in terminal
         and "within noise (paired t, Holm p=" in terminal
-        and " SD)" in terminal
+        and re.search(r"^lr20x .*better, beyond noise \(single run, Holm p=[^,]+, \+[\d.]+ SD\)", terminal, re.M)
     )
     assert "improvement 95% CI" in terminal and "p (Holm)" in terminal
 

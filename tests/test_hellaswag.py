@@ -382,15 +382,15 @@ def test_compare_shows_hellaswag_with_its_own_verdict(groups):
     assert same["hellaswag_p"] == pytest.approx(p_same, rel=1e-9)
     assert better["hellaswag_p_holm"] == pytest.approx(min(1, 2 * min(p_better, p_same)), rel=1e-9)
     assert better["hellaswag_difference"] == pytest.approx(statistics.fmean(BETTER_ACC) - statistics.fmean(BASE_ACC))
-    assert better["hellaswag_noise"] == "beyond noise" and same["hellaswag_noise"] == "within noise"
-    assert better["hellaswag_verdict"].startswith("beyond noise (paired t, Holm p=")
+    assert better["hellaswag_noise"] == "better, beyond noise" and same["hellaswag_noise"] == "within noise"
+    assert better["hellaswag_verdict"].startswith("better, beyond noise (paired t, Holm p=")
 
     terminal = run_cli("compare", *map(str, runs), env={"COLUMNS": "400"})  # wide enough that no cell wraps
     assert terminal.returncode == 0, terminal.stderr
     header, _, *lines = terminal.stdout.splitlines()
     assert "hellaswag" in header.split()
     line = next(text for text in lines if text.startswith("lr-high"))
-    assert f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, beyond noise (paired t" in line
+    assert f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, better, beyond noise (paired t" in line
     assert any(
         note.startswith("HellaSwag: acc_norm") and "200 items of hellaswag_val.jsonl" in note for note in table["notes"]
     )
@@ -399,7 +399,7 @@ def test_compare_shows_hellaswag_with_its_own_verdict(groups):
     from gptlab.experiments.report import table_html
 
     html = table_html(build_comparison(load_results(runs)))
-    assert "<th>hellaswag</th>" in html and f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, beyond noise" in html
+    assert "<th>hellaswag</th>" in html and f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, better, beyond noise" in html
 
 
 def test_compare_leaves_hellaswag_out_unless_every_run_has_the_same_items(groups, tmp_path):
@@ -420,6 +420,55 @@ def test_compare_leaves_hellaswag_out_unless_every_run_has_the_same_items(groups
 
     plain = [fake_run(tmp_path / "plain", f"run-seed{seed}", seed, 0.003, 5 + seed / 100) for seed in (1, 2)]
     assert not [note for note in _compare(*plain)["notes"] if "HellaSwag" in note]
+
+
+def test_compare_refuses_hellaswag_scored_in_mixed_precision_as_the_loss_does(groups, tmp_path):
+    runs = [run for group in groups.values() for run in group]
+    bf16 = fake_run(tmp_path, "lr-low-seed4", 4, 0.002, 5.03, 0.31, precision="bf16")
+    table = _compare(*runs, bf16)
+    assert all(row["hellaswag"] is None for row in table["rows"]) and table["hellaswag"] is None
+    [note] = [note for note in table["notes"] if note.startswith("HellaSwag")]
+    assert f"{bf16} was scored in bf16" in note and "in fp32" in note and "same evaluation precision" in note
+
+
+def test_hellaswag_zero_spread_of_paired_differences_is_no_noise_estimate(tmp_path):
+    """One more item right on every seed: the old paired t said p = 0, 'beyond noise'."""
+    made = []
+    for seed, accuracy in zip((1, 2, 3), (0.30, 0.32, 0.29)):
+        made.append(fake_run(tmp_path, f"baseline-seed{seed}", seed, 0.003, 5.00 + seed / 100, accuracy))
+        made.append(fake_run(tmp_path, f"lr-seed{seed}", seed, 0.006, 4.95 + seed / 97, accuracy + 0.005))
+    rows = {row["run"]: row for row in _compare(*made)["rows"]}
+    assert rows["lr"]["hellaswag_noise"] == "no noise estimate" and rows["lr"]["hellaswag_p"] is None
+    assert rows["lr"]["hellaswag_verdict"].startswith("no noise estimate: every seed differs from its baseline seed")
+
+
+def test_improvement_is_the_difference_of_the_means_shown_and_the_matched_seeds_one_is_labelled(tmp_path):
+    """A group paired with 3 of the baseline's 5 seeds: its improvement is of the means in the table; the paired
+    test's matched-seed difference (what its interval and p are of) stands beside it, labelled."""
+    base_loss, base_acc = [5.00, 5.03, 4.98, 5.10, 5.12], [0.30, 0.31, 0.29, 0.28, 0.27]
+    made = [
+        fake_run(tmp_path, f"baseline-seed{seed}", seed, 0.003, loss, acc)
+        for seed, loss, acc in zip(range(1, 6), base_loss, base_acc)
+    ]
+    ours_loss, ours_acc = [4.95, 4.99, 4.92], [0.33, 0.33, 0.32]
+    made += [
+        fake_run(tmp_path, f"lr-seed{seed}", seed, 0.006, loss, acc)
+        for seed, loss, acc in zip(range(1, 4), ours_loss, ours_acc)
+    ]
+    table = _compare(*made)
+    rows = {row["run"]: row for row in table["rows"]}
+    lr = rows["lr"]
+    assert lr["improvement"] == pytest.approx(rows["baseline"]["test_loss"] - lr["test_loss"])
+    paired = scipy_stats.ttest_rel(base_loss[:3], ours_loss)
+    assert lr["matched_improvement"] == pytest.approx(statistics.fmean(base_loss[:3]) - statistics.fmean(ours_loss))
+    assert lr["improvement_ci"] == pytest.approx(list(paired.confidence_interval(0.95)), rel=1e-9)
+    assert lr["hellaswag_difference"] == pytest.approx(statistics.fmean(ours_acc) - statistics.fmean(base_acc))
+    assert lr["hellaswag_matched_difference"] == pytest.approx(
+        statistics.fmean(ours_acc) - statistics.fmean(base_acc[:3])
+    )
+    line = next(text for text in _compare(*made, output_format="terminal").splitlines() if text.startswith("lr "))
+    assert f"{lr['improvement']:+.4f} (matched seeds {lr['matched_improvement']:+.4f})" in line
+    assert f"matched seeds {lr['hellaswag_matched_difference']:+.4f}" in line
 
 
 def test_model_card_carries_hellaswag(fixed_run, tmp_path):

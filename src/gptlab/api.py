@@ -204,6 +204,7 @@ def compare(
         Path(baseline) if baseline else None,
         Path(datasets_dir) if datasets_dir else None,
         echo=lambda line: None,
+        budget=budget is not None,
     )
     if budget is None:
         return render(comparison, output_format, columns) if output_format is not None else comparison_json(comparison)

@@ -138,6 +138,15 @@ def value_at(xs: Sequence[float], ys: Sequence[float], x: float) -> Optional[flo
     return float(np.interp(x, xs, ys))
 
 
+def _outside(xs: Sequence[float], x: Optional[float]) -> Optional[str]:
+    """Why a curve has no value at x: it starts after it, or ends before it (its last validation came earlier)."""
+    if x is None or not xs:
+        return None
+    if x < xs[0] * (1 - TOLERANCE):
+        return "before first point"
+    return "after last point" if x > xs[-1] * (1 + TOLERANCE) else None
+
+
 def first_reach(xs: Sequence[float], ys: Sequence[float], target: float) -> Optional[float]:
     """Where the curve through (xs, ys) first comes down to `target`, linearly between points; None if it never
     does. A curve already at or below it at its first point reaches it there (at the latest)."""
@@ -316,6 +325,7 @@ def _run_numbers(
         "loss_at_equal_cost": value_at(curve.axis("cost") or [], losses, budgets["cost"])
         if budgets["cost"] is not None
         else None,
+        "budget_outside": _outside(curve.axis(kind) or [], budgets[kind]),
         "final_validation_loss": losses[-1],
         "training_seconds": curve.total_seconds,
         "compile_seconds": _number(run.summary.get("compile_seconds")),
@@ -458,6 +468,7 @@ def _group_row(group: Group, numbers: list[dict[str, Any]], curves: list[Validat
         "loss_at_budget_min": min(at_budget) if at_budget else None,
         "loss_at_budget_max": max(at_budget) if at_budget else None,
         "seeds_at_budget": len(at_budget),
+        "budget_outside": sorted({n["budget_outside"] for n in numbers if n["budget_outside"]}),
         "improvement_at_budget": None,
         "final_validation_loss": mean_of_present(n["final_validation_loss"] for n in numbers),
         "reached": len(reached),
@@ -658,7 +669,7 @@ def budget_cells(row: dict[str, Any]) -> list[str]:
     if row["seeds_at_budget"] and row["seeds_at_budget"] < row["seeds_with_curve"]:
         at_budget += f" ({row['seeds_at_budget']} of {row['seeds_with_curve']})"
     elif not row["seeds_at_budget"] and row["seeds_with_curve"]:
-        at_budget = "before first point"
+        at_budget = " / ".join(row.get("budget_outside") or ["no point"])
 
     def reach(value: Optional[float], axis: str) -> str:
         if not row["seeds_with_curve"]:

@@ -218,7 +218,11 @@ def experiment_report(
     check_columns(_column_list(columns), output_format)
     loaded = load_experiment(experiment_file)
     comparison = experiment_comparison(
-        loaded, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
+        loaded,
+        datasets_dir,
+        echo=_echo_err,
+        allow_mixed_checkpoints=allow_mixed_checkpoints,
+        budget=budget is not None,
     )
     _show(
         comparison,
@@ -320,7 +324,12 @@ def compare(
     check_columns(_column_list(columns), output_format)
     _show(
         compare_runs(
-            list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
+            list(run_dirs),
+            baseline_dir,
+            datasets_dir,
+            echo=_echo_err,
+            allow_mixed_checkpoints=allow_mixed_checkpoints,
+            budget=budget is not None,
         ),
         output_format,
         charts_dir,

@@ -353,13 +353,20 @@ def _mismatch(run: RunResult, reference: RunResult) -> Optional[str]:
 
 
 def check_same_evaluation(
-    results: list[RunResult], reference: RunResult, allow_mixed_checkpoints: bool = False
+    results: list[RunResult], reference: RunResult, allow_mixed_checkpoints: bool = False, budget: bool = False
 ) -> list[str]:
-    """Refuse a table whose test losses differ in tokens, tokenizer, precision or (unless allowed) how far the model
-    was trained; returns the notes that allowed differences need. Runs stopped before an evaluation are not checked."""
+    """Refuse a table whose test losses differ in tokens, tokenizer, precision or (unless allowed, or compared at an
+    equal `budget` as well) how far the model was trained; returns the notes that allowed differences need. Runs
+    stopped before an evaluation are not checked."""
     evaluated = [run for run in results if run is not reference and run.evaluation]
     check_same_test_tokens(evaluated, reference)
     mixed = [problem for run in evaluated if (problem := _checkpoint_mismatch(run, reference))]
+    if mixed and budget:
+        return [
+            f"Runs of different lengths: {problem}. The test-loss table compares each run at its own end, which mixes the "
+            "intervention with training length; the budget table compares them at an equal budget."
+            for problem in mixed
+        ]
     if mixed and not allow_mixed_checkpoints:
         raise UserError(
             "compare: these runs cannot share one table: their test losses come from models trained for different lengths",
@@ -432,10 +439,18 @@ def _row(
     base_finite = baseline.finite_losses
     is_baseline = group is baseline
     deciding = verdict.deciding if verdict else None
+    # Baseline mean - group mean: the means the rows show. A paired test on a subset of the baseline's seeds decides on
+    # the matched seeds' difference, which is shown beside it, labelled, when it differs.
     improvement = (
+        statistics.fmean(base_finite) - described.mean if described and base_finite and not is_baseline else None
+    )
+    matched = (
         deciding.improvement
         if deciding
-        else (statistics.fmean(base_finite) - described.mean if described and base_finite and not is_baseline else None)
+        and deciding.test == "paired"
+        and improvement is not None
+        and abs(deciding.improvement - improvement) > 1e-12 * max(1.0, abs(improvement))
+        else None
     )
     summaries = [run.summary for run in group.runs]
     return {
@@ -450,6 +465,7 @@ def _row(
         "ci95_low": described.ci_low if described else None,
         "ci95_high": described.ci_high if described else None,
         "improvement": improvement,
+        "matched_improvement": matched,
         "improvement_ci": [deciding.ci_low, deciding.ci_high] if deciding else None,
         "cohens_d": deciding.cohens_d if deciding else None,
         "p_value": deciding.p if deciding else None,
@@ -463,7 +479,7 @@ def _row(
         if verdict and verdict.paired
         else None,
         "test": _test_words(verdict) if verdict else "",
-        "baseline_sds": -deciding.cohens_d
+        "baseline_sds": deciding.cohens_d
         if deciding and deciding.test == "single run" and deciding.cohens_d is not None
         else None,
         "seeds_needed": verdict.seeds_needed if verdict else None,
@@ -491,7 +507,7 @@ def _test_words(verdict: verdicts.Verdict) -> str:
             continue
         words = {"paired": "paired t-test", "welch": "Welch's t-test", "single run": "single-run t-test"}[name]
         extra = (
-            f", {-difference.cohens_d:+.1f} baseline SDs"
+            f", {difference.cohens_d:+.1f} baseline SDs"
             if name == "single run" and difference.cohens_d is not None
             else ""
         )
@@ -514,7 +530,8 @@ def _notes(
         "per-run means; skipped steps are summed over a group's runs.",
         "Tests (two-sided): the paired t-test on per-seed differences when every seed of a group also exists in the baseline with the "
         "same data order (Welch's p shown beside it); else Welch's t-test when the group has 2+ seeds; a single run by the single-run "
-        "t-test (its distance from the baseline mean, in baseline SDs, against the 95% prediction interval of one more seed).",
+        "t-test (its improvement on the baseline mean, in baseline SDs, positive is better, against the 95% prediction interval "
+        "of one more seed). Verdicts say the direction: better or worse, beyond noise, or within noise.",
     ]
     if family > 1:
         notes.append(
@@ -568,6 +585,7 @@ def build_comparison(
     baseline_dir: Optional[Path] = None,
     labels: Optional[dict[Path, str]] = None,
     allow_mixed_checkpoints: bool = False,
+    budget: bool = False,
 ) -> Comparison:
     """Group the runs, check they share one evaluation identity, and judge every group against the baseline group.
 
@@ -579,7 +597,7 @@ def build_comparison(
     reference = next((run for group in [baseline] + groups for run in group.runs if run.evaluation), None)
     if reference is None:
         raise UserError("compare: no run could be evaluated: every run stopped on non-finite steps")
-    mixed_notes = check_same_evaluation(results, reference, allow_mixed_checkpoints)
+    mixed_notes = check_same_evaluation(results, reference, allow_mixed_checkpoints, budget)
     others = [group for group in groups if group is not baseline]
     judgement = verdicts.judge_interventions(
         baseline.arm(baseline),
@@ -665,6 +683,10 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     )
     spread = f"{row['min']:.4f}-{row['max']:.4f}" if row["finite_seeds"] > 1 else "-"
     interval = f"{row['improvement_ci'][0]:+.4f} to {row['improvement_ci'][1]:+.4f}" if row["improvement_ci"] else "-"
+    improvement = _number(row["improvement"], signed=True)
+    if row.get("matched_improvement") is not None:
+        improvement += f" (matched seeds {row['matched_improvement']:+.4f})"
+        interval += " (matched seeds)"
     return [
         row["run"],
         seeds,
@@ -672,7 +694,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         format_perplexity(row["ppl"]),
         _number(row["sd"]),
         spread,
-        _number(row["improvement"], signed=True),
+        improvement,
         interval,
         _number(row["cohens_d"], 2, signed=True),
         _p_cell(row["p_value"]),
@@ -844,6 +866,7 @@ CSV_FIELDS = (
     "improvement",
     "improvement_ci_low",
     "improvement_ci_high",
+    "matched_improvement",
     "cohens_d",
     "p_value",
     "p_holm",
@@ -920,6 +943,7 @@ def compare_runs(
     datasets_dir: Optional[Path] = None,
     echo: Callable[[str], Any] = print,
     allow_mixed_checkpoints: bool = False,
+    budget: bool = False,
 ) -> Comparison:
     """`gptlab compare`: load (evaluating where needed, as the baseline was evaluated) and build the comparison."""
     if not run_dirs:
@@ -930,4 +954,4 @@ def compare_runs(
         _check_is_run(Path(run_dir))
         _read_summary(Path(run_dir))
     results = load_results(runs, default_settings(reference), datasets_dir, echo)
-    return build_comparison(results, baseline_dir, allow_mixed_checkpoints=allow_mixed_checkpoints)
+    return build_comparison(results, baseline_dir, allow_mixed_checkpoints=allow_mixed_checkpoints, budget=budget)
