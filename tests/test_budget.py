@@ -407,3 +407,32 @@ def test_python_api_compare_with_a_budget(crossing):
     assert "Equal money" in gptlab.compare(runs, budget="cost", output_format="markdown")
     with pytest.raises(UserError, match="cost_per_hour only with budget"):
         gptlab.compare(runs, cost_per_hour={"fp32": 3.0})
+
+
+def test_budget_compares_runs_of_any_length_without_a_flag_and_notes_the_lengths(crossing, tmp_path):
+    longer = fake_run(
+        tmp_path / "long", line(5, -0.02, [10.0 * k for k in range(1, 21)]), 2.0, 1, {"learning_rate": 0.01}, steps=20
+    )
+    runs = [p for group in crossing.values() for p in group] + [longer]
+    with pytest.raises(UserError, match="trained for different lengths"):
+        compare_runs(runs, echo=lambda line: None)
+    comparison = compare_runs(runs, echo=lambda line: None, budget=True)
+    budget = budget_comparison(comparison, "tokens", None)
+    assert _rows(budget)["long"]["loss_at_budget"] == pytest.approx(5 - 0.02 * 100)  # read at the others' 1,000 tokens
+    [note] = [note for note in comparison.notes if note.startswith("Runs of different lengths")]
+    assert f"{longer}" in note and "at its own end" in note and "equal budget" in note
+    assert not any("--allow-mixed-checkpoints" in note for note in comparison.notes)
+
+
+def test_a_curve_that_ends_before_the_budget_says_after_last_point(crossing):
+    """The baseline's last validation came before its last step: at the budget (its own end) it has no point."""
+    from gptlab.experiments.budget import budget_cells
+
+    for run_dir in crossing["baseline"]:
+        records = [json.loads(text) for text in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records[-1].pop("validation_loss")
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _, budget = _budget(crossing, "tokens")
+    row = _rows(budget)["baseline"]
+    assert row["seeds_at_budget"] == 0 and row["budget_outside"] == ["after last point"]
+    assert "after last point" in budget_cells(row) and "before first point" not in budget_cells(row)
