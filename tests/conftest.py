@@ -33,6 +33,17 @@ TINY_TRAIN = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """$XDG_CACHE_HOME for the whole session (subprocesses included): tests never read or fill the user's cache, e.g.
+    the CPU's bf16 speedup that precision 'auto' measures once per machine."""
+    patch = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("xdg-cache")
+    patch.setenv("XDG_CACHE_HOME", str(path))
+    yield path
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_state():
     """Tests that train change process-wide torch settings; put them back."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.errors import UserError
-from gptlab.files import atomic_write
+from gptlab.files import atomic_write, user_cache_dir
 from gptlab.rundir import DEFAULT_CHECKPOINT
 from gptlab.train.precision import Precision
 
@@ -64,8 +64,7 @@ class Scores:
 
 def cache_dir() -> Path:
     """Where the downloaded validation file is kept: $XDG_CACHE_HOME/gptlab/hellaswag (default ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gptlab" / "hellaswag"
+    return user_cache_dir("hellaswag")
 
 
 def locate_file(file: Optional[Path]) -> Path:

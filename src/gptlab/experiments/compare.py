@@ -211,9 +211,12 @@ def default_settings(reference_run: Path) -> EvaluationSettings:
 
 
 def _group_identity(result: RunResult) -> dict[str, dict[str, Any]]:
-    """The configuration minus the seed and bookkeeping, with a local dataset path made absolute."""
+    """The resolved configuration minus the seed and bookkeeping: the precision the run actually trained in (what
+    'auto' chose on its machine, from summary.json), and a local dataset path made absolute."""
     model = dict(result.config["model"])
     train = {key: value for key, value in result.config["train"].items() if key not in IGNORED_BY_GROUPING}
+    if result.summary.get("precision"):
+        train["precision"] = result.summary["precision"]
     dataset = train.get("dataset")
     if isinstance(dataset, str) and (result.run_dir / dataset).is_dir():
         train["dataset"] = str((result.run_dir / dataset).resolve())
@@ -570,9 +573,25 @@ def _notes(
             notes.append(
                 f"{group.label}: several runs share a seed ({seeds}); repeats of one seed understate the noise."
             )
+        if group is not baseline and _differs_only_by_chosen_precision(group, baseline):
+            notes.append(
+                f"{group.label}: trained in {group.identity['train'].get('precision')}, {baseline.label} in "
+                f"{baseline.identity['train'].get('precision')}, as precision 'auto' chose on the machine each ran on; "
+                "its runs are not pooled with the baseline's. Set precision explicitly to train every seed alike."
+            )
         if group is not baseline and len(group.runs) >= 2 and not group.arm(baseline).same_data_order:
             notes.append(f"{group.label}: not paired with the baseline by seed: its batches come in another order.")
     return notes
+
+
+def _differs_only_by_chosen_precision(group: Group, baseline: Group) -> bool:
+    """The two groups' resolved settings differ only in the precision, and every run left it to 'auto'."""
+    ours, theirs = group.identity, baseline.identity
+    other_train = {key for key in set(ours["train"]) | set(theirs["train"]) if key != "precision"}
+    if ours["model"] != theirs["model"] or any(ours["train"].get(k) != theirs["train"].get(k) for k in other_train):
+        return False
+    asked = {run.config["train"].get("precision") for run in group.runs + baseline.runs}
+    return ours["train"].get("precision") != theirs["train"].get("precision") and asked <= {None, "auto"}
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:

@@ -136,10 +136,14 @@ def _tests(baseline: Arm, arm: Arm) -> Verdict:
     if pairs is not None:
         differences = [b - g for b, g in zip(*pairs)]
         if _no_spread(differences, scale):
+            same = (
+                "every seed gave exactly its baseline seed's result"
+                if not any(differences)
+                else f"every seed differs from its baseline seed by the same {differences[0]:+.4g}"
+            )
             return Verdict(
                 NO_NOISE,
-                f"no noise estimate: every seed differs from its baseline seed by the same {differences[0]:+.4g}, "
-                "so the paired t-test has no spread to judge it against",
+                f"no noise estimate: {same}, so the paired t-test has no spread to judge it against",
                 welch=verdict.welch,
             )
         verdict.paired = stats.paired_difference(*pairs)
