@@ -484,12 +484,52 @@ def test_model_card_carries_hellaswag(fixed_run, tmp_path):
     finally:
         (fixed_run / EVALUATION).unlink()
     text = (tmp_path / "export" / "README.md").read_text()
-    results = {r.metric_type: r for r in ModelCard(text).data.eval_results}
-    assert set(results) == {"acc_norm", "acc"}
-    assert results["acc_norm"].metric_value == round(result["acc_norm"], 4)
-    assert results["acc_norm"].dataset_name == "HellaSwag" and results["acc_norm"].dataset_split == "validation"
+    # a hand-made file named like the official one is not the official validation set: no model-index entry
+    # against the Hub's HellaSwag, and the text names the file and its item count
+    assert not [r for r in ModelCard(text).data.eval_results or [] if r.metric_type in ("acc", "acc_norm")]
+    assert "Rowan/hellaswag" not in text
     assert f"HellaSwag: acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}" in text
+    assert (
+        f"{len(ITEMS)} items of `hellaswag_val.jsonl`" in text and "not the official HellaSwag validation set" in text
+    )
     assert str(tmp_path) not in text
+
+
+def _card_with_hellaswag(entry: dict, dataset: str = "alice/tiny-stories", local: bool = False) -> str:
+    from gptlab.config import ModelConfig, RunConfig, TrainConfig
+    from gptlab.export.card import CardFacts, model_card
+
+    config = RunConfig(model=ModelConfig(**TINY_MODEL), train=TrainConfig(dataset=dataset, microbatch_size=4))
+    facts = CardFacts(config, "x", {}, 1, None, None, "Hi", "there", 1, hellaswag=entry, dataset_is_local=local)
+    return model_card(facts)
+
+
+def test_model_card_names_the_official_validation_set_only_for_its_10042_items(monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from gptlab.evaluate import hellaswag
+
+    entry = {"acc_norm": 0.3, "acc": 0.29, "items": 10_042, "limit": None, "file": "/x/hellaswag_val.jsonl"}
+    entry |= {"file_sha256": "ab" * 32, "precision": "fp32", "split": "val"}
+    text = _card_with_hellaswag(entry)
+    results = {r.metric_type: r for r in ModelCard(text).data.eval_results}
+    assert results["acc_norm"].dataset_type == "Rowan/hellaswag" and results["acc_norm"].dataset_split == "validation"
+    assert "by file name and item count (10,042); the check of the file's sha256 is pending" in text
+    for partial in ({"items": 100, "limit": 100}, {"file": "/x/mine.jsonl"}):
+        text = _card_with_hellaswag({**entry, **partial})
+        assert not ModelCard(text).data.eval_results and "not the official HellaSwag validation set" in text
+    # once the official hash is recorded, the hash decides
+    monkeypatch.setattr(hellaswag, "VALIDATION_SHA256", "cd" * 32)
+    assert not ModelCard(_card_with_hellaswag(entry)).data.eval_results
+    text = _card_with_hellaswag({**entry, "file_sha256": "cd" * 32})
+    assert ModelCard(text).data.eval_results and "validation set (its file's sha256)" in text
+
+
+def test_a_local_folder_named_like_a_hub_id_is_not_listed_as_a_hub_dataset():
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(_card_with_hellaswag(None, "alice/data", local=True)).data.datasets is None
+    assert ModelCard(_card_with_hellaswag(None, "alice/data", local=False)).data.datasets == ["alice/data"]
 
 
 # The validation file's item 24 as rowanz/hellaswag's data/hellaswag_val.jsonl holds it (quoted in its README).

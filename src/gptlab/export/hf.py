@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gptlab.config import ModelConfig, RunConfig, validate_run_config
+from gptlab.data.locate import is_local_dataset
 from gptlab.errors import UserError
 from gptlab.export.card import default_new_tokens
 from gptlab.files import (
@@ -528,6 +529,7 @@ def export_run(
         license=license,
         language=language,
         hellaswag=_saved_hellaswag(run_dir, trained.checkpoint.name),
+        dataset_is_local=is_local_dataset(trained.config.train.dataset, run_dir),
     )
     remove_stale_staging(out_dir.parent, out_dir.name)
     try:
