@@ -252,6 +252,13 @@ def experiment_report(
     help="The seed-to-seed SD of the test loss; default: the baseline's, measured in EXPERIMENT_FILE's finished runs.",
 )
 @click.option(
+    "--paired-sd",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The SD of per-seed differences (intervention and baseline trained on the same seeds): plans the paired "
+    "design; default: measured in EXPERIMENT_FILE's finished runs where seeds pair.",
+)
+@click.option(
     "--power",
     "target_power",
     type=click.FloatRange(0.5, 1, max_open=True),
@@ -271,6 +278,7 @@ def seeds(
     experiment_file: Optional[Path],
     effect: float,
     sd: Optional[float],
+    paired_sd: Optional[float],
     target_power: float,
     interventions: Optional[int],
     as_json: bool,
@@ -281,7 +289,9 @@ def seeds(
     from gptlab.experiments.seeds import plan_seeds
     from gptlab.files import strict_json
 
-    plan = plan_seeds(effect, sd, target_power, interventions, experiment_file, datasets_dir, echo=_echo_err)
+    plan = plan_seeds(
+        effect, sd, target_power, interventions, experiment_file, datasets_dir, echo=_echo_err, paired_sd=paired_sd
+    )
     click.echo(strict_json(plan, indent=2) if as_json else plan["summary"])
 
 
