@@ -394,7 +394,8 @@ def test_diverged_and_stopped_runs_are_verdicts_of_their_own_listed_last(trained
 
 
 def test_a_nan_seed_within_a_group_or_the_baseline_is_left_out_of_every_statistic(trained, troubled):
-    from gptlab.experiments.compare import build_comparison, load_results, render
+    from gptlab.experiments.compare import build_comparison, load_results
+    from gptlab.experiments.tables import render
 
     diverged = troubled["diverged"][0]
     results = load_results([*trained["baseline"], *trained["lr10x"], diverged])

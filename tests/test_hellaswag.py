@@ -360,7 +360,8 @@ def groups(tmp_path) -> dict[str, list[Path]]:
 
 def _compare(*runs: Path, output_format: str = "json"):
     """`gptlab compare RUNS --format json` in this process (the CLI itself runs once, in the first test)."""
-    from gptlab.experiments.compare import compare_runs, render
+    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.tables import render
 
     text = render(compare_runs(list(runs), echo=lambda line: None), output_format, width=400)
     return json.loads(text) if output_format == "json" else text

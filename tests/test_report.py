@@ -12,8 +12,9 @@ import pytest
 from conftest import run_cli
 from test_compare import RUNS, comparison_runs
 
-from gptlab.experiments.compare import VERDICT_COLUMN, build_comparison, load_results
+from gptlab.experiments.compare import build_comparison, load_results
 from gptlab.experiments.report import write_report
+from gptlab.experiments.tables import VERDICT_COLUMN
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Written into the page under test: after every image has loaded (or failed), record each one's decoded size and the

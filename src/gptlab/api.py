@@ -192,7 +192,8 @@ def compare(
     (`cost_per_hour`: {run directory or group label: dollars per hour}). Returns the `--format json` data (with a
     `budget` key when asked), or the rendered text when `output_format` is 'terminal', 'markdown' or 'csv'
     (`columns`: which, in that order)."""
-    from gptlab.experiments.compare import check_columns, compare_runs, comparison_json, render
+    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.tables import check_columns, comparison_json, render
 
     if output_format is not None or columns is not None:
         check_columns(columns, output_format or "json")

@@ -33,15 +33,16 @@ import numpy as np
 
 from gptlab.errors import UserError
 from gptlab.experiments import stats, verdicts
-from gptlab.experiments.compare import (
-    Comparison,
-    Group,
-    RunResult,
+from gptlab.experiments.compare import Comparison, Group, RunResult, mean_of_present
+from gptlab.experiments.tables import (
+    comparison_json,
     csv_table,
     format_cost,
     format_duration,
     markdown_table,
-    mean_of_present,
+    render,
+    terminal_table,
+    wrap_notes,
 )
 from gptlab.files import strict_json
 from gptlab.rundir import METRICS, SUMMARY
@@ -716,29 +717,24 @@ def projection_lines(budget: BudgetComparison) -> list[str]:
     return lines
 
 
-def _text_table(header: list[str], lines: list[list[str]], markdown: bool) -> list[str]:
-    if markdown:
-        return markdown_table(header, lines)
-    widths = [max(len(cells[i]) for cells in [header] + lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in [header] + lines]
-    out.insert(1, "  ".join("-" * width for width in widths))
-    return out
-
-
-def render_budget(budget: BudgetComparison, markdown: bool = False) -> str:
-    """The budget section under the main table: the equal-budget table, projections, verdicts, notes."""
+def render_budget(budget: BudgetComparison, markdown: bool = False, width: Optional[int] = None) -> str:
+    """The budget section under the main table: the equal-budget table (in the terminal drawn as the main table is, to
+    fit `width`), projections, verdicts, notes."""
     title = f"Equal {BUDGET_WORDS[budget.kind]}: every run at {format_budget(budget.kind, budget.budget)} (the cheapest run's budget)"
     lines = [("### " if markdown else "") + title, ""]
-    lines += _text_table(budget_columns(budget), [budget_cells(row) for row in budget.rows], markdown)
+    header, cells = budget_columns(budget), [budget_cells(row) for row in budget.rows]
+    lines += markdown_table(header, cells) if markdown else terminal_table(header, cells, width)[0]
     bullet = "- " if markdown else ""
+
+    def paragraphs(texts: list[str]) -> list[str]:
+        return [bullet + text for text in texts] if markdown else wrap_notes(texts, width)
+
     projections = projection_lines(budget)
     if projections:
-        lines += ["", "Projections (extrapolated by a fitted learning curve, not measured):"] + [
-            bullet + p for p in projections
-        ]
+        lines += ["", "Projections (extrapolated by a fitted learning curve, not measured):"] + paragraphs(projections)
     if budget.verdicts:
-        lines += ["", "Worth it?"] + [bullet + v for v in budget.verdicts]
-    lines += [""] + [bullet + note for note in budget.notes]
+        lines += ["", "Worth it?"] + paragraphs(budget.verdicts)
+    lines += [""] + paragraphs(budget.notes)
     return "\n".join(lines) + "\n"
 
 
@@ -772,19 +768,20 @@ def budget_json(budget: BudgetComparison) -> dict[str, Any]:
 
 
 def render_with_budget(
-    comparison: Comparison, budget: BudgetComparison, output_format: str, columns: Optional[Sequence[str]] = None
+    comparison: Comparison,
+    budget: BudgetComparison,
+    output_format: str,
+    columns: Optional[Sequence[str]] = None,
+    width: Optional[int] = None,
 ) -> str:
     """The main table in `output_format` with the budget section: under it in text, as a `budget` key in JSON, and as
     budget_* columns in CSV (one row per group, as the table's)."""
-    from gptlab.experiments.compare import comparison_json, render
-
     if output_format == "json":
         return strict_json({**comparison_json(comparison), "budget": budget_json(budget)}, indent=2) + "\n"
     if output_format == "csv":
         return _csv_with_budget(comparison, budget, columns)
-    return (
-        render(comparison, output_format, columns) + "\n" + render_budget(budget, markdown=output_format == "markdown")
-    )
+    markdown = output_format == "markdown"
+    return render(comparison, output_format, columns, width) + "\n" + render_budget(budget, markdown, width)
 
 
 BUDGET_CSV_FIELDS = (

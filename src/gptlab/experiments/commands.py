@@ -98,7 +98,7 @@ def _show(
     budget_kind: Optional[str] = None,
     prices: Optional[dict[str, float]] = None,
 ) -> None:
-    from gptlab.experiments.compare import render
+    from gptlab.experiments.tables import render
 
     budget = _budget(comparison, budget_kind, prices)
     if budget is None:
@@ -211,9 +211,9 @@ def experiment_report(
     prices: dict[str, float],
 ) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
-    from gptlab.experiments.compare import check_columns
     from gptlab.experiments.runner import experiment_comparison
     from gptlab.experiments.spec import load_experiment
+    from gptlab.experiments.tables import check_columns
 
     check_columns(_column_list(columns), output_format)
     loaded = load_experiment(experiment_file)
@@ -329,7 +329,8 @@ def compare(
     Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
     baseline was; runs evaluated on different test tokens or checkpoints are refused.
     """
-    from gptlab.experiments.compare import check_columns, compare_runs
+    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.tables import check_columns
 
     check_columns(_column_list(columns), output_format)
     _show(
