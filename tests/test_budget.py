@@ -443,6 +443,6 @@ def test_the_budget_table_fits_the_terminal_as_the_main_table_does(crossing):
     text = render_with_budget(comparison, budget, "terminal", width=120)
     assert max(len(line) for line in text.splitlines()) <= 120
     section = text[text.index("Equal training time") :]
-    assert "val loss at" in section and "fp32" in section
+    assert "fp32" in section and "baseline" in section
     wide = render_with_budget(comparison, budget, "terminal", width=10_000)
     assert max(len(line) for line in wide[wide.index("Equal training time") :].splitlines()) > 120  # it did wrap
