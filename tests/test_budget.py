@@ -405,7 +405,7 @@ def test_python_api_compare_with_a_budget(crossing):
     assert data["rows"] and rows["fp32"]["cost_per_hour"] == 3.0
     assert data["budget"]["budget"] == pytest.approx(100 / 3600 * 2)
     assert "Equal money" in gptlab.compare(runs, budget="cost", output_format="markdown")
-    with pytest.raises(UserError, match="cost_per_hour only with budget"):
+    with pytest.raises(UserError, match="cost_per_hour: only with --budget"):
         gptlab.compare(runs, cost_per_hour={"fp32": 3.0})
 
 

@@ -192,27 +192,21 @@ def compare(
     (`cost_per_hour`: {run directory or group label: dollars per hour}). Returns the `--format json` data (with a
     `budget` key when asked), or the rendered text when `output_format` is 'terminal', 'markdown' or 'csv'
     (`columns`: which, in that order)."""
-    from gptlab.experiments.compare import compare_runs
-    from gptlab.experiments.tables import check_columns, comparison_json, render
+    from gptlab.experiments.budget import compare_with_budget, comparison_data, parse_prices, render_comparison
+    from gptlab.experiments.tables import check_columns
 
     if output_format is not None or columns is not None:
         check_columns(columns, output_format or "json")
-    if budget is None and cost_per_hour is not None:
-        raise UserError("compare: cost_per_hour only with budget='time', 'cost' or 'tokens'")
-
-    comparison = compare_runs(
+    prices = parse_prices(f"{run}={price}" for run, price in (cost_per_hour or {}).items())
+    comparison, found = compare_with_budget(
         [Path(run) for run in run_dirs],
         Path(baseline) if baseline else None,
         Path(datasets_dir) if datasets_dir else None,
-        echo=lambda line: None,
-        budget=budget is not None,
+        lambda line: None,
+        kind=budget,
+        prices=prices if cost_per_hour is not None else None,
+        price_words="cost_per_hour",
     )
-    if budget is None:
-        return render(comparison, output_format, columns) if output_format is not None else comparison_json(comparison)
-    from gptlab.experiments.budget import budget_comparison, budget_json, parse_prices, render_with_budget
-
-    prices = parse_prices(f"{run}={price}" for run, price in (cost_per_hour or {}).items())
-    found = budget_comparison(comparison, budget, prices)
     if output_format is None:
-        return {**comparison_json(comparison), "budget": budget_json(found)}
-    return render_with_budget(comparison, found, output_format, columns)
+        return comparison_data(comparison, found)
+    return render_comparison(comparison, found, output_format, columns)

@@ -943,3 +943,62 @@ def draw_budget_charts(budget: BudgetComparison, out_dir: Path, chart_format: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [draw_budget_chart(budget, out_dir / Path(BUDGET_CHART).with_suffix("." + chart_format).name)]
+
+
+# --- the front door: compare (with a budget when asked) and its output, for cli.py, api.py and commands.py ----------
+
+
+def budget_if_asked(
+    comparison: Comparison,
+    kind: Optional[str],
+    prices: Optional[dict[str, float]],
+    price_words: str = "--cost-per-hour",
+) -> Optional[BudgetComparison]:
+    """The comparison at an equal budget when `kind` asks for one; prices without a budget are refused."""
+    _refuse_prices_without_budget(kind, prices, price_words)
+    return budget_comparison(comparison, kind, prices) if kind is not None else None
+
+
+def _refuse_prices_without_budget(kind: Optional[str], prices: Optional[dict[str, float]], words: str) -> None:
+    if kind is None and prices:
+        raise UserError(f"{words}: only with --budget time|cost|tokens (budget='time', 'cost' or 'tokens')")
+
+
+def compare_with_budget(
+    run_dirs: Sequence[Path],
+    baseline_dir: Optional[Path] = None,
+    datasets_dir: Optional[Path] = None,
+    echo: Any = print,
+    allow_mixed_checkpoints: bool = False,
+    kind: Optional[str] = None,
+    prices: Optional[dict[str, float]] = None,
+    price_words: str = "--cost-per-hour",
+) -> tuple[Comparison, Optional[BudgetComparison]]:
+    """`gptlab compare [--budget KIND]`: the comparison of the runs and, when asked, the same runs at an equal budget
+    (runs of any length then share the table, noted)."""
+    from gptlab.experiments.compare import compare_runs
+
+    _refuse_prices_without_budget(kind, prices, price_words)  # before any run is evaluated
+    comparison = compare_runs(
+        list(run_dirs), baseline_dir, datasets_dir, echo, allow_mixed_checkpoints, budget=kind is not None
+    )
+    return comparison, budget_if_asked(comparison, kind, prices, price_words)
+
+
+def render_comparison(
+    comparison: Comparison,
+    budget: Optional[BudgetComparison],
+    output_format: str,
+    columns: Optional[Sequence[str]] = None,
+    width: Optional[int] = None,
+) -> str:
+    """The comparison as `output_format`, with the budget section when there is one."""
+    if budget is None:
+        return render(comparison, output_format, columns, width)
+    return render_with_budget(comparison, budget, output_format, columns, width)
+
+
+def comparison_data(comparison: Comparison, budget: Optional[BudgetComparison]) -> dict[str, Any]:
+    """The `--format json` data: the comparison, with a `budget` key when there is one."""
+    data = comparison_json(comparison)
+    return {**data, "budget": budget_json(budget)} if budget is not None else data

@@ -97,16 +97,13 @@ def _show(
     columns: Optional[str] = None,
     budget_kind: Optional[str] = None,
     prices: Optional[dict[str, float]] = None,
+    budget=None,
 ) -> None:
-    from gptlab.experiments.tables import render
+    from gptlab.experiments.budget import budget_if_asked, render_comparison
 
-    budget = _budget(comparison, budget_kind, prices)
     if budget is None:
-        click.echo(render(comparison, output_format, _column_list(columns)), nl=False)
-    else:
-        from gptlab.experiments.budget import render_with_budget
-
-        click.echo(render_with_budget(comparison, budget, output_format, _column_list(columns)), nl=False)
+        budget = budget_if_asked(comparison, budget_kind, prices)
+    click.echo(render_comparison(comparison, budget, output_format, _column_list(columns)), nl=False)
     if charts_dir is not None:
         from gptlab.experiments.charts import draw_comparison_charts
 
@@ -121,19 +118,6 @@ def _show(
         from gptlab.experiments.report import write_report
 
         _echo_err(f"Wrote {write_report(comparison, html_path, title, budget)}")
-
-
-def _budget(comparison, budget_kind: Optional[str], prices: Optional[dict[str, float]]):
-    """The comparison at equal budget when --budget asks for it; --cost-per-hour alone is refused."""
-    from gptlab.errors import UserError
-
-    if budget_kind is None:
-        if prices:
-            raise UserError("--cost-per-hour: only with --budget time|cost|tokens")
-        return None
-    from gptlab.experiments.budget import budget_comparison
-
-    return budget_comparison(comparison, budget_kind, prices)
 
 
 @click.group()
@@ -329,26 +313,14 @@ def compare(
     Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
     baseline was; runs evaluated on different test tokens or checkpoints are refused.
     """
-    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.budget import compare_with_budget
     from gptlab.experiments.tables import check_columns
 
     check_columns(_column_list(columns), output_format)
-    _show(
-        compare_runs(
-            list(run_dirs),
-            baseline_dir,
-            datasets_dir,
-            echo=_echo_err,
-            allow_mixed_checkpoints=allow_mixed_checkpoints,
-            budget=budget is not None,
-        ),
-        output_format,
-        charts_dir,
-        chart_format=chart_format,
-        columns=columns,
-        budget_kind=budget,
-        prices=prices,
+    comparison, at_budget = compare_with_budget(
+        list(run_dirs), baseline_dir, datasets_dir, _echo_err, allow_mixed_checkpoints, budget, prices
     )
+    _show(comparison, output_format, charts_dir, chart_format=chart_format, columns=columns, budget=at_budget)
 
 
 @click.command()
@@ -384,8 +356,10 @@ def report(
 ) -> None:
     """One self-contained HTML page: the comparison table, loss overlay, difference-from-baseline chart, and each run's charts
     (with --budget, also the runs at equal time, money or tokens, and validation loss against hours and dollars)."""
-    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.budget import compare_with_budget
     from gptlab.experiments.report import write_report
 
-    comparison = compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err)
-    click.echo(f"Wrote {write_report(comparison, html_path, title, _budget(comparison, budget, prices))}")
+    comparison, at_budget = compare_with_budget(
+        list(run_dirs), baseline_dir, datasets_dir, _echo_err, kind=budget, prices=prices
+    )
+    click.echo(f"Wrote {write_report(comparison, html_path, title, at_budget)}")
