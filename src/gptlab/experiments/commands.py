@@ -132,13 +132,16 @@ def experiment() -> None:
 @EXPERIMENT_FILE
 def plan(experiment_file: Path) -> None:
     """Write one run directory per (variant, seed) with fully resolved model.json and train.json, and list them."""
-    from gptlab.experiments.plan import format_plan, plan_runs, write_plan
+    from gptlab.experiments.plan import format_plan, plan_runs, streams_words, write_plan
     from gptlab.experiments.spec import load_experiment
 
-    planned = plan_runs(load_experiment(experiment_file))
+    experiment = load_experiment(experiment_file)
+    planned = plan_runs(experiment)
+    words = streams_words(experiment)
     write_plan(planned)
     for line in format_plan(planned):
         click.echo(line)
+    click.echo(words)
 
 
 @experiment.command()
