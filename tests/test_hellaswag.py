@@ -221,7 +221,7 @@ def test_cli_bad_line_exits_2_with_one_line(fixed_run, tmp_path):
         .endswith(f"{path}:2: 'label' 7 is not 0, 1, 2 or 3 (the index of the right ending)")
     )
     result = run_cli("eval", str(fixed_run), "--task", "hellaswag", "--file", str(path), "--batches", "3")
-    assert result.returncode == 2 and "--task hellaswag: --split, --start-token, --batches" in result.stderr
+    assert result.returncode == 2 and "--task hellaswag: --batches is for --task loss" in result.stderr
 
 
 def test_cli_json_limit_and_save_keep_the_test_loss(fixed_run, tmp_path):

@@ -295,3 +295,57 @@ def evaluate_hellaswag_run(
         "endings_cut": scores.endings_cut,
         "precision": precision_name,
     }
+
+
+# --- the task (gptlab.evaluate.tasks) ------------------------------------------------------------------
+
+
+def _run_task(run_dir, checkpoint, precision, show_progress, file=None, limit=None, batch_size=None) -> dict:
+    return evaluate_hellaswag_run(run_dir, checkpoint, file, limit, batch_size, precision, show_progress=show_progress)
+
+
+def _describe(result: dict) -> str:
+    return (
+        f"hellaswag acc_norm: {result['acc_norm']:.4f}, acc: {result['acc']:.4f} "
+        f"(standard error {result['acc_norm_stderr']:.4f}; {result['items']:,} items of {result['file']}, "
+        f"checkpoint {result['checkpoint']}, {result['precision']})"
+    )
+
+
+def _task():
+    import click
+
+    from gptlab.click_types import POSITIVE
+    from gptlab.evaluate.tasks import Task
+    from gptlab.rundir import HELLASWAG_ENTRY
+
+    return Task(
+        name="hellaswag",
+        summary="HellaSwag accuracy (zero-shot)",
+        options=(
+            (
+                "file",
+                ("--file",),
+                dict(
+                    type=click.Path(dir_okay=False, path_type=Path),
+                    help="the items, in the dataset's jsonl format (default: hellaswag_val.jsonl, downloaded once into ~/.cache/gptlab/hellaswag)",
+                ),
+            ),
+            ("limit", ("--limit",), dict(type=POSITIVE, help="score only the file's first N items")),
+            (
+                "batch_size",
+                ("--batch-size",),
+                dict(
+                    type=POSITIVE,
+                    help="items of 4 sequences per forward pass, default as many as fill one microbatch's tokens",
+                ),
+            ),
+        ),  # fmt: skip
+        run=_run_task,
+        describe=_describe,
+        entry=HELLASWAG_ENTRY,
+        order=10,
+    )
+
+
+TASK = _task()
