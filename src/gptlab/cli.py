@@ -412,6 +412,55 @@ def generate(
 
 
 @cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--judge-model", default="gpt-4o-mini", show_default=True, help="The judge's model name on the server.")
+@click.option(
+    "--judge-api",
+    type=click.Choice(["responses", "chat"]),
+    default="responses",
+    show_default=True,
+    help="responses: the Responses API; chat: Chat Completions, for servers that speak only that.",
+)
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds one request may take before it counts as a failed try.",
+)
+@click.option(
+    "--retries",
+    type=NON_NEGATIVE,
+    default=2,
+    show_default=True,
+    help="Further tries for an item whose answer is not the JSON asked for (or timed out); then it counts as failed.",
+)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the per-item shuffle of the models.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def judge(
+    sources: tuple[str, ...],
+    judge_model: str,
+    judge_api: str,
+    timeout: float,
+    retries: int,
+    seed: int,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """An LLM judge scores the ift responses of two or more models (runs or responses files) item by item.
+
+    The server is OPENAI_BASE_URL (default OpenAI's) with the key OPENAI_API_KEY; a local Ollama, vLLM or
+    llama.cpp server works. Writes NAME.judged.json beside each responses file, and a run's mean into its
+    evaluation.json, where compare, the report and the model card read it.
+    """
+    from gptlab.evaluate.judge import format_table, judge_sources
+
+    summary = judge_sources(list(sources), judge_model, judge_api, timeout, retries, seed, not no_progress)
+    _print_json(summary) if as_json else click.echo("\n".join(format_table(summary)))
+
+
+@cli.command()
 @click.option(
     "--out",
     "out_dir",
