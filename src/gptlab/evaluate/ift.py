@@ -375,7 +375,7 @@ def _describe(result: dict) -> str:
 def card_line(entry: dict) -> str:
     judged = f"; judge's mean score {entry['judge']['mean']:.1f}/100" if isinstance(entry.get("judge"), dict) else ""
     return (
-        f"{entry['test_loss']:.4f} (masked cross-entropy on {entry.get('items', {}).get('test', '?')} held-out items "
+        f"IFT test loss {entry['test_loss']:.4f} (masked cross-entropy on {entry.get('items', {}).get('test', '?')} held-out items "
         f"after instruction fine-tuning, best of {len(entry.get('val_losses', []))} epochs; the base model "
         f"{entry.get('base_test_loss', float('nan')):.4f}{judged})"
     )

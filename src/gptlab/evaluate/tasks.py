@@ -132,6 +132,18 @@ def saved_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def card_lines(run_dir: Path, checkpoint_name: str) -> list[str]:
+    """The model card's line of every task that writes one and has a result saved of this checkpoint (a result
+    of a fine-tuned copy names the run's checkpoint as `base_checkpoint`)."""
+    lines = []
+    for name, entry in saved_results(run_dir).items():
+        task = tasks()[name]
+        of = entry.get("base_checkpoint", entry.get("checkpoint"))
+        if task.card_line is not None and of == checkpoint_name:
+            lines.append(task.card_line(entry))
+    return lines
+
+
 def all_options() -> list[tuple[str, tuple[str, ...], dict[str, Any], list[str]]]:
     """Every task option once, as (python name, declarations, click arguments, the tasks taking it)."""
     seen: dict[str, tuple[str, tuple[str, ...], dict[str, Any], list[str]]] = {}
