@@ -20,7 +20,7 @@ import pytest
 from conftest import run_cli
 
 from gptlab.errors import UserError
-from gptlab.evaluate import judge
+from gptlab.experiments import judge
 from gptlab.rundir import read_evaluation, write_task_evaluation
 
 KEY = "sk-planted-4d1f9c0e7b2a-never-print-me"

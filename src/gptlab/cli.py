@@ -454,7 +454,7 @@ def judge(
     llama.cpp server works. Writes NAME.judged.json beside each responses file, and a run's mean into its
     evaluation.json, where compare, the report and the model card read it.
     """
-    from gptlab.evaluate.judge import format_table, judge_sources
+    from gptlab.experiments.judge import format_table, judge_sources
 
     summary = judge_sources(list(sources), judge_model, judge_api, timeout, retries, seed, not no_progress)
     _print_json(summary) if as_json else click.echo("\n".join(format_table(summary)))
