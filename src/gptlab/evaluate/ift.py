@@ -17,11 +17,8 @@ import copy
 import hashlib
 import json
 import math
-import os
 import random
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -65,40 +62,17 @@ class Settings:
 # --- the file ------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Where the downloaded instruction set is kept: $XDG_CACHE_HOME/gptlab/ift (default ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gptlab" / "ift"
-
-
 def locate_file(file: Optional[Path]) -> Path:
-    """`file` when given; else the book's instruction-data.json from the cache, downloaded there once."""
-    if file is not None:
-        if not Path(file).is_file():
-            raise UserError(f"--file {file}: no such file; give the path of an instruction-data.json file")
-        return Path(file)
-    cached = cache_dir() / DATA_FILE
-    if not cached.is_file():
-        download_data_file(cached)
-    return cached
+    """`file` when given; else the book's instruction-data.json from the cache, downloaded once (gptlab.evaluate.downloads)."""
+    from gptlab.evaluate import downloads
+
+    return downloads.locate_file(file, "ift", DATA_FILE, DATA_URL, read_items)
 
 
 def download_data_file(target: Path, url: str = DATA_URL) -> None:
-    print(f"Downloading the book's instruction set from {url} to {target} (once) ...", file=sys.stderr)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise UserError(
-            f"ift: cannot download {url} ({reason}); download {DATA_FILE} yourself and pass --file PATH"
-        ) from None
+    from gptlab.evaluate import downloads
 
-    def write_checked(tmp: Path) -> None:
-        tmp.write_bytes(data)
-        read_items(tmp)  # a proxy's error page never takes the cache's place
-
-    atomic_write(target, write_checked, needed_bytes=len(data))
+    downloads.download_file(target, url, "ift", read_items)
 
 
 def read_items(path: Path) -> tuple[list[dict[str, str]], str]:
