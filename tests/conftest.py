@@ -63,7 +63,7 @@ def write_run(run_dir: Path, dataset: Path, model: dict | None = None, train: di
 def run_with_model(run_dir: Path, model, model_json: dict | None = None) -> Path:
     """A run directory holding `model` (a gptlab GPT) as its one checkpoint, written as training writes checkpoints."""
     from gptlab.files import atomic_write_json
-    from gptlab.train.checkpoint import checkpoint_name, point, write_checksums
+    from gptlab.runtime.checkpoint import checkpoint_name, point, write_checksums
     from gptlab.weights import save_book_safetensors
 
     run_dir.mkdir(parents=True)

@@ -33,8 +33,8 @@ from gptlab.rundir import (
     write_evaluation,
     write_hellaswag_evaluation,
 )
+from gptlab.runtime.precision import Precision
 from gptlab.tokenizer import encode
-from gptlab.train.precision import Precision
 
 CPU = torch.device("cpu")
 FP32 = Precision("fp32", CPU, None)
@@ -136,7 +136,7 @@ def test_the_known_ending_wins_and_length_decides_between_acc_and_acc_norm(fixed
 
 
 def fixed_run_model(run_dir: Path) -> GPT:
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
 
     return open_trained_run(run_dir).model
 

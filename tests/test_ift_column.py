@@ -99,7 +99,7 @@ def test_model_card_carries_the_ift_result_of_its_checkpoint(tmp_path):
     from test_ift import make_base_run
 
     from gptlab.export.hf import export_run
-    from gptlab.train.checkpoint import find_checkpoint
+    from gptlab.runtime.checkpoint import find_checkpoint
 
     run = make_base_run(tmp_path / "run")
     name = find_checkpoint(run, "latest").name

@@ -1,4 +1,4 @@
-"""The run directory: the name of every file in it, and reading and writing its configs, summary and evaluation.
+"""The run directory: the name of every file in it, and reading and writing its summary and evaluation.
 
     RUN_DIR/
       model.json, train.json    the users' files; gptlab reads them and never rewrites them
@@ -9,22 +9,20 @@
                                 and under each other task's name its result (`gptlab eval --task hellaswag|ift --save`;
                                 gptlab.evaluate.tasks)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
-      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
+      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.runtime.checkpoint)
       tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
-with one grep.
+with one grep. It stands below `gptlab.config`, which reads and writes the configs (model.json, train.json,
+resolved_config.json) by these names.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from gptlab.files import atomic_write_json, read_json
-
-if TYPE_CHECKING:
-    from gptlab.config import RunConfig
 
 MODEL_FILE, TRAIN_FILE = "model.json", "train.json"
 RESOLVED_CONFIG = "resolved_config.json"
@@ -41,21 +39,6 @@ TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run 
 # validation cadence picked as `best`; it is also what litgpt and the Hugging Face Trainer hand back by
 # default, and what `--resume` continues. `--checkpoint best` still asks for the best one.
 DEFAULT_CHECKPOINT = "latest"
-
-
-def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
-    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, config.to_json_dict())
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved configuration written when the run started, else model.json and train.json as they are."""
-    from gptlab.config import load_run_config, validate_run_config
-
-    resolved = Path(run_dir) / RESOLVED_CONFIG
-    if resolved.is_file():
-        data = read_json(resolved)
-        return validate_run_config(resolved, data["model"], resolved, data["train"])
-    return load_run_config(Path(run_dir))
 
 
 def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:

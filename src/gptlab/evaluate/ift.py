@@ -259,9 +259,9 @@ def evaluate_ift_run(
     """Fine-tune a copy of a run's checkpoint on the instruction set and score it; writes the responses and
     the fine-tuned weights to `out_dir` (default RUN_DIR/ift)."""
     from gptlab.evaluate.loss import eval_device
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.precision import configure_precision
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.tokenizer import VOCAB_SIZE, encode
-    from gptlab.train.precision import configure_precision
     from gptlab.weights import build_model, save_book_safetensors
 
     if settings.dropout not in ("model", "on", "off"):

@@ -14,12 +14,10 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from gptlab.experiments import verdicts
-
-if TYPE_CHECKING:
-    from gptlab.experiments.compare import Group, RunResult
+from gptlab.experiments.groups import Group, RunResult
 
 ENTRY = "ift"  # evaluation.json's key, as gptlab.evaluate.ift's task saves it
 SAME = ("file_sha256", "items", "settings", "precision")  # what two results must share to be compared
