@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
-from gptlab.experiments import hellaswag_column, stats, verdicts
+from gptlab.experiments import hellaswag_column, ift_column, stats, verdicts
 from gptlab.experiments.groups import Group, RunResult
 from gptlab.files import strict_json
 from gptlab.rundir import (
@@ -372,6 +372,7 @@ def _row(
     baseline: Group,
     verdict: Optional[verdicts.Verdict],
     hellaswag: Optional[hellaswag_column.HellaSwagColumn] = None,
+    ift: Optional[ift_column.IftColumn] = None,
 ) -> dict[str, Any]:
     finite = group.finite_losses
     described = stats.describe(finite) if finite else None
@@ -425,6 +426,7 @@ def _row(
         "run_losses": [loss if math.isfinite(loss) else None for loss in group.losses],
         "run_stopped": [run.stopped for run in group.runs],
         **hellaswag_column.row_keys(group, baseline, hellaswag or hellaswag_column.HellaSwagColumn()),
+        **ift_column.row_keys(group, baseline, ift or ift_column.IftColumn()),
     }
 
 
@@ -534,11 +536,13 @@ def build_comparison(
         _pooled_seed_sd(groups),
     )
     hellaswag = hellaswag_column.judge_hellaswag(baseline, groups, seed_blind_reason(baseline))
+    ift = ift_column.judge_ift(baseline, groups, seed_blind_reason(baseline))
     rows = sorted(
-        (_row(group, baseline, judgement.verdicts.get(group.label), hellaswag) for group in groups), key=_sort_key
+        (_row(group, baseline, judgement.verdicts.get(group.label), hellaswag, ift) for group in groups),
+        key=_sort_key,
     )
     evaluation = reference.evaluation
-    notes = _notes(baseline, groups, evaluation, judgement) + mixed_notes + hellaswag.notes
+    notes = _notes(baseline, groups, evaluation, judgement) + mixed_notes + hellaswag.notes + ift.notes
     return Comparison(baseline, groups, rows, notes, evaluation, hellaswag.identity)
 
 
@@ -594,6 +598,7 @@ TABLE_COLUMNS = (
     "p (Holm)",
     "verdict",
     "hellaswag",
+    "ift",
     "time",
     "tokens/s",
     "tokens",
@@ -625,6 +630,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _p_cell(row["p_holm"]),
         row["verdict"],
         hellaswag_column.cell(row),
+        ift_column.cell(row),
         format_duration(row["training_seconds"]),
         f"{row['tokens_per_second']:,.0f}" if row["tokens_per_second"] is not None else "-",
         f"{row['tokens_seen']:,.0f}" if row["tokens_seen"] is not None else "-",
@@ -687,6 +693,8 @@ def _default_columns(comparison: Comparison, columns: Optional[Sequence[str]], o
     scored = any(hellaswag_column.saved_entry(run) for group in comparison.groups for run in group.runs)
     if columns is None and not scored:
         shown.remove(TABLE_COLUMNS.index("hellaswag"))
+    if columns is None and not ift_column.any_saved(comparison.groups):
+        shown.remove(TABLE_COLUMNS.index("ift"))
     return shown
 
 
@@ -803,6 +811,7 @@ CSV_FIELDS = (
     "seeds_needed",
     "detectable_effect",
     *hellaswag_column.CSV_KEYS,
+    *ift_column.CSV_KEYS,
     "training_seconds",
     "tokens_per_second",
     "tokens_seen",
