@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
-from gptlab.experiments import hellaswag_column, stats, verdicts
+from gptlab.experiments import hellaswag_column, ift_column, stats, verdicts
 from gptlab.experiments.groups import Group, RunResult
 from gptlab.rundir import (
     CHECKPOINTS,
@@ -375,6 +375,7 @@ def _row(
     baseline: Group,
     verdict: Optional[verdicts.Verdict],
     hellaswag: Optional[hellaswag_column.HellaSwagColumn] = None,
+    ift: Optional[ift_column.IftColumn] = None,
 ) -> dict[str, Any]:
     finite = group.finite_losses
     described = stats.describe(finite) if finite else None
@@ -437,6 +438,7 @@ def _row(
         "run_losses": [loss if math.isfinite(loss) else None for loss in group.losses],
         "run_stopped": [run.stopped for run in group.runs],
         **hellaswag_column.row_keys(group, baseline, hellaswag or hellaswag_column.HellaSwagColumn()),
+        **ift_column.row_keys(group, baseline, ift or ift_column.IftColumn()),
     }
 
 
@@ -564,11 +566,13 @@ def build_comparison(
         _pooled_seed_sd(groups),
     )
     hellaswag = hellaswag_column.judge_hellaswag(baseline, groups, seed_blind_reason(baseline))
+    ift = ift_column.judge_ift(baseline, groups, seed_blind_reason(baseline))
     rows = sorted(
-        (_row(group, baseline, judgement.verdicts.get(group.label), hellaswag) for group in groups), key=_sort_key
+        (_row(group, baseline, judgement.verdicts.get(group.label), hellaswag, ift) for group in groups),
+        key=_sort_key,
     )
     evaluation = reference.evaluation
-    notes = _notes(baseline, groups, evaluation, judgement) + mixed_notes + hellaswag.notes
+    notes = _notes(baseline, groups, evaluation, judgement) + mixed_notes + hellaswag.notes + ift.notes
     return Comparison(baseline, groups, rows, notes, evaluation, hellaswag.identity)
 
 

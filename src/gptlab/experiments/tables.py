@@ -15,7 +15,7 @@ import textwrap
 from typing import Any, Optional, Sequence
 
 from gptlab.errors import UserError
-from gptlab.experiments import hellaswag_column, stats
+from gptlab.experiments import hellaswag_column, ift_column, stats
 from gptlab.experiments.compare import SLICE_KEYS, Comparison
 from gptlab.files import strict_json
 from gptlab.words import format_perplexity
@@ -62,6 +62,7 @@ TABLE_COLUMNS = (
     "p (Holm)",
     "verdict",
     "hellaswag",
+    "ift",
     "time",
     "tokens/s",
     "tokens",
@@ -97,6 +98,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _p_cell(row["p_holm"]),
         row["verdict"],
         hellaswag_column.cell(row),
+        ift_column.cell(row),
         format_duration(row["training_seconds"]),
         f"{row['tokens_per_second']:,.0f}" if row["tokens_per_second"] is not None else "-",
         f"{row['tokens_seen']:,.0f}" if row["tokens_seen"] is not None else "-",
@@ -159,6 +161,8 @@ def _default_columns(comparison: Comparison, columns: Optional[Sequence[str]], o
     scored = any(hellaswag_column.saved_entry(run) for group in comparison.groups for run in group.runs)
     if columns is None and not scored:
         shown.remove(TABLE_COLUMNS.index("hellaswag"))
+    if columns is None and not ift_column.any_saved(comparison.groups):
+        shown.remove(TABLE_COLUMNS.index("ift"))
     return shown
 
 
@@ -299,6 +303,7 @@ CSV_FIELDS = (
     "seeds_needed",
     "detectable_effect",
     *hellaswag_column.CSV_KEYS,
+    *ift_column.CSV_KEYS,
     "training_seconds",
     "tokens_per_second",
     "tokens_seen",

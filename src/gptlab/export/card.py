@@ -45,6 +45,8 @@ class CardFacts:
         from_hub = _HUB_ID.match(dataset) and public_dataset(dataset) == dataset and not self.dataset_is_local
         return dataset if from_hub else None
 
+    task_lines: tuple[str, ...] = ()  # other evaluation tasks' lines (gptlab.evaluate.tasks.card_lines)
+
 
 def default_new_tokens(context_length: int) -> int:
     """The export's generate() length: 20 new tokens (transformers' own default), fewer in a tiny context."""
@@ -280,6 +282,7 @@ def _card_text(facts: CardFacts) -> str:
         f"Test loss: {_test_loss(facts)}",
         "",
         *([f"HellaSwag: {_hellaswag(facts)}", ""] if facts.hellaswag else []),
+        *(part for line in facts.task_lines for part in (line, "")),
         "## Sample",
         "",
         f"The smoke test: prompt {json.dumps(facts.sample_prompt)}, 20 new tokens, top-k 25, temperature 1.0, seed {facts.sample_seed} "
