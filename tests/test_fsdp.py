@@ -29,7 +29,9 @@ def runs(tmp_path_factory, brown_dataset):
 
     base = tmp_path_factory.mktemp("fsdp")
     ddp = write_run(base / "ddp", brown_dataset, train=TRAIN)
-    fsdp = write_run(base / "fsdp", brown_dataset, train={**TRAIN, "parallelism": "fsdp", "activation_checkpointing": True})
+    fsdp = write_run(
+        base / "fsdp", brown_dataset, train={**TRAIN, "parallelism": "fsdp", "activation_checkpointing": True}
+    )
     for run_dir in (ddp, fsdp):
         result = torchrun(2, "train", str(run_dir), "--no-progress")
         assert result.returncode == 0, result.stderr[-3000:]
