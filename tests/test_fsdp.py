@@ -111,9 +111,10 @@ def test_fsdp_resume_after_the_fifth_step_gives_the_uninterrupted_weights(runs):
 
 
 def test_activation_checkpointing_changes_no_number_in_one_process(make_run):
+    """And parallelism 'fsdp' in one process is the plain model: a train.json runs unchanged on 1 or N processes."""
     train = {"min_train_tokens": 4 * 32 * 4, "checkpoint_interval": 100}
     plain = make_run("plain", train=train)
-    recomputed = make_run("recomputed", train={**train, "activation_checkpointing": True})
+    recomputed = make_run("recomputed", train={**train, "activation_checkpointing": True, "parallelism": "fsdp"})
     for run_dir in (plain, recomputed):
         result = run_cli("train", str(run_dir), "--no-progress")
         assert result.returncode == 0, result.stderr[-3000:]
@@ -136,3 +137,19 @@ def test_unknown_parallelism_is_one_line(make_run):
     result = run_cli("train", str(make_run()), "--no-progress", "--set", "train.parallelism=zero3")
     assert result.returncode == 2
     assert "parallelism" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plan_shards_state_and_recomputes_activations():
+    from gptlab.bench.plan import estimate_memory
+    from gptlab.config import TrainConfig
+
+    xl = ModelConfig(vocab_size=50257, context_length=1024, emb_dim=1600, n_heads=25, n_layers=48, drop_rate=0.0)
+    common = {"dataset": "HuggingFaceFW/fineweb", "microbatch_size": 12, "precision": "bf16"}
+    ddp = estimate_memory(xl, TrainConfig(**common), "bf16", 8)
+    fsdp = estimate_memory(xl, TrainConfig(**common, parallelism="fsdp"), "bf16", 8)
+    both = estimate_memory(xl, TrainConfig(**common, parallelism="fsdp", activation_checkpointing=True), "bf16", 8)
+    for part in ("weights", "gradients", "adamw_state"):
+        assert fsdp[part] == ddp[part] // 8
+    assert fsdp["ddp_gradient_buckets"] == fsdp["autocast_weight_copies"] == 0 < fsdp["fsdp_gathered_weights"]
+    assert fsdp["activations"] == ddp["activations"] > 5 * both["activations"]
+    assert ddp["total"] > 60 * 10**9 and both["total"] < 40 * 10**9  # the issue's target: XL on 40 GB cards
