@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gptlab.data.tokens import TokenSplitWriter
-from gptlab.train.checkpoint import list_checkpoints, step_of, write_checksums
+from gptlab.runtime.checkpoint import list_checkpoints, step_of, write_checksums
 
 VOCAB = 256
 MODEL = {"vocab_size": VOCAB, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}

@@ -60,6 +60,26 @@ def write_run(run_dir: Path, dataset: Path, model: dict | None = None, train: di
     return run_dir
 
 
+def run_with_model(run_dir: Path, model, model_json: dict | None = None) -> Path:
+    """A run directory holding `model` (a gptlab GPT) as its one checkpoint, written as training writes checkpoints."""
+    from gptlab.files import atomic_write_json
+    from gptlab.runtime.checkpoint import checkpoint_name, point, write_checksums
+    from gptlab.weights import save_book_safetensors
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.json").write_text(json.dumps(model_json or TINY_MODEL))
+    (run_dir / "train.json").write_text(json.dumps({"dataset": "alice/unused", **TINY_TRAIN}))
+    name = checkpoint_name(0)
+    folder = run_dir / "checkpoints" / name
+    folder.mkdir(parents=True)
+    save_book_safetensors(model, folder / "model.safetensors")
+    atomic_write_json(folder / "meta.json", {"global_step": 0})
+    write_checksums(folder)
+    point(run_dir, "latest", name)
+    point(run_dir, "best", name)
+    return run_dir
+
+
 @pytest.fixture
 def make_run(tmp_path, brown_dataset):
     def make(name: str = "run", model: dict | None = None, train: dict | None = None) -> Path:

@@ -12,11 +12,12 @@ import json
 import math
 import statistics
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TINY_TRAIN, run_cli
+from conftest import TINY_MODEL, TINY_TRAIN, run_cli, run_with_model
 from scipy import stats as scipy_stats
 
 import gptlab
@@ -24,7 +25,6 @@ from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.evaluate import hellaswag
 from gptlab.evaluate.hellaswag import Item, evaluate_hellaswag_run, read_items, score_items
-from gptlab.files import atomic_write_json
 from gptlab.model import GPT
 from gptlab.rundir import (
     EVALUATION,
@@ -33,10 +33,8 @@ from gptlab.rundir import (
     write_evaluation,
     write_hellaswag_evaluation,
 )
+from gptlab.runtime.precision import Precision
 from gptlab.tokenizer import encode
-from gptlab.train.checkpoint import checkpoint_name, point, write_checksums
-from gptlab.train.precision import Precision
-from gptlab.weights import save_book_safetensors
 
 CPU = torch.device("cpu")
 FP32 = Precision("fp32", CPU, None)
@@ -108,22 +106,6 @@ def expected_scores(records: list[dict]) -> tuple[float, float]:
     return right["acc"] / len(records), right["acc_norm"] / len(records)
 
 
-def run_with_model(run_dir: Path, model: GPT) -> Path:
-    """A run directory holding `model` as its one checkpoint, written as training writes checkpoints."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "model.json").write_text(json.dumps(TINY_MODEL))
-    (run_dir / "train.json").write_text(json.dumps({"dataset": "alice/unused", **TINY_TRAIN}))
-    name = checkpoint_name(0)
-    folder = run_dir / "checkpoints" / name
-    folder.mkdir(parents=True)
-    save_book_safetensors(model, folder / "model.safetensors")
-    atomic_write_json(folder / "meta.json", {"global_step": 0})
-    write_checksums(folder)
-    point(run_dir, "latest", name)
-    point(run_dir, "best", name)
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def fixed_run(tmp_path_factory) -> Path:
     return run_with_model(tmp_path_factory.mktemp("hellaswag") / "fixed", fixed_distribution_model())
@@ -154,7 +136,7 @@ def test_the_known_ending_wins_and_length_decides_between_acc_and_acc_norm(fixed
 
 
 def fixed_run_model(run_dir: Path) -> GPT:
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
 
     return open_trained_run(run_dir).model
 
@@ -221,7 +203,7 @@ def test_cli_bad_line_exits_2_with_one_line(fixed_run, tmp_path):
         .endswith(f"{path}:2: 'label' 7 is not 0, 1, 2 or 3 (the index of the right ending)")
     )
     result = run_cli("eval", str(fixed_run), "--task", "hellaswag", "--file", str(path), "--batches", "3")
-    assert result.returncode == 2 and "--task hellaswag: --split, --start-token, --batches" in result.stderr
+    assert result.returncode == 2 and "--task hellaswag: --batches is for --task loss" in result.stderr
 
 
 def test_cli_json_limit_and_save_keep_the_test_loss(fixed_run, tmp_path):
@@ -265,7 +247,7 @@ def test_the_cached_file_is_used_and_no_network_says_to_pass_file(fixed_run, tmp
     def offline(*args, **kwargs):
         raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
     with pytest.raises(UserError) as raised:
         hellaswag.locate_file(None)
@@ -285,7 +267,7 @@ def test_a_download_that_is_not_hellaswag_never_becomes_the_cache(tmp_path, monk
         def read(self):
             return b"<html>proxy login</html>\n"
 
-    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", lambda *a, **k: Page())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Page())
     target = tmp_path / "hellaswag_val.jsonl"
     with pytest.raises(UserError, match="not valid JSON"):
         hellaswag.download_validation_file(target)

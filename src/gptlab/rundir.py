@@ -1,4 +1,4 @@
-"""The run directory: the name of every file in it, and reading and writing its configs, summary and evaluation.
+"""The run directory: the name of every file in it, and reading and writing its summary and evaluation.
 
     RUN_DIR/
       model.json, train.json    the users' files; gptlab reads them and never rewrites them
@@ -6,24 +6,23 @@
       metrics.jsonl, train.log  one record per step; every line training printed
       summary.json              written when training reaches its last step
       evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare),
-                                and under `hellaswag` a HellaSwag accuracy (`gptlab eval --task hellaswag --save`)
+                                and under each other task's name its result (`gptlab eval --task hellaswag|ift --save`;
+                                gptlab.evaluate.tasks)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
-      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
+      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.runtime.checkpoint)
       tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
-with one grep.
+with one grep. It stands below `gptlab.config`, which reads and writes the configs (model.json, train.json,
+resolved_config.json) by these names.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from gptlab.files import atomic_write_json, read_json
-
-if TYPE_CHECKING:
-    from gptlab.config import RunConfig
 
 MODEL_FILE, TRAIN_FILE = "model.json", "train.json"
 RESOLVED_CONFIG = "resolved_config.json"
@@ -40,21 +39,6 @@ TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run 
 # validation cadence picked as `best`; it is also what litgpt and the Hugging Face Trainer hand back by
 # default, and what `--resume` continues. `--checkpoint best` still asks for the best one.
 DEFAULT_CHECKPOINT = "latest"
-
-
-def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
-    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, config.to_json_dict())
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved configuration written when the run started, else model.json and train.json as they are."""
-    from gptlab.config import load_run_config, validate_run_config
-
-    resolved = Path(run_dir) / RESOLVED_CONFIG
-    if resolved.is_file():
-        data = read_json(resolved)
-        return validate_run_config(resolved, data["model"], resolved, data["train"])
-    return load_run_config(Path(run_dir))
 
 
 def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -81,28 +65,38 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def write_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
-    """Write the test loss into evaluation.json, noting which checkpoint was asked for (latest, best or a name);
-    a HellaSwag entry already there is kept. Returns what was written."""
+    """Write the test loss into evaluation.json's top level, noting which checkpoint was asked for (latest, best
+    or a name); every other task's entry already there (a key holding an object the loss does not write) is
+    kept. Returns what was written."""
     result = {**result, "checkpoint_choice": checkpoint_choice}
-    kept = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
-    if isinstance(kept, dict):
-        result[HELLASWAG_ENTRY] = kept
+    for key, entry in (read_evaluation(run_dir) or {}).items():
+        if key not in result and isinstance(entry, dict):
+            result[key] = entry
     atomic_write_json(Path(run_dir) / EVALUATION, result)
     return result
 
 
-def write_hellaswag_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
-    """Put a HellaSwag result under evaluation.json's `hellaswag` key, leaving the test loss (the top-level keys,
-    which say how comparisons evaluate runs) as it is. Returns the entry written."""
+def write_task_evaluation(run_dir: Path, key: str, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
+    """Put a task's result under evaluation.json's `key`, leaving the test loss (the top-level keys, which say
+    how comparisons evaluate runs) and every other task's entry as they are. Returns the entry written."""
     entry = {**result, "checkpoint_choice": checkpoint_choice}
-    atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), HELLASWAG_ENTRY: entry})
+    atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), key: entry})
     return entry
+
+
+def read_task_evaluation(run_dir: Path, key: str) -> Optional[dict[str, Any]]:
+    """evaluation.json's entry under `key`, or None."""
+    entry = (read_evaluation(run_dir) or {}).get(key)
+    return entry if isinstance(entry, dict) else None
+
+
+def write_hellaswag_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
+    return write_task_evaluation(run_dir, HELLASWAG_ENTRY, result, checkpoint_choice)
 
 
 def read_hellaswag_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:
     """evaluation.json's HellaSwag entry, or None."""
-    entry = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
-    return entry if isinstance(entry, dict) else None
+    return read_task_evaluation(run_dir, HELLASWAG_ENTRY)
 
 
 def read_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:

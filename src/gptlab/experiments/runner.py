@@ -23,7 +23,7 @@ from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
 from gptlab.experiments.spec import Experiment
 from gptlab.notify.training import send_test_loss
 from gptlab.rundir import TRAIN_LOG, read_evaluation, read_summary
-from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
+from gptlab.runtime.checkpoint import find_checkpoint, list_checkpoints
 from gptlab.words import loss_with_perplexity
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"

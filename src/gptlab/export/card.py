@@ -36,6 +36,7 @@ class CardFacts:
     license: Optional[str] = None  # a Hub license id (mit, apache-2.0, ...), as `--license` gives it
     language: Optional[str] = "en"  # GPT-2's byte-pair encoding was made for English text
     hellaswag: Optional[dict[str, Any]] = None  # as `gptlab eval --task hellaswag --save` wrote it, of this checkpoint
+    task_lines: tuple[str, ...] = ()  # other evaluation tasks' lines (gptlab.evaluate.tasks.card_lines)
 
 
 def default_new_tokens(context_length: int) -> int:
@@ -250,6 +251,7 @@ def _card_text(facts: CardFacts) -> str:
         f"Test loss: {_test_loss(facts)}",
         "",
         *([f"HellaSwag: {_hellaswag(facts)}", ""] if facts.hellaswag else []),
+        *(part for line in facts.task_lines for part in (line, "")),
         "## Sample",
         "",
         f"The smoke test: prompt {json.dumps(facts.sample_prompt)}, 20 new tokens, top-k 25, temperature 1.0, seed {facts.sample_seed} "
