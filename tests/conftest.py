@@ -33,6 +33,17 @@ TINY_TRAIN = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """$XDG_CACHE_HOME for the whole session (subprocesses included): tests never read or fill the user's cache, e.g.
+    the CPU's bf16 speedup that precision 'auto' measures once per machine."""
+    patch = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("xdg-cache")
+    patch.setenv("XDG_CACHE_HOME", str(path))
+    yield path
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_state():
     """Tests that train change process-wide torch settings; put them back."""
@@ -57,6 +68,26 @@ def write_run(run_dir: Path, dataset: Path, model: dict | None = None, train: di
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "model.json").write_text(json.dumps({**TINY_MODEL, **(model or {})}))
     (run_dir / "train.json").write_text(json.dumps({"dataset": str(dataset), **TINY_TRAIN, **(train or {})}))
+    return run_dir
+
+
+def run_with_model(run_dir: Path, model, model_json: dict | None = None) -> Path:
+    """A run directory holding `model` (a gptlab GPT) as its one checkpoint, written as training writes checkpoints."""
+    from gptlab.files import atomic_write_json
+    from gptlab.runtime.checkpoint import checkpoint_name, point, write_checksums
+    from gptlab.weights import save_book_safetensors
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.json").write_text(json.dumps(model_json or TINY_MODEL))
+    (run_dir / "train.json").write_text(json.dumps({"dataset": "alice/unused", **TINY_TRAIN}))
+    name = checkpoint_name(0)
+    folder = run_dir / "checkpoints" / name
+    folder.mkdir(parents=True)
+    save_book_safetensors(model, folder / "model.safetensors")
+    atomic_write_json(folder / "meta.json", {"global_step": 0})
+    write_checksums(folder)
+    point(run_dir, "latest", name)
+    point(run_dir, "best", name)
     return run_dir
 
 

@@ -315,3 +315,31 @@ def test_sigterm_stops_the_experiment_after_a_checkpoint_and_run_resumes_it(tmp_
     assert f"({first_run}): resuming after step" in resumed.stdout
     assert run_state(first_run) == FINISHED and run_state(second_run) == FINISHED
     assert [r["step"] for r in read_metrics(first_run)] == list(range(60)) and stopped_at < 59
+
+
+def test_a_new_experiment_plans_common_random_numbers_and_an_older_one_keeps_what_it_planned(tmp_path, brown_dataset):
+    from gptlab.experiments.plan import streams_words
+
+    _baseline(tmp_path / "base", brown_dataset)
+    spec = {"baseline": "base", "seeds": [1, 2], "interventions": {"bias": {"qkv_bias": True}}}
+    (tmp_path / "exp.json").write_text(json.dumps(spec))
+    experiment = load_experiment(tmp_path / "exp.json")
+    planned = plan_runs(experiment)
+    assert all(run.train["random_streams"] is True for run in planned)
+    assert streams_words(experiment).startswith("Common random numbers: on")
+    write_plan(planned)
+    # an experiment planned before random_streams existed: its train.json files lack the key and stay as they are
+    for run in planned:
+        train = json.loads((run.run_dir / "train.json").read_text())
+        del train["random_streams"]
+        (run.run_dir / "train.json").write_text(json.dumps(train))
+    older = plan_runs(experiment)
+    assert all(run.train["random_streams"] is False for run in older)
+    (planned[0].run_dir / "checkpoints").mkdir()  # it has started: write_plan checks it against the plan
+    write_plan(older)  # no conflict: a key written before it existed reads as its default
+    assert "were planned without them" in streams_words(experiment)
+    (tmp_path / "off.json").write_text(json.dumps({**spec, "runs_dir": "off-runs", "random_streams": False}))
+    assert all(run.train["random_streams"] is False for run in plan_runs(load_experiment(tmp_path / "off.json")))
+    (tmp_path / "bad.json").write_text(json.dumps({**spec, "random_streams": "yes"}))
+    with pytest.raises(UserError, match="random_streams: give true or false"):
+        load_experiment(tmp_path / "bad.json")

@@ -12,11 +12,12 @@ import json
 import math
 import statistics
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TINY_TRAIN, run_cli
+from conftest import TINY_MODEL, TINY_TRAIN, run_cli, run_with_model
 from scipy import stats as scipy_stats
 
 import gptlab
@@ -24,7 +25,6 @@ from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.evaluate import hellaswag
 from gptlab.evaluate.hellaswag import Item, evaluate_hellaswag_run, read_items, score_items
-from gptlab.files import atomic_write_json
 from gptlab.model import GPT
 from gptlab.rundir import (
     EVALUATION,
@@ -33,10 +33,8 @@ from gptlab.rundir import (
     write_evaluation,
     write_hellaswag_evaluation,
 )
-from gptlab.runtime.checkpoint import checkpoint_name, point, write_checksums
 from gptlab.runtime.precision import Precision
 from gptlab.tokenizer import encode
-from gptlab.weights import save_book_safetensors
 
 CPU = torch.device("cpu")
 FP32 = Precision("fp32", CPU, None)
@@ -106,22 +104,6 @@ def expected_scores(records: list[dict]) -> tuple[float, float]:
         right["acc"] += min(range(4), key=lambda e: sum(per_ending[e])) == label
         right["acc_norm"] += min(range(4), key=lambda e: statistics.fmean(per_ending[e])) == label
     return right["acc"] / len(records), right["acc_norm"] / len(records)
-
-
-def run_with_model(run_dir: Path, model: GPT) -> Path:
-    """A run directory holding `model` as its one checkpoint, written as training writes checkpoints."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "model.json").write_text(json.dumps(TINY_MODEL))
-    (run_dir / "train.json").write_text(json.dumps({"dataset": "alice/unused", **TINY_TRAIN}))
-    name = checkpoint_name(0)
-    folder = run_dir / "checkpoints" / name
-    folder.mkdir(parents=True)
-    save_book_safetensors(model, folder / "model.safetensors")
-    atomic_write_json(folder / "meta.json", {"global_step": 0})
-    write_checksums(folder)
-    point(run_dir, "latest", name)
-    point(run_dir, "best", name)
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +203,7 @@ def test_cli_bad_line_exits_2_with_one_line(fixed_run, tmp_path):
         .endswith(f"{path}:2: 'label' 7 is not 0, 1, 2 or 3 (the index of the right ending)")
     )
     result = run_cli("eval", str(fixed_run), "--task", "hellaswag", "--file", str(path), "--batches", "3")
-    assert result.returncode == 2 and "--task hellaswag: --split, --start-token, --batches" in result.stderr
+    assert result.returncode == 2 and "--task hellaswag: --batches is for --task loss" in result.stderr
 
 
 def test_cli_json_limit_and_save_keep_the_test_loss(fixed_run, tmp_path):
@@ -265,7 +247,7 @@ def test_the_cached_file_is_used_and_no_network_says_to_pass_file(fixed_run, tmp
     def offline(*args, **kwargs):
         raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
     with pytest.raises(UserError) as raised:
         hellaswag.locate_file(None)
@@ -285,7 +267,7 @@ def test_a_download_that_is_not_hellaswag_never_becomes_the_cache(tmp_path, monk
         def read(self):
             return b"<html>proxy login</html>\n"
 
-    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", lambda *a, **k: Page())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Page())
     target = tmp_path / "hellaswag_val.jsonl"
     with pytest.raises(UserError, match="not valid JSON"):
         hellaswag.download_validation_file(target)
@@ -360,7 +342,8 @@ def groups(tmp_path) -> dict[str, list[Path]]:
 
 def _compare(*runs: Path, output_format: str = "json"):
     """`gptlab compare RUNS --format json` in this process (the CLI itself runs once, in the first test)."""
-    from gptlab.experiments.compare import compare_runs, render
+    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.tables import render
 
     text = render(compare_runs(list(runs), echo=lambda line: None), output_format, width=400)
     return json.loads(text) if output_format == "json" else text
@@ -382,15 +365,15 @@ def test_compare_shows_hellaswag_with_its_own_verdict(groups):
     assert same["hellaswag_p"] == pytest.approx(p_same, rel=1e-9)
     assert better["hellaswag_p_holm"] == pytest.approx(min(1, 2 * min(p_better, p_same)), rel=1e-9)
     assert better["hellaswag_difference"] == pytest.approx(statistics.fmean(BETTER_ACC) - statistics.fmean(BASE_ACC))
-    assert better["hellaswag_noise"] == "beyond noise" and same["hellaswag_noise"] == "within noise"
-    assert better["hellaswag_verdict"].startswith("beyond noise (paired t, Holm p=")
+    assert better["hellaswag_noise"] == "better, beyond noise" and same["hellaswag_noise"] == "within noise"
+    assert better["hellaswag_verdict"].startswith("better, beyond noise (paired t, Holm p=")
 
     terminal = run_cli("compare", *map(str, runs), env={"COLUMNS": "400"})  # wide enough that no cell wraps
     assert terminal.returncode == 0, terminal.stderr
     header, _, *lines = terminal.stdout.splitlines()
     assert "hellaswag" in header.split()
     line = next(text for text in lines if text.startswith("lr-high"))
-    assert f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, beyond noise (paired t" in line
+    assert f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, better, beyond noise (paired t" in line
     assert any(
         note.startswith("HellaSwag: acc_norm") and "200 items of hellaswag_val.jsonl" in note for note in table["notes"]
     )
@@ -399,7 +382,7 @@ def test_compare_shows_hellaswag_with_its_own_verdict(groups):
     from gptlab.experiments.report import table_html
 
     html = table_html(build_comparison(load_results(runs)))
-    assert "<th>hellaswag</th>" in html and f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, beyond noise" in html
+    assert "<th>hellaswag</th>" in html and f"{statistics.fmean(BETTER_ACC):.4f} (+0.0400, better, beyond noise" in html
 
 
 def test_compare_leaves_hellaswag_out_unless_every_run_has_the_same_items(groups, tmp_path):
@@ -422,6 +405,55 @@ def test_compare_leaves_hellaswag_out_unless_every_run_has_the_same_items(groups
     assert not [note for note in _compare(*plain)["notes"] if "HellaSwag" in note]
 
 
+def test_compare_refuses_hellaswag_scored_in_mixed_precision_as_the_loss_does(groups, tmp_path):
+    runs = [run for group in groups.values() for run in group]
+    bf16 = fake_run(tmp_path, "lr-low-seed4", 4, 0.002, 5.03, 0.31, precision="bf16")
+    table = _compare(*runs, bf16)
+    assert all(row["hellaswag"] is None for row in table["rows"]) and table["hellaswag"] is None
+    [note] = [note for note in table["notes"] if note.startswith("HellaSwag")]
+    assert f"{bf16} was scored in bf16" in note and "in fp32" in note and "same evaluation precision" in note
+
+
+def test_hellaswag_zero_spread_of_paired_differences_is_no_noise_estimate(tmp_path):
+    """One more item right on every seed: the old paired t said p = 0, 'beyond noise'."""
+    made = []
+    for seed, accuracy in zip((1, 2, 3), (0.30, 0.32, 0.29)):
+        made.append(fake_run(tmp_path, f"baseline-seed{seed}", seed, 0.003, 5.00 + seed / 100, accuracy))
+        made.append(fake_run(tmp_path, f"lr-seed{seed}", seed, 0.006, 4.95 + seed / 97, accuracy + 0.005))
+    rows = {row["run"]: row for row in _compare(*made)["rows"]}
+    assert rows["lr"]["hellaswag_noise"] == "no noise estimate" and rows["lr"]["hellaswag_p"] is None
+    assert rows["lr"]["hellaswag_verdict"].startswith("no noise estimate: every seed differs from its baseline seed")
+
+
+def test_improvement_is_the_difference_of_the_means_shown_and_the_matched_seeds_one_is_labelled(tmp_path):
+    """A group paired with 3 of the baseline's 5 seeds: its improvement is of the means in the table; the paired
+    test's matched-seed difference (what its interval and p are of) stands beside it, labelled."""
+    base_loss, base_acc = [5.00, 5.03, 4.98, 5.10, 5.12], [0.30, 0.31, 0.29, 0.28, 0.27]
+    made = [
+        fake_run(tmp_path, f"baseline-seed{seed}", seed, 0.003, loss, acc)
+        for seed, loss, acc in zip(range(1, 6), base_loss, base_acc)
+    ]
+    ours_loss, ours_acc = [4.95, 4.99, 4.92], [0.33, 0.33, 0.32]
+    made += [
+        fake_run(tmp_path, f"lr-seed{seed}", seed, 0.006, loss, acc)
+        for seed, loss, acc in zip(range(1, 4), ours_loss, ours_acc)
+    ]
+    table = _compare(*made)
+    rows = {row["run"]: row for row in table["rows"]}
+    lr = rows["lr"]
+    assert lr["improvement"] == pytest.approx(rows["baseline"]["test_loss"] - lr["test_loss"])
+    paired = scipy_stats.ttest_rel(base_loss[:3], ours_loss)
+    assert lr["matched_improvement"] == pytest.approx(statistics.fmean(base_loss[:3]) - statistics.fmean(ours_loss))
+    assert lr["improvement_ci"] == pytest.approx(list(paired.confidence_interval(0.95)), rel=1e-9)
+    assert lr["hellaswag_difference"] == pytest.approx(statistics.fmean(ours_acc) - statistics.fmean(base_acc))
+    assert lr["hellaswag_matched_difference"] == pytest.approx(
+        statistics.fmean(ours_acc) - statistics.fmean(base_acc[:3])
+    )
+    line = next(text for text in _compare(*made, output_format="terminal").splitlines() if text.startswith("lr "))
+    assert f"{lr['improvement']:+.4f} (matched seeds {lr['matched_improvement']:+.4f})" in line
+    assert f"matched seeds {lr['hellaswag_matched_difference']:+.4f}" in line
+
+
 def test_model_card_carries_hellaswag(fixed_run, tmp_path):
     from huggingface_hub import ModelCard
 
@@ -435,12 +467,52 @@ def test_model_card_carries_hellaswag(fixed_run, tmp_path):
     finally:
         (fixed_run / EVALUATION).unlink()
     text = (tmp_path / "export" / "README.md").read_text()
-    results = {r.metric_type: r for r in ModelCard(text).data.eval_results}
-    assert set(results) == {"acc_norm", "acc"}
-    assert results["acc_norm"].metric_value == round(result["acc_norm"], 4)
-    assert results["acc_norm"].dataset_name == "HellaSwag" and results["acc_norm"].dataset_split == "validation"
+    # a hand-made file named like the official one is not the official validation set: no model-index entry
+    # against the Hub's HellaSwag, and the text names the file and its item count
+    assert not [r for r in ModelCard(text).data.eval_results or [] if r.metric_type in ("acc", "acc_norm")]
+    assert "Rowan/hellaswag" not in text
     assert f"HellaSwag: acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}" in text
+    assert (
+        f"{len(ITEMS)} items of `hellaswag_val.jsonl`" in text and "not the official HellaSwag validation set" in text
+    )
     assert str(tmp_path) not in text
+
+
+def _card_with_hellaswag(entry: dict, dataset: str = "alice/tiny-stories", local: bool = False) -> str:
+    from gptlab.config import ModelConfig, RunConfig, TrainConfig
+    from gptlab.export.card import CardFacts, model_card
+
+    config = RunConfig(model=ModelConfig(**TINY_MODEL), train=TrainConfig(dataset=dataset, microbatch_size=4))
+    facts = CardFacts(config, "x", {}, 1, None, None, "Hi", "there", 1, hellaswag=entry, dataset_is_local=local)
+    return model_card(facts)
+
+
+def test_model_card_names_the_official_validation_set_only_for_its_10042_items(monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from gptlab.evaluate import hellaswag
+
+    entry = {"acc_norm": 0.3, "acc": 0.29, "items": 10_042, "limit": None, "file": "/x/hellaswag_val.jsonl"}
+    entry |= {"file_sha256": "ab" * 32, "precision": "fp32", "split": "val"}
+    text = _card_with_hellaswag(entry)
+    results = {r.metric_type: r for r in ModelCard(text).data.eval_results}
+    assert results["acc_norm"].dataset_type == "Rowan/hellaswag" and results["acc_norm"].dataset_split == "validation"
+    assert "by file name and item count (10,042); the check of the file's sha256 is pending" in text
+    for partial in ({"items": 100, "limit": 100}, {"file": "/x/mine.jsonl"}):
+        text = _card_with_hellaswag({**entry, **partial})
+        assert not ModelCard(text).data.eval_results and "not the official HellaSwag validation set" in text
+    # once the official hash is recorded, the hash decides
+    monkeypatch.setattr(hellaswag, "VALIDATION_SHA256", "cd" * 32)
+    assert not ModelCard(_card_with_hellaswag(entry)).data.eval_results
+    text = _card_with_hellaswag({**entry, "file_sha256": "cd" * 32})
+    assert ModelCard(text).data.eval_results and "validation set (its file's sha256)" in text
+
+
+def test_a_local_folder_named_like_a_hub_id_is_not_listed_as_a_hub_dataset():
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(_card_with_hellaswag(None, "alice/data", local=True)).data.datasets is None
+    assert ModelCard(_card_with_hellaswag(None, "alice/data", local=False)).data.datasets == ["alice/data"]
 
 
 # The validation file's item 24 as rowanz/hellaswag's data/hellaswag_val.jsonl holds it (quoted in its README).

@@ -31,7 +31,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("gptlab.config",),  # model.json, train.json and resolved_config.json, read by rundir's names
     ("gptlab.model_moe", "gptlab.data"),  # the mixture-of-experts layer, which the model's blocks hold
     ("gptlab.model",),
-    ("gptlab.weights", "gptlab.flops", "gptlab.presets"),
+    ("gptlab.weights", "gptlab.flops", "gptlab.presets", "gptlab.random_streams"),
     ("gptlab.runtime",),  # precision, checkpoints, opening a trained run: what training and evaluation share
     ("gptlab.evaluate",),
     ("gptlab.train",),  # validates with evaluate's loss, tells notify its events

@@ -108,3 +108,22 @@ def test_forced_slow_bf16_trains_in_fp32_and_says_why(make_run):
     (run / "summary.json").unlink()
     resumed = train_run(run, resume=latest, show_progress=False)
     assert resumed["precision"] == "fp32" and "recorded by the checkpoint" in resumed["precision_reason"]
+
+
+def test_auto_on_a_cpu_measures_once_per_machine_and_torch_version(monkeypatch, tmp_path):
+    """Seeds of one experiment must train alike: the second choice reads the first one's measurement, whatever the
+    load; another torch version (or another cache) measures again."""
+    from gptlab.runtime import precision
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = iter([1.5, 0.5, 0.7])
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda width: next(measured))
+    first = choose_cpu_precision(768, flags={"avx512_bf16"})
+    second = choose_cpu_precision(768, flags={"avx512_bf16"})
+    assert first.name == second.name == "bf16"  # the second measurement (0.5) was never taken
+    assert f"measured once for this CPU and torch {torch.__version__}" in first.reason
+    assert str(tmp_path) in first.reason and list((tmp_path / "gptlab" / "precision").glob("bf16-speedup-*.json"))
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    assert choose_cpu_precision(768, flags={"avx512_bf16"}).name == "fp32"  # measured anew: 0.5
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    assert choose_cpu_precision(768, flags={"avx512_bf16"}).name == "fp32"  # measured anew: 0.7

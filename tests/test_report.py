@@ -12,8 +12,9 @@ import pytest
 from conftest import run_cli
 from test_compare import RUNS, comparison_runs
 
-from gptlab.experiments.compare import VERDICT_COLUMN, build_comparison, load_results
+from gptlab.experiments.compare import build_comparison, load_results
 from gptlab.experiments.report import write_report
+from gptlab.experiments.tables import VERDICT_COLUMN
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Written into the page under test: after every image has loaded (or failed), record each one's decoded size and the
@@ -139,7 +140,7 @@ def test_report_renders_its_table_and_every_image_in_chromium(trained, tmp_path)
     rows = re.findall(r'<tr[^>]*data-run="([^"]+)"[^>]*>(.*?)</tr>', table, re.S)
     assert sorted(name for name, _ in rows) == sorted(RUNS)
     cells = {name: re.findall(r"<td[^>]*>(.*?)</td>", body) for name, body in rows}
-    assert cells["lr10x"][VERDICT_COLUMN].startswith("beyond noise (paired t, Holm p=")
+    assert cells["lr10x"][VERDICT_COLUMN].startswith("better, beyond noise (paired t, Holm p=")
     assert cells["ckpt5"][VERDICT_COLUMN].startswith("within noise (paired t, Holm p=")
     assert cells["baseline"][VERDICT_COLUMN] == "baseline" and cells["baseline"][1] == "3"
 

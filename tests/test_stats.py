@@ -167,6 +167,42 @@ def test_seeds_per_arm_is_the_fewest_seeds_reaching_the_power_and_holm_asks_for_
     assert stats.seeds_per_arm(0.0, 0.01) is None and stats.seeds_per_arm(1e-6, 1.0) is None
 
 
+def _scipy_paired_power(effect_in_sds: float, pairs: int, alpha: float) -> float:
+    df, noncentrality = pairs - 1, effect_in_sds * math.sqrt(pairs)
+    critical = scipy_stats.t.ppf(1 - alpha / 2, df)
+    return scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.sf(critical, df, -noncentrality)
+
+
+def test_paired_seed_count_is_the_fewest_pairs_reaching_the_power_by_scipys_noncentral_t():
+    generator = random.Random(26)
+    for _ in range(12):
+        effect, sd, interventions = (
+            generator.uniform(0.002, 0.05),
+            generator.uniform(0.002, 0.03),
+            generator.randint(1, 10),
+        )
+        target, level = generator.choice([0.8, 0.9]), 0.05 / interventions
+        assert stats.paired_power(effect, sd, 7, level) == pytest.approx(
+            _scipy_paired_power(effect / sd, 7, level), abs=1e-9
+        )
+        needed = stats.seeds_paired(effect, sd, target, interventions)
+        assert _scipy_paired_power(effect / sd, needed, level) >= target
+        assert needed == 2 or _scipy_paired_power(effect / sd, needed - 1, level) < target
+    # a smaller SD of differences than the seed SD (common random numbers) needs fewer seeds than two unpaired arms
+    assert stats.seeds_paired(0.01, 0.004) < stats.seeds_per_arm(0.01, 0.01)
+    assert stats.seeds_paired(0.0, 0.01) is None
+
+
+def test_experiment_seeds_plans_the_paired_design_with_the_paired_sd():
+    from gptlab.experiments.seeds import plan_seeds
+
+    plan = plan_seeds(0.01, 0.01, paired_sd=0.004, interventions=3)
+    assert plan["design"] == "paired" and plan["seeds_per_arm"] == stats.seeds_paired(0.01, 0.004, comparisons=3)
+    assert plan["unpaired_seeds_per_arm"] == stats.seeds_per_arm(0.01, 0.01, comparisons=3)
+    assert plan["summary"].startswith(f"{plan['seeds_per_arm']} seeds, each trained as the baseline and as each")
+    assert f"unpaired, with seed SD 0.01: {plan['unpaired_seeds_per_arm']} seeds per arm" in plan["summary"]
+
+
 def test_detectable_effect_is_the_effect_found_with_the_asked_power():
     for n_baseline, n_group, comparisons in ((5, 5, 1), (8, 1, 5), (3, 3, 4)):
         effect = stats.detectable_effect(0.012, n_baseline, n_group, comparisons=comparisons)

@@ -117,48 +117,29 @@ def train(
 def evaluate(
     run_dir: PathLike,
     *,
-    checkpoint: str = DEFAULT_CHECKPOINT,
-    split: Optional[str] = None,
-    start_token: int = 0,
-    batches: Optional[int] = None,
-    batch_size: Optional[int] = None,
-    precision: str = "fp32",
-    datasets_dir: Optional[PathLike] = None,
-    save: bool = False,
     task: str = "loss",
-    file: Optional[PathLike] = None,
-    limit: Optional[int] = None,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+    precision: str = "fp32",
+    save: bool = False,
+    progress: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
-    """`gptlab eval RUN_DIR --json [--save]`: mean cross-entropy of a checkpoint on a named slice of tokens;
-    with `task="hellaswag"` (`gptlab eval --task hellaswag`), HellaSwag accuracy on `file` (default: the cached
-    validation file), its first `limit` items."""
-    from gptlab.evaluate.loss import evaluate_run
-    from gptlab.rundir import write_evaluation
+    """`gptlab eval RUN_DIR --task TASK --json [--save]`: one evaluation task's result. `options` are the
+    task's flags with underscores: the loss takes split, start_token, batches, batch_size and datasets_dir;
+    hellaswag file, limit and batch_size; ift file, batch_size, learning_rate, seed, dropout, max_epochs, ...
+    (`gptlab eval --help` lists them all)."""
+    from gptlab.evaluate.tasks import run_task
 
-    if task == "hellaswag":
-        from gptlab.evaluate.hellaswag import evaluate_hellaswag_run
-        from gptlab.rundir import write_hellaswag_evaluation
-
-        if split is not None or start_token or batches is not None or datasets_dir is not None:
-            raise UserError("task='hellaswag': split, start_token, batches and datasets_dir are for the loss")
-        result = evaluate_hellaswag_run(
-            Path(run_dir), checkpoint, Path(file) if file else None, limit, batch_size, precision
-        )
-        return write_hellaswag_evaluation(Path(run_dir), result, checkpoint) if save else result
-    if task != "loss" or file is not None or limit is not None:
-        raise UserError(f"task={task!r}: 'loss' or 'hellaswag'; file and limit are for 'hellaswag'")
-
-    result = evaluate_run(
+    paths = {key: Path(value) for key in ("file", "datasets_dir", "out_dir") if (value := options.get(key)) is not None}
+    return run_task(
+        task,
         Path(run_dir),
-        checkpoint,
-        split,
-        start_token,
-        batches,
-        batch_size,
-        precision,
-        Path(datasets_dir) if datasets_dir else None,
+        checkpoint=checkpoint,
+        precision=precision,
+        save=save,
+        show_progress=progress,
+        **{**options, **paths},
     )
-    return write_evaluation(Path(run_dir), result, checkpoint) if save else result
 
 
 def generate(
@@ -192,25 +173,21 @@ def compare(
     (`cost_per_hour`: {run directory or group label: dollars per hour}). Returns the `--format json` data (with a
     `budget` key when asked), or the rendered text when `output_format` is 'terminal', 'markdown' or 'csv'
     (`columns`: which, in that order)."""
-    from gptlab.experiments.compare import check_columns, compare_runs, comparison_json, render
+    from gptlab.experiments.budget import compare_with_budget, comparison_data, parse_prices, render_comparison
+    from gptlab.experiments.tables import check_columns
 
     if output_format is not None or columns is not None:
         check_columns(columns, output_format or "json")
-    if budget is None and cost_per_hour is not None:
-        raise UserError("compare: cost_per_hour only with budget='time', 'cost' or 'tokens'")
-
-    comparison = compare_runs(
+    prices = parse_prices(f"{run}={price}" for run, price in (cost_per_hour or {}).items())
+    comparison, found = compare_with_budget(
         [Path(run) for run in run_dirs],
         Path(baseline) if baseline else None,
         Path(datasets_dir) if datasets_dir else None,
-        echo=lambda line: None,
+        lambda line: None,
+        kind=budget,
+        prices=prices if cost_per_hour is not None else None,
+        price_words="cost_per_hour",
     )
-    if budget is None:
-        return render(comparison, output_format, columns) if output_format is not None else comparison_json(comparison)
-    from gptlab.experiments.budget import budget_comparison, budget_json, parse_prices, render_with_budget
-
-    prices = parse_prices(f"{run}={price}" for run, price in (cost_per_hour or {}).items())
-    found = budget_comparison(comparison, budget, prices)
     if output_format is None:
-        return {**comparison_json(comparison), "budget": budget_json(found)}
-    return render_with_budget(comparison, found, output_format, columns)
+        return comparison_data(comparison, found)
+    return render_comparison(comparison, found, output_format, columns)

@@ -14,7 +14,6 @@ from gptlab.click_types import FRACTION, NON_NEGATIVE, POSITIVE, SEED, FiniteFlo
 from gptlab.config import EVAL_PRECISIONS
 from gptlab.errors import UserError
 from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, TRAIN_FILE
-from gptlab.words import loss_with_perplexity
 
 CHECKPOINT_HELP = "Which checkpoint: latest (the last one written), best, or a checkpoint folder name."
 
@@ -292,31 +291,44 @@ def train(
     _print_json(plan) if as_json else click.echo("\n".join(format_plan(plan)))
 
 
+def _task_options(command):
+    """Each evaluation task's own flags (gptlab.evaluate.tasks), declared once; a flag several tasks take says
+    what it means to each."""
+    from gptlab.evaluate.tasks import all_options
+
+    for name, declarations, arguments, owners in reversed(all_options()):
+        helps = [f"{owner}: {task_help}" for owner in owners if (task_help := _task_help(owner, name))]
+        extra = {
+            **arguments,
+            "help": "; ".join(helps) if len(owners) > 1 else f"{owners[0]}: {arguments.get('help', '')}",
+        }
+        command = click.option(*declarations, name, default=None, **{k: v for k, v in extra.items() if k != "default"})(
+            command
+        )
+    return command
+
+
+def _task_help(task: str, name: str) -> str:
+    from gptlab.evaluate.tasks import get_task
+
+    return next((arguments.get("help", "") for option, _, arguments in get_task(task).options if option == name), "")
+
+
+def _task_names() -> list[str]:
+    from gptlab.evaluate.tasks import tasks
+
+    return list(tasks())
+
+
+def _task_summaries() -> str:
+    from gptlab.evaluate.tasks import tasks
+
+    return "; ".join(f"{task.name}: {task.summary}" for task in tasks().values())
+
+
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help=CHECKPOINT_HELP)
-@click.option(
-    "--split",
-    "split_name",
-    type=click.Choice(["test", "validation", "train"]),
-    default=None,
-    help="Split to evaluate (default: test, or validation when the dataset has no test split).",
-)
-@click.option(
-    "--start-token", type=NON_NEGATIVE, default=0, show_default=True, help="First token of the evaluated slice."
-)
-@click.option(
-    "--batches",
-    type=POSITIVE,
-    default=None,
-    help="Number of batches (default: every whole batch to the end of the split).",
-)
-@click.option(
-    "--batch-size",
-    type=POSITIVE,
-    default=None,
-    help="Sequences per batch, default the run's microbatch_size (hellaswag: items of 4 sequences per forward pass, default as many as fill one microbatch's tokens).",
-)
 @click.option(
     "--precision",
     type=click.Choice(EVAL_PRECISIONS),
@@ -324,89 +336,37 @@ def train(
     show_default=True,
     help="Numerics of the forward pass.",
 )
-@click.option("--datasets-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="As for `train`.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option(
-    "--save", is_flag=True, help="Also write the result to RUN_DIR/evaluation.json, where `gptlab compare` reads it."
+    "--save",
+    is_flag=True,
+    help="Also write the result to RUN_DIR/evaluation.json (one entry per task), where `gptlab compare` reads it.",
 )
 @click.option(
     "--task",
-    type=click.Choice(["loss", "hellaswag"]),
+    type=click.Choice(_task_names()),
     default="loss",
     show_default=True,
-    help="loss: mean cross-entropy on a slice of the run's dataset; hellaswag: HellaSwag accuracy (zero-shot).",
+    help=_task_summaries(),
 )
-@click.option(
-    "--file",
-    "hellaswag_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="hellaswag: the items, in the dataset's jsonl format "
-    "(default: hellaswag_val.jsonl, downloaded once into ~/.cache/gptlab/hellaswag).",
-)
-@click.option("--limit", type=POSITIVE, default=None, help="hellaswag: score only the file's first N items.")
-@click.option("--no-progress", is_flag=True, help="hellaswag: no progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_task_options
 def evaluate(
-    run_dir: Path,
-    checkpoint: str,
-    split_name: Optional[str],
-    start_token: int,
-    batches: Optional[int],
-    batch_size: Optional[int],
-    precision: str,
-    datasets_dir: Optional[Path],
-    as_json: bool,
-    save: bool,
-    task: str,
-    hellaswag_file: Optional[Path],
-    limit: Optional[int],
-    no_progress: bool,
+    run_dir: Path, checkpoint: str, precision: str, as_json: bool, save: bool, task: str, no_progress: bool, **options
 ) -> None:
-    """Loss of a run's checkpoint on the test split: mean cross-entropy, the same tokens every time.
+    """Evaluate a run's checkpoint with one task (default: the loss on the test split, the same tokens every time).
 
     The users' published "test set loss" is `--split validation --start-token 50000000 --batches 3200
     --batch-size 6 --precision fp16`. `--task hellaswag` scores HellaSwag instead: acc_norm picks the ending
     with the lowest mean loss per token (about 0.29 for the original GPT-2 small), acc the lowest summed loss.
+    `--task ift` fine-tunes a copy on an instruction set and reports the IFT test loss (see `gptlab judge`).
     """
-    if task == "hellaswag":
-        if split_name is not None or start_token or batches is not None or datasets_dir is not None:
-            raise UserError("--task hellaswag: --split, --start-token, --batches and --datasets-dir are for the loss")
-        from gptlab.evaluate.hellaswag import evaluate_hellaswag_run
+    from gptlab.evaluate.tasks import get_task, run_task
 
-        result = evaluate_hellaswag_run(
-            run_dir, checkpoint, hellaswag_file, limit, batch_size, precision, show_progress=not no_progress
-        )
-        if save:
-            from gptlab.rundir import write_hellaswag_evaluation
-
-            result = write_hellaswag_evaluation(run_dir, result, checkpoint)
-        if as_json:
-            _print_json(result)
-        else:
-            click.echo(
-                f"hellaswag acc_norm: {result['acc_norm']:.4f}, acc: {result['acc']:.4f} "
-                f"(standard error {result['acc_norm_stderr']:.4f}; {result['items']:,} items of {result['file']}, "
-                f"checkpoint {result['checkpoint']}, {result['precision']})"
-            )
-        if save:
-            _say_saved(run_dir, as_json)
-        return
-    if hellaswag_file is not None or limit is not None:
-        raise UserError("--file and --limit are for --task hellaswag")
-    from gptlab.evaluate.loss import evaluate_run
-
-    result = evaluate_run(run_dir, checkpoint, split_name, start_token, batches, batch_size, precision, datasets_dir)
-    if save:
-        from gptlab.rundir import write_evaluation
-
-        result = write_evaluation(run_dir, result, checkpoint)
-    if as_json:
-        _print_json(result)
-    else:
-        click.echo(
-            f"{result['split']} loss: {loss_with_perplexity(result['loss'])} on {result['tokens']:,} tokens from token "
-            f"{result['start_token']:,} (checkpoint {result['checkpoint']}, {result['precision']})"
-        )
+    result = run_task(
+        task, run_dir, checkpoint=checkpoint, precision=precision, save=save, show_progress=not no_progress, **options
+    )
+    _print_json(result) if as_json else click.echo(get_task(task).describe(result))
     if save:
         _say_saved(run_dir, as_json)
 
@@ -458,6 +418,55 @@ def generate(
 
     result = generate_from_run(run_dir, prompt, new_tokens, temperature, top_k, seed, checkpoint)
     _print_json(result) if as_json else click.echo(result["text"])
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--judge-model", default="gpt-4o-mini", show_default=True, help="The judge's model name on the server.")
+@click.option(
+    "--judge-api",
+    type=click.Choice(["responses", "chat"]),
+    default="responses",
+    show_default=True,
+    help="responses: the Responses API; chat: Chat Completions, for servers that speak only that.",
+)
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds one request may take before it counts as a failed try.",
+)
+@click.option(
+    "--retries",
+    type=NON_NEGATIVE,
+    default=2,
+    show_default=True,
+    help="Further tries for an item whose answer is not the JSON asked for (or timed out); then it counts as failed.",
+)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the per-item shuffle of the models.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def judge(
+    sources: tuple[str, ...],
+    judge_model: str,
+    judge_api: str,
+    timeout: float,
+    retries: int,
+    seed: int,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """An LLM judge scores the ift responses of two or more models (runs or responses files) item by item.
+
+    The server is OPENAI_BASE_URL (default OpenAI's) with the key OPENAI_API_KEY; a local Ollama, vLLM or
+    llama.cpp server works. Writes NAME.judged.json beside each responses file, and a run's mean into its
+    evaluation.json, where compare, the report and the model card read it.
+    """
+    from gptlab.experiments.judge import format_table, judge_sources
+
+    summary = judge_sources(list(sources), judge_model, judge_api, timeout, retries, seed, not no_progress)
+    _print_json(summary) if as_json else click.echo("\n".join(format_table(summary)))
 
 
 @cli.command()

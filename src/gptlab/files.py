@@ -286,3 +286,9 @@ def remove_stale_staging(parent: Path, name: Optional[str] = None) -> None:
             path.rmdir()
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """gptlab's folder in the user's cache: $XDG_CACHE_HOME/gptlab/PARTS (default ~/.cache/gptlab/PARTS)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base, "gptlab", *parts)

@@ -7,7 +7,8 @@
       metrics.jsonl, train.log  one record per step; every line training printed
       summary.json              written when training reaches its last step
       evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare),
-                                and under `hellaswag` a HellaSwag accuracy (`gptlab eval --task hellaswag --save`)
+                                and under each other task's name its result (`gptlab eval --task hellaswag|ift --save`;
+                                gptlab.evaluate.tasks)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
       checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.runtime.checkpoint)
       events.out.tfevents.*     TensorBoard's event files (train.json's `loggers`), in the run directory itself so
@@ -96,28 +97,38 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def write_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
-    """Write the test loss into evaluation.json, noting which checkpoint was asked for (latest, best or a name);
-    a HellaSwag entry already there is kept. Returns what was written."""
+    """Write the test loss into evaluation.json's top level, noting which checkpoint was asked for (latest, best
+    or a name); every other task's entry already there (a key holding an object the loss does not write) is
+    kept. Returns what was written."""
     result = {**result, "checkpoint_choice": checkpoint_choice}
-    kept = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
-    if isinstance(kept, dict):
-        result[HELLASWAG_ENTRY] = kept
+    for key, entry in (read_evaluation(run_dir) or {}).items():
+        if key not in result and isinstance(entry, dict):
+            result[key] = entry
     atomic_write_json(Path(run_dir) / EVALUATION, result)
     return result
 
 
-def write_hellaswag_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
-    """Put a HellaSwag result under evaluation.json's `hellaswag` key, leaving the test loss (the top-level keys,
-    which say how comparisons evaluate runs) as it is. Returns the entry written."""
+def write_task_evaluation(run_dir: Path, key: str, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
+    """Put a task's result under evaluation.json's `key`, leaving the test loss (the top-level keys, which say
+    how comparisons evaluate runs) and every other task's entry as they are. Returns the entry written."""
     entry = {**result, "checkpoint_choice": checkpoint_choice}
-    atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), HELLASWAG_ENTRY: entry})
+    atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), key: entry})
     return entry
+
+
+def read_task_evaluation(run_dir: Path, key: str) -> Optional[dict[str, Any]]:
+    """evaluation.json's entry under `key`, or None."""
+    entry = (read_evaluation(run_dir) or {}).get(key)
+    return entry if isinstance(entry, dict) else None
+
+
+def write_hellaswag_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: str) -> dict[str, Any]:
+    return write_task_evaluation(run_dir, HELLASWAG_ENTRY, result, checkpoint_choice)
 
 
 def read_hellaswag_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:
     """evaluation.json's HellaSwag entry, or None."""
-    entry = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
-    return entry if isinstance(entry, dict) else None
+    return read_task_evaluation(run_dir, HELLASWAG_ENTRY)
 
 
 def read_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:

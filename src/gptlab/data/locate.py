@@ -63,6 +63,12 @@ def find_local_dataset(dataset: str, run_dir: Path, datasets_dir: Path | None = 
         return None
 
 
+def is_local_dataset(dataset: str, run_dir: Path) -> bool:
+    """train.json's `dataset` names a folder on this machine (found before any Hub id, as locate_dataset looks)."""
+    candidates = [Path(dataset)] if Path(dataset).is_absolute() else [Path(run_dir) / dataset, Path(dataset)]
+    return Path(dataset).is_absolute() or any((candidate / "train.safetensors").is_file() for candidate in candidates)
+
+
 def locate_dataset(
     dataset: str, run_dir: Path, datasets_dir: Path | None = None, download: bool = True
 ) -> TokenDataset:

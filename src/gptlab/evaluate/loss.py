@@ -162,3 +162,71 @@ def evaluated_tokens_identity(dataset, split: TokenSplit, chosen: EvalSlice) -> 
         "dataset_fingerprint": described,
         "tokenizer_fingerprint": meta.get("tokenizer") or dataset.tokenizer,
     }
+
+
+# --- the task (gptlab.evaluate.tasks) ------------------------------------------------------------------
+
+
+def _run_task(run_dir, checkpoint, precision, show_progress, split=None, start_token=None, batches=None,
+              batch_size=None, datasets_dir=None) -> dict:  # fmt: skip
+    return evaluate_run(run_dir, checkpoint, split, start_token or 0, batches, batch_size, precision, datasets_dir)
+
+
+def _describe(result: dict) -> str:
+    from gptlab.words import loss_with_perplexity
+
+    return (
+        f"{result['split']} loss: {loss_with_perplexity(result['loss'])} on {result['tokens']:,} tokens from token "
+        f"{result['start_token']:,} (checkpoint {result['checkpoint']}, {result['precision']})"
+    )
+
+
+def _task():
+    from pathlib import Path
+
+    import click
+
+    from gptlab.click_types import NON_NEGATIVE, POSITIVE
+    from gptlab.evaluate.tasks import Task
+
+    return Task(
+        name="loss",
+        summary="mean cross-entropy on a slice of the run's dataset",
+        options=(
+            (
+                "split",
+                ("--split",),
+                dict(
+                    type=click.Choice(["test", "validation", "train"]),
+                    help="Split to evaluate (default: test, or validation when the dataset has no test split).",
+                ),
+            ),
+            (
+                "start_token",
+                ("--start-token",),
+                dict(type=NON_NEGATIVE, help="First token of the evaluated slice (default 0)."),
+            ),
+            (
+                "batches",
+                ("--batches",),
+                dict(type=POSITIVE, help="Number of batches (default: every whole batch to the end of the split)."),
+            ),
+            (
+                "batch_size",
+                ("--batch-size",),
+                dict(type=POSITIVE, help="sequences per batch, default the run's microbatch_size"),
+            ),
+            (
+                "datasets_dir",
+                ("--datasets-dir",),
+                dict(type=click.Path(file_okay=False, path_type=Path), help="As for `train`."),
+            ),
+        ),  # fmt: skip
+        run=_run_task,
+        describe=_describe,
+        entry=None,
+        order=0,
+    )
+
+
+TASK = _task()

@@ -33,15 +33,16 @@ import numpy as np
 
 from gptlab.errors import UserError
 from gptlab.experiments import stats, verdicts
-from gptlab.experiments.compare import (
-    Comparison,
-    Group,
-    RunResult,
+from gptlab.experiments.compare import Comparison, Group, RunResult, mean_of_present
+from gptlab.experiments.tables import (
+    comparison_json,
     csv_table,
     format_cost,
     format_duration,
     markdown_table,
-    mean_of_present,
+    render,
+    terminal_table,
+    wrap_notes,
 )
 from gptlab.files import strict_json
 from gptlab.rundir import METRICS, SUMMARY
@@ -136,6 +137,15 @@ def value_at(xs: Sequence[float], ys: Sequence[float], x: float) -> Optional[flo
     if not xs or x < xs[0] * (1 - TOLERANCE) or x > xs[-1] * (1 + TOLERANCE):
         return None
     return float(np.interp(x, xs, ys))
+
+
+def _outside(xs: Sequence[float], x: Optional[float]) -> Optional[str]:
+    """Why a curve has no value at x: it starts after it, or ends before it (its last validation came earlier)."""
+    if x is None or not xs:
+        return None
+    if x < xs[0] * (1 - TOLERANCE):
+        return "before first point"
+    return "after last point" if x > xs[-1] * (1 + TOLERANCE) else None
 
 
 def first_reach(xs: Sequence[float], ys: Sequence[float], target: float) -> Optional[float]:
@@ -316,6 +326,7 @@ def _run_numbers(
         "loss_at_equal_cost": value_at(curve.axis("cost") or [], losses, budgets["cost"])
         if budgets["cost"] is not None
         else None,
+        "budget_outside": _outside(curve.axis(kind) or [], budgets[kind]),
         "final_validation_loss": losses[-1],
         "training_seconds": curve.total_seconds,
         "compile_seconds": _number(run.summary.get("compile_seconds")),
@@ -458,6 +469,7 @@ def _group_row(group: Group, numbers: list[dict[str, Any]], curves: list[Validat
         "loss_at_budget_min": min(at_budget) if at_budget else None,
         "loss_at_budget_max": max(at_budget) if at_budget else None,
         "seeds_at_budget": len(at_budget),
+        "budget_outside": sorted({n["budget_outside"] for n in numbers if n["budget_outside"]}),
         "improvement_at_budget": None,
         "final_validation_loss": mean_of_present(n["final_validation_loss"] for n in numbers),
         "reached": len(reached),
@@ -658,7 +670,7 @@ def budget_cells(row: dict[str, Any]) -> list[str]:
     if row["seeds_at_budget"] and row["seeds_at_budget"] < row["seeds_with_curve"]:
         at_budget += f" ({row['seeds_at_budget']} of {row['seeds_with_curve']})"
     elif not row["seeds_at_budget"] and row["seeds_with_curve"]:
-        at_budget = "before first point"
+        at_budget = " / ".join(row.get("budget_outside") or ["no point"])
 
     def reach(value: Optional[float], axis: str) -> str:
         if not row["seeds_with_curve"]:
@@ -705,29 +717,24 @@ def projection_lines(budget: BudgetComparison) -> list[str]:
     return lines
 
 
-def _text_table(header: list[str], lines: list[list[str]], markdown: bool) -> list[str]:
-    if markdown:
-        return markdown_table(header, lines)
-    widths = [max(len(cells[i]) for cells in [header] + lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in [header] + lines]
-    out.insert(1, "  ".join("-" * width for width in widths))
-    return out
-
-
-def render_budget(budget: BudgetComparison, markdown: bool = False) -> str:
-    """The budget section under the main table: the equal-budget table, projections, verdicts, notes."""
+def render_budget(budget: BudgetComparison, markdown: bool = False, width: Optional[int] = None) -> str:
+    """The budget section under the main table: the equal-budget table (in the terminal drawn as the main table is, to
+    fit `width`), projections, verdicts, notes."""
     title = f"Equal {BUDGET_WORDS[budget.kind]}: every run at {format_budget(budget.kind, budget.budget)} (the cheapest run's budget)"
     lines = [("### " if markdown else "") + title, ""]
-    lines += _text_table(budget_columns(budget), [budget_cells(row) for row in budget.rows], markdown)
+    header, cells = budget_columns(budget), [budget_cells(row) for row in budget.rows]
+    lines += markdown_table(header, cells) if markdown else terminal_table(header, cells, width)[0]
     bullet = "- " if markdown else ""
+
+    def paragraphs(texts: list[str]) -> list[str]:
+        return [bullet + text for text in texts] if markdown else wrap_notes(texts, width)
+
     projections = projection_lines(budget)
     if projections:
-        lines += ["", "Projections (extrapolated by a fitted learning curve, not measured):"] + [
-            bullet + p for p in projections
-        ]
+        lines += ["", "Projections (extrapolated by a fitted learning curve, not measured):"] + paragraphs(projections)
     if budget.verdicts:
-        lines += ["", "Worth it?"] + [bullet + v for v in budget.verdicts]
-    lines += [""] + [bullet + note for note in budget.notes]
+        lines += ["", "Worth it?"] + paragraphs(budget.verdicts)
+    lines += [""] + paragraphs(budget.notes)
     return "\n".join(lines) + "\n"
 
 
@@ -761,19 +768,20 @@ def budget_json(budget: BudgetComparison) -> dict[str, Any]:
 
 
 def render_with_budget(
-    comparison: Comparison, budget: BudgetComparison, output_format: str, columns: Optional[Sequence[str]] = None
+    comparison: Comparison,
+    budget: BudgetComparison,
+    output_format: str,
+    columns: Optional[Sequence[str]] = None,
+    width: Optional[int] = None,
 ) -> str:
     """The main table in `output_format` with the budget section: under it in text, as a `budget` key in JSON, and as
     budget_* columns in CSV (one row per group, as the table's)."""
-    from gptlab.experiments.compare import comparison_json, render
-
     if output_format == "json":
         return strict_json({**comparison_json(comparison), "budget": budget_json(budget)}, indent=2) + "\n"
     if output_format == "csv":
         return _csv_with_budget(comparison, budget, columns)
-    return (
-        render(comparison, output_format, columns) + "\n" + render_budget(budget, markdown=output_format == "markdown")
-    )
+    markdown = output_format == "markdown"
+    return render(comparison, output_format, columns, width) + "\n" + render_budget(budget, markdown, width)
 
 
 BUDGET_CSV_FIELDS = (
@@ -935,3 +943,62 @@ def draw_budget_charts(budget: BudgetComparison, out_dir: Path, chart_format: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [draw_budget_chart(budget, out_dir / Path(BUDGET_CHART).with_suffix("." + chart_format).name)]
+
+
+# --- the front door: compare (with a budget when asked) and its output, for cli.py, api.py and commands.py ----------
+
+
+def budget_if_asked(
+    comparison: Comparison,
+    kind: Optional[str],
+    prices: Optional[dict[str, float]],
+    price_words: str = "--cost-per-hour",
+) -> Optional[BudgetComparison]:
+    """The comparison at an equal budget when `kind` asks for one; prices without a budget are refused."""
+    _refuse_prices_without_budget(kind, prices, price_words)
+    return budget_comparison(comparison, kind, prices) if kind is not None else None
+
+
+def _refuse_prices_without_budget(kind: Optional[str], prices: Optional[dict[str, float]], words: str) -> None:
+    if kind is None and prices:
+        raise UserError(f"{words}: only with --budget time|cost|tokens (budget='time', 'cost' or 'tokens')")
+
+
+def compare_with_budget(
+    run_dirs: Sequence[Path],
+    baseline_dir: Optional[Path] = None,
+    datasets_dir: Optional[Path] = None,
+    echo: Any = print,
+    allow_mixed_checkpoints: bool = False,
+    kind: Optional[str] = None,
+    prices: Optional[dict[str, float]] = None,
+    price_words: str = "--cost-per-hour",
+) -> tuple[Comparison, Optional[BudgetComparison]]:
+    """`gptlab compare [--budget KIND]`: the comparison of the runs and, when asked, the same runs at an equal budget
+    (runs of any length then share the table, noted)."""
+    from gptlab.experiments.compare import compare_runs
+
+    _refuse_prices_without_budget(kind, prices, price_words)  # before any run is evaluated
+    comparison = compare_runs(
+        list(run_dirs), baseline_dir, datasets_dir, echo, allow_mixed_checkpoints, budget=kind is not None
+    )
+    return comparison, budget_if_asked(comparison, kind, prices, price_words)
+
+
+def render_comparison(
+    comparison: Comparison,
+    budget: Optional[BudgetComparison],
+    output_format: str,
+    columns: Optional[Sequence[str]] = None,
+    width: Optional[int] = None,
+) -> str:
+    """The comparison as `output_format`, with the budget section when there is one."""
+    if budget is None:
+        return render(comparison, output_format, columns, width)
+    return render_with_budget(comparison, budget, output_format, columns, width)
+
+
+def comparison_data(comparison: Comparison, budget: Optional[BudgetComparison]) -> dict[str, Any]:
+    """The `--format json` data: the comparison, with a `budget` key when there is one."""
+    data = comparison_json(comparison)
+    return {**data, "budget": budget_json(budget)} if budget is not None else data

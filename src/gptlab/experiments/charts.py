@@ -184,7 +184,7 @@ def draw_difference_chart(baseline_label: str, rows: Sequence[dict[str, Any]], p
             diverged_labelled = True
         if position and row.get("improvement_ci"):
             low, high = row["improvement_ci"]
-            middle = row["improvement"]
+            middle = row["improvement"] if row.get("matched_improvement") is None else row["matched_improvement"]
             axes.errorbar(
                 [position + 0.15],
                 [middle],

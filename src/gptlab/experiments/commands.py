@@ -97,16 +97,13 @@ def _show(
     columns: Optional[str] = None,
     budget_kind: Optional[str] = None,
     prices: Optional[dict[str, float]] = None,
+    budget=None,
 ) -> None:
-    from gptlab.experiments.compare import render
+    from gptlab.experiments.budget import budget_if_asked, render_comparison
 
-    budget = _budget(comparison, budget_kind, prices)
     if budget is None:
-        click.echo(render(comparison, output_format, _column_list(columns)), nl=False)
-    else:
-        from gptlab.experiments.budget import render_with_budget
-
-        click.echo(render_with_budget(comparison, budget, output_format, _column_list(columns)), nl=False)
+        budget = budget_if_asked(comparison, budget_kind, prices)
+    click.echo(render_comparison(comparison, budget, output_format, _column_list(columns)), nl=False)
     if charts_dir is not None:
         from gptlab.experiments.charts import draw_comparison_charts
 
@@ -123,19 +120,6 @@ def _show(
         _echo_err(f"Wrote {write_report(comparison, html_path, title, budget)}")
 
 
-def _budget(comparison, budget_kind: Optional[str], prices: Optional[dict[str, float]]):
-    """The comparison at equal budget when --budget asks for it; --cost-per-hour alone is refused."""
-    from gptlab.errors import UserError
-
-    if budget_kind is None:
-        if prices:
-            raise UserError("--cost-per-hour: only with --budget time|cost|tokens")
-        return None
-    from gptlab.experiments.budget import budget_comparison
-
-    return budget_comparison(comparison, budget_kind, prices)
-
-
 @click.group()
 def experiment() -> None:
     """Plan, run and report an experiment: a baseline, interventions and their stacks, each over several seeds.
@@ -148,13 +132,16 @@ def experiment() -> None:
 @EXPERIMENT_FILE
 def plan(experiment_file: Path) -> None:
     """Write one run directory per (variant, seed) with fully resolved model.json and train.json, and list them."""
-    from gptlab.experiments.plan import format_plan, plan_runs, write_plan
+    from gptlab.experiments.plan import format_plan, plan_runs, streams_words, write_plan
     from gptlab.experiments.spec import load_experiment
 
-    planned = plan_runs(load_experiment(experiment_file))
+    experiment = load_experiment(experiment_file)
+    planned = plan_runs(experiment)
+    words = streams_words(experiment)
     write_plan(planned)
     for line in format_plan(planned):
         click.echo(line)
+    click.echo(words)
 
 
 @experiment.command()
@@ -211,14 +198,18 @@ def experiment_report(
     prices: dict[str, float],
 ) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
-    from gptlab.experiments.compare import check_columns
     from gptlab.experiments.runner import experiment_comparison
     from gptlab.experiments.spec import load_experiment
+    from gptlab.experiments.tables import check_columns
 
     check_columns(_column_list(columns), output_format)
     loaded = load_experiment(experiment_file)
     comparison = experiment_comparison(
-        loaded, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
+        loaded,
+        datasets_dir,
+        echo=_echo_err,
+        allow_mixed_checkpoints=allow_mixed_checkpoints,
+        budget=budget is not None,
     )
     _show(
         comparison,
@@ -248,6 +239,13 @@ def experiment_report(
     help="The seed-to-seed SD of the test loss; default: the baseline's, measured in EXPERIMENT_FILE's finished runs.",
 )
 @click.option(
+    "--paired-sd",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The SD of per-seed differences (intervention and baseline trained on the same seeds): plans the paired "
+    "design; default: measured in EXPERIMENT_FILE's finished runs where seeds pair.",
+)
+@click.option(
     "--power",
     "target_power",
     type=click.FloatRange(0.5, 1, max_open=True),
@@ -267,6 +265,7 @@ def seeds(
     experiment_file: Optional[Path],
     effect: float,
     sd: Optional[float],
+    paired_sd: Optional[float],
     target_power: float,
     interventions: Optional[int],
     as_json: bool,
@@ -277,7 +276,9 @@ def seeds(
     from gptlab.experiments.seeds import plan_seeds
     from gptlab.files import strict_json
 
-    plan = plan_seeds(effect, sd, target_power, interventions, experiment_file, datasets_dir, echo=_echo_err)
+    plan = plan_seeds(
+        effect, sd, target_power, interventions, experiment_file, datasets_dir, echo=_echo_err, paired_sd=paired_sd
+    )
     click.echo(strict_json(plan, indent=2) if as_json else plan["summary"])
 
 
@@ -315,20 +316,14 @@ def compare(
     Runs that differ only by seed form one row. Runs without evaluation.json are evaluated first, as the
     baseline was; runs evaluated on different test tokens or checkpoints are refused.
     """
-    from gptlab.experiments.compare import check_columns, compare_runs
+    from gptlab.experiments.budget import compare_with_budget
+    from gptlab.experiments.tables import check_columns
 
     check_columns(_column_list(columns), output_format)
-    _show(
-        compare_runs(
-            list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err, allow_mixed_checkpoints=allow_mixed_checkpoints
-        ),
-        output_format,
-        charts_dir,
-        chart_format=chart_format,
-        columns=columns,
-        budget_kind=budget,
-        prices=prices,
+    comparison, at_budget = compare_with_budget(
+        list(run_dirs), baseline_dir, datasets_dir, _echo_err, allow_mixed_checkpoints, budget, prices
     )
+    _show(comparison, output_format, charts_dir, chart_format=chart_format, columns=columns, budget=at_budget)
 
 
 @click.command()
@@ -364,8 +359,10 @@ def report(
 ) -> None:
     """One self-contained HTML page: the comparison table, loss overlay, difference-from-baseline chart, and each run's charts
     (with --budget, also the runs at equal time, money or tokens, and validation loss against hours and dollars)."""
-    from gptlab.experiments.compare import compare_runs
+    from gptlab.experiments.budget import compare_with_budget
     from gptlab.experiments.report import write_report
 
-    comparison = compare_runs(list(run_dirs), baseline_dir, datasets_dir, echo=_echo_err)
-    click.echo(f"Wrote {write_report(comparison, html_path, title, _budget(comparison, budget, prices))}")
+    comparison, at_budget = compare_with_budget(
+        list(run_dirs), baseline_dir, datasets_dir, _echo_err, kind=budget, prices=prices
+    )
+    click.echo(f"Wrote {write_report(comparison, html_path, title, at_budget)}")

@@ -10,25 +10,19 @@ that as its verdict (verdicts.py decides; stats.py computes).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import re
-import shutil
 import statistics
-import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
-from gptlab.experiments import hellaswag_column, stats, verdicts
+from gptlab.experiments import hellaswag_column, ift_column, stats, verdicts
 from gptlab.experiments.groups import Group, RunResult
-from gptlab.files import strict_json
 from gptlab.rundir import (
     CHECKPOINTS,
     EVALUATION,
@@ -40,9 +34,8 @@ from gptlab.rundir import (
     read_summary,
     write_evaluation,
 )
-from gptlab.words import format_perplexity, perplexity
+from gptlab.words import perplexity
 
-FORMATS = ("terminal", "markdown", "csv", "json")
 # Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
 IGNORED_BY_GROUPING = BOOKKEEPING_TRAIN_KEYS | {"random_seed"}
 SLICE_KEYS = ("split", "start_token", "batches", "batch_size", "context_length")
@@ -186,9 +179,12 @@ def default_settings(reference_run: Path) -> EvaluationSettings:
 
 
 def _group_identity(result: RunResult) -> dict[str, dict[str, Any]]:
-    """The configuration minus the seed and bookkeeping, with a local dataset path made absolute."""
+    """The resolved configuration minus the seed and bookkeeping: the precision the run actually trained in (what
+    'auto' chose on its machine, from summary.json), and a local dataset path made absolute."""
     model = dict(result.config["model"])
     train = {key: value for key, value in result.config["train"].items() if key not in IGNORED_BY_GROUPING}
+    if result.summary.get("precision"):
+        train["precision"] = result.summary["precision"]
     dataset = train.get("dataset")
     if isinstance(dataset, str) and (result.run_dir / dataset).is_dir():
         train["dataset"] = str((result.run_dir / dataset).resolve())
@@ -299,13 +295,20 @@ def _mismatch(run: RunResult, reference: RunResult) -> Optional[str]:
 
 
 def check_same_evaluation(
-    results: list[RunResult], reference: RunResult, allow_mixed_checkpoints: bool = False
+    results: list[RunResult], reference: RunResult, allow_mixed_checkpoints: bool = False, budget: bool = False
 ) -> list[str]:
-    """Refuse a table whose test losses differ in tokens, tokenizer, precision or (unless allowed) how far the model
-    was trained; returns the notes that allowed differences need. Runs stopped before an evaluation are not checked."""
+    """Refuse a table whose test losses differ in tokens, tokenizer, precision or (unless allowed, or compared at an
+    equal `budget` as well) how far the model was trained; returns the notes that allowed differences need. Runs
+    stopped before an evaluation are not checked."""
     evaluated = [run for run in results if run is not reference and run.evaluation]
     check_same_test_tokens(evaluated, reference)
     mixed = [problem for run in evaluated if (problem := _checkpoint_mismatch(run, reference))]
+    if mixed and budget:
+        return [
+            f"Runs of different lengths: {problem}. The test-loss table compares each run at its own end, which mixes the "
+            "intervention with training length; the budget table compares them at an equal budget."
+            for problem in mixed
+        ]
     if mixed and not allow_mixed_checkpoints:
         raise UserError(
             "compare: these runs cannot share one table: their test losses come from models trained for different lengths",
@@ -372,16 +375,25 @@ def _row(
     baseline: Group,
     verdict: Optional[verdicts.Verdict],
     hellaswag: Optional[hellaswag_column.HellaSwagColumn] = None,
+    ift: Optional[ift_column.IftColumn] = None,
 ) -> dict[str, Any]:
     finite = group.finite_losses
     described = stats.describe(finite) if finite else None
     base_finite = baseline.finite_losses
     is_baseline = group is baseline
     deciding = verdict.deciding if verdict else None
+    # Baseline mean - group mean: the means the rows show. A paired test on a subset of the baseline's seeds decides on
+    # the matched seeds' difference, which is shown beside it, labelled, when it differs.
     improvement = (
+        statistics.fmean(base_finite) - described.mean if described and base_finite and not is_baseline else None
+    )
+    matched = (
         deciding.improvement
         if deciding
-        else (statistics.fmean(base_finite) - described.mean if described and base_finite and not is_baseline else None)
+        and deciding.test == "paired"
+        and improvement is not None
+        and abs(deciding.improvement - improvement) > 1e-12 * max(1.0, abs(improvement))
+        else None
     )
     summaries = [run.summary for run in group.runs]
     return {
@@ -396,6 +408,7 @@ def _row(
         "ci95_low": described.ci_low if described else None,
         "ci95_high": described.ci_high if described else None,
         "improvement": improvement,
+        "matched_improvement": matched,
         "improvement_ci": [deciding.ci_low, deciding.ci_high] if deciding else None,
         "cohens_d": deciding.cohens_d if deciding else None,
         "p_value": deciding.p if deciding else None,
@@ -409,7 +422,7 @@ def _row(
         if verdict and verdict.paired
         else None,
         "test": _test_words(verdict) if verdict else "",
-        "baseline_sds": -deciding.cohens_d
+        "baseline_sds": deciding.cohens_d
         if deciding and deciding.test == "single run" and deciding.cohens_d is not None
         else None,
         "seeds_needed": verdict.seeds_needed if verdict else None,
@@ -425,6 +438,7 @@ def _row(
         "run_losses": [loss if math.isfinite(loss) else None for loss in group.losses],
         "run_stopped": [run.stopped for run in group.runs],
         **hellaswag_column.row_keys(group, baseline, hellaswag or hellaswag_column.HellaSwagColumn()),
+        **ift_column.row_keys(group, baseline, ift or ift_column.IftColumn()),
     }
 
 
@@ -437,7 +451,7 @@ def _test_words(verdict: verdicts.Verdict) -> str:
             continue
         words = {"paired": "paired t-test", "welch": "Welch's t-test", "single run": "single-run t-test"}[name]
         extra = (
-            f", {-difference.cohens_d:+.1f} baseline SDs"
+            f", {difference.cohens_d:+.1f} baseline SDs"
             if name == "single run" and difference.cohens_d is not None
             else ""
         )
@@ -460,7 +474,8 @@ def _notes(
         "per-run means; skipped steps are summed over a group's runs.",
         "Tests (two-sided): the paired t-test on per-seed differences when every seed of a group also exists in the baseline with the "
         "same data order (Welch's p shown beside it); else Welch's t-test when the group has 2+ seeds; a single run by the single-run "
-        "t-test (its distance from the baseline mean, in baseline SDs, against the 95% prediction interval of one more seed).",
+        "t-test (its improvement on the baseline mean, in baseline SDs, positive is better, against the 95% prediction interval "
+        "of one more seed). Verdicts say the direction: better or worse, beyond noise, or within noise.",
     ]
     if family > 1:
         notes.append(
@@ -499,9 +514,25 @@ def _notes(
             notes.append(
                 f"{group.label}: several runs share a seed ({seeds}); repeats of one seed understate the noise."
             )
+        if group is not baseline and _differs_only_by_chosen_precision(group, baseline):
+            notes.append(
+                f"{group.label}: trained in {group.identity['train'].get('precision')}, {baseline.label} in "
+                f"{baseline.identity['train'].get('precision')}, as precision 'auto' chose on the machine each ran on; "
+                "its runs are not pooled with the baseline's. Set precision explicitly to train every seed alike."
+            )
         if group is not baseline and len(group.runs) >= 2 and not group.arm(baseline).same_data_order:
             notes.append(f"{group.label}: not paired with the baseline by seed: its batches come in another order.")
     return notes
+
+
+def _differs_only_by_chosen_precision(group: Group, baseline: Group) -> bool:
+    """The two groups' resolved settings differ only in the precision, and every run left it to 'auto'."""
+    ours, theirs = group.identity, baseline.identity
+    other_train = {key for key in set(ours["train"]) | set(theirs["train"]) if key != "precision"}
+    if ours["model"] != theirs["model"] or any(ours["train"].get(k) != theirs["train"].get(k) for k in other_train):
+        return False
+    asked = {run.config["train"].get("precision") for run in group.runs + baseline.runs}
+    return ours["train"].get("precision") != theirs["train"].get("precision") and asked <= {None, "auto"}
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
@@ -514,6 +545,7 @@ def build_comparison(
     baseline_dir: Optional[Path] = None,
     labels: Optional[dict[Path, str]] = None,
     allow_mixed_checkpoints: bool = False,
+    budget: bool = False,
 ) -> Comparison:
     """Group the runs, check they share one evaluation identity, and judge every group against the baseline group.
 
@@ -525,7 +557,7 @@ def build_comparison(
     reference = next((run for group in [baseline] + groups for run in group.runs if run.evaluation), None)
     if reference is None:
         raise UserError("compare: no run could be evaluated: every run stopped on non-finite steps")
-    mixed_notes = check_same_evaluation(results, reference, allow_mixed_checkpoints)
+    mixed_notes = check_same_evaluation(results, reference, allow_mixed_checkpoints, budget)
     others = [group for group in groups if group is not baseline]
     judgement = verdicts.judge_interventions(
         baseline.arm(baseline),
@@ -534,11 +566,13 @@ def build_comparison(
         _pooled_seed_sd(groups),
     )
     hellaswag = hellaswag_column.judge_hellaswag(baseline, groups, seed_blind_reason(baseline))
+    ift = ift_column.judge_ift(baseline, groups, seed_blind_reason(baseline))
     rows = sorted(
-        (_row(group, baseline, judgement.verdicts.get(group.label), hellaswag) for group in groups), key=_sort_key
+        (_row(group, baseline, judgement.verdicts.get(group.label), hellaswag, ift) for group in groups),
+        key=_sort_key,
     )
     evaluation = reference.evaluation
-    notes = _notes(baseline, groups, evaluation, judgement) + mixed_notes + hellaswag.notes
+    notes = _notes(baseline, groups, evaluation, judgement) + mixed_notes + hellaswag.notes + ift.notes
     return Comparison(baseline, groups, rows, notes, evaluation, hellaswag.identity)
 
 
@@ -552,320 +586,13 @@ def _pick_baseline(groups: list[Group], baseline_dir: Optional[Path]) -> Group:
     return next((group for group in groups if group.label == "baseline"), groups[0])
 
 
-# --- rendering -----------------------------------------------------------------------------------------
-
-
-def _number(value: Optional[float], digits: int = 4, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def format_duration(seconds: Optional[float]) -> str:
-    """h:mm:ss, so hours read directly."""
-    if seconds is None:
-        return "-"
-    whole = int(round(seconds))
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
-def format_cost(dollars: Optional[float]) -> str:
-    """Cents for real runs; three significant digits for the fractions of a cent of a small experiment."""
-    if dollars is None:
-        return "-"
-    return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.3g}"
-
-
-def _p_cell(value: Optional[float]) -> str:
-    return "-" if value is None else stats.format_p(value)
-
-
-TABLE_COLUMNS = (
-    "run",
-    "seeds",
-    "test loss",
-    "ppl",
-    "sd",
-    "min-max",
-    "improvement",
-    "improvement 95% CI",
-    "d",
-    "p",
-    "p (Holm)",
-    "verdict",
-    "hellaswag",
-    "time",
-    "tokens/s",
-    "tokens",
-    "cost",
-    "skipped",
-    "changes",
-)
-VERDICT_COLUMN = TABLE_COLUMNS.index("verdict")
-
-
-def table_cells(row: dict[str, Any]) -> list[str]:
-    """One row as the strings every text format shows, in TABLE_COLUMNS order."""
-    seeds = (
-        str(row["seeds"]) if row["finite_seeds"] == row["seeds"] else f"{row['finite_seeds']} of {row['seeds']} finite"
-    )
-    spread = f"{row['min']:.4f}-{row['max']:.4f}" if row["finite_seeds"] > 1 else "-"
-    interval = f"{row['improvement_ci'][0]:+.4f} to {row['improvement_ci'][1]:+.4f}" if row["improvement_ci"] else "-"
-    return [
-        row["run"],
-        seeds,
-        _number(row["test_loss"]),
-        format_perplexity(row["ppl"]),
-        _number(row["sd"]),
-        spread,
-        _number(row["improvement"], signed=True),
-        interval,
-        _number(row["cohens_d"], 2, signed=True),
-        _p_cell(row["p_value"]),
-        _p_cell(row["p_holm"]),
-        row["verdict"],
-        hellaswag_column.cell(row),
-        format_duration(row["training_seconds"]),
-        f"{row['tokens_per_second']:,.0f}" if row["tokens_per_second"] is not None else "-",
-        f"{row['tokens_seen']:,.0f}" if row["tokens_seen"] is not None else "-",
-        format_cost(row["cost"]),
-        str(row["skipped_steps"]),
-        row["changes"],
-    ]
-
-
-# When the terminal is too narrow for every column even with long cells wrapped, these are left out first, in this
-# order (and a note says so); the others always stay. Columns chosen with --columns are never left out.
-NARROW_TERMINAL_DROPS = (
-    "tokens",
-    "skipped",
-    "cost",
-    "tokens/s",
-    "time",
-    "min-max",
-    "sd",
-    "d",
-    "p",
-    "seeds",
-    "improvement 95% CI",
-    "p (Holm)",
-)
-# `changes` can hold a long value (a path, a list); it folds within this share of the width rather than crowd the numbers.
-CHANGES_WIDTH_SHARE = 4
-TEXT_FORMATS = ("terminal", "markdown", "csv")
-
-
-def column_name(header: str) -> str:
-    """A table column's name for --columns: its header in lower case, other characters as "_" ("p (Holm)" -> p_holm)."""
-    return re.sub(r"[^a-z0-9]+", "_", header.lower()).strip("_")
-
-
-def column_names(output_format: str) -> tuple[str, ...]:
-    """The names --columns accepts: the CSV field names for csv, the table's column names for terminal and markdown."""
-    return CSV_FIELDS if output_format == "csv" else tuple(column_name(header) for header in TABLE_COLUMNS)
-
-
-def _chosen_columns(columns: Optional[Sequence[str]], output_format: str) -> list[int]:
-    """Indices into column_names(output_format) of the columns asked for, in the order asked; every one when None."""
-    names = column_names(output_format)
-    if columns is None:
-        return list(range(len(names)))
-    if not columns:
-        raise UserError(f"--columns: name at least one column; for --format {output_format}: {', '.join(names)}")
-    unknown = [name for name in columns if name not in names]
-    if unknown:
-        raise UserError(
-            f"--columns {', '.join(unknown)}: not {'a column' if len(unknown) == 1 else 'columns'} of --format "
-            f"{output_format}; choose from {', '.join(names)}"
-        )
-    return [names.index(name) for name in dict.fromkeys(columns)]
-
-
-def _default_columns(comparison: Comparison, columns: Optional[Sequence[str]], output_format: str) -> list[int]:
-    """The columns to draw: those asked for; by default every one, less the hellaswag column when no run has a score."""
-    shown = _chosen_columns(columns, output_format)
-    scored = any(hellaswag_column.saved_entry(run) for group in comparison.groups for run in group.runs)
-    if columns is None and not scored:
-        shown.remove(TABLE_COLUMNS.index("hellaswag"))
-    return shown
-
-
-def check_columns(columns: Optional[Sequence[str]], output_format: str) -> None:
-    """Refuse a format or --columns the table cannot show (called before any run is evaluated, and by render)."""
-    if output_format not in FORMATS:
-        raise UserError(f"--format {output_format}: not a format; choose one of {', '.join(FORMATS)}")
-    if output_format == "json" and columns is not None:
-        raise UserError(f"--columns: only for --format {', '.join(TEXT_FORMATS)}; json holds every field")
-    if output_format != "json":
-        _chosen_columns(columns, output_format)
-
-
-def _terminal(comparison: Comparison, columns: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:
-    """The table drawn by rich to fit `width` (default: $COLUMNS, else the terminal's; none for a file or pipe): long
-    cells wrap at spaces; if the numbers still do not fit, NARROW_TERMINAL_DROPS are left out and a note names them."""
-    from rich import box
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
-    from rich.text import Text
-
-    # $COLUMNS, else the terminal's width; output to a file or pipe is not a terminal and keeps whole lines for grep.
-    width = width or shutil.get_terminal_size(fallback=(0, 0)).columns or None
-    console = Console(
-        file=io.StringIO(), width=width or 10_000, color_system=None, highlight=False, markup=False, emoji=False
-    )
-    rows = [table_cells(row) for row in comparison.rows]
-
-    def table(shown: list[int]) -> Table:
-        drawn = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-        for index in shown:
-            changes = TABLE_COLUMNS[index] == "changes"
-            drawn.add_column(
-                Text(TABLE_COLUMNS[index]),
-                overflow="fold",
-                max_width=width // CHANGES_WIDTH_SHARE if changes and width else None,
-            )
-        for cells in rows:
-            drawn.add_row(*(Text(cells[index]) for index in shown))
-        return drawn
-
-    def narrowest(shown: list[int]) -> int:
-        return Measurement.get(console, console.options.update_width(sys.maxsize), table(shown)).minimum
-
-    shown = _default_columns(comparison, columns, "terminal")
-    left_out = []
-    if width is None:
-        console.width = Measurement.get(console, console.options, table(shown)).maximum
-    elif columns is None:
-        for header in NARROW_TERMINAL_DROPS:
-            if narrowest(shown) <= width:
-                break
-            if header in TABLE_COLUMNS:
-                shown.remove(TABLE_COLUMNS.index(header))
-                left_out.append(column_name(header))
-    console.print(table(shown))
-    lines = [line.rstrip() for line in console.file.getvalue().splitlines()]
-    notes = list(comparison.notes)
-    if left_out:
-        notes.insert(
-            0,
-            f"Left out to fit {width} characters: {', '.join(left_out)}; a wider terminal (or COLUMNS=N) shows them, "
-            "and --columns chooses.",
-        )
-    wrapped = [
-        textwrap.fill(note, width, subsequent_indent="  ", break_on_hyphens=False) if width else note for note in notes
-    ]
-    return "\n".join(lines + [""] + wrapped) + "\n"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table's lines (a "|" inside a cell escaped)."""
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    return [line(header), "|" + "---|" * len(header)] + [line(cells) for cells in rows]
-
-
-def _markdown(comparison: Comparison, columns: Optional[Sequence[str]] = None) -> str:
-    shown = _default_columns(comparison, columns, "markdown")
-    rows = [table_cells(row) for row in comparison.rows]
-    lines = markdown_table(
-        [TABLE_COLUMNS[index] for index in shown], [[cells[index] for index in shown] for cells in rows]
-    )
-    return "\n".join(lines + [""] + [f"- {note}" for note in comparison.notes]) + "\n"
-
-
-CSV_FIELDS = (
-    "run",
-    "seeds",
-    "finite_seeds",
-    "test_loss",
-    "ppl",
-    "sd",
-    "min",
-    "max",
-    "ci95_low",
-    "ci95_high",
-    "improvement",
-    "improvement_ci_low",
-    "improvement_ci_high",
-    "cohens_d",
-    "p_value",
-    "p_holm",
-    "verdict",
-    "noise",
-    "decided_by",
-    "p_welch",
-    "p_paired",
-    "test",
-    "baseline_sds",
-    "seeds_needed",
-    "detectable_effect",
-    *hellaswag_column.CSV_KEYS,
-    "training_seconds",
-    "tokens_per_second",
-    "tokens_seen",
-    "cost",
-    "skipped_steps",
-    "changes",
-)
-
-
-def csv_table(
-    comparison: Comparison,
-    columns: Optional[Sequence[str]] = None,
-    extra_fields: Sequence[str] = (),
-    extra: Optional[dict[str, dict[str, Any]]] = None,
-) -> str:
-    """One CSV row per group: the chosen CSV_FIELDS, then `extra_fields` from `extra` (by group label, e.g. the budget's)."""
-    buffer = io.StringIO()
-    fields = [CSV_FIELDS[index] for index in _chosen_columns(columns, "csv")] + list(extra_fields)
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in comparison.rows:
-        low, high = row["improvement_ci"] or (None, None)
-        flat = {**row, "improvement_ci_low": low, "improvement_ci_high": high, **(extra or {}).get(row["run"], {})}
-        writer.writerow({key: ("" if value is None else value) for key, value in flat.items()})
-    return buffer.getvalue()
-
-
-def comparison_json(comparison: Comparison) -> dict[str, Any]:
-    evaluation = {
-        key: comparison.evaluation.get(key)
-        for key in (*SLICE_KEYS, "tokens", "precision", "dataset", "tokenizer", "tokens_sha256")
-    }
-    return {
-        "baseline": comparison.baseline.label,
-        "rows": comparison.rows,
-        "notes": comparison.notes,
-        "evaluation": evaluation,
-        "hellaswag": comparison.hellaswag,
-    }
-
-
-def render(
-    comparison: Comparison,
-    output_format: str = "terminal",
-    columns: Optional[Sequence[str]] = None,
-    width: Optional[int] = None,
-) -> str:
-    """The comparison as `output_format`; `columns` (names from column_names) chooses and orders the table's columns,
-    `width` the terminal table's width."""
-    check_columns(columns, output_format)
-    if output_format == "json":
-        return strict_json(comparison_json(comparison), indent=2) + "\n"
-    if output_format == "terminal":
-        return _terminal(comparison, columns, width)
-    return {"markdown": _markdown, "csv": csv_table}[output_format](comparison, columns)
-
-
 def compare_runs(
     run_dirs: list[Path],
     baseline_dir: Optional[Path] = None,
     datasets_dir: Optional[Path] = None,
     echo: Callable[[str], Any] = print,
     allow_mixed_checkpoints: bool = False,
+    budget: bool = False,
 ) -> Comparison:
     """`gptlab compare`: load (evaluating where needed, as the baseline was evaluated) and build the comparison."""
     if not run_dirs:
@@ -876,4 +603,4 @@ def compare_runs(
         _check_is_run(Path(run_dir))
         _read_summary(Path(run_dir))
     results = load_results(runs, default_settings(reference), datasets_dir, echo)
-    return build_comparison(results, baseline_dir, allow_mixed_checkpoints=allow_mixed_checkpoints)
+    return build_comparison(results, baseline_dir, allow_mixed_checkpoints=allow_mixed_checkpoints, budget=budget)

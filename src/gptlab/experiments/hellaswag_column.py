@@ -42,6 +42,8 @@ def _problem(run: RunResult, entry: Optional[dict[str, Any]], reference: RunResu
         return f"{run.run_dir} has none (`gptlab eval {run.run_dir} --task hellaswag --save`)"
     if (entry.get("file_sha256"), entry.get("items")) != (wanted.get("file_sha256"), wanted.get("items")):
         return f"{run.run_dir} was scored on {_items_words(entry)}, {reference.run_dir} on {_items_words(wanted)}"
+    if entry.get("precision") != wanted.get("precision"):
+        return f"{run.run_dir} was scored in {entry.get('precision')}, {reference.run_dir} in {wanted.get('precision')}"
     if entry.get("checkpoint") != run.evaluation.get("checkpoint"):
         return (
             f"{run.run_dir} was scored at checkpoint {entry.get('checkpoint')}, its test loss is of "
@@ -72,8 +74,8 @@ def judge_hellaswag(baseline: Group, groups: list[Group], seed_blind_reason: Opt
     if problems:
         return HellaSwagColumn(
             notes=[
-                "HellaSwag: not compared, as every run needs a result on the same items of the checkpoint its test "
-                "loss is of: " + "; ".join(problems) + "."
+                "HellaSwag: not compared, as every run needs a result on the same items, in the same evaluation "
+                "precision, of the checkpoint its test loss is of: " + "; ".join(problems) + "."
             ]
         )
     judgement = verdicts.judge_interventions(
@@ -81,6 +83,7 @@ def judge_hellaswag(baseline: Group, groups: list[Group], seed_blind_reason: Opt
         [_arm(group, baseline) for group in groups if group is not baseline],
         seed_blind_reason,
         advise=False,
+        quantity="HellaSwag accuracy",
     )
     identity = {key: wanted.get(key) for key in ("items", "limit", "file_sha256", "split", "precision")}
     identity["file"] = Path(str(wanted.get("file"))).name
@@ -95,7 +98,7 @@ def judge_hellaswag(baseline: Group, groups: list[Group], seed_blind_reason: Opt
 
 # The comparison row's HellaSwag keys; the first ones are also its CSV columns.
 CSV_KEYS = ("hellaswag", "hellaswag_sd", "hellaswag_difference", "hellaswag_p", "hellaswag_p_holm", "hellaswag_verdict")
-ROW_KEYS = (*CSV_KEYS, "hellaswag_noise", "run_hellaswag")
+ROW_KEYS = (*CSV_KEYS, "hellaswag_matched_difference", "hellaswag_noise", "run_hellaswag")
 
 
 def _accuracies(group: Group) -> list[float]:
@@ -110,14 +113,22 @@ def row_keys(group: Group, baseline: Group, column: HellaSwagColumn) -> dict[str
     is_baseline = group is baseline
     verdict = None if is_baseline else column.judgement.verdicts.get(group.label)
     deciding = verdict.deciding if verdict else None
-    if deciding is not None:
-        difference = deciding.improvement
-    else:
-        difference = statistics.fmean(ours) - statistics.fmean(theirs) if ours and theirs and not is_baseline else None
+    # The difference of the means the rows show; a paired test on a subset of the baseline's seeds decides on the
+    # matched seeds' difference, shown beside it when it differs.
+    difference = statistics.fmean(ours) - statistics.fmean(theirs) if ours and theirs and not is_baseline else None
+    matched = (
+        deciding.improvement
+        if deciding is not None
+        and deciding.test == "paired"
+        and difference is not None
+        and abs(deciding.improvement - difference) > 1e-12
+        else None
+    )
     return {
         "hellaswag": statistics.fmean(ours) if ours else None,
         "hellaswag_sd": statistics.stdev(ours) if len(ours) >= 2 else None,
         "hellaswag_difference": difference,
+        "hellaswag_matched_difference": matched,
         "hellaswag_p": deciding.p if deciding else None,
         "hellaswag_p_holm": verdict.p_holm if verdict else None,
         "hellaswag_verdict": "baseline" if is_baseline else verdict.words if verdict else None,
@@ -134,4 +145,6 @@ def cell(row: dict[str, Any]) -> str:
     if row.get("hellaswag_verdict") in (None, "baseline"):
         return text
     difference = f"{row['hellaswag_difference']:+.4f}, " if row.get("hellaswag_difference") is not None else ""
+    if row.get("hellaswag_matched_difference") is not None:
+        difference += f"matched seeds {row['hellaswag_matched_difference']:+.4f}, "
     return f"{text} ({difference}{row['hellaswag_verdict']})"

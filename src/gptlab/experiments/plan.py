@@ -2,6 +2,12 @@
 
 Runs are ordered seed by seed (every variant at the first seed, then every variant at the next), so an
 experiment stopped half-way already holds comparable runs of every variant.
+
+Common random numbers: a new experiment's runs train with `random_streams: true` (each parameter initialised from its
+own stream, see gptlab/random_streams.py), so an intervention that adds or reshapes parameters leaves every other
+parameter's initial values as the baseline seed's, and per-seed differences measure the intervention, not another
+initialisation (docs/experiments.md has the measurement). An experiment whose runs started before keeps what they
+trained with; the file's `random_streams` key, or the baseline's train.json, decides explicitly.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptlab.config import apply_overrides, validate_run_config
+from gptlab.config import TrainConfig, apply_overrides, validate_run_config
 from gptlab.errors import UserError
 from gptlab.experiments.spec import BASELINE, Experiment
 from gptlab.files import atomic_write_json, read_json
@@ -66,12 +72,16 @@ def plan_runs(experiment: Experiment) -> list[PlannedRun]:
         resolved[variant] = (config.model.model_dump(mode="json"), config.train.model_dump(mode="json"))
     if problems:
         raise UserError(*problems)
+    streams = random_streams(experiment)
     planned = []
     for seed in experiment.seeds:
         for variant, (model, train) in resolved.items():
             run_dir = run_dir_for(experiment, variant, seed)
             train = {
                 **train,
+                **(
+                    {"random_streams": streams} if "random_streams" not in experiment.variants[variant]["train"] else {}
+                ),
                 "random_seed": seed,
                 "dataset": _dataset_seen_from(run_dir, experiment.baseline_dir, train["dataset"]),
             }
@@ -79,6 +89,38 @@ def plan_runs(experiment: Experiment) -> list[PlannedRun]:
                 PlannedRun(variant, seed, run_dir, model, train, describe_changes(experiment.variants[variant]))
             )
     return planned
+
+
+def random_streams(experiment: Experiment) -> bool:
+    """Whether the runs train with common random numbers: as the experiment file or the baseline's train.json says;
+    else as the runs already planned were written (older ones without the key: off), and on for a new experiment."""
+    if experiment.random_streams is not None:
+        return experiment.random_streams
+    asked = read_json(experiment.baseline_dir / TRAIN_FILE).get("random_streams")
+    if isinstance(asked, bool):
+        return asked
+    for variant in experiment.variants:
+        for seed in experiment.seeds:
+            written = run_dir_for(experiment, variant, seed) / TRAIN_FILE
+            if written.is_file():
+                return read_json(written).get("random_streams") is True
+    return True
+
+
+def streams_words(experiment: Experiment) -> str:
+    """The plan's line on common random numbers."""
+    if random_streams(experiment):
+        return (
+            "Common random numbers: on (random_streams: true in every run): each parameter starts from its own stream of "
+            "(seed, name), so an intervention leaves the others' initial values as the baseline seed's and seeds pair "
+            'more tightly; "random_streams": false in the experiment file turns it off.'
+        )
+    return "Common random numbers: off (random_streams: false): " + (
+        "as the experiment file or the baseline's train.json says."
+        if experiment.random_streams is not None
+        or isinstance(read_json(experiment.baseline_dir / TRAIN_FILE).get("random_streams"), bool)
+        else 'its runs were planned without them; "random_streams": true in the file (for new run folders) turns it on.'
+    )
 
 
 def has_started(run_dir: Path) -> bool:
@@ -91,13 +133,23 @@ def _conflicts(run: PlannedRun) -> list[str]:
     for file_name, planned in ((MODEL_FILE, run.model), (TRAIN_FILE, run.train)):
         path = run.run_dir / file_name
         existing = read_json(path) if path.is_file() else {}
-        differing = sorted(key for key in set(planned) | set(existing) if existing.get(key) != planned.get(key))
+        differing = sorted(
+            key
+            for key in set(planned) | set(existing)
+            if existing.get(key, _default(file_name, key)) != planned.get(key)
+        )
         if differing:
             problems.append(
                 f"{path}: this run has already trained with other values of {', '.join(differing)} than the experiment "
                 f"file now gives; delete {run.run_dir} to retrain it, or restore the experiment file"
             )
     return problems
+
+
+def _default(file_name: str, key: str) -> Any:
+    """A train.json key written before gptlab knew it reads as its default (None for model.json and unknown keys)."""
+    field = TrainConfig.model_fields.get(key) if file_name == TRAIN_FILE else None
+    return field.default if field is not None and not field.is_required() else None
 
 
 def write_plan(planned: list[PlannedRun]) -> None:

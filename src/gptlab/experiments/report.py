@@ -14,7 +14,8 @@ from typing import Optional
 
 from gptlab.experiments.budget import BUDGET_CHART, BudgetComparison, budget_html, draw_budget_chart
 from gptlab.experiments.charts import draw_comparison_charts
-from gptlab.experiments.compare import TABLE_COLUMNS, VERDICT_COLUMN, Comparison, table_cells
+from gptlab.experiments.compare import Comparison
+from gptlab.experiments.tables import TABLE_COLUMNS, VERDICT_COLUMN, table_cells
 from gptlab.files import atomic_write_text
 from gptlab.rundir import GRAD_NORM_CHART, LEARNING_RATE_CHART, LOSS_CHART, ROUTING_CHART
 from gptlab.train.charts import draw_run_charts

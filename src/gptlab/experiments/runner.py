@@ -182,6 +182,7 @@ def experiment_comparison(
     datasets_dir: Optional[Path] = None,
     echo: Callable[[str], Any] = print,
     allow_mixed_checkpoints: bool = False,
+    budget: bool = False,
 ):
     """The comparison of an experiment's finished runs, grouped by variant; runs not finished yet are noted."""
     from gptlab.experiments.compare import build_comparison, load_results
@@ -210,6 +211,7 @@ def experiment_comparison(
         labels=labels,
         baseline_dir=next(run.run_dir for run in finished if run.variant == "baseline"),
         allow_mixed_checkpoints=allow_mixed_checkpoints,
+        budget=budget,
     )
     waiting = len(planned) - len(finished)
     if waiting:

@@ -11,7 +11,8 @@ JSON or TOML. Every problem is reported at once, one line each, naming the file 
         "lr-schedule": {"schedule_learning_rate": true, "warmup_period_percent": 5}
       },
       "stacks": {"no-dropout+lr-schedule": ["no-dropout", "lr-schedule"]},
-      "evaluation": {"batches": 100}
+      "evaluation": {"batches": 100},
+      "random_streams": true                     # common random numbers (see plan.py); default: on for a new experiment
     }
 
 An intervention is {"model": {...}, "train": {...}} or flat keys resolved as `gptlab train --set` does
@@ -24,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import tomllib
 
@@ -41,7 +42,17 @@ from gptlab.files import DuplicateKeyError, loads_no_duplicates
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
 BASELINE = "baseline"
-TOP_LEVEL_KEYS = ("name", "description", "baseline", "runs_dir", "seeds", "interventions", "stacks", "evaluation")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "baseline",
+    "runs_dir",
+    "seeds",
+    "interventions",
+    "stacks",
+    "evaluation",
+    "random_streams",
+)
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -56,6 +67,7 @@ class Experiment:
     seeds: tuple[int, ...]
     variants: dict[str, dict[str, dict[str, Any]]]
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    random_streams: Optional[bool] = None  # the file's choice; None: on for an experiment none of whose runs started
 
 
 def read_experiment_file(path: Path) -> dict[str, Any]:
@@ -217,8 +229,18 @@ def load_experiment(path: Path) -> Experiment:
     variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks}
     if isinstance(baseline, str) and (baseline_dir / MODEL_FILE).is_file() and (baseline_dir / TRAIN_FILE).is_file():
         problems += variant_problems(path, baseline_dir, variants)
+    streams = data.get("random_streams")
+    if streams is not None and not isinstance(streams, bool):
+        problems.append(f"{path}: random_streams: give true or false")
     if problems:
         raise UserError(*problems)
     return Experiment(
-        path, str(data.get("name", path.stem)), baseline_dir, path.parent / runs_dir, seeds, variants, evaluation
+        path,
+        str(data.get("name", path.stem)),
+        baseline_dir,
+        path.parent / runs_dir,
+        seeds,
+        variants,
+        evaluation,
+        streams,
     )

@@ -23,7 +23,7 @@ import functools
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -271,18 +271,45 @@ def seeds_per_arm(
     if effect == 0:
         return None
     level = family_alpha(comparisons, alpha)
-    if power(effect, sd, MAX_SEEDS, MAX_SEEDS, level) < target_power:
+    return _fewest(lambda n: power(effect, sd, n, n, level), target_power, 1)
+
+
+def _fewest(power_with: Callable[[int], float], target_power: float, start: int) -> Optional[int]:
+    """The smallest n > start with power_with(n) >= target_power (power grows with n); None beyond MAX_SEEDS."""
+    if power_with(MAX_SEEDS) < target_power:
         return None
-    low, high = 1, 2  # power(low) < target <= power(high); power grows with n
-    while power(effect, sd, high, high, level) < target_power:
+    low, high = start, start + 1  # power(low) < target <= power(high)
+    while power_with(high) < target_power:
         low, high = high, high * 2
     while high - low > 1:
         middle = (low + high) // 2
-        if power(effect, sd, middle, middle, level) < target_power:
+        if power_with(middle) < target_power:
             low = middle
         else:
             high = middle
     return high
+
+
+def paired_power(effect: float, sd_difference: float, pairs: int, alpha: float = ALPHA) -> float:
+    """The chance that the two-sided level-`alpha` paired t-test on `pairs` seeds (each trained with and without the
+    intervention) finds a true difference `effect` when per-seed differences have SD `sd_difference`."""
+    df = pairs - 1
+    noncentrality = abs(effect) / (sd_difference / math.sqrt(pairs))
+    critical = student_t_quantile(1 - alpha / 2, df)
+    return 1 - noncentral_t_cdf(critical, df, noncentrality) + noncentral_t_cdf(-critical, df, noncentrality)
+
+
+def seeds_paired(
+    effect: float, sd_difference: float, target_power: float = POWER, comparisons: int = 1, alpha: float = ALPHA
+) -> Optional[int]:
+    """The fewest seeds, each trained as baseline and as intervention (a paired design), for the paired t-test's exact
+    power to reach `target_power` (Holm-aware as seeds_per_arm); None when even MAX_SEEDS would not."""
+    if sd_difference <= 0:
+        raise ValueError(f"sd_difference must be positive, got {sd_difference}")
+    if effect == 0:
+        return None
+    level = family_alpha(comparisons, alpha)
+    return _fewest(lambda n: paired_power(effect, sd_difference, n, level), target_power, 1)
 
 
 def detectable_effect(

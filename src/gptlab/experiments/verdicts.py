@@ -9,6 +9,11 @@ The rules a careful researcher applies by hand, on top of the numbers in stats.p
 - Otherwise every intervention gets a test: paired t on per-seed differences when its seeds also exist in
   the baseline with the same data order, else Welch's t-test, or the single-run test for a single run. The
   p-values of all tested interventions are Holm-adjusted together, and the adjusted value decides.
+- A test without spread has no noise estimate either: every paired difference the same says so and why, and
+  leaves the family, instead of deciding on p = 0 (Welch needs spread on both sides, and a baseline without
+  spread is the seed-blind case above).
+- The words say the direction: "better, beyond noise", "worse, beyond noise" or "within noise"; every signed
+  figure is positive when the intervention is better (lower loss, higher accuracy).
 
 This module knows nothing of run directories or tables: compare.py turns runs into Arms and the verdicts
 into rows.
@@ -23,8 +28,9 @@ from typing import Any, Optional, Sequence
 
 from gptlab.experiments import stats
 
-BEYOND, WITHIN, DIVERGED, NO_NOISE, CANNOT_JUDGE = (
-    "beyond noise",
+BETTER, WORSE, WITHIN, DIVERGED, NO_NOISE, CANNOT_JUDGE = (
+    "better, beyond noise",
+    "worse, beyond noise",
     "within noise",
     "diverged",
     "no noise estimate",
@@ -67,7 +73,7 @@ class Arm:
 
 @dataclass
 class Verdict:
-    label: str  # BEYOND, WITHIN, DIVERGED, NO_NOISE or CANNOT_JUDGE
+    label: str  # BETTER, WORSE, WITHIN, DIVERGED, NO_NOISE or CANNOT_JUDGE
     words: str  # what the table shows
     decided_by: Optional[str] = None  # "paired", "welch" or "single run"
     welch: Optional[stats.Difference] = None
@@ -115,16 +121,34 @@ def _pairs(baseline: Arm, arm: Arm) -> Optional[tuple[list[float], list[float]]]
     return [by_seed[seed] for seed in seeds], [run.loss for run in arm.runs]
 
 
+def _no_spread(values: Sequence[float], scale: float) -> bool:
+    """The values agree to float noise (SD at most NEAR_ZERO_SPREAD of the scale of the results)."""
+    return len(values) >= 2 and statistics.stdev(values) <= NEAR_ZERO_SPREAD * max(1.0, abs(scale))
+
+
 def _tests(baseline: Arm, arm: Arm) -> Verdict:
     base, ours = baseline.finite_losses, arm.finite_losses
+    scale = statistics.fmean(base)
     if len(ours) == 1:
         return Verdict(WITHIN, "", "single run", single_run=stats.single_run_difference(base, ours[0]))
     verdict = Verdict(WITHIN, "", "welch", welch=stats.welch_difference(base, ours))
     pairs = _pairs(baseline, arm)
     if pairs is not None:
+        differences = [b - g for b, g in zip(*pairs)]
+        if _no_spread(differences, scale):
+            same = (
+                "every seed gave exactly its baseline seed's result"
+                if not any(differences)
+                else f"every seed differs from its baseline seed by the same {differences[0]:+.4g}"
+            )
+            return Verdict(
+                NO_NOISE,
+                f"no noise estimate: {same}, so the paired t-test has no spread to judge it against",
+                welch=verdict.welch,
+            )
         verdict.paired = stats.paired_difference(*pairs)
         verdict.decided_by = "paired"
-    return verdict
+    return verdict  # Welch without spread on both sides cannot happen here: such a baseline is seed-blind
 
 
 def seed_blind_words(reason: Optional[str]) -> str:
@@ -137,16 +161,17 @@ def judge_interventions(
     seed_blind_reason: Optional[str] = None,
     noise_sd_hint: Optional[float] = None,
     advise: bool = True,
+    quantity: str = "test loss",
 ) -> Judgement:
     """A verdict for each arm against `baseline`. `seed_blind_reason` names why the seed may change nothing here
     (shown when the baseline seeds agree); `noise_sd_hint` (a seed SD seen in other groups) sizes the advice
     when the baseline has too few seeds to judge. `advise`: also the seeds needed and the detectable effect
-    of each tested arm (exact power: tens of milliseconds each)."""
+    of each tested arm (exact power: tens of milliseconds each). `quantity` names what the values are, for the notes."""
     judgement = Judgement({})
     base = baseline.finite_losses
     if baseline.failed:
         judgement.notes.append(
-            f"{baseline.label}: {len(baseline.failed)} of {len(baseline.runs)} seeds did not give a finite test loss "
+            f"{baseline.label}: {len(baseline.failed)} of {len(baseline.runs)} seeds did not give a finite {quantity} "
             f"({_failure_words(Arm(baseline.label, baseline.failed))}); they are left out of every statistic."
         )
     base_sd = statistics.stdev(base) if len(base) >= 2 else None
@@ -168,12 +193,15 @@ def judge_interventions(
         elif seed_blind:
             judgement.verdicts[arm.label] = Verdict(NO_NOISE, seed_blind_words(seed_blind_reason))
         else:
-            tested[arm.label] = judgement.verdicts[arm.label] = _tests(baseline, arm)
+            verdict = judgement.verdicts[arm.label] = _tests(baseline, arm)
+            if verdict.label != NO_NOISE:
+                tested[arm.label] = verdict
     labels = list(tested)
     for label, adjusted in zip(labels, stats.holm([tested[label].deciding.p for label in labels])):
         verdict = tested[label]
         verdict.p_holm = adjusted
-        verdict.label = BEYOND if adjusted < stats.ALPHA else WITHIN
+        better = verdict.deciding.improvement > 0
+        verdict.label = (BETTER if better else WORSE) if adjusted < stats.ALPHA else WITHIN
         if advise:
             arm = next(a for a in arms if a.label == label)
             verdict.seeds_needed = stats.seeds_per_arm(verdict.deciding.improvement, base_sd, comparisons=len(labels))
@@ -187,7 +215,7 @@ def judge_interventions(
         judgement.notes += _spread_warnings(baseline, [a for a in arms if a.label in tested])
     if seed_blind:
         judgement.notes.append(
-            f"{baseline.label}: its {len(base)} seeds gave the same test loss (SD {base_sd:.2g}): "
+            f"{baseline.label}: its {len(base)} seeds gave the same {quantity} (SD {base_sd:.2g}): "
             f"{seed_blind_words(seed_blind_reason)}, so no difference can be judged against seed noise."
         )
     return judgement
@@ -198,7 +226,7 @@ def _tested_words(verdict: Verdict, family: int) -> str:
     adjusted = f"Holm p={stats.format_p(verdict.p_holm)}" if family > 1 else f"p={stats.format_p(verdict.p_holm)}"
     words = f"{verdict.label} ({TEST_WORDS[verdict.decided_by]}, {adjusted}"
     if verdict.decided_by == "single run":
-        words += f", {-deciding.cohens_d:+.1f} SD"  # the run's distance from the baseline mean in baseline SDs
+        words += f", {deciding.cohens_d:+.1f} SD"  # the run's improvement on the baseline mean, in baseline SDs
     if verdict.decided_by == "paired" and verdict.welch is not None:
         words += f"; Welch p={stats.format_p(verdict.welch.p)}"
     return words + ")"
@@ -213,10 +241,15 @@ def _spread_warnings(baseline: Arm, arms: Sequence[Arm]) -> list[str]:
         if len(arm.finite_losses) < 2:
             continue
         sd = statistics.stdev(arm.finite_losses)
-        ratio = max(sd, base_sd) / min(sd, base_sd) if min(sd, base_sd) > 0 else math.inf
+        if min(sd, base_sd) > 0:
+            ratio = max(sd, base_sd) / min(sd, base_sd)
+            times = f"{ratio:.1f}x" if sd >= base_sd else f"1/{ratio:.1f} of"
+            spread = f"its seed SD ({sd:.2g}) is {times} the baseline's ({base_sd:.2g})"
+        else:  # the baseline's SD is not 0 here (that is the seed-blind case)
+            ratio, spread = math.inf, f"its seeds gave one result (SD 0), the baseline's spread (SD {base_sd:.2g})"
         if ratio > SPREAD_RATIO_WARNING:
             warnings.append(
-                f"{arm.label}: its seed SD ({sd:.2g}) is {ratio:.1f}x the baseline's ({base_sd:.2g}). Welch's test allows "
+                f"{arm.label}: {spread}. Welch's test allows "
                 "unequal spreads, but Cohen's d and the seeds-needed figures assume equal ones"
                 + (f", and so does the single-run test of {', '.join(single_runs)}" if single_runs else "")
                 + "."

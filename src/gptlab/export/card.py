@@ -36,6 +36,16 @@ class CardFacts:
     license: Optional[str] = None  # a Hub license id (mit, apache-2.0, ...), as `--license` gives it
     language: Optional[str] = "en"  # GPT-2's byte-pair encoding was made for English text
     hellaswag: Optional[dict[str, Any]] = None  # as `gptlab eval --task hellaswag --save` wrote it, of this checkpoint
+    dataset_is_local: Optional[bool] = None  # train.json's dataset is a folder here; None: judged by its shape alone
+
+    @property
+    def hub_dataset(self) -> Optional[str]:
+        """The training data's Hub id, only when it came from the Hub (a local folder named like an id does not)."""
+        dataset = self.config.train.dataset
+        from_hub = _HUB_ID.match(dataset) and public_dataset(dataset) == dataset and not self.dataset_is_local
+        return dataset if from_hub else None
+
+    task_lines: tuple[str, ...] = ()  # other evaluation tasks' lines (gptlab.evaluate.tasks.card_lines)
 
 
 def default_new_tokens(context_length: int) -> int:
@@ -93,11 +103,27 @@ def _hellaswag_items(result: dict[str, Any]) -> str:
     return f"{first}{result.get('items', 0):,} items of `{PurePath(str(result.get('file'))).name}` (sha256 {str(result.get('file_sha256'))[:12]})"
 
 
+def _hellaswag_set(result: dict[str, Any]) -> str:
+    """Which set the items are: the official validation set only when the file is known to be it."""
+    from gptlab.evaluate.hellaswag import official_validation
+
+    known_by = official_validation(result)
+    if known_by == "sha256":
+        return "the official HellaSwag validation set (its file's sha256)"
+    if known_by:
+        return (
+            "the official HellaSwag validation set by file name and item count (10,042); the check of the file's "
+            "sha256 is pending"
+        )
+    return "not the official HellaSwag validation set"
+
+
 def _hellaswag(facts: CardFacts) -> str:
     result = facts.hellaswag
     return (
         f"acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f} (zero-shot; acc_norm picks the ending with the lowest "
-        f"mean loss per token, acc the lowest summed loss; {_hellaswag_items(result)}, {result.get('precision', '?')})"
+        f"mean loss per token, acc the lowest summed loss; {_hellaswag_items(result)}: {_hellaswag_set(result)}; "
+        f"{result.get('precision', '?')})"
     )
 
 
@@ -124,17 +150,21 @@ def card_data(facts: CardFacts) -> Any:
     """The card's metadata: what the Hub reads to list, filter and rank the model."""
     from huggingface_hub import EvalResult, ModelCardData
 
+    from gptlab.evaluate.hellaswag import official_validation
+
     dataset = facts.config.train.dataset
-    hub_dataset = dataset if _HUB_ID.match(dataset) and public_dataset(dataset) == dataset else None
+    hub_dataset = facts.hub_dataset
     eval_results = None
     result = facts.eval_result
     if result and result.get("loss") is not None:
         evaluated_on = public_dataset(result.get("dataset")) or public_dataset(dataset)
+        if hub_dataset and str(result.get("dataset") or hub_dataset).endswith(hub_dataset):
+            evaluated_on = hub_dataset  # the Hub dataset's download folder: named by its id
         eval_results = [
             EvalResult(
                 task_type="text-generation",
                 task_name="Causal language modeling",
-                dataset_type=evaluated_on,
+                dataset_type=evaluated_on if evaluated_on == hub_dataset else "local",  # a folder is no Hub id
                 dataset_name=evaluated_on,
                 dataset_split=result.get("split", "test"),
                 metric_type="loss",
@@ -143,7 +173,9 @@ def card_data(facts: CardFacts) -> Any:
             )
         ]
     hellaswag = facts.hellaswag
-    if hellaswag and hellaswag.get("acc_norm") is not None:
+    if hellaswag and hellaswag.get("acc_norm") is not None and official_validation(hellaswag):
+        # indexed against the Hub's copy only when the items are the official validation set; otherwise the card's
+        # text names the file and its item count
         split = {"val": "validation", "train": "train"}.get(str(hellaswag.get("split")), "validation")
         eval_results = (eval_results or []) + [
             EvalResult(
@@ -250,6 +282,7 @@ def _card_text(facts: CardFacts) -> str:
         f"Test loss: {_test_loss(facts)}",
         "",
         *([f"HellaSwag: {_hellaswag(facts)}", ""] if facts.hellaswag else []),
+        *(part for line in facts.task_lines for part in (line, "")),
         "## Sample",
         "",
         f"The smoke test: prompt {json.dumps(facts.sample_prompt)}, 20 new tokens, top-k 25, temperature 1.0, seed {facts.sample_seed} "

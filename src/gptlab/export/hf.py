@@ -27,7 +27,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gptlab.config import ModelConfig, RunConfig, validate_run_config, write_resolved_config
+from gptlab.data.locate import is_local_dataset
 from gptlab.errors import UserError
+from gptlab.evaluate.tasks import card_lines
 from gptlab.export.card import default_new_tokens
 from gptlab.files import (
     atomic_folder,
@@ -549,6 +551,8 @@ def export_run(
         license=license,
         language=language,
         hellaswag=_saved_hellaswag(run_dir, trained.checkpoint.name),
+        dataset_is_local=is_local_dataset(trained.config.train.dataset, run_dir),
+        task_lines=tuple(card_lines(run_dir, trained.checkpoint.name)),
     )
     remove_stale_staging(out_dir.parent, out_dir.name)
     try:

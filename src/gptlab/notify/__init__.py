@@ -1,1 +1,1 @@
-"""Notifications about runs and machines: channels (Telegram, webhook, ntfy), a notifier that never blocks, training messages."""
+"""Notifications about runs and machines: channels (a registry, one module each), a notifier that never blocks, training messages."""

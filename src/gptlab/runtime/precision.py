@@ -4,6 +4,9 @@ gradient check that finds the global norm and any inf/NaN with a single reductio
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ import torch
 
 from gptlab.config import TrainConfig
 from gptlab.errors import UserError
+from gptlab.files import atomic_write_json, user_cache_dir
 from gptlab.rundir import TRAIN_FILE
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -95,8 +99,50 @@ def bf16_matmul_speedup(width: int, rows: int = 128, repeats: int = 5) -> float:
     return fp32_seconds / max(bf16_seconds, 1e-9)
 
 
-def choose_cpu_precision(width: int, flags: Optional[set[str]] = None, measure=bf16_matmul_speedup) -> PrecisionChoice:
-    """fp32, or bf16 where the CPU has native bf16 and a matmul of the model's width measures faster in it."""
+def _cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor()
+    return next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+def speedup_cache_file(width: int) -> Path:
+    """Where the bf16 speedup measured on this machine is kept: one file per CPU model and flags, torch version,
+    oneDNN ISA limit and probe width, under $XDG_CACHE_HOME/gptlab/precision (default ~/.cache)."""
+    identity = {
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "flags": sorted(cpu_flags() or ()),
+        "torch": torch.__version__,
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "width": min(max(width, 256), 512),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return user_cache_dir("precision") / f"bf16-speedup-{key}.json"
+
+
+def bf16_speedup_once_per_machine(width: int) -> float:
+    """bf16_matmul_speedup, measured once per machine and torch version and then read from the cache, so every run
+    (every seed of an experiment) on this machine gets the same answer, however loaded the machine is."""
+    path = speedup_cache_file(width)
+    try:
+        return float(json.loads(path.read_text())["speedup"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    speedup = bf16_matmul_speedup(width)
+    try:
+        atomic_write_json(path, {"speedup": speedup, "torch": torch.__version__, "cpu": _cpu_model()})
+    except OSError:
+        pass  # a read-only cache: measured each time, as before
+    return speedup
+
+
+def choose_cpu_precision(
+    width: int, flags: Optional[set[str]] = None, measure=bf16_speedup_once_per_machine
+) -> PrecisionChoice:
+    """fp32, or bf16 where the CPU has native bf16 and a matmul of the model's width measures faster in it (by default
+    measured once per machine and torch version, then cached: see speedup_cache_file)."""
     flags = cpu_flags() if flags is None else flags
     machine = platform.machine()
     if flags is not None and not flags & set(NATIVE_BF16_CPU_FLAGS):
@@ -107,19 +153,28 @@ def choose_cpu_precision(width: int, flags: Optional[set[str]] = None, measure=b
             True,
         )
     speedup = measure(width)
+    cached = (
+        f"; measured once for this CPU and torch {torch.__version__}, kept in {speedup_cache_file(width)}"
+        if measure is bf16_speedup_once_per_machine
+        else ""
+    )
     if speedup >= BF16_MIN_SPEEDUP:
         return PrecisionChoice(
             "bf16",
-            f"this CPU has native bf16 and an MLP-shaped matmul measured {speedup:.1f}x faster in bf16 than in fp32",
+            f"this CPU has native bf16 and an MLP-shaped matmul measured {speedup:.1f}x faster in bf16 than in fp32"
+            + cached,
             True,
         )
     return PrecisionChoice(
         "fp32",
-        f"an MLP-shaped matmul measured {1 / speedup:.1f}x slower in bf16 than in fp32 on this CPU "
-        f"(bf16 is chosen only when at least {BF16_MIN_SPEEDUP}x faster)"
-        if speedup < 1
-        else f"an MLP-shaped matmul measured only {speedup:.2f}x faster in bf16 than in fp32 on this CPU "
-        f"(bf16 is chosen when at least {BF16_MIN_SPEEDUP}x faster)",
+        (
+            f"an MLP-shaped matmul measured {1 / speedup:.1f}x slower in bf16 than in fp32 on this CPU "
+            f"(bf16 is chosen only when at least {BF16_MIN_SPEEDUP}x faster)"
+            if speedup < 1
+            else f"an MLP-shaped matmul measured only {speedup:.2f}x faster in bf16 than in fp32 on this CPU "
+            f"(bf16 is chosen when at least {BF16_MIN_SPEEDUP}x faster)"
+        )
+        + cached,
         True,
     )
 
