@@ -209,6 +209,17 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train; 'auto' takes CUDA when present."
     )
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How several torchrun processes share the work: 'ddp' replicates weights, gradients and AdamW state on "
+        "every rank; 'fsdp' shards them per transformer block across the ranks (FSDP2), for models that do not fit one "
+        "GPU. Ignored by a single process.",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Keep only each transformer block's input during the forward pass and recompute the block in the "
+        "backward pass: activation memory of one block instead of all, for about a third more compute.",
+    )
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     weight_decay_params: Literal["all", "matrices"] = Field(
@@ -338,6 +349,8 @@ TRAIN_KEY_ROLES: dict[str, KeyRole] = {
     "random_streams": "computation",
     "precision": "computation",
     "device": "bookkeeping",
+    "parallelism": "computation",
+    "activation_checkpointing": "computation",
     "betas": "computation",
     "eps": "computation",
     "weight_decay_params": "computation",
@@ -498,6 +511,11 @@ def _cross_field_problems(model_path: Path, model_data: dict, train_path: Path, 
                 f"{model_path}: moe.num_active_experts: {moe['num_active_experts']} is more than moe.num_experts "
                 f"{moe['num_experts']}; use 2 to {moe['num_experts']}"
             )
+    if train_data.get("activation_checkpointing") is True and isinstance(moe, dict):
+        problems.append(
+            f"{train_path}: activation_checkpointing: true cannot be combined with {model_path}'s moe: recomputing a "
+            "block would count its routing statistics twice; set it to false for mixture-of-experts models"
+        )
     min_tokens = train_data.get("min_train_tokens", -1)
     if isinstance(min_tokens, int) and not isinstance(min_tokens, bool) and (min_tokens == 0 or min_tokens < -1):
         problems.append(

@@ -107,18 +107,33 @@ def estimate_memory(
         # Logits at compute width, their float32 log-probabilities and the gradient flowing back (one of them
         # only in fp32, where the logits are already float32).
         head = tokens * padded_vocab * ((element if half else 0) + 4 + 4)
+    activations = model.n_layers * per_layer
+    if train.activation_checkpointing:
+        # Each block keeps only its float32 input; one block's activations exist again while it is recomputed.
+        activations = model.n_layers * tokens * width * 4 + per_layer
+    sharded = train.parallelism == "fsdp" and world_size > 1
+    shards = world_size if sharded else 1
     parts = {
-        "weights": counts.total * 4,
-        "gradients": counts.total * 4,
-        "adamw_state": counts.total * 8,
-        "autocast_weight_copies": counts.total * 2 if half else 0,
-        "ddp_gradient_buckets": counts.total * 4 if world_size > 1 else 0,
-        "activations": model.n_layers * per_layer
-        + tokens * width * 4 * 2,  # blocks, embeddings and the final LayerNorm
+        "weights": counts.total * 4 // shards,
+        "gradients": counts.total * 4 // shards,
+        "adamw_state": counts.total * 8 // shards,
+        "autocast_weight_copies": counts.total * 2 if half and not sharded else 0,
+        "ddp_gradient_buckets": counts.total * 4 if world_size > 1 and not sharded else 0,
+        "fsdp_gathered_weights": _fsdp_gathered_bytes(model, counts.total, padded_vocab, element) if sharded else 0,
+        "activations": activations + tokens * width * 4 * 2,  # blocks, embeddings and the final LayerNorm
         "output_head": head,
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def _fsdp_gathered_bytes(model: ModelConfig, total: int, padded_vocab: int, element: int) -> int:
+    """FSDP's unsharded buffers at a time: two blocks (the one computing and the next one prefetched) and the
+    root's embeddings and head, which stay gathered from the forward to the backward pass; each as weights at
+    compute width and as an unsharded float32 gradient before its reduce-scatter."""
+    root = padded_vocab * model.emb_dim * (1 if model.tie_weights else 2) + model.context_length * model.emb_dim
+    block = (total - root) // model.n_layers
+    return (2 * block + root) * (element + 4)
 
 
 def _bench_result(path: Path) -> dict[str, Any]:
@@ -336,6 +351,11 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
             else ""
         )
         + (f", DDP buckets {format_bytes(memory['ddp_gradient_buckets'])}" if memory["ddp_gradient_buckets"] else "")
+        + (
+            f", FSDP gathered blocks {format_bytes(memory['fsdp_gathered_weights'])}"
+            if memory.get("fsdp_gathered_weights")
+            else ""
+        )
         + f", activations {format_bytes(memory['activations'])}, output head {format_bytes(memory['output_head'])} (docs/planning.md)",
     ]
     if plan["bench_differs_in"]:

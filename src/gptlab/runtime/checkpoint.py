@@ -146,7 +146,9 @@ def save_checkpoint(
     meta: dict[str, Any],
     config: dict[str, Any],
     is_best: bool,
+    optimizer_state: Optional[dict[str, Any]] = None,
 ) -> Path:
+    """`optimizer_state`, when given, is written instead of `optimizer.state_dict()` (a sharded run's, gathered)."""
     directory = Path(run_dir) / CHECKPOINTS
     directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
@@ -155,7 +157,7 @@ def save_checkpoint(
     try:
         with atomic_folder(final) as staging:  # the same step saved twice within one second: the newer replaces it
             save_book_safetensors(model, staging / "model.safetensors")
-            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(optimizer_state or optimizer.state_dict(), staging / "optimizer.pt")
             if scaler is not None:
                 torch.save(scaler.state_dict(), staging / "scaler.pt")
             torch.save(training_state, staging / "training_state.pt")
@@ -262,8 +264,11 @@ class Checkpoint:
     def load_training_state(self) -> dict[str, Any]:
         return _checked_training_state(self._load_pt("training_state.pt"), self.path / "training_state.pt")
 
+    def optimizer_state(self) -> dict[str, Any]:
+        return self._load_pt("optimizer.pt")
+
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.load_state_dict(self._load_pt("optimizer.pt"))
+        optimizer.load_state_dict(self.optimizer_state())
 
     def load_scaler(self, scaler: Optional[torch.amp.GradScaler]) -> None:
         if scaler is not None and (self.path / "scaler.pt").is_file():

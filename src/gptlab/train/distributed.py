@@ -54,16 +54,30 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, distributed: Distributed, device: torch.device) -> torch.nn.Module:
+def wrap(
+    model: torch.nn.Module,
+    distributed: Distributed,
+    device: torch.device,
+    parallelism: str = "ddp",
+    precision_name: str = "fp32",
+) -> torch.nn.Module:
+    """DDP, or FSDP2 sharding in place (train/sharding.py); a single process trains the model as it is."""
     if not distributed.active:
         return model
+    if parallelism == "fsdp":
+        from gptlab.train.sharding import shard
+
+        return shard(model, precision_name)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def gradient_sync(model: torch.nn.Module, sync: bool):
-    """DDP all-reduces gradients only on the last microbatch of an accumulation."""
+    """DDP all-reduces (FSDP reduce-scatters) gradients only on the last microbatch of an accumulation."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: a switch rather than a context
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()

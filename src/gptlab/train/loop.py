@@ -51,7 +51,7 @@ from gptlab.runtime.precision import (
     configure_precision,
     global_grad_norm,
 )
-from gptlab.train import distributed
+from gptlab.train import distributed, sharding
 from gptlab.train.cadence import Cadence
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.host import keep_freed_memory_for_reuse
@@ -178,8 +178,15 @@ def setup(
         model = model.to(device)
     if train_config.init_from is not None and resume is None:
         load_book_safetensors(model, _initial_weights(run_dir, train_config.init_from))
-    optimizer = build_optimizer(model, train_config, device)
-    trained_model = distributed.wrap(model, dist_context, device)
+    if train_config.activation_checkpointing:
+        sharding.checkpoint_activations(model)
+    if train_config.parallelism == "fsdp" and dist_context.active and precision.name == "fp16":
+        raise UserError(
+            f"{run_dir / TRAIN_FILE}: parallelism: 'fsdp' cannot train in fp16 (its gradient scaler would decide overflows per shard); "
+            "use precision 'bf16' or 'fp32', or parallelism 'ddp'"
+        )
+    trained_model = distributed.wrap(model, dist_context, device, train_config.parallelism, precision.name)
+    optimizer = build_optimizer(model, train_config, device)  # after sharding: FSDP replaces the parameters
     if fast_paths["compile"]:
         trained_model = torch.compile(trained_model)
     log = RunLog(run_dir, enabled=dist_context.is_main)
@@ -260,8 +267,14 @@ def _restore(run: Training, which: str) -> None:
             f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
             f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume"
         )
-    checkpoint.load_model(run.model)
-    checkpoint.load_optimizer(run.optimizer)
+    if sharding.is_sharded(run.model):  # every rank reads the full files and keeps its shards
+        plain = sharding.plain_model(run.model)
+        checkpoint.load_model(plain)
+        sharding.load_full_weights(run.model, plain)
+        sharding.load_full_optimizer_state(run.model, run.optimizer, checkpoint.optimizer_state())
+    else:
+        checkpoint.load_model(run.model)
+        checkpoint.load_optimizer(run.optimizer)
     checkpoint.load_scaler(run.precision.scaler)
     state = checkpoint.load_training_state()
     run.start_step = int(state["step"]) + 1
@@ -329,15 +342,18 @@ def optimizer_step(run: Training, loss: torch.Tensor, stop_requested: bool = Fal
     scaler = run.precision.scaler
     if scaler is not None:
         scaler.unscale_(run.optimizer)
-    grad_norm = global_grad_norm(parameters).to(loss.device)
-    # The gradient norm is already identical on every rank (DDP averaged the gradients); the loss is averaged for logging.
+    sharded = sharding.is_sharded(run.trained_model)
+    grad_norm = (sharding.global_grad_norm if sharded else global_grad_norm)(parameters).to(loss.device)
+    # The gradient norm is already identical on every rank (DDP averaged the gradients, FSDP summed the shards'
+    # squares); the loss is averaged for logging.
     shared = torch.stack([loss.float(), grad_norm.float(), torch.tensor(float(stop_requested), device=loss.device)])
     mean_loss, norm, stop_votes = distributed.mean_across_ranks(shared, run.dist)
     skipped = ~(torch.isfinite(mean_loss) & torch.isfinite(norm))
     max_norm = run.config.train.clipping_max_norm
     clipped = (norm > max_norm) & ~skipped if max_norm is not None else torch.zeros_like(skipped)
     if max_norm is not None:
-        clip_to_norm(parameters, max_norm, norm)  # a no-op below max_norm: the coefficient is clamped to 1
+        # a no-op below max_norm: the coefficient is clamped to 1
+        (sharding.clip_to_norm if sharded else clip_to_norm)(parameters, max_norm, norm)
     if run.optimizer.defaults.get("fused"):
         run.optimizer.found_inf = skipped.float()  # the fused kernel leaves weights and moments alone when set
         run.optimizer.step()
@@ -365,14 +381,16 @@ def validate(run: Training) -> Optional[float]:
     if run.validation is None:
         return None
     started = time.perf_counter()
+    # A sharded forward is a collective: every rank runs every batch (the sums below then count each world_size times).
+    first, stride = (0, 1) if sharding.is_sharded(run.model) else (run.dist.rank, run.dist.world_size)
     batch_losses = evaluate_batch_losses(
         run.model,
         run.dataset.split("validation"),
         run.validation,
         run.precision,
         run.device,
-        first=run.dist.rank,
-        stride=run.dist.world_size,
+        first=first,
+        stride=stride,
     )
     total = torch.stack(
         [batch_losses.sum(), torch.tensor(float(batch_losses.numel()), dtype=torch.float64, device=run.device)]
@@ -543,6 +561,10 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
         totals.best_metric = metric
     run.interval = IntervalStats()
     rng_per_rank = gather_rng_states(run.dist)  # a collective: every rank takes part
+    model, optimizer_state = run.model, None
+    if sharding.is_sharded(run.model):  # collectives too: the full weights and AdamW state gathered to rank 0
+        model = sharding.gathered_model(run.model, run.dist.rank)
+        optimizer_state = sharding.gathered_optimizer_state(run.model, run.optimizer)
     if run.dist.is_main:
         meta = {
             "learning_rate": learning_rate,
@@ -571,13 +593,14 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
         save_checkpoint(
             run.run_dir,
             step,
-            run.model,
+            model,
             run.optimizer,
             run.precision.scaler,
             training_state,
             meta,
             run.config.to_json_dict(),
             is_best,
+            optimizer_state,
         )
         if train_config.keep_checkpoints is not None:
             prune_checkpoints(run.run_dir, train_config.keep_checkpoints)
