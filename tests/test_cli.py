@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "import-hf",
     "experiment",
     "compare",
+    "judge",
     "report",
     "bench",
     "data",
