@@ -17,6 +17,7 @@ never sees half an export or half an imported run.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from importlib import resources
 from pathlib import Path
@@ -168,6 +169,21 @@ def load_state_dict_checked(model: GPT, ours: dict[str, torch.Tensor], source: s
             parameter.copy_(tensor.to(parameter.dtype))
 
 
+def _inside(model_dir: Path, index: Path, name: Any) -> Path:
+    """A weight_map file, which must be a plain relative name inside the model folder: no `..`, no absolute
+    path, no symlink that leads out of it (an index from the Hub is not trusted to stay in its folder)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise UserError(
+            f"{index}: weight_map names {name!r}; only files inside {model_dir} are read (no '..', no absolute path)"
+        )
+    path = model_dir / name
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise UserError(
+            f"{index}: weight_map file {name!r} is a link to outside {model_dir}; only files inside it are read"
+        )
+    return path
+
+
 def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of a transformers model folder (single or sharded, safetensors or .bin)."""
     model_dir = Path(model_dir)
@@ -180,7 +196,7 @@ def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
             files = sorted(set(read_json(chosen)["weight_map"].values()))
         except (KeyError, AttributeError, json.JSONDecodeError) as error:
             raise UserError(f"{chosen}: not a weight index ({error})") from None
-        paths = [model_dir / name for name in files]
+        paths = [_inside(model_dir, chosen, name) for name in files]
     else:
         paths = [chosen]
     tensors: dict[str, torch.Tensor] = {}
@@ -194,6 +210,12 @@ def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
         else:
             try:
                 tensors.update(torch.load(path, map_location="cpu", weights_only=True))
+            except pickle.UnpicklingError:
+                # torch's own message advises weights_only=False, which would run the file's code
+                raise UserError(
+                    f"{path}: holds pickled objects other than tensors; gptlab does not load them, as that could run "
+                    "code from the file. Convert the weights to model.safetensors with a tool you trust"
+                ) from None
             except Exception as error:  # torch raises several unrelated types for a bad file
                 raise UserError(
                     f"{path}: cannot read PyTorch weights ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
