@@ -10,6 +10,7 @@
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
       checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
       tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
+      .gptlab.lock              who is writing into the run now (`lock_run`; gptlab.locks): one writer at a time
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
 with one grep.
@@ -17,10 +18,13 @@ with one grep.
 
 from __future__ import annotations
 
+import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from gptlab.files import atomic_write_json, read_json
+from gptlab.locks import exclusive
 
 if TYPE_CHECKING:
     from gptlab.config import RunConfig
@@ -34,12 +38,25 @@ HELLASWAG_ENTRY = "hellaswag"  # evaluation.json's key for `gptlab eval --task h
 LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
 ROUTING_CHART = "routing-chart.png"  # mixture-of-experts runs only
 CHECKPOINTS = "checkpoints"
+LOCK_FILE = ".gptlab.lock"
+# seconds an evaluation waits to merge its entry into evaluation.json: long enough for another evaluation's
+# write (milliseconds), short enough that one refused by a training run in progress says so at once
+EVALUATION_LOCK_WAIT = 10.0
 TENSORBOARD_DIR = "tensorboard"  # wandb makes its own wandb/ folder in the run directory
 # The checkpoint eval, generate, export, upload and experiments use when none is named: the run's last one.
 # Runs compared after the same token budget are then compared at equal tokens, whatever `best_by` and the
 # validation cadence picked as `best`; it is also what litgpt and the Hugging Face Trainer hand back by
 # default, and what `--resume` continues. `--checkpoint best` still asks for the best one.
 DEFAULT_CHECKPOINT = "latest"
+
+
+def lock_run(run_dir: Path, command: str, wait: float = 0.0) -> AbstractContextManager[None]:
+    """Hold the run's writer lock (gptlab.locks.exclusive) for a command that writes into it; a second
+    writer gets a UserError naming the holder. Under torchrun only global rank 0 takes it: every rank
+    writes through rank 0, and on a filesystem shared by the nodes another node's rank would find it taken.
+    A folder that does not exist is not locked: the command fails on its own, with its own message."""
+    take = os.environ.get("RANK", "0") in ("", "0") and Path(run_dir).is_dir()
+    return exclusive(Path(run_dir) / LOCK_FILE, f"run {run_dir}", command, take=take, wait=wait)
 
 
 def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
@@ -84,10 +101,13 @@ def write_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: s
     """Write the test loss into evaluation.json, noting which checkpoint was asked for (latest, best or a name);
     a HellaSwag entry already there is kept. Returns what was written."""
     result = {**result, "checkpoint_choice": checkpoint_choice}
-    kept = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
-    if isinstance(kept, dict):
-        result[HELLASWAG_ENTRY] = kept
-    atomic_write_json(Path(run_dir) / EVALUATION, result)
+    with lock_run(
+        run_dir, "gptlab eval --save", wait=EVALUATION_LOCK_WAIT
+    ):  # read, merge, write: a concurrent writer would lose one part
+        kept = (read_evaluation(run_dir) or {}).get(HELLASWAG_ENTRY)
+        if isinstance(kept, dict):
+            result[HELLASWAG_ENTRY] = kept
+        atomic_write_json(Path(run_dir) / EVALUATION, result)
     return result
 
 
@@ -95,7 +115,8 @@ def write_hellaswag_evaluation(run_dir: Path, result: dict[str, Any], checkpoint
     """Put a HellaSwag result under evaluation.json's `hellaswag` key, leaving the test loss (the top-level keys,
     which say how comparisons evaluate runs) as it is. Returns the entry written."""
     entry = {**result, "checkpoint_choice": checkpoint_choice}
-    atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), HELLASWAG_ENTRY: entry})
+    with lock_run(run_dir, "gptlab eval --task hellaswag --save", wait=EVALUATION_LOCK_WAIT):
+        atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), HELLASWAG_ENTRY: entry})
     return entry
 
 

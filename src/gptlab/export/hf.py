@@ -16,7 +16,9 @@ never sees half an export or half an imported run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 import re
 from importlib import resources
@@ -44,7 +46,9 @@ from gptlab.rundir import (
     CHECKPOINTS,
     DEFAULT_CHECKPOINT,
     MODEL_FILE,
+    RESOLVED_CONFIG,
     TRAIN_FILE,
+    lock_run,
     read_evaluation,
     read_hellaswag_evaluation,
     read_summary,
@@ -445,6 +449,15 @@ def check_export_target(out_dir: Path, overwrite: bool, protected: Path) -> None
         raise UserError(
             f"{out_dir}: OUT_DIR would replace the run directory {protected}; choose a folder outside it, e.g. {protected / 'hf'}"
         )
+    for inside in (resolved, Path(os.path.abspath(out_dir))):  # through links (`latest`, `best`) and as named
+        for folder in (inside, *inside.parents):
+            if folder.name == CHECKPOINTS and (
+                (folder.parent / MODEL_FILE).is_file() or (folder.parent / RESOLVED_CONFIG).is_file()
+            ):
+                raise UserError(
+                    f"{out_dir}: OUT_DIR is inside the run {folder.parent}'s {CHECKPOINTS}/ folder, whose checkpoints "
+                    f"an export would replace (even with --overwrite); choose a folder outside it, e.g. {folder.parent / 'hf'}"
+                )
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; choose a new or empty folder for OUT_DIR")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -509,13 +522,30 @@ def export_run(
     `eval_result` is what `gptlab eval --json` prints; `evaluate=True` computes one now on the default
     slice; with neither, RUN_DIR/evaluation.json (`gptlab eval --save`) is used when it is of this
     checkpoint. The card's sample is the smoke test (`gptlab generate --seed SEED`)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_export_target(out_dir, overwrite, run_dir)
+    # an export into the run (RUN/hf) writes into it: one writer at a time; elsewhere the run is only read
+    writes_into_run = run_dir.resolve() in out_dir.resolve().parents
+    with lock_run(run_dir, "gptlab export") if writes_into_run else contextlib.nullcontext():
+        return _export_locked(run_dir, out_dir, checkpoint, eval_result, evaluate, seed, repo_id, license, language)
+
+
+def _export_locked(
+    run_dir: Path,
+    out_dir: Path,
+    checkpoint: str,
+    eval_result: Optional[dict],
+    evaluate: bool,
+    seed: int,
+    repo_id: Optional[str],
+    license: Optional[str],
+    language: Optional[str],
+) -> dict[str, Any]:
     from gptlab.evaluate.sample import DEFAULT_PROMPT, generate_tokens
     from gptlab.export.card import CardFacts, model_card
     from gptlab.runs import open_trained_run
     from gptlab.tokenizer import decode, encode
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    check_export_target(out_dir, overwrite, run_dir)
     trained = open_trained_run(run_dir, checkpoint)
     trained.config.model.require_format("gpt2", str(run_dir / MODEL_FILE))
     if trained.config.model.vocab_size < VOCAB_SIZE:

@@ -29,7 +29,7 @@ from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
 from gptlab.notify.training import TrainingNotifier
-from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, write_resolved_config
+from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, lock_run, write_resolved_config
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (
@@ -568,6 +568,17 @@ def train_run(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train the run in `run_dir` from its model.json and train.json; returns the summary."""
+    with lock_run(run_dir, "gptlab train" + (f" --resume {resume}" if resume is not None else "")):
+        return _train_locked(run_dir, datasets_dir, overrides, resume, show_progress)
+
+
+def _train_locked(
+    run_dir: Path,
+    datasets_dir: Optional[Path],
+    overrides: Optional[dict],
+    resume: Optional[str],
+    show_progress: bool,
+) -> dict[str, Any]:
     try:
         run = setup(run_dir, datasets_dir, overrides, resume, show_progress)
         try:
