@@ -29,7 +29,7 @@ from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
 from gptlab.notify.training import TrainingNotifier
-from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG, lock_run, write_resolved_config
+from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, lock_run, write_resolved_config
 from gptlab.train import distributed
 from gptlab.train.charts import draw_run_charts
 from gptlab.train.checkpoint import (
@@ -42,6 +42,7 @@ from gptlab.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     set_aside_later_checkpoints,
+    set_aside_leftovers,
 )
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
@@ -202,11 +203,14 @@ def setup(
         remove_stale_checkpoint_staging(run_dir)
     if resume is not None:
         _restore(run, resume)
-    elif dist_context.is_main:
+    moved = None
+    if resume is None and dist_context.is_main:
         write_resolved_config(run_dir, run_config)
-        (run_dir / METRICS).unlink(missing_ok=True)
-        (run_dir / TRAIN_LOG).unlink(missing_ok=True)
+        moved = set_aside_leftovers(run_dir)  # an earlier start stopped before its first checkpoint
     log_header(run)
+    if moved is not None:
+        aside, names = moved
+        run.log.line(f"Moved {' and '.join(names)} of an earlier start without checkpoints to {aside}")
     if dist_context.is_main:
         run.loggers = MetricLoggers(train_config.loggers, run_dir, run_config, run.start_step, warn=run.log.line)
     return run
