@@ -198,6 +198,7 @@ def setup(
         show_progress=show_progress
         and dist_context.is_main
         and sys.stderr.isatty(),  # without a terminal, log lines instead
+        dataset_fingerprint=dataset.fingerprint(),
     )
     if dist_context.is_main:
         remove_stale_checkpoint_staging(run_dir)
@@ -257,6 +258,13 @@ def _restore(run: Training, which: str) -> None:
             f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
             f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume"
         )
+    recorded = checkpoint.meta.get("dataset_fingerprint")
+    if recorded is not None and recorded != run.dataset_fingerprint:
+        raise UserError(
+            f"{run.dataset.directory}: is not the dataset checkpoint {checkpoint.name} trained on (its fingerprint was "
+            f"{recorded}, the folder's is now {run.dataset_fingerprint}: it was prepared again); resume only on the "
+            "same tokens, or start a new run (init_from takes this run's weights)"
+        )
     checkpoint.load_model(run.model)
     checkpoint.load_optimizer(run.optimizer)
     checkpoint.load_scaler(run.precision.scaler)
@@ -274,6 +282,11 @@ def _restore(run: Training, which: str) -> None:
         f"Resuming from {checkpoint.name} at step {run.start_step}"
         + (f" (changed: {', '.join(differing_train)})" if differing_train else "")
     )
+    if recorded is None:
+        run.log.line(
+            f"Note: {checkpoint.name} has no dataset fingerprint (written by an older gptlab), so the data could not "
+            "be checked to be the tokens it trained on"
+        )
     if aside is not None:
         run.log.line(
             f"Note: {checkpoint.name} is older than the run's newest checkpoint: this resume starts a new line of history; "
@@ -539,6 +552,7 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
             "peak_memory_bytes": peak_memory(run.device),
             "torch_version": torch.__version__,
             "effective_config": run.config.to_json_dict(),
+            "dataset_fingerprint": run.dataset_fingerprint,
         }
         if run.last_routing is not None:
             meta["routing"] = run.last_routing
