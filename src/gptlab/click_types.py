@@ -7,6 +7,8 @@ import math
 
 import click
 
+from gptlab.config import SEED_MAX
+
 
 class FiniteFloatRange(click.FloatRange):
     """A float in a range that is also finite: click's FloatRange lets NaN through (every comparison with
@@ -19,8 +21,9 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-# torch.manual_seed accepts this range; a seed outside it would fail deep inside torch.
-SEED = click.IntRange(min=0, max=2**63 - 1)
+# One seed range for every option and file (config.SEED_MAX): within it no two seeds alias in Python,
+# NumPy or torch; outside it torch would wrap or fail deep inside.
+SEED = click.IntRange(min=0, max=SEED_MAX)
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 FRACTION = FiniteFloatRange(min=0.0, max=1.0, max_open=True)
