@@ -28,6 +28,7 @@ from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text, read_json
+from gptlab.model import parameter_counts
 from gptlab.notify.training import TrainingNotifier
 from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, lock_run, write_resolved_config
 from gptlab.train import distributed
@@ -44,7 +45,7 @@ from gptlab.train.checkpoint import (
     set_aside_later_checkpoints,
     set_aside_leftovers,
 )
-from gptlab.train.host import keep_freed_memory_for_reuse
+from gptlab.train.host import available_memory_bytes, keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.precision import (
@@ -164,6 +165,7 @@ def setup(
     precision = configure_precision(precision_choice.name, device, str(run_dir / TRAIN_FILE))
     seed_everything(train_config.random_seed)
     fast_paths = train_config.fast_paths(device.type)
+    _refuse_a_model_too_large(run_dir, model_config, device, fast_paths["pad_vocab_multiple"])
     model = build_model(
         model_config,
         device,
@@ -215,6 +217,27 @@ def setup(
     if dist_context.is_main:
         run.loggers = MetricLoggers(train_config.loggers, run_dir, run_config, run.start_step, warn=run.log.line)
     return run
+
+
+PARAMETER_BYTES = 16  # per parameter, in every precision: float32 weights and gradients, AdamW's two moments
+
+
+def _refuse_a_model_too_large(run_dir: Path, config: Any, device: torch.device, vocab_multiple: int) -> None:
+    """Refuse, before a byte is allocated, a model whose weights, gradients and AdamW state alone exceed the
+    memory left on the device (the same parts `gptlab plan` counts; activations come on top), instead of
+    building it for minutes and then being killed."""
+    parameters = parameter_counts(config, vocab_multiple=vocab_multiple).total
+    needed = parameters * PARAMETER_BYTES
+    if device.type == "cuda":
+        available, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    else:
+        available, where = available_memory_bytes(), "available on this machine"
+    if available is not None and needed > available:
+        raise UserError(
+            f"{run_dir / MODEL_FILE}: the model's weights, gradients and AdamW state need {needed / 2**30:,.1f} GiB "
+            f"({parameters:,} parameters x {PARAMETER_BYTES} bytes) but {available / 2**30:,.1f} GiB are {where}; "
+            f"`gptlab train {run_dir} --dry-run` gives the whole estimate"
+        )
 
 
 def _choose_run_precision(
