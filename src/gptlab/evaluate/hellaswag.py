@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -80,12 +81,23 @@ def locate_file(file: Optional[Path]) -> Path:
     return cached
 
 
+DOWNLOAD_READ_TIMEOUT = 30.0  # seconds without a byte
+DOWNLOAD_DEADLINE = 600.0  # seconds for the whole file (about 11 MB)
+
+
 def download_validation_file(target: Path, url: str = VALIDATION_URL) -> None:
     """Download the validation file to `target`, kept only when every line reads as a HellaSwag item."""
     print(f"Downloading HellaSwag's validation items from {url} to {target} (once) ...", file=sys.stderr)
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = response.read()
+        # the socket timeout bounds each wait; the deadline bounds the whole, against a server trickling bytes
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_READ_TIMEOUT) as response:
+            chunks = []
+            while chunk := response.read1(1 << 16):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not complete after {DOWNLOAD_DEADLINE:g} s")
+            data = b"".join(chunks)
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", None) or error
         raise UserError(

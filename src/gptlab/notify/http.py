@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 MAX_RETRY_AFTER = 300.0  # seconds: a longer (or infinite) Retry-After is treated as this
 READ_CHUNK = 65536
+CANCEL_CHECK = 0.2  # seconds between looks at a request's `cancel` event
 
 
 class HttpError(Exception):
@@ -96,9 +97,11 @@ def request(
     data: Optional[bytes] = None,
     headers: Optional[dict[str, str]] = None,
     timeout: float = 10.0,
+    cancel: Optional[threading.Event] = None,
 ) -> Response:
     """Send one request; a 2xx response is returned, anything else (a redirect included) raises HttpError.
-    The whole exchange, connecting and reading included, ends within `timeout` seconds."""
+    The whole exchange, connecting and reading included, ends within `timeout` seconds, or as soon as
+    `cancel` is set."""
     headers = {"User-Agent": "gptlab", "Accept": "application/json", **(headers or {})}
     if json_body is not None:
         data = json.dumps(json_body).encode("utf-8")
@@ -118,7 +121,11 @@ def request(
 
     worker = threading.Thread(target=exchange, name="gptlab-http", daemon=True)
     worker.start()
-    worker.join(timeout)
+    # waited for in short slices, so that `cancel` (set by a SIGTERM or Ctrl-C handler) ends the wait at once
+    while worker.is_alive() and time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+        worker.join(min(CANCEL_CHECK, max(0.0, deadline - time.monotonic())))
+    if cancel is not None and cancel.is_set() and not outcome:
+        raise HttpError("cancelled")
     if worker.is_alive() or not outcome:
         raise HttpError(f"no complete answer within {timeout:g} s")
     if "error" in outcome:
