@@ -526,7 +526,7 @@ class Abuse:
             [
                 sys.executable,
                 "-c",
-                "import torch, sys, collections\ntorch.save({'x': collections.Counter}, sys.argv[1])",
+                "import torch, sys, argparse\ntorch.save({'x': argparse.Namespace(a=1)}, sys.argv[1])",
                 str(pickled / "pytorch_model.bin"),
             ],
             check=True,
