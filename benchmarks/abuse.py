@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the 127.0.0.1 stand-ins (tests/standins.py)
 
 from gptlab.data.tokens import TokenSplitWriter
-from gptlab.train.checkpoint import list_checkpoints, step_of, write_checksums
+from gptlab.runtime.checkpoint import list_checkpoints, step_of, write_checksums
 
 VOCAB = 256
 MODEL = {"vocab_size": VOCAB, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}

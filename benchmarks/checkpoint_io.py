@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gptlab.config import ModelConfig, TrainConfig
-from gptlab.train.checkpoint import find_resumable_checkpoint, save_checkpoint
+from gptlab.runtime.checkpoint import find_resumable_checkpoint, save_checkpoint
 from gptlab.train.optim import build_optimizer
 from gptlab.train.record import environment
 from gptlab.weights import build_model

@@ -3,7 +3,7 @@ speed and memory targets measured, all on one card, in one command, within 8 min
 
 Everything gptlab does here goes through its command line (`python -m gptlab ... --json`), each step a
 subprocess, so this script depends only on the CLI and the files a run writes, never on gptlab's
-internal Python API. Run from the repository root:
+internal Python API; it imports only the users' model.json and train.json (gptlab.presets), written once. Run from the repository root:
 
     bash benchmarks/gpu_check.sh --out $OUT/gpu_check.json      # on the GPU machine (installs .whl/ first)
     python benchmarks/gpu_check.py --small --out /tmp/gpu_check.json   # the same steps, tiny model, CPU
@@ -70,30 +70,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from gptlab.presets import USERS_MODEL, USERS_TRAIN
+
 REPO = Path(__file__).resolve().parent.parent
 BREAK_ENV = "GPU_CHECK_BREAK"
 RESUME_NOISE_FACTOR = 10.0
 LOGITS_TOLERANCE = 1e-3  # max |logit difference| between two fp32 implementations of the same weights, on the CPU
 GIB = 1 << 30
 
-# The users' GPT-2 small and their baseline train.json (shared/USERS-FILES.md), as they run it.
-USERS_MODEL = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-USERS_TRAIN = {
-    "microbatch_size": 12,
-    "checkpoint_interval": 617,
-    "dataset": "gpjt/fineweb-gpt2-tokens",
-    "min_train_tokens": 3260190720,
-    "start_train_token": 0,
-    "start_val_token": 0,
-}
 TINY_MODEL = {
     "vocab_size": 50257,
     "context_length": 32,

@@ -3,7 +3,7 @@
 The users' layer (written here from issue 18's description, on the book package's `FeedForward`) masks all
 but the top-k router logits with -inf, takes a softmax, and for each expert gathers its tokens with a
 boolean mask, runs the expert and adds the weighted result back through the mask. gptlab's
-(`gptlab.model.MixtureOfExperts`) sorts the (token, expert) slots by expert, runs each expert once over a
+(`gptlab.model_moe.MixtureOfExperts`) sorts the (token, expert) slots by expert, runs each expert once over a
 contiguous slice, and adds the results back with one index_add_; on the CPU in float32 its experts' matmuls
 run on oneDNN rather than torch's default (MKL's sgemm, about half as fast on AMD CPUs). A third row,
 `gptlab_torch_matmul`, is gptlab's layer with that turned off: the grouping alone, on the users' kernels.
@@ -30,7 +30,8 @@ import torch.nn as nn
 from llms_from_scratch.ch04 import FeedForward
 
 from gptlab.config import ModelConfig
-from gptlab.model import MixtureOfExperts
+from gptlab.model import MLP
+from gptlab.model_moe import MixtureOfExperts
 
 
 class UsersMoE(nn.Module):
@@ -116,7 +117,11 @@ def main() -> None:
         moe={"num_experts": args.experts, "num_active_experts": args.active},
     )
     theirs = UsersMoE(config.model_dump(), args.experts, args.active)
-    layers = {"users_loop": theirs, "gptlab": MixtureOfExperts(config), "gptlab_torch_matmul": MixtureOfExperts(config)}
+    layers = {
+        "users_loop": theirs,
+        "gptlab": MixtureOfExperts(config, expert=MLP),
+        "gptlab_torch_matmul": MixtureOfExperts(config, expert=MLP),
+    }
     layers["gptlab_torch_matmul"].onednn_matmuls = False
     x = torch.randn(1, args.tokens, args.emb_dim)
     grad = torch.randn_like(x)

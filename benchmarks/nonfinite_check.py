@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig, TrainConfig
+from gptlab.runtime.precision import Precision, configure_precision, global_grad_norm
 from gptlab.train.host import keep_freed_memory_for_reuse
 from gptlab.train.optim import build_optimizer
-from gptlab.train.precision import Precision, configure_precision, global_grad_norm
 from gptlab.train.record import environment
 from gptlab.weights import build_model
 

@@ -40,9 +40,9 @@ ROWS_PER_SHARD_GROUP = 1000
 
 def build_parquet(folder: Path, megabytes: float) -> dict:
     """Shards of the Brown Corpus repeated until the folder holds at least `megabytes` of parquet."""
-    from gptlab.data.prepare import iter_documents
+    from gptlab.data.sources import SourceOptions, open_source
 
-    documents = list(iter_documents("brown"))
+    documents = [text for text in open_source("brown", SourceOptions()).rows(0) if text]
     folder.mkdir(parents=True, exist_ok=True)
     total, shard, rows = 0, 0, 0
     while total < megabytes * 1e6:

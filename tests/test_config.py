@@ -4,9 +4,9 @@ import json
 
 import pytest
 from conftest import run_cli, write_run
-from users_harness import USERS_MODEL, USERS_TRAIN
 
 from gptlab.config import TrainConfig
+from gptlab.presets import USERS_MODEL, USERS_TRAIN
 
 
 def test_users_files_validate_unchanged():
@@ -106,16 +106,6 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "run" / "train.json").write_text("[]")
     result = run_cli("train", str(tmp_path / "run"))
     assert result.returncode == 2 and "model.json: not valid JSON" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_key_not_yet_applied_is_reported(make_run, monkeypatch):
-    """Every key is applied today; the mechanism that reports one that is not must still work."""
-    from gptlab.config import NOT_YET_APPLIED, load_run_config, not_yet_applied_notes
-
-    assert not_yet_applied_notes(load_run_config(make_run(train={"compile": False}))) == []
-    monkeypatch.setitem(NOT_YET_APPLIED, "machine", "labels are not shown yet")
-    notes = not_yet_applied_notes(load_run_config(make_run("labelled", train={"machine": "8xH100"})))
-    assert notes == ["train.json: machine: accepted but not yet applied (labels are not shown yet)"]
 
 
 def test_set_overrides_are_typed_and_checked():

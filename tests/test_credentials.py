@@ -13,8 +13,11 @@ from standins import Recorder, Redirector, StandIn, Trickler
 from gptlab.cloud.lambda_cloud import LambdaCloud
 from gptlab.cloud.provider import ProviderError
 from gptlab.errors import UserError
-from gptlab.notify.channels import Message, Ntfy, Telegram, Webhook
+from gptlab.notify.channels.ntfy import Ntfy
+from gptlab.notify.channels.telegram import Telegram
+from gptlab.notify.channels.webhook import Webhook
 from gptlab.notify.http import MAX_RETRY_AFTER, HttpError, request
+from gptlab.notify.message import Message
 from gptlab.notify.notifier import Notifier
 
 TOKEN = "987654:planted-bot-token-5ecret"

@@ -9,7 +9,7 @@ from conftest import write_run
 from gptlab.data.prepare import prepare_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
-from gptlab.train.checkpoint import list_checkpoints
+from gptlab.runtime.checkpoint import list_checkpoints
 from gptlab.train.loop import train_run
 
 

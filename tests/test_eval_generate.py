@@ -84,7 +84,7 @@ def test_generate_is_reproducible_with_a_seed(trained_run):
 def test_greedy_decoding_is_deterministic_and_picks_the_argmax(trained_run):
     import torch
 
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
 
     greedy = generate_from_run(trained_run, temperature=0, new_tokens=5, checkpoint="latest")
     assert generate_from_run(trained_run, temperature=0, new_tokens=5, seed=99, checkpoint="latest") == {

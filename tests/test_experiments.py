@@ -19,7 +19,7 @@ from gptlab.experiments import stats
 from gptlab.experiments.plan import plan_runs, write_plan
 from gptlab.experiments.runner import FINISHED, INTERRUPTED, NEW, run_experiment, run_state
 from gptlab.experiments.spec import load_experiment
-from gptlab.train.checkpoint import list_checkpoints, point
+from gptlab.runtime.checkpoint import list_checkpoints, point
 
 # --- statistics ----------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from gptlab.evaluate.sample import DEFAULT_PROMPT, generate_from_run
 from gptlab.export.commands import _read_eval_result
 from gptlab.export.hf import _saved_evaluation, export_run, import_hf_model
 from gptlab.files import remove_stale_staging
-from gptlab.runs import open_trained_run
+from gptlab.runtime.runs import open_trained_run
 from gptlab.tokenizer import decode, encode
 from gptlab.weights import read_book_safetensors
 

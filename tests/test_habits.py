@@ -133,3 +133,10 @@ def test_init_never_overwrites(tmp_path):
     result = run_cli("init", str(run), "--preset", "gpt2-small")
     assert result.returncode == 2 and "train.json: already exists" in result.stderr
     assert (run / "train.json").read_text() == '{"mine": true}' and not (run / "model.json").exists()
+
+
+def test_the_gpt2_small_preset_is_the_users_baseline():
+    from gptlab.presets import BOOK_OPTIMIZER, USERS_MODEL, USERS_TRAIN
+
+    model, train = preset_files("gpt2-small")
+    assert model == USERS_MODEL and train == {**USERS_TRAIN, **BOOK_OPTIMIZER}

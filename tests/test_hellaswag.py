@@ -33,9 +33,9 @@ from gptlab.rundir import (
     write_evaluation,
     write_hellaswag_evaluation,
 )
+from gptlab.runtime.checkpoint import checkpoint_name, point, write_checksums
+from gptlab.runtime.precision import Precision
 from gptlab.tokenizer import encode
-from gptlab.train.checkpoint import checkpoint_name, point, write_checksums
-from gptlab.train.precision import Precision
 from gptlab.weights import save_book_safetensors
 
 CPU = torch.device("cpu")
@@ -154,7 +154,7 @@ def test_the_known_ending_wins_and_length_decides_between_acc_and_acc_norm(fixed
 
 
 def fixed_run_model(run_dir: Path) -> GPT:
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
 
     return open_trained_run(run_dir).model
 

@@ -9,9 +9,9 @@ from conftest import read_metrics, run_cli
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from gptlab.config import TrainConfig
+from gptlab.runtime.precision import clip_to_norm, global_grad_norm
 from gptlab.train.loop import forward_backward, optimizer_step, read_back, setup, train_run
 from gptlab.train.optim import learning_rate_at, parameter_groups
-from gptlab.train.precision import clip_to_norm, global_grad_norm
 
 
 def parameters_of(run):
@@ -256,7 +256,7 @@ def test_tied_head_shares_the_embedding_through_training(make_run):
     run = make_run("tied", model={"tie_weights": True})
     tied = train_run(run, show_progress=False)
     assert untied["parameters"] - tied["parameters"] == 50257 * 32
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
 
     model = open_trained_run(run, "latest").model
     assert model.lm_head.weight is model.wte.weight

@@ -26,10 +26,11 @@ import torch.nn as nn
 from conftest import read_metrics
 from safetensors.torch import load_file
 
-import gptlab.model
+import gptlab.model_moe
 from gptlab.config import ModelConfig, apply_overrides, overrides_from_mapping, validate_run_config
 from gptlab.errors import UserError
-from gptlab.model import MixtureOfExperts, routing_statistics
+from gptlab.model import MLP
+from gptlab.model_moe import MixtureOfExperts, routing_statistics
 from gptlab.weights import build_model, load_book_safetensors, save_book_safetensors, to_book_state_dict
 
 SMALL = dict(vocab_size=300, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
@@ -176,7 +177,7 @@ def test_a_dense_checkpoint_is_refused_by_an_moe_model_in_one_line(tmp_path):
 
 
 def layer_like(reference: ReferenceMoE, config: ModelConfig) -> MixtureOfExperts:
-    ours = MixtureOfExperts(config)
+    ours = MixtureOfExperts(config, expert=MLP)
     ours.load_state_dict(
         {k.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): v for k, v in reference.state_dict().items()}
     )
@@ -186,7 +187,7 @@ def layer_like(reference: ReferenceMoE, config: ModelConfig) -> MixtureOfExperts
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn-matmuls", "torch-matmuls"])
 def test_outputs_and_every_gradient_match_the_users_layer(monkeypatch, onednn):
     """Float32 on the CPU: with oneDNN's matmuls (gptlab's default where torch has them) and with torch's."""
-    if onednn and not gptlab.model._onednn_linear_available():
+    if onednn and not gptlab.model_moe._onednn_linear_available():
         pytest.skip("this torch has no oneDNN linear")
     config = moe_config(num_experts=6, num_active_experts=2)
     torch.manual_seed(0)
@@ -194,8 +195,8 @@ def test_outputs_and_every_gradient_match_the_users_layer(monkeypatch, onednn):
     ours = layer_like(reference, config)
     ours.onednn_matmuls = onednn
     calls = []
-    original = gptlab.model._OneDNNExpertMLP.apply
-    monkeypatch.setattr(gptlab.model._OneDNNExpertMLP, "apply", lambda *args: calls.append(1) or original(*args))
+    original = gptlab.model_moe._OneDNNExpertMLP.apply
+    monkeypatch.setattr(gptlab.model_moe._OneDNNExpertMLP, "apply", lambda *args: calls.append(1) or original(*args))
     x = torch.randn(3, 40, 32, requires_grad=True)
     x_ours = x.detach().clone().requires_grad_()
     grad = torch.randn_like(x)
@@ -216,7 +217,7 @@ def test_under_autocast_the_experts_run_as_written_in_bf16():
     """oneDNN's float32 path is only for float32: under a bf16 autocast the experts' matmuls are autocast's."""
     config = moe_config()
     torch.manual_seed(0)
-    layer = MixtureOfExperts(config)
+    layer = MixtureOfExperts(config, expert=MLP)
     x = torch.randn(1, 6, 32)
     float32 = layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -233,7 +234,7 @@ def test_ties_at_the_lowest_kept_logit_keep_exactly_k_experts_as_topk_does(monke
     cfg = config.model_dump()
     torch.manual_seed(0)
     reference = ReferenceMoE(cfg)
-    ours = MixtureOfExperts(config)
+    ours = MixtureOfExperts(config, expert=MLP)
     ours.load_state_dict(
         {k.replace("layers.0", "c_fc").replace("layers.2", "c_proj"): v for k, v in reference.state_dict().items()}
     )
@@ -257,7 +258,7 @@ def test_ties_at_the_lowest_kept_logit_keep_exactly_k_experts_as_topk_does(monke
 
 def test_routing_statistics_on_a_router_the_test_sets():
     config = moe_config(num_experts=4, num_active_experts=2)
-    layer = MixtureOfExperts(config).train()
+    layer = MixtureOfExperts(config, expert=MLP).train()
     router = torch.tensor(
         [[2.0, 0.0], [1.0, 1.0], [0.0, -1.0], [-1.0, 0.5]]
     )  # only the first two input features matter
@@ -321,12 +322,12 @@ def test_every_expert_gets_a_gradient_even_without_tokens():
 def test_router_loss_gradients_match_finite_differences(coefficient):
     config = moe_config(num_experts=4, num_active_experts=2, **{coefficient: 0.5})
     torch.manual_seed(0)
-    layer = MixtureOfExperts(config).double().train()
+    layer = MixtureOfExperts(config, expert=MLP).double().train()
     x = torch.randn(2, 8, 32, dtype=torch.float64)
 
     def router_loss(router_weight: torch.Tensor) -> torch.Tensor:
-        torch.func.functional_call(layer, {"router.weight": router_weight}, (x,))
-        return layer.router_loss
+        _, loss = torch.func.functional_call(layer, {"router.weight": router_weight}, (x,), {"with_router_loss": True})
+        return loss
 
     router = layer.router.weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(router_loss, (router,), eps=1e-6, atol=1e-6)
@@ -334,9 +335,9 @@ def test_router_loss_gradients_match_finite_differences(coefficient):
 
 
 def test_no_router_loss_by_default():
-    layer = MixtureOfExperts(moe_config()).train()
-    layer(torch.randn(1, 4, 32))
-    assert layer.router_loss is None
+    layer = MixtureOfExperts(moe_config(), expert=MLP).train()
+    _, router_loss = layer(torch.randn(1, 4, 32), with_router_loss=True)
+    assert router_loss is None
 
 
 def test_active_parameters_and_flops_count_only_the_chosen_experts():
@@ -432,7 +433,7 @@ def test_a_small_moe_run_beats_the_unigram_baseline(make_run):
     """About 100 k tokens (200 steps of 512); at emb_dim 64 the GPT-2-vocabulary head dominates the time."""
     from gptlab.evaluate.loss import evaluate_run
     from gptlab.evaluate.unigram import unigram_cross_entropy
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.train.loop import train_run
 
     run = make_run(
@@ -452,7 +453,7 @@ def test_a_small_moe_run_beats_the_unigram_baseline(make_run):
 
 @pytest.mark.slow
 def test_an_moe_run_resumes_bit_identically(make_run):
-    from gptlab.train.checkpoint import list_checkpoints
+    from gptlab.runtime.checkpoint import list_checkpoints
     from gptlab.train.loop import train_run
 
     train = {"min_train_tokens": 4 * 32 * 8, "checkpoint_interval": 4}

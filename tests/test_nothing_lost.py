@@ -7,7 +7,7 @@ import pytest
 
 from gptlab.errors import UserError
 from gptlab.export.hf import check_export_target
-from gptlab.train.checkpoint import list_checkpoints, prune_checkpoints
+from gptlab.runtime.checkpoint import list_checkpoints, prune_checkpoints
 from gptlab.train.loop import train_run
 
 

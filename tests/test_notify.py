@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from typing import get_args
 
 import pytest
 from conftest import run_cli
@@ -18,7 +19,11 @@ import gptlab.train.loop as loop
 from gptlab.config import EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.experiments.compare import evaluate_and_save
-from gptlab.notify.channels import Message, Ntfy, Telegram, Webhook, channels_from_environment
+from gptlab.notify.channels import channels_from_environment
+from gptlab.notify.channels.ntfy import Ntfy
+from gptlab.notify.channels.telegram import Telegram
+from gptlab.notify.channels.webhook import Webhook
+from gptlab.notify.message import Message
 from gptlab.notify.notifier import Notifier
 from gptlab.notify.training import send_test_loss
 from gptlab.train.loop import TrainingStopped, train_run
@@ -119,6 +124,20 @@ def test_channels_come_from_the_environment_and_missing_variables_are_named():
         ["telegram"], environ={"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": "7"}
     )
     assert (telegram.token, telegram.chat_id, telegram.base_url) == (TOKEN, "7", "https://api.telegram.org")
+
+
+def test_the_channels_are_the_modules_of_the_channel_folder():
+    """A channel is its module (with a KIND) and its test: the registry, train.json's validation and the
+    --notify choices all read the folder."""
+    import pkgutil
+
+    import gptlab.notify.channels as registry
+    from gptlab.config import NotifySettings
+
+    assert registry.CHANNEL_NAMES == ("telegram", "webhook", "ntfy")
+    assert sorted(registry.CHANNEL_NAMES) == sorted(module.name for module in pkgutil.iter_modules(registry.__path__))
+    assert get_args(get_args(NotifySettings.model_fields["channels"].annotation)[0]) == registry.CHANNEL_NAMES
+    assert all(f"{name} (" in registry.NOTIFY_HELP for name in registry.CHANNEL_NAMES)
 
 
 def test_notify_test_command_reports_each_channel():

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 from conftest import read_metrics, run_cli
-from users_harness import USERS_MODEL, USERS_TRAIN
 
 from gptlab.bench.flops import flops_per_token
 from gptlab.bench.plan import estimate_memory, plan_run
 from gptlab.config import ModelConfig, TrainConfig
 from gptlab.errors import UserError
 from gptlab.model import GPT, parameter_counts
+from gptlab.presets import USERS_MODEL, USERS_TRAIN
 
 
 def _listing(*roots: Path) -> dict[str, tuple[int, int]]:
@@ -193,3 +193,14 @@ def test_memory_estimate_is_within_a_quarter_of_a_measured_step(model, train):
     ]
     estimated = estimate_memory(model_config, train_config, "fp32", 1, device_type="cpu")["total"]
     assert 0.75 < estimated / measured < 1.25, (estimated, measured)
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 7, 12, 13])
+@pytest.mark.parametrize("intervals", [(None, None), (1, None), (3, None), (4, 5), (None, 2), (5, 5)])
+def test_the_plan_counts_the_steps_the_loop_checkpoints_and_validates_on(total_steps, intervals):
+    from gptlab.train.cadence import Cadence
+
+    cadence = Cadence(total_steps, *intervals)
+    due = [cadence.checkpoint_due(step) for step in range(total_steps)]  # as fit() asks, step by step
+    assert cadence.checkpoints() == sum(due)
+    assert cadence.validations() == sum(cadence.validation_due(step, due[step]) for step in range(total_steps))

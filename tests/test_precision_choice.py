@@ -11,13 +11,13 @@ import torch
 from conftest import run_cli
 
 from gptlab.config import TrainConfig
-from gptlab.train.loop import train_run
-from gptlab.train.precision import (
+from gptlab.runtime.precision import (
     BF16_MIN_SPEEDUP,
     choose_cpu_precision,
     choose_precision,
     cpu_flags,
 )
+from gptlab.train.loop import train_run
 
 CPU = torch.device("cpu")
 # oneDNN limited to AVX2 emulates bf16 matmuls, as on CPUs without AVX512-BF16 or AMX: 3-60x slower than fp32 here.
@@ -52,7 +52,7 @@ def test_native_bf16_is_taken_only_when_it_measures_faster(speedup, wanted):
 
 def test_matmul_probe_finds_emulated_bf16_slower():
     # The probe itself on the forced slow path, in a fresh process (oneDNN reads the variable at start-up).
-    code = "from gptlab.train.precision import bf16_matmul_speedup; print(bf16_matmul_speedup(768))"
+    code = "from gptlab.runtime.precision import bf16_matmul_speedup; print(bf16_matmul_speedup(768))"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **EMULATED_BF16}, timeout=120
     )

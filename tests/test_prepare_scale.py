@@ -19,7 +19,8 @@ from safetensors.numpy import load_file, save_file
 
 import gptlab.data.prepare as prepare_module
 from gptlab.data.inspect import inspect_dataset
-from gptlab.data.prepare import STATE_FILE, iter_documents, prepare_dataset, rows_boundary
+from gptlab.data.prepare import STATE_FILE, prepare_dataset, rows_boundary
+from gptlab.data.sources import SourceOptions, open_source
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.tokenizer import END_OF_TEXT_ID, encode_documents
@@ -42,7 +43,7 @@ def tokens_of(documents):
 
 @pytest.fixture(scope="module")
 def brown_texts():
-    return list(iter_documents("brown"))
+    return [text for text in open_source("brown", SourceOptions()).rows(0) if text]
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ from gptlab.config import load_run_config
 from gptlab.data.tokens import TokenDataset, TokenSplitWriter
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json
-from gptlab.train import checkpoint as checkpoints
+from gptlab.runtime import checkpoint as checkpoints
+from gptlab.runtime.checkpoint import find_resumable_checkpoint, list_checkpoints, write_checksums
 from gptlab.train import loop
-from gptlab.train.checkpoint import find_resumable_checkpoint, list_checkpoints, write_checksums
 from gptlab.train.loop import train_run
 
 VOCAB = 256

@@ -15,7 +15,7 @@ from conftest import read_metrics, run_cli
 from safetensors.torch import load_file
 
 from gptlab.errors import UserError
-from gptlab.train.checkpoint import find_resumable_checkpoint, list_checkpoints
+from gptlab.runtime.checkpoint import find_resumable_checkpoint, list_checkpoints
 from gptlab.train.loop import train_run
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 from conftest import run_cli
 
+from gptlab.click_types import SEED
 from gptlab.config import SEED_MAX
 from gptlab.errors import UserError
 from gptlab.experiments.spec import load_experiment
@@ -18,6 +19,10 @@ def test_random_seed_outside_the_range_is_one_line(make_run, seed):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "random_seed" in line and str(seed) in line and not (run / "checkpoints").exists()
+
+
+def test_every_seed_option_takes_the_same_range():
+    assert (SEED.min, SEED.max) == (0, SEED_MAX)
 
 
 def test_experiment_seeds_outside_the_range_are_refused_and_the_edges_accepted(tmp_path, make_run):

@@ -147,7 +147,7 @@ def test_charts_are_drawn_in_the_run_directory(make_run):
 
 
 def test_init_from_starts_from_another_runs_weights(make_run):
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.train.loop import setup
 
     first = make_run("first", train={"learning_rate": 0.01})

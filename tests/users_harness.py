@@ -1,5 +1,6 @@
 """A faithful, minimal replica of the users' current training harness (shared/USERS-FILES.md), built on the
-real book `GPTModel` from the llms-from-scratch package, used as the reference gptlab must reproduce."""
+real book `GPTModel` from the llms-from-scratch package, used as the reference gptlab must reproduce. Their
+model.json and train.json are `gptlab.presets.USERS_MODEL` and `USERS_TRAIN`."""
 
 from __future__ import annotations
 
@@ -11,25 +12,6 @@ import torch.nn.functional as F
 from llms_from_scratch.ch04 import GPTModel
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
-
-# The users' GPT-2 small model.json and their baseline train.json, literally as shared/USERS-FILES.md gives them.
-USERS_MODEL = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-USERS_TRAIN = {
-    "microbatch_size": 12,
-    "checkpoint_interval": 617,
-    "dataset": "gpjt/fineweb-gpt2-tokens",
-    "min_train_tokens": 3260190720,
-    "start_train_token": 0,
-    "start_val_token": 0,
-}
 
 
 def users_harness_losses(dataset_dir, model_config: dict, train_config: dict, world_size: int = 1) -> list[float]:

@@ -8,7 +8,7 @@ first use, so `import gptlab` (and with it the command line) stays quick.
 import importlib
 import types
 
-__version__ = "0.1.0"
+from gptlab.version import __version__
 
 API = ("prepare", "init", "plan", "train", "evaluate", "generate", "compare")
 __all__ = [*API, "UserError", "__version__"]

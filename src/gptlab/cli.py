@@ -13,7 +13,7 @@ from gptlab import __version__
 from gptlab.click_types import FRACTION, NON_NEGATIVE, POSITIVE, SEED, FiniteFloatRange
 from gptlab.config import EVAL_PRECISIONS
 from gptlab.errors import UserError
-from gptlab.rundir import DEFAULT_CHECKPOINT
+from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, TRAIN_FILE
 from gptlab.words import loss_with_perplexity
 
 CHECKPOINT_HELP = "Which checkpoint: latest (the last one written), best, or a checkpoint folder name."
@@ -179,7 +179,7 @@ def init(run_dir: Path, preset: str, dataset: Optional[str]) -> None:
 
     result = init_run(run_dir, preset, dataset)
     click.echo(
-        f"Wrote {run_dir / 'model.json'} and {run_dir / 'train.json'} ({preset}, {result['parameters']:,} parameters). "
+        f"Wrote {run_dir / MODEL_FILE} and {run_dir / TRAIN_FILE} ({preset}, {result['parameters']:,} parameters). "
         f"Next: gptlab train {run_dir} --dry-run"
     )
 

@@ -15,8 +15,9 @@ from typing import Any, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import UserError
-from gptlab.files import DuplicateKeyError, loads_no_duplicates
-from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, TRAIN_FILE
+from gptlab.files import DuplicateKeyError, atomic_write_json, loads_no_duplicates, read_json
+from gptlab.notify.channels import CHANNEL_NAMES
+from gptlab.rundir import DEFAULT_CHECKPOINT, MODEL_FILE, RESOLVED_CONFIG, TRAIN_FILE
 
 SEED_MAX = 2**32 - 1  # random_seed and experiment seeds: 0..SEED_MAX (see TrainConfig.random_seed)
 
@@ -131,7 +132,7 @@ class NotifySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-    channels: list[Literal["telegram", "webhook", "ntfy"]] = Field(min_length=1, description="Where messages go.")
+    channels: list[Literal[CHANNEL_NAMES]] = Field(min_length=1, description="Where messages go.")  # the registry's
     every_checkpoints: Optional[int] = Field(
         None, gt=0, description="Also send loss, tokens/s and cost every this many checkpoints; absent: never."
     )
@@ -139,7 +140,7 @@ class NotifySettings(BaseModel):
 
 PrecisionName = Literal[
     "fp32", "tf32", "fp16", "bf16", "auto"
-]  # train.json's precision; train.precision.Precision is what it sets up
+]  # train.json's precision; runtime.precision.Precision is what it sets up
 Schedule = Literal["constant", "cosine", "linear", "wsd"]
 
 
@@ -266,7 +267,7 @@ class TrainConfig(BaseModel):
     notify: Optional[NotifySettings] = Field(
         None,
         description="Messages when the run starts, fails, stops or finishes, e.g. "
-        '{"channels": ["telegram"], "every_checkpoints": 5} (channels: telegram, webhook, ntfy); '
+        f'{{"channels": ["telegram"], "every_checkpoints": 5}} (channels: {", ".join(CHANNEL_NAMES)}); '
         "tokens and addresses come from environment variables only, see docs/cloud.md.",
     )
     loggers: list[Literal["tensorboard", "wandb"]] = Field(
@@ -278,7 +279,7 @@ class TrainConfig(BaseModel):
 
     @property
     def effective_precision(self) -> str:
-        """The precision the files ask for: 'auto' is resolved per machine by train/precision.py."""
+        """The precision the files ask for: 'auto' is resolved per machine by runtime/precision.py."""
         if self.precision is not None:
             return self.precision
         return "fp32" if self.use_amp is False else "fp16"
@@ -394,10 +395,6 @@ def validate_evaluation(path: Path, data: Any, problems: list[str]) -> Evaluatio
     except ValidationError as error:
         problems += _pydantic_problems(path, EvaluationSettings, error, prefix="evaluation.")
         return EvaluationSettings()
-
-
-# Keys accepted so that existing configs run, but not acted on yet: reported, never silently ignored.
-NOT_YET_APPLIED: dict[str, str] = {}
 
 
 class RunConfig(BaseModel):
@@ -643,13 +640,17 @@ def load_run_config(run_dir: Path, overrides: Optional[Overrides] = None) -> Run
     return validate_run_config(model_path, model_data, train_path, train_data)
 
 
-def not_yet_applied_notes(config: RunConfig) -> list[str]:
-    """One line per key that was set but that gptlab does not act on yet."""
-    notes = []
-    for key, why in NOT_YET_APPLIED.items():
-        if getattr(config.train, key) is not None:
-            notes.append(f"train.json: {key}: accepted but not yet applied ({why})")
-    return notes
+def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
+    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, config.to_json_dict())
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration written when the run started, else model.json and train.json as they are."""
+    resolved = Path(run_dir) / RESOLVED_CONFIG
+    if resolved.is_file():
+        data = read_json(resolved)
+        return validate_run_config(resolved, data["model"], resolved, data["train"])
+    return load_run_config(Path(run_dir))
 
 
 def markdown_reference() -> str:
@@ -667,5 +668,4 @@ def markdown_reference() -> str:
             shown = "required" if field.is_required() else json.dumps(default)
             lines.append(f"| `{name}` | {shown} | {field.description} |")
         lines.append("")
-    lines += ["## Accepted but not yet applied", ""] + [f"- `{key}`: {why}" for key, why in NOT_YET_APPLIED.items()]
     return "\n".join(lines) + "\n"

@@ -20,9 +20,28 @@ from gptlab.files import atomic_write_json
 from gptlab.model import parameter_counts
 from gptlab.rundir import MODEL_FILE, TRAIN_FILE
 
+# The users' GPT-2 small model.json and their baseline train.json, literally as their harness has them
+# (shared/USERS-FILES.md); the tests' replica of their harness and the benchmarks read them from here.
+USERS_MODEL = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+USERS_TRAIN = {
+    "microbatch_size": 12,
+    "checkpoint_interval": 617,
+    "dataset": "gpjt/fineweb-gpt2-tokens",
+    "min_train_tokens": 3260190720,
+    "start_train_token": 0,
+    "start_val_token": 0,
+}
 BOOK_GPT2 = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.1, "qkv_bias": False}
 BOOK_OPTIMIZER = {"learning_rate": 0.0004, "weight_decay": 0.1}
-USERS_DATASET = "gpjt/fineweb-gpt2-tokens"
+USERS_DATASET = USERS_TRAIN["dataset"]
 TOKENS_PER_PARAMETER = 20
 CHECKPOINTS_PER_RUN_ON_8_GPUS = 54  # their baseline: 33,165 steps, a checkpoint every 617
 
@@ -76,7 +95,11 @@ def preset_files(name: str, dataset: str | None = None) -> tuple[dict[str, Any],
     model = {**BOOK_GPT2, **size}
     tokens = TOKENS_PER_PARAMETER * parameter_counts(ModelConfig(**model)).total
     steps_on_8 = math.ceil(tokens / (8 * microbatch * model["context_length"]))
-    interval = 617 if name == "gpt2-small" else max(1, round(steps_on_8 / CHECKPOINTS_PER_RUN_ON_8_GPUS))
+    interval = (
+        USERS_TRAIN["checkpoint_interval"]
+        if name == "gpt2-small"
+        else max(1, round(steps_on_8 / CHECKPOINTS_PER_RUN_ON_8_GPUS))
+    )
     train = {
         "dataset": dataset or USERS_DATASET,
         "microbatch_size": microbatch,

@@ -1,4 +1,4 @@
-"""The run directory: the name of every file in it, and reading and writing its configs, summary and evaluation.
+"""The run directory: the name of every file in it, and reading and writing its summary and evaluation.
 
     RUN_DIR/
       model.json, train.json    the users' files; gptlab reads them and never rewrites them
@@ -8,12 +8,13 @@
       evaluation.json           a test loss and the exact tokens it came from (`gptlab eval --save`, compare),
                                 and under `hellaswag` a HellaSwag accuracy (`gptlab eval --task hellaswag --save`)
       *-chart.png               the run's charts, redrawn at checkpoints (gptlab.train.charts)
-      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.train.checkpoint)
+      checkpoints/              one folder per checkpoint, `latest` and `best` links (gptlab.runtime.checkpoint)
       tensorboard/, wandb/      event files of the trackers train.json's `loggers` asks for (gptlab.train.loggers)
       .gptlab.lock              who is writing into the run now (`lock_run`; gptlab.locks): one writer at a time
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
-with one grep.
+with one grep. It stands below `gptlab.config`, which reads and writes the configs (model.json, train.json,
+resolved_config.json) by these names.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from gptlab.files import atomic_write_json, read_json
 from gptlab.locks import exclusive
-
-if TYPE_CHECKING:
-    from gptlab.config import RunConfig
 
 MODEL_FILE, TRAIN_FILE = "model.json", "train.json"
 RESOLVED_CONFIG = "resolved_config.json"
@@ -57,21 +55,6 @@ def lock_run(run_dir: Path, command: str, wait: float = 0.0) -> AbstractContextM
     A folder that does not exist is not locked: the command fails on its own, with its own message."""
     take = os.environ.get("RANK", "0") in ("", "0") and Path(run_dir).is_dir()
     return exclusive(Path(run_dir) / LOCK_FILE, f"run {run_dir}", command, take=take, wait=wait)
-
-
-def write_resolved_config(run_dir: Path, config: RunConfig) -> None:
-    atomic_write_json(Path(run_dir) / RESOLVED_CONFIG, config.to_json_dict())
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved configuration written when the run started, else model.json and train.json as they are."""
-    from gptlab.config import load_run_config, validate_run_config
-
-    resolved = Path(run_dir) / RESOLVED_CONFIG
-    if resolved.is_file():
-        data = read_json(resolved)
-        return validate_run_config(resolved, data["model"], resolved, data["train"])
-    return load_run_config(Path(run_dir))
 
 
 def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:

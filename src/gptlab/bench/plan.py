@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from gptlab.bench.memory import format_bytes
-from gptlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config, not_yet_applied_notes
+from gptlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config
 from gptlab.data.batches import BatchPlan, plan_training
 from gptlab.data.locate import default_datasets_dir, find_local_dataset, is_hub_id
 from gptlab.errors import UserError
 from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.linear_cross_entropy import DEFAULT_CHUNK_TOKENS
 from gptlab.model import parameter_counts
-from gptlab.rundir import TRAIN_FILE
+from gptlab.rundir import MODEL_FILE, TRAIN_FILE
+from gptlab.train.cadence import Cadence
 
 # The stated model FLOPs utilisation used when no `gptlab bench --json` file is given: what a compiled bf16
 # GPT-2-small step of gptlab reaches on an H200 is about 0.3 to 0.45 (docs/performance.md, ANCHORS.md).
@@ -56,7 +57,7 @@ USABLE_MEMORY_FRACTION = 0.9
 
 
 def gpu_precision(train: TrainConfig) -> tuple[str, str]:
-    """(precision, why) the run gets on a current NVIDIA GPU, by the rules of train/precision.py."""
+    """(precision, why) the run gets on a current NVIDIA GPU, by the rules of runtime/precision.py."""
     if train.precision == "auto":
         return "bf16", "precision 'auto' on a GPU with bf16"
     if train.precision is not None:
@@ -149,13 +150,6 @@ def _bench_differences(bench: dict[str, Any], config: RunConfig, precision: str)
     return differing
 
 
-def _occurrences(total_steps: int, interval: Optional[int]) -> int:
-    """Steps s in 0..total-1 with s % interval == 0, plus the last step: the loop's rule for checkpoints."""
-    if interval is None:
-        return 1
-    return math.ceil(total_steps / interval) + (1 if (total_steps - 1) % interval else 0)
-
-
 def _dataset_plan(
     config: RunConfig, run_dir: Path, datasets_dir: Optional[Path], world_size: int
 ) -> tuple[dict[str, Any], Optional[BatchPlan]]:
@@ -183,7 +177,7 @@ def _dataset_plan(
     tokenizer_vocab = dataset.meta.get("tokenizer", {}).get("vocab_size", model.vocab_size)
     if tokenizer_vocab > model.vocab_size:
         raise UserError(
-            f"{run_dir / 'model.json'}: vocab_size: {model.vocab_size} is smaller than the dataset's tokenizer ({tokenizer_vocab})"
+            f"{run_dir / MODEL_FILE}: vocab_size: {model.vocab_size} is smaller than the dataset's tokenizer ({tokenizer_vocab})"
         )
     plan = plan_training(
         dataset.split("train"),
@@ -227,13 +221,12 @@ def plan_run(
         steps = math.ceil(train.min_train_tokens / global_batch)
     tokens = steps * global_batch if steps is not None else None
     validates = train.validation_batches > 0 and dataset.get("has_validation_split", True)
-    checkpoints = _occurrences(steps, train.checkpoint_interval) if steps is not None else None
-    if steps is None or not validates:
-        validations = None if steps is None else 0
-    elif train.validation_interval is not None:
-        validations = _occurrences(steps, train.validation_interval)  # with an interval, checkpoints do not validate
+    cadence = Cadence(steps, train.checkpoint_interval, train.validation_interval) if steps is not None else None
+    checkpoints = cadence.checkpoints() if cadence is not None else None
+    if cadence is None or not validates:
+        validations = None if cadence is None else 0
     else:
-        validations = checkpoints
+        validations = cadence.validations()
 
     precision, precision_why = gpu_precision(train)
     counts = parameter_counts(model)
@@ -277,7 +270,6 @@ def plan_run(
         "run_dir": str(run_dir),
         "world_size": world_size,
         "writes_nothing": True,
-        "notes": not_yet_applied_notes(config),
         "dataset": dataset,
         "steps": steps,
         "tokens": tokens,
@@ -319,7 +311,6 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
         f"Dry run of {plan['run_dir']} on {plan['world_size']} GPU(s); nothing is written.",
         f"  dataset      {plan['dataset']['dataset']}: {plan['dataset']['status']}",
     ]
-    lines += [f"  note         {note}" for note in plan["notes"]]
     lines += [
         f"  global batch {plan['global_batch_tokens']:,} tokens = world {batch['world_size']} x microbatch {batch['microbatch_size']} "
         f"x accumulation {batch['gradient_accumulation_steps']} x context {batch['context_length']:,}",

@@ -12,8 +12,7 @@ import click
 
 from gptlab.click_types import FiniteFloatRange
 from gptlab.errors import UserError
-from gptlab.notify.channels import CHANNEL_NAMES
-from gptlab.notify.commands import NOTIFY_HELP
+from gptlab.notify.channels import CHANNEL_NAMES, NOTIFY_HELP
 
 EXIT_CODES = {"up": 0, "capacity": 0, "gave-up": 1, "lost-instance": 1}
 
@@ -83,7 +82,8 @@ def watch(
     """
     from gptlab.cloud.lambda_cloud import LambdaCloud
     from gptlab.cloud.watch import Watcher, WatchPlan
-    from gptlab.notify.channels import Message, channels_from_environment
+    from gptlab.notify.channels import channels_from_environment
+    from gptlab.notify.message import Message
     from gptlab.notify.notifier import Notifier
 
     if launch and not ssh_key:

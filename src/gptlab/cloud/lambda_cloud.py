@@ -15,8 +15,8 @@ from typing import Any, Mapping, Optional
 
 from gptlab.cloud.provider import Instance, Offer, ProviderError
 from gptlab.errors import UserError
-from gptlab.notify.channels import redact
 from gptlab.notify.http import HttpError, request
+from gptlab.notify.message import redact
 
 DEFAULT_BASE_URL = "https://cloud.lambda.ai"
 REQUEST_TIMEOUT = 30.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from gptlab.cloud.provider import Instance, Provider, ProviderError
-from gptlab.notify.channels import Message
+from gptlab.notify.message import Message
 from gptlab.notify.notifier import Notifier
 
 MAX_BACKOFF = 900.0  # seconds: the longest wait after repeated errors (unless the interval is longer)

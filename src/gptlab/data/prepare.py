@@ -32,7 +32,6 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-import gptlab
 from gptlab.data.sources import Source, SourceOptions, open_source
 from gptlab.data.tokens import SPLIT_NAMES, TokenSplitWriter
 from gptlab.errors import UserError
@@ -46,6 +45,7 @@ from gptlab.tokenizer import (
     VOCAB_SIZE,
     gpt2_encoding,
 )
+from gptlab.version import __version__
 
 STATE_FILE = ".prepare-state.json"
 CHUNK_DOCUMENTS = 1024
@@ -101,7 +101,7 @@ class SplitRule:
             raise UserError(f"--split-rule {split_rule} and --split-by {split_by}: give one of them")
         return cls("rows", percent)
 
-    def describe(self, fractions: SplitFractions, seed: int) -> dict:
+    def describe(self, seed: int) -> dict:
         if self.by == "rows":
             return {
                 "by": "rows",
@@ -223,7 +223,7 @@ def _settings(source: Source, fractions: SplitFractions, seed: int, rule: SplitR
         "seed": seed,
         "rule": asdict(rule),
         "max_tokens": max_tokens,
-        "gptlab_version": gptlab.__version__,
+        "gptlab_version": __version__,
     }
 
 
@@ -657,7 +657,7 @@ def _finish(
         "document_separator": END_OF_TEXT,
         "split_seed": seed,
         "split_rule": {
-            **SplitRule(progress.rule, rule.train_percent).describe(fractions, seed),
+            **SplitRule(progress.rule, rule.train_percent).describe(seed),
             **({"chosen_by": "auto"} if rule.by == "auto" else {}),
         },
         "fractions": split_fractions,
@@ -666,7 +666,7 @@ def _finish(
         "tokens": {name: sizes[name] for name in produced},
         "max_tokens": max_tokens,
         "seconds": round(time.perf_counter() - started, 3),
-        "gptlab_version": gptlab.__version__,
+        "gptlab_version": __version__,
     }
     atomic_write_json(out_dir / "meta.json", meta)
     (out_dir / STATE_FILE).unlink(missing_ok=True)
@@ -698,10 +698,3 @@ def _cut_stream(out_dir: Path, stream: TokenSplitWriter, sizes: dict[str, int]) 
     del data
     stream.partial_path.unlink()
     return {**{name: 0 for name in SPLIT_NAMES}, **documents}
-
-
-def iter_documents(source: str, text_field: str = "text") -> Iterator[str]:
-    """Every document of `source`, in a stable order."""
-    for text in open_source(source, SourceOptions(text_field=text_field)).rows(0):
-        if text:
-            yield text

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from gptlab.errors import UserError
 from gptlab.files import atomic_write
 from gptlab.rundir import DEFAULT_CHECKPOINT
-from gptlab.train.precision import Precision
+from gptlab.runtime.precision import Precision
 
 ENDINGS = 4
 VALIDATION_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -276,9 +276,9 @@ def evaluate_hellaswag_run(
 ) -> dict:
     """HellaSwag accuracy of a run's checkpoint; the result names the file (by hash) and the items scored."""
     from gptlab.evaluate.loss import eval_device
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.precision import configure_precision
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.tokenizer import VOCAB_SIZE
-    from gptlab.train.precision import configure_precision
 
     path = locate_file(file)
     items, sha256 = read_items(path, limit)

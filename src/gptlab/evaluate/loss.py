@@ -11,7 +11,7 @@ from gptlab.data.batches import BatchPlan, BatchReader, whole_items
 from gptlab.data.tokens import TokenSplit
 from gptlab.errors import UserError
 from gptlab.rundir import DEFAULT_CHECKPOINT
-from gptlab.train.precision import Precision
+from gptlab.runtime.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ def evaluate_run(
     device_name: str = "auto",
 ) -> dict:
     """Test loss of a run's checkpoint; the result names exactly which tokens it was computed on."""
-    from gptlab.runs import open_trained_run
-    from gptlab.train.precision import configure_precision
+    from gptlab.runtime.precision import configure_precision
+    from gptlab.runtime.runs import open_trained_run
 
     device = eval_device(device_name)
     trained = open_trained_run(run_dir, checkpoint, device)

@@ -57,7 +57,7 @@ def generate_from_run(
 ) -> dict:
     """The users' smoke test on a run's checkpoint; with a seed the text is the same every time."""
     from gptlab.errors import UserError
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.tokenizer import decode, encode
 
     if not (math.isfinite(temperature) and temperature >= 0):

@@ -16,7 +16,6 @@ from gptlab.files import atomic_write
 from gptlab.train.charts import DPI, binned, finite, new_figure, read_step_records
 
 OVERLAY_CHART, DIFFERENCE_CHART = "loss-overlay.png", "test-loss-difference.png"
-CHART_FORMATS = ("png", "svg", "pdf")  # matplotlib writes each; the suffix of the path picks it
 OVERLAY_POINTS = 60  # coarser than a run's own chart: per-step noise would hide the differences between runs
 
 

@@ -20,13 +20,14 @@ import shutil
 import statistics
 import sys
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from gptlab.config import BOOKKEEPING_TRAIN_KEYS, EvaluationSettings
 from gptlab.errors import UserError
 from gptlab.experiments import hellaswag_column, stats, verdicts
+from gptlab.experiments.groups import Group, RunResult
 from gptlab.files import strict_json
 from gptlab.rundir import (
     CHECKPOINTS,
@@ -45,11 +46,6 @@ FORMATS = ("terminal", "markdown", "csv", "json")
 # Runs differing only in these form one group: the seed, and the keys config.py tags as bookkeeping.
 IGNORED_BY_GROUPING = BOOKKEEPING_TRAIN_KEYS | {"random_seed"}
 SLICE_KEYS = ("split", "start_token", "batches", "batch_size", "context_length")
-# What fixes the order of the batches a run reads (not the seed: item k of the train slice is read at step k).
-DATA_ORDER_KEYS = {
-    "train": ("dataset", "start_train_token", "min_train_tokens", "microbatch_size", "gradient_accumulation_steps"),
-    "model": ("context_length",),
-}
 
 
 # --- evaluations ---------------------------------------------------------------------------------------
@@ -76,7 +72,7 @@ def evaluate_and_save(
 
 def evaluation_is_current(run_dir: Path, settings: EvaluationSettings) -> bool:
     """evaluation.json exists, identifies its tokens, and was computed as `settings` ask on the checkpoint they name."""
-    from gptlab.train.checkpoint import find_checkpoint
+    from gptlab.runtime.checkpoint import find_checkpoint
 
     saved = read_evaluation(run_dir)
     if saved is None or "tokens_sha256" not in saved:
@@ -91,27 +87,6 @@ def evaluation_is_current(run_dir: Path, settings: EvaluationSettings) -> bool:
 
 
 # --- runs and groups -----------------------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    summary: dict[str, Any]
-    evaluation: dict[str, Any]
-    config: dict[str, dict[str, Any]]
-    stopped: Optional[str] = (
-        None  # why this run has no usable test loss: "diverged at step N", "stopped: non-finite ..."
-    )
-
-    @property
-    def test_loss(self) -> float:
-        """The saved loss; NaN where there is none (a run stopped before it could be evaluated) or it was written as null."""
-        loss = self.evaluation.get("loss")
-        return float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) else math.nan
-
-    @property
-    def seed(self) -> Any:
-        return self.config["train"].get("random_seed")
 
 
 def _check_is_run(run_dir: Path) -> None:
@@ -220,35 +195,6 @@ def _group_identity(result: RunResult) -> dict[str, dict[str, Any]]:
     return {"model": model, "train": train}
 
 
-@dataclass
-class Group:
-    label: str
-    runs: list[RunResult]
-    identity: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def losses(self) -> list[float]:
-        """Every run's test loss, NaN or inf included; statistics take `finite_losses`."""
-        return [run.test_loss for run in self.runs]
-
-    @property
-    def finite_losses(self) -> list[float]:
-        return [run.test_loss for run in self.runs if run.stopped is None]
-
-    def arm(self, baseline: "Group") -> verdicts.Arm:
-        data_order = all(
-            self.identity.get(f, {}).get(k) == baseline.identity.get(f, {}).get(k)
-            for f, keys in DATA_ORDER_KEYS.items()
-            for k in keys
-        )
-        same_world = len({run.summary.get("world_size") for run in self.runs + baseline.runs if run.summary}) <= 1
-        return verdicts.Arm(
-            self.label,
-            [verdicts.RunOutcome(run.seed, run.test_loss, run.stopped) for run in self.runs],
-            data_order and same_world,
-        )
-
-
 _SEED_DIR = re.compile(r"^seed[-_]?\d+$")
 _SEED_SUFFIX = re.compile(r"[-_.]?seed[-_]?\d+$")
 
@@ -306,7 +252,7 @@ def _slice_words(evaluation: dict[str, Any]) -> str:
 def checkpoint_identity(run: RunResult) -> dict[str, Optional[int]]:
     """The checkpoint step an evaluation read and the tokens trained by then, from that checkpoint's meta.json
     (or, where it was pruned since, from its folder name and the run's summary)."""
-    from gptlab.train.checkpoint import Checkpoint
+    from gptlab.runtime.checkpoint import Checkpoint
 
     name = str(run.evaluation.get("checkpoint") or "")
     folder = run.run_dir / CHECKPOINTS / name

@@ -13,13 +13,11 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from gptlab.experiments import verdicts
+from gptlab.experiments.groups import Group, RunResult
 from gptlab.rundir import HELLASWAG_ENTRY
-
-if TYPE_CHECKING:
-    from gptlab.experiments.compare import Group, RunResult
 
 
 @dataclass

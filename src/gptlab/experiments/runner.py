@@ -23,8 +23,8 @@ from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
 from gptlab.experiments.spec import Experiment
 from gptlab.locks import exclusive
 from gptlab.notify.training import send_test_loss
-from gptlab.rundir import TRAIN_LOG, read_evaluation, read_summary
-from gptlab.train.checkpoint import find_checkpoint, list_checkpoints
+from gptlab.rundir import LOCK_FILE, TRAIN_LOG, read_evaluation, read_summary
+from gptlab.runtime.checkpoint import find_checkpoint, list_checkpoints
 from gptlab.words import loss_with_perplexity
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
@@ -149,7 +149,8 @@ def run_experiment(
     `experiment run` of the same file is refused while this one runs (each run's own lock, taken by its
     training, would only stop it at the first run both reach, after the plan was rewritten under it)."""
     path = Path(experiment.path)
-    with exclusive(path.parent / f".{path.name}.gptlab.lock", f"experiment {path}", "gptlab experiment run"):
+    lock = path.parent / f".{path.name}{LOCK_FILE}"  # beside the file: .exp.json.gptlab.lock
+    with exclusive(lock, f"experiment {path}", "gptlab experiment run"):
         return _run_locked(experiment, launcher, datasets_dir, show_progress, echo)
 
 

@@ -174,19 +174,19 @@ def variant_problems(path: Path, baseline_dir: Path, variants: dict[str, Overrid
     """Each variant's values checked as the run would check them (types, ranges, finite numbers), so that
     one reading of the file reports a wrong type inside an intervention beside every other problem."""
     bases = []
-    for name in ("model.json", "train.json"):
+    for name in (MODEL_FILE, TRAIN_FILE):
         try:
             bases.append(loads_no_duplicates((baseline_dir / name).read_text(encoding="utf-8")))
         except (OSError, ValueError) as error:
             return [f"{baseline_dir / name}: cannot read the baseline's config ({error})"]
     if not all(isinstance(base, dict) for base in bases):
-        return [f"{baseline_dir}: model.json and train.json must each hold a JSON object"]
+        return [f"{baseline_dir}: {MODEL_FILE} and {TRAIN_FILE} must each hold a JSON object"]
     problems: list[str] = []
     for variant, overrides in variants.items():
         label = f"{path} [{variant} over {baseline_dir}]"
         try:
             model_data, train_data = apply_overrides(bases[0], bases[1], overrides)
-            validate_run_config(Path(f"{label} model.json"), model_data, Path(f"{label} train.json"), train_data)
+            validate_run_config(Path(f"{label} {MODEL_FILE}"), model_data, Path(f"{label} {TRAIN_FILE}"), train_data)
         except UserError as error:
             problems += error.lines
     return problems
@@ -209,7 +209,9 @@ def load_experiment(path: Path) -> Experiment:
     if isinstance(baseline, str) and not (
         (baseline_dir / MODEL_FILE).is_file() and (baseline_dir / TRAIN_FILE).is_file()
     ):
-        problems.append(f"{path}: baseline: {baseline_dir} is not a run directory (it needs model.json and train.json)")
+        problems.append(
+            f"{path}: baseline: {baseline_dir} is not a run directory (it needs {MODEL_FILE} and {TRAIN_FILE})"
+        )
     elif "baseline" in data and not isinstance(baseline, str):
         problems.append(f"{path}: baseline: give the path of a run directory, relative to the experiment file")
     seeds = _seeds(path, data.get("seeds"), problems) if "seeds" in data else ()
@@ -221,11 +223,7 @@ def load_experiment(path: Path) -> Experiment:
         problems.append(f"{path}: runs_dir: give a folder path, relative to the experiment file")
         runs_dir = f"{path.stem}-runs"
     variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks}
-    if (
-        isinstance(baseline, str)
-        and (baseline_dir / "model.json").is_file()
-        and (baseline_dir / "train.json").is_file()
-    ):
+    if isinstance(baseline, str) and (baseline_dir / MODEL_FILE).is_file() and (baseline_dir / TRAIN_FILE).is_file():
         problems += variant_problems(path, baseline_dir, variants)
     if problems:
         raise UserError(*problems)

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gptlab.config import ModelConfig, RunConfig, validate_run_config
+from gptlab.config import ModelConfig, RunConfig, validate_run_config, write_resolved_config
 from gptlab.errors import UserError
 from gptlab.export.card import default_new_tokens
 from gptlab.files import (
@@ -52,10 +52,9 @@ from gptlab.rundir import (
     read_evaluation,
     read_hellaswag_evaluation,
     read_summary,
-    write_resolved_config,
 )
 from gptlab.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE
-from gptlab.weights import build_model, save_book_safetensors
+from gptlab.weights import build_model
 
 COPY = "copy"
 TRANSPOSE = "transpose"  # HF Conv1D weight (in, out) = nn.Linear weight (out, in) transposed
@@ -543,7 +542,7 @@ def _export_locked(
 ) -> dict[str, Any]:
     from gptlab.evaluate.sample import DEFAULT_PROMPT, generate_tokens
     from gptlab.export.card import CardFacts, model_card
-    from gptlab.runs import open_trained_run
+    from gptlab.runtime.runs import open_trained_run
     from gptlab.tokenizer import decode, encode
 
     trained = open_trained_run(run_dir, checkpoint)
@@ -623,7 +622,7 @@ def _dataset_value(dataset: str) -> str:
 def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_size: int = 8) -> dict[str, Any]:
     """Turn a local transformers GPT-2 folder into a gptlab run with one weights-only checkpoint
     (`latest` and `best` point at it), ready for `gptlab eval` and `gptlab generate`."""
-    from gptlab.train.checkpoint import checkpoint_name, point, write_checksums
+    from gptlab.runtime.checkpoint import save_weights_only_checkpoint
 
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     config_path = model_dir / "config.json"
@@ -654,7 +653,6 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
     run_config: RunConfig = validate_run_config(
         run_dir / MODEL_FILE, model_config.model_dump(mode="json"), run_dir / TRAIN_FILE, run_train
     )
-    name = checkpoint_name(IMPORT_STEP)
     meta = {
         "global_step": IMPORT_STEP,
         "imported_from": str(model_dir.resolve()),
@@ -669,14 +667,7 @@ def import_hf_model(model_dir: Path, run_dir: Path, dataset: str, microbatch_siz
         atomic_write_json(staging / MODEL_FILE, model_config.model_dump(mode="json"))
         atomic_write_json(staging / TRAIN_FILE, run_train)
         write_resolved_config(staging, run_config)
-        folder = staging / CHECKPOINTS / name
-        folder.mkdir(parents=True)
-        save_book_safetensors(model, folder / "model.safetensors")
-        atomic_write_json(folder / "meta.json", meta)
-        atomic_write_json(folder / "config.json", run_config.to_json_dict())
-        write_checksums(folder)
-        point(staging, "latest", name)
-        point(staging, "best", name)
+        name = save_weights_only_checkpoint(staging, IMPORT_STEP, model, meta, run_config.to_json_dict())
     return {
         "model_dir": str(model_dir),
         "run_dir": str(run_dir),

@@ -8,12 +8,7 @@ import sys
 import click
 
 from gptlab.errors import UserError
-from gptlab.notify.channels import CHANNEL_NAMES
-
-NOTIFY_HELP = (
-    "Channel to send to (repeatable): telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID), webhook (GPTLAB_WEBHOOK_URL) "
-    "or ntfy (NTFY_TOPIC); secrets are read from those environment variables only."
-)
+from gptlab.notify.channels import CHANNEL_NAMES, NOTIFY_HELP
 
 
 @click.group()
@@ -34,7 +29,8 @@ def notify() -> None:
 )
 def send_test(names: tuple[str, ...]) -> None:
     """Send one test message through each channel and say whether it arrived (exit 1 if one did not)."""
-    from gptlab.notify.channels import Message, channels_from_environment, configured_channel_names
+    from gptlab.notify.channels import channels_from_environment, configured_channel_names
+    from gptlab.notify.message import Message
     from gptlab.notify.notifier import Notifier
 
     names = names or tuple(configured_channel_names())

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from gptlab.notify.channels import Channel, Message, redact
 from gptlab.notify.http import HttpError
+from gptlab.notify.message import Channel, Message, redact
 
 REQUEST_TIMEOUT = 10.0  # seconds one delivery attempt may take
 ATTEMPTS = 4  # per message and channel

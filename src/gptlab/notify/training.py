@@ -1,8 +1,8 @@
 """The messages a training run sends: started, every K checkpoints, finished, stopped by a signal, failed.
 
-The loop makes one `TrainingNotifier` at setup and calls one method per event; everything about what a
-message says lives here. Only the main process sends. Without a `notify` key in train.json every method
-does nothing.
+The loop makes one `TrainingNotifier` at setup and calls one method per event, with that event's record
+(`gptlab.notify.events`); everything about what a message says lives here. Only the main process sends.
+Without a `notify` key in train.json every method does nothing.
 """
 
 from __future__ import annotations
@@ -10,13 +10,23 @@ from __future__ import annotations
 import socket
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
-from gptlab.notify.channels import Message, channels_from_environment
+from gptlab.notify.channels import channels_from_environment
+from gptlab.notify.events import CheckpointWritten, Failed, Finished, Started, Stopped
+from gptlab.notify.message import Message
 from gptlab.notify.notifier import Notifier
-from gptlab.rundir import TRAIN_FILE, TRAIN_LOG, read_run_config
+from gptlab.rundir import TRAIN_FILE, TRAIN_LOG, read_config_dict
 
 LOG_TAIL_LINES = 8  # lines of train.log quoted in a failure message
+
+
+class NotifySettings(Protocol):
+    """train.json's `notify` (gptlab.config.NotifySettings, which stands above this package and names its
+    channels from this package's registry)."""
+
+    channels: Sequence[str]
+    every_checkpoints: Optional[int]
 
 
 class TrainingNotifier:
@@ -35,74 +45,75 @@ class TrainingNotifier:
         self.started_sent = False
 
     @classmethod
-    def for_run(cls, run_dir: Path, train_config: Any, is_main: bool) -> "TrainingNotifier":
+    def for_run(
+        cls,
+        run_dir: Path,
+        settings: Optional[NotifySettings],
+        machine: Optional[str],
+        is_main: bool,
+        log: Callable[[str], None],
+    ) -> "TrainingNotifier":
         """From train.json's `notify` key, channel secrets from the environment: a missing one is a UserError on
-        every process at setup, not a surprise at the end. A failing channel is reported once in train.log."""
-        from gptlab.train.record import RunLog
-
-        settings = train_config.notify
+        every process at setup, not a surprise at the end. A failing channel is reported once through `log`
+        (train.log)."""
         if settings is None:
             return cls(None, run_dir)
         channels = channels_from_environment(settings.channels, source=f"{Path(run_dir) / TRAIN_FILE}: notify")
         if not is_main:
             return cls(None, run_dir)
-        return cls(Notifier(channels, RunLog(run_dir).line), run_dir, settings.every_checkpoints, train_config.machine)
+        return cls(Notifier(channels, log), run_dir, settings.every_checkpoints, machine)
 
     # --- the events -------------------------------------------------------------------------------
-    def started(self, run: Any, estimate: str) -> None:
+    def started(self, event: Started) -> None:
         if self.started_sent:
             return  # the loop may refine its estimate; one "started" is enough
         self.started_sent = True
-        plan = run.plan
         body = [
-            f"{plan.total_steps - run.start_step:,} steps to go of {plan.total_steps:,} ({plan.global_batch_tokens:,} tokens each), "
-            f"{run.model.parameter_count():,} parameters, {run.precision.name} on {run.dist.world_size} x {run.device.type}",
-            estimate,
+            f"{event.total_steps - event.start_step:,} steps to go of {event.total_steps:,} ({event.global_batch_tokens:,} tokens each), "
+            f"{event.parameters:,} parameters, {event.precision} on {event.world_size} x {event.device_type}",
+            event.estimate,
         ]
-        verb = f"resumed at step {run.start_step:,}" if run.start_step else "started"
+        verb = f"resumed at step {event.start_step:,}" if event.start_step else "started"
         self._send("started", f"{self._name} {verb}", body)
 
-    def checkpoint(self, run: Any, step: int) -> None:
+    def checkpoint(self, event: CheckpointWritten) -> None:
         self.checkpoints_seen += 1
-        last_step = run.plan.total_steps - 1
-        if not self.every_checkpoints or self.checkpoints_seen % self.every_checkpoints or step == last_step:
+        step, total_steps = event.step, event.total_steps
+        if not self.every_checkpoints or self.checkpoints_seen % self.every_checkpoints or step == total_steps - 1:
             return  # the last checkpoint is followed by "finished"
-        totals = run.totals
-        parts = [f"train loss {_number(totals.last_train_loss)}"]
-        if totals.last_validation_loss is not None:
-            parts.append(f"val loss {_number(totals.last_validation_loss)}")
-        if totals.train_seconds > 0:
-            parts.append(f"{totals.timed_steps * run.plan.global_batch_tokens / totals.train_seconds:,.0f} tokens/s")
-        cost_per_hour = run.config.train.cost_per_hour
-        if cost_per_hour is not None:
-            parts.append(f"${totals.train_seconds / 3600 * cost_per_hour:.2f} so far")
+        parts = [f"train loss {_number(event.train_loss)}"]
+        if event.validation_loss is not None:
+            parts.append(f"val loss {_number(event.validation_loss)}")
+        if event.tokens_per_second is not None:
+            parts.append(f"{event.tokens_per_second:,.0f} tokens/s")
+        if event.cost_so_far is not None:
+            parts.append(f"${event.cost_so_far:.2f} so far")
         self._send(
             "checkpoint",
-            f"{self._name} at step {step + 1:,}/{run.plan.total_steps:,} ({(step + 1) / run.plan.total_steps:.0%})",
+            f"{self._name} at step {step + 1:,}/{total_steps:,} ({(step + 1) / total_steps:.0%})",
             [" | ".join(parts)],
         )
 
-    def finished(self, run: Any, result: dict[str, Any]) -> None:
-        """`fit`'s result: the summary, or the record of a stop by signal."""
+    def finished(self, event: Finished) -> None:
         if self.notifier is None:
             return
-        if result.get("interrupted"):
-            self._send(
-                "stopped",
-                f"{self._name} stopped by {result.get('signal') or 'another rank'} after step {result['stopped_after_step']:,}",
-                [f"Checkpoint written. Resume with: gptlab train {self.run_dir} --resume latest"],
-            )
-        else:
-            from gptlab.train.record import format_summary
-
-            self._send("finished", f"{self._name} finished", format_summary(result))
+        self._send("finished", f"{self._name} finished", event.summary_lines)
         self.close()
 
-    def failed(self, run: Any, error: BaseException) -> None:
+    def stopped(self, event: Stopped) -> None:
         if self.notifier is None:
             return
-        from gptlab.train.loop import TrainingStopped
+        self._send(
+            "stopped",
+            f"{self._name} stopped by {event.by} after step {event.after_step:,}",
+            [f"Checkpoint written. Resume with: gptlab train {self.run_dir} --resume latest"],
+        )
+        self.close()
 
+    def failed(self, event: Failed) -> None:
+        if self.notifier is None:
+            return
+        error = event.error
         if isinstance(error, KeyboardInterrupt):
             title, lines = (
                 f"{self._name} interrupted",
@@ -112,16 +123,8 @@ class TrainingNotifier:
             )
         else:
             first_line = (str(error).strip().splitlines() or [""])[0]
-            error_line = (
-                first_line
-                if isinstance(error, TrainingStopped)
-                else f"{type(error).__name__}: {first_line}".rstrip(": ")
-            )
-            title = (
-                f"{self._name} stopped: too many non-finite steps"
-                if isinstance(error, TrainingStopped)
-                else f"{self._name} failed"
-            )
+            error_line = first_line if event.gave_up else f"{type(error).__name__}: {first_line}".rstrip(": ")
+            title = f"{self._name} stopped: too many non-finite steps" if event.gave_up else f"{self._name} failed"
             lines = [error_line]
         tail = _log_tail(self.run_dir / TRAIN_LOG, LOG_TAIL_LINES)
         if tail:
@@ -157,13 +160,13 @@ def _log_tail(path: Path, count: int) -> list[str]:
 
 def send_test_loss(run_dir: Path, evaluation: dict[str, Any]) -> None:
     """The experiment runner's last word on a run: the test loss it measured after training."""
-    train_config = read_run_config(run_dir).train
-    if train_config.notify is None:
+    train = read_config_dict(run_dir)["train"]  # as the run trained, already checked then
+    if not train.get("notify"):
         return
     notifier = Notifier(
-        channels_from_environment(train_config.notify.channels, source=f"{Path(run_dir) / TRAIN_FILE}: notify"), print
+        channels_from_environment(train["notify"]["channels"], source=f"{Path(run_dir) / TRAIN_FILE}: notify"), print
     )
-    name = TrainingNotifier(notifier, run_dir, machine=train_config.machine)._name
+    name = TrainingNotifier(notifier, run_dir, machine=train.get("machine"))._name
     notifier.send(
         Message(
             "evaluated",

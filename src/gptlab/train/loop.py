@@ -21,22 +21,22 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config
+from gptlab.config import RESUME_SAFE_TRAIN_KEYS, RunConfig, load_run_config, write_resolved_config
 from gptlab.data.batches import BatchReader, plan_training
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
-from gptlab.files import atomic_write_text, read_json
+from gptlab.files import atomic_write_text
 from gptlab.model import parameter_counts
+from gptlab.notify.events import CheckpointWritten, Failed, Finished, Started, Stopped
 from gptlab.notify.training import TrainingNotifier
-from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, lock_run, write_resolved_config
-from gptlab.train import distributed
-from gptlab.train.charts import draw_run_charts
-from gptlab.train.checkpoint import (
+from gptlab.rundir import METRICS, MODEL_FILE, TRAIN_FILE, lock_run
+from gptlab.runtime.checkpoint import (
     find_checkpoint,
     find_resumable_checkpoint,
     gather_rng_states,
+    initial_weights,
     list_checkpoints,
     prune_checkpoints,
     remove_stale_checkpoint_staging,
@@ -45,16 +45,19 @@ from gptlab.train.checkpoint import (
     set_aside_later_checkpoints,
     set_aside_leftovers,
 )
-from gptlab.train.host import available_memory_bytes, keep_freed_memory_for_reuse
-from gptlab.train.loggers import MetricLoggers
-from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
-from gptlab.train.precision import (
+from gptlab.runtime.precision import (
     PrecisionChoice,
     choose_precision,
     clip_to_norm,
     configure_precision,
     global_grad_norm,
 )
+from gptlab.train import distributed
+from gptlab.train.cadence import Cadence
+from gptlab.train.charts import draw_run_charts
+from gptlab.train.host import available_memory_bytes, keep_freed_memory_for_reuse
+from gptlab.train.loggers import MetricLoggers
+from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.progress import (
     ESTIMATE_AFTER_STEPS,
     finish_summary,
@@ -65,7 +68,7 @@ from gptlab.train.progress import (
     show_progress,
     show_validation,
 )
-from gptlab.train.record import IntervalStats, MetricsFile, RunLog, progress_bar
+from gptlab.train.record import IntervalStats, MetricsFile, RunLog, format_summary, progress_bar
 from gptlab.train.routing import record_routing
 from gptlab.train.state import RunningTotals, Training
 from gptlab.weights import build_model, load_book_safetensors
@@ -86,10 +89,9 @@ def seed_everything(seed: int) -> None:
 
 def _initial_weights(run_dir: Path, init_from: str) -> Path:
     """train.json's init_from -> a model.safetensors: the file itself, a checkpoint folder's, or a run's latest."""
-    path = Path(init_from) if Path(init_from).is_absolute() else Path(run_dir) / init_from
-    for candidate in (path, path / "model.safetensors", path / CHECKPOINTS / "latest" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
+    found = initial_weights(Path(init_from) if Path(init_from).is_absolute() else Path(run_dir) / init_from)
+    if found is not None:
+        return found
     raise UserError(
         f"{Path(run_dir) / TRAIN_FILE}: init_from: '{init_from}' is neither a model.safetensors, a checkpoint folder, nor a run with checkpoints"
     )
@@ -124,7 +126,7 @@ def setup(
     model_config, train_config = run_config.model, run_config.train
     dist_context = distributed.from_environment()
     notifier = TrainingNotifier.for_run(
-        run_dir, train_config, dist_context.is_main
+        run_dir, train_config.notify, train_config.machine, dist_context.is_main, RunLog(run_dir).line
     )  # missing secrets fail here, on every rank
     device = distributed.pick_device(train_config.device, dist_context)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -267,7 +269,7 @@ def _choose_run_precision(
 
 def _restore(run: Training, which: str) -> None:
     checkpoint = find_resumable_checkpoint(run.run_dir, which)
-    saved = read_json(checkpoint.path / "config.json")
+    saved = checkpoint.config
     current = run.config.to_json_dict()
     differing_model = sorted(key for key in current["model"] if saved["model"].get(key) != current["model"][key])
     if differing_model:
@@ -340,8 +342,9 @@ def forward_backward(run: Training, step: int) -> torch.Tensor:
         inputs, targets = run.reader.read(step, micro_step, run.dist.rank)
         with distributed.gradient_sync(run.trained_model, sync=micro_step == accumulation - 1):
             with run.precision.autocast():
-                loss = run.trained_model(inputs, targets) / accumulation
-                router_loss = run.model.take_router_loss()  # mixture-of-experts balance and z-losses, when asked for
+                # router_loss: the mixture-of-experts balance and z-losses, when model.json asks for them
+                loss, router_loss = run.trained_model(inputs, targets, with_router_loss=True)
+                loss = loss / accumulation
             objective = loss if router_loss is None else loss + router_loss / accumulation
             scaled = run.precision.scaler.scale(objective) if run.precision.scaler is not None else objective
             scaled.backward()
@@ -422,6 +425,7 @@ def fit(run: Training) -> dict[str, Any]:
     """
     train_config, plan, totals = run.config.train, run.plan, run.totals
     last_step = plan.total_steps - 1
+    cadence = Cadence(plan.total_steps, train_config.checkpoint_interval, train_config.validation_interval)
     read_interval = run.fast_paths["log_interval"]
     bar = progress_bar(plan.total_steps, run.start_step, run.show_progress)
     stop_request = StopRequest()
@@ -439,16 +443,9 @@ def fit(run: Training) -> dict[str, Any]:
             pending.append(
                 (step, learning_rate, time.perf_counter() - started, optimizer_step(run, loss, stop_request.requested))
             )
-            checkpoint_by_interval = (
-                train_config.checkpoint_interval is not None and step % train_config.checkpoint_interval == 0
-            )
-            validation_by_interval = (
-                train_config.validation_interval is not None and step % train_config.validation_interval == 0
-            )
             read_due = (
-                step == last_step
-                or checkpoint_by_interval
-                or validation_by_interval
+                cadence.checkpoint_due(step)
+                or cadence.validation_due(step, checkpoint_due=False)
                 or (step + 1 - run.start_step) % read_interval == 0
             )
             outcomes = read_back([values for *_, values in pending]) if read_due else []
@@ -475,14 +472,10 @@ def fit(run: Training) -> dict[str, Any]:
             stop = any(outcome["stop"] for outcome in outcomes)
             show_progress(run, bar, step, learning_rate, outcomes[-1], train_seconds_at_start)
             if run.start_step + ESTIMATE_AFTER_STEPS <= step < run.start_step + ESTIMATE_AFTER_STEPS + read_interval:
-                run.notifier.started(run, log_estimate(run, step, train_seconds_at_start))
+                run.notifier.started(_started_event(run, log_estimate(run, step, train_seconds_at_start)))
 
-            checkpoint_due = step == last_step or stop or checkpoint_by_interval
-            validation_due = (
-                validation_by_interval
-                or step == last_step
-                or (train_config.validation_interval is None and checkpoint_due)
-            )
+            checkpoint_due = cadence.checkpoint_due(step, stop)
+            validation_due = cadence.validation_due(step, checkpoint_due)
             if validation_due:
                 totals.last_validation_loss = validate(run)
                 if totals.last_validation_loss is not None:
@@ -490,7 +483,7 @@ def fit(run: Training) -> dict[str, Any]:
                     show_validation(run, step, totals.last_validation_loss)
             if checkpoint_due:
                 _checkpoint(run, step, learning_rate)
-                run.notifier.checkpoint(run, step)
+                run.notifier.checkpoint(_checkpoint_event(run, step))
             run.metrics.flush()
             if checkpoint_due:
                 _redraw_charts(run, final=step == last_step or stop)
@@ -505,6 +498,32 @@ def fit(run: Training) -> dict[str, Any]:
         bar.close()
         run.metrics.flush()
     return finish_summary(run)
+
+
+def _started_event(run: Training, estimate: str) -> Started:
+    return Started(
+        start_step=run.start_step,
+        total_steps=run.plan.total_steps,
+        global_batch_tokens=run.plan.global_batch_tokens,
+        parameters=run.model.parameter_count(),
+        precision=run.precision.name,
+        world_size=run.dist.world_size,
+        device_type=run.device.type,
+        estimate=estimate,
+    )
+
+
+def _checkpoint_event(run: Training, step: int) -> CheckpointWritten:
+    totals, cost_per_hour = run.totals, run.config.train.cost_per_hour
+    seconds = totals.train_seconds
+    return CheckpointWritten(
+        step=step,
+        total_steps=run.plan.total_steps,
+        train_loss=totals.last_train_loss,
+        validation_loss=totals.last_validation_loss,
+        tokens_per_second=totals.timed_steps * run.plan.global_batch_tokens / seconds if seconds > 0 else None,
+        cost_so_far=seconds / 3600 * cost_per_hour if cost_per_hour is not None else None,
+    )
 
 
 CHART_SECONDS = 30.0  # charts are redrawn at a checkpoint at most this often (and always at the end)
@@ -625,11 +644,14 @@ def _train_locked(
         try:
             result = fit(run)
         except BaseException as error:
-            run.notifier.failed(run, error)
+            run.notifier.failed(Failed(error, gave_up=isinstance(error, TrainingStopped)))
             raise
         finally:
             run.loggers.close()  # after a stop or a failure; after the last step finish_summary has finished them
-        run.notifier.finished(run, result)
+        if result.get("interrupted"):
+            run.notifier.stopped(Stopped(result["stopped_after_step"], result.get("signal") or "another rank"))
+        else:
+            run.notifier.finished(Finished(format_summary(result)))
         # Every rank leaves together: a rank that tears gloo down while another still works with it can abort
         # ("terminate called without an active exception"). Only after success: after a failure it could hang.
         distributed.barrier(run.dist)

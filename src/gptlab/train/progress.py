@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 import torch
 
-from gptlab.config import not_yet_applied_notes
 from gptlab.flops import flops_per_token, lookup_peak_tflops
 from gptlab.rundir import write_summary
 from gptlab.train.record import device_name, environment, format_summary
@@ -60,8 +59,6 @@ def log_header(run: Training) -> None:
             f"so validation is off"
             + (" and 'best' is picked by train loss" if train_config.best_by == "validation" else "")
         )
-    for note in not_yet_applied_notes(run.config):
-        run.log.line(f"Note: {note}")
 
 
 def record_step(run: Training, step: int, learning_rate: float, outcome: dict[str, Any], elapsed: float) -> None:
@@ -238,7 +235,6 @@ def finish_summary(run: Training) -> dict[str, Any]:
         "cost_per_hour": train_config.cost_per_hour,
         "cost": seconds / 3600 * train_config.cost_per_hour if train_config.cost_per_hour is not None else None,
         "machine": train_config.machine,
-        "not_yet_applied": not_yet_applied_notes(run.config),
         "environment": environment(),
         "config": run.config.to_json_dict(),
         "dataset": str(run.dataset.directory),

@@ -13,9 +13,9 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-import gptlab
 from gptlab.files import append_jsonl
 from gptlab.rundir import TRAIN_LOG
+from gptlab.version import __version__
 from gptlab.words import loss_with_perplexity
 
 
@@ -35,7 +35,7 @@ def device_name(device: torch.device) -> str:
 def environment() -> dict[str, Any]:
     """Versions and hardware, recorded in every run log and benchmark."""
     info: dict[str, Any] = {
-        "gptlab": gptlab.__version__,
+        "gptlab": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

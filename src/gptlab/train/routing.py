@@ -1,6 +1,6 @@
 """Routing statistics of a mixture-of-experts run, read back every log interval with the step values.
 
-Each layer's statistics since the last read (see `gptlab.model.routing_statistics`) are averaged over ranks,
+Each layer's statistics since the last read (see `gptlab.model_moe.routing_statistics`) are averaged over ranks,
 added to the newest `metrics.jsonl` record under `routing`, kept for the next checkpoint's `meta.json`, and,
 when model.json's `moe.log_moe_balance_file` names a file, appended to it as one JSON line per read:
 `{"step": S, "layers": [...]}`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlab.files import append_jsonl
-from gptlab.model import routing_statistics
+from gptlab.model_moe import routing_statistics
 from gptlab.train import distributed
 from gptlab.train.state import Training
 

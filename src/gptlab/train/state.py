@@ -14,9 +14,9 @@ from gptlab.data.tokens import TokenDataset
 from gptlab.evaluate.loss import EvalSlice
 from gptlab.model import GPT
 from gptlab.notify.training import TrainingNotifier
+from gptlab.runtime.precision import Precision
 from gptlab.train import distributed
 from gptlab.train.loggers import MetricLoggers
-from gptlab.train.precision import Precision
 from gptlab.train.record import IntervalStats, MetricsFile, RunLog
 
 

@@ -14,6 +14,7 @@ import torch
 
 from gptlab.config import TrainConfig
 from gptlab.errors import UserError
+from gptlab.rundir import TRAIN_FILE
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -147,7 +148,7 @@ def choose_precision(train: TrainConfig, device: torch.device, width: int) -> Pr
     return PrecisionChoice(train.effective_precision, reason)
 
 
-def configure_precision(name: str, device: torch.device, source: str = "train.json") -> Precision:
+def configure_precision(name: str, device: torch.device, source: str = TRAIN_FILE) -> Precision:
     """Set process-wide matmul precision for `name` and build the scaler fp16 needs."""
     if name == "fp16" and device.type == "cpu" and not torch.amp.is_autocast_available("cpu"):
         raise UserError(

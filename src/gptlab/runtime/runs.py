@@ -9,13 +9,13 @@ from typing import Optional
 import click
 import torch
 
-from gptlab.config import RunConfig, load_run_config
+from gptlab.config import RunConfig, load_run_config, read_run_config
 from gptlab.data.locate import locate_dataset
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
 from gptlab.model import GPT
-from gptlab.rundir import DEFAULT_CHECKPOINT, RESOLVED_CONFIG, read_run_config
-from gptlab.train.checkpoint import Checkpoint, find_checkpoint, offer_good_checkpoint
+from gptlab.rundir import DEFAULT_CHECKPOINT, RESOLVED_CONFIG
+from gptlab.runtime.checkpoint import MODEL_WEIGHTS, Checkpoint, find_checkpoint, offer_good_checkpoint
 from gptlab.weights import build_model
 
 
@@ -45,7 +45,7 @@ def open_trained_run(
         checkpoint.load_model(model)
     except UserError as error:
         offer = offer_good_checkpoint(
-            run_dir, "choose it with --checkpoint", lambda other: other.check_content("model.safetensors")
+            run_dir, "choose it with --checkpoint", lambda other: other.check_content(MODEL_WEIGHTS)
         )
         raise UserError(error.lines[0] + offer, *error.lines[1:]) from None
     return TrainedModel(run_dir, config, checkpoint, model.to(device).eval())

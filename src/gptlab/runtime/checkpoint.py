@@ -40,6 +40,10 @@ from gptlab.rundir import CHECKPOINTS, METRICS, TRAIN_LOG
 from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
 
 POINTERS = ("latest", "best")
+# The files of a checkpoint folder; training, resuming, evaluation and `gptlab import-hf` all go through here.
+MODEL_WEIGHTS = "model.safetensors"  # the book's GPTModel layout (gptlab.weights)
+META = "meta.json"  # the users' statistics of the steps since the last checkpoint, and gptlab's additions
+CONFIG = "config.json"  # the resolved configuration the checkpoint was trained with
 ABANDONED_PREFIX = "abandoned-"
 CHECKSUMS = "checksums.sha256"
 
@@ -87,7 +91,7 @@ def written_by_gptlab(path: Path) -> bool:
     """A folder pruning may delete: named exactly as checkpoint_name names them and holding the meta.json
     every gptlab checkpoint has. A user's copy (`my-saved-copy-iteration-2`, `...-iteration-9-backup`) is
     never one, whatever it holds."""
-    return bool(CHECKPOINT_NAME.fullmatch(path.name)) and (path / "meta.json").is_file() and not path.is_symlink()
+    return bool(CHECKPOINT_NAME.fullmatch(path.name)) and (path / META).is_file() and not path.is_symlink()
 
 
 def rng_state() -> dict[str, Any]:
@@ -181,6 +185,32 @@ def save_checkpoint(
     return final
 
 
+def save_weights_only_checkpoint(
+    run_dir: Path, step: int, model: GPT, meta: dict[str, Any], config: dict[str, Any]
+) -> str:
+    """A checkpoint of weights, meta.json and config.json alone (no optimizer or training state: it can be
+    evaluated, sampled and trained from with init_from, not resumed), which `latest` and `best` point to."""
+    directory = Path(run_dir) / CHECKPOINTS
+    directory.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(step)
+    with atomic_folder(directory / name) as staging:
+        save_book_safetensors(model, staging / MODEL_WEIGHTS)
+        atomic_write_json(staging / META, meta)
+        atomic_write_json(staging / CONFIG, config)
+        write_checksums(staging)
+    for pointer in POINTERS:
+        point(run_dir, pointer, name)
+    return name
+
+
+def initial_weights(path: Path) -> Optional[Path]:
+    """The weights at `path`: a model.safetensors itself, a checkpoint folder's, or a run directory's latest."""
+    for candidate in (path, path / MODEL_WEIGHTS, path / CHECKPOINTS / POINTERS[0] / MODEL_WEIGHTS):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -194,6 +224,11 @@ class Checkpoint:
     @property
     def meta(self) -> dict[str, Any]:
         return read_json(self.path / "meta.json")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration (model and train) it was trained with."""
+        return read_json(self.path / CONFIG)
 
     def check_content(self, name: str) -> None:
         """Refuse a file whose bytes differ from the checksum written with the checkpoint."""
