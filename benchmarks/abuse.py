@@ -680,7 +680,7 @@ class Abuse:
         self.record("safety", "n_layers: 1000000", outcome)
 
     def safety_children_and_waits(self) -> None:
-        from standins import LambdaStandIn, Trickler
+        from standins import LambdaStandIn, Trickler, children_of, is_running
 
         source = self.work / "big.txt"
         with source.open("w") as handle:
@@ -702,15 +702,15 @@ class Abuse:
                 stderr=subprocess.DEVNULL,
             )
             deadline = time.time() + 120
-            while time.time() < deadline and len(_children(prepare.pid)) < 2 and prepare.poll() is None:
+            while time.time() < deadline and len(children_of(prepare.pid)) < 2 and prepare.poll() is None:
                 time.sleep(0.05)
-            children = _children(prepare.pid)
+            children = children_of(prepare.pid)
             os.kill(prepare.pid, signum)
             prepare.wait()
             deadline = time.time() + 10
-            while time.time() < deadline and any(_running(pid) for pid in children):
+            while time.time() < deadline and any(is_running(pid) for pid in children):
                 time.sleep(0.1)
-            left = [pid for pid in children if _running(pid)]
+            left = [pid for pid in children if is_running(pid)]
             for pid in left:
                 os.kill(pid, signal.SIGKILL)
             self.record(
@@ -787,24 +787,6 @@ def _run(*args, env: dict | None = None, timeout: float = 300) -> subprocess.Com
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-
-
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(child) for child in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 # --- end of issue 28: safety ---------------------------------------------------------------------------

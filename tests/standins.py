@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Optional
 
 
@@ -299,3 +300,25 @@ class Trickler(StandIn):
                 handler.wfile.flush()
             except OSError:
                 return
+
+
+# --- processes: what a test that kills a parent looks at (Linux /proc) --------------------------------------
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(child) for child in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """False once the process has ended, a zombie included (only its parent has not collected it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from standins import children_of, is_running
 
 
 def test_prepare_refuses_to_write_into_its_source(tmp_path):
@@ -25,24 +26,6 @@ def test_prepare_refuses_to_write_into_its_source(tmp_path):
     assert sorted(path.name for path in texts.iterdir()) == ["a.txt"]
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(child) for child in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
-    except (OSError, StopIteration):
-        return False
-    return "Z" not in state.split()[1]  # a zombie has ended; only its parent has not collected it
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads process children from /proc (Linux)")
 def test_workers_end_when_prepare_is_killed(tmp_path):
     source = tmp_path / "big.txt"
@@ -55,17 +38,17 @@ def test_workers_end_when_prepare_is_killed(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while len(_children(prepare.pid)) < 2 and time.monotonic() < deadline:  # a worker and the resource tracker
+    while len(children_of(prepare.pid)) < 2 and time.monotonic() < deadline:  # a worker and the resource tracker
         assert prepare.poll() is None, "prepare finished before its workers could be seen"
         time.sleep(0.1)
-    children = _children(prepare.pid)
+    children = children_of(prepare.pid)
     assert len(children) >= 2
     os.kill(prepare.pid, signal.SIGKILL)
     prepare.wait()
     deadline = time.monotonic() + 10
-    while any(_running(child) for child in children) and time.monotonic() < deadline:
+    while any(is_running(child) for child in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = [child for child in children if _running(child)]
+    left = [child for child in children if is_running(child)]
     for child in left:
         os.kill(child, signal.SIGKILL)
     assert left == []
