@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the 127.0.0.1 stand-ins (tests/standins.py)
+
 from gptlab.data.tokens import TokenSplitWriter
 from gptlab.runtime.checkpoint import list_checkpoints, step_of, write_checksums
 
@@ -739,6 +741,338 @@ class Abuse:
         finally:
             server.shutdown()
 
+    # --- issue 28: safety (credentials, one writer, nothing deleted, bounded waits) -------------------
+    # Outcomes beyond the four above: hang (a bound not kept), leftover (a process outliving its parent),
+    # lost (a file a run had is gone or mixed), credential (a secret reached another host:port).
+    def safety_credentials(self) -> None:
+        from standins import Recorder, Redirector
+
+        token, key = "987654:abuse-bot-token", "abuse_lambda_key"
+        for status in (302, 307):
+            with Recorder() as elsewhere, Redirector(elsewhere.url, status) as endpoint:
+                env = {
+                    "TELEGRAM_BOT_TOKEN": token,
+                    "TELEGRAM_CHAT_ID": "1",
+                    "TELEGRAM_API_BASE_URL": endpoint.url,
+                    "GPTLAB_WEBHOOK_URL": endpoint.url + "/hook/s3cret",
+                    "NTFY_TOPIC": "abuse-topic",
+                    "NTFY_BASE_URL": endpoint.url,
+                    "NTFY_TOKEN": "tk_abuse",
+                }
+                result = _run("notify", "test", env=env)
+                sent = [line for line in result.stdout.splitlines() if line.endswith(": sent")]
+                outcome = (
+                    "credential"
+                    if elsewhere.requests
+                    else "traceback"
+                    if "Traceback" in result.stderr
+                    else "silent"
+                    if sent or result.returncode == 0
+                    else "right"
+                )
+                self.record(
+                    "safety",
+                    f"notify test, all channels redirected ({status})",
+                    (outcome, result.stdout.strip().replace("\n", " | ")),
+                )
+            with Recorder() as elsewhere, Redirector(elsewhere.url, status) as endpoint:
+                env = {"LAMBDA_API_KEY": key, "LAMBDA_API_BASE_URL": endpoint.url}
+                result = _run(
+                    "cloud", "watch", "--instance-type", "gpu_1x_a10", "--max-hours", str(5 / 3600), env=env, timeout=60
+                )
+                outcome = "credential" if elsewhere.requests else classify(result, True)[0]
+                self.record(
+                    "safety",
+                    f"cloud watch redirected ({status})",
+                    (outcome, (result.stderr or result.stdout).strip()[-150:]),
+                )
+        model = self.work / "hf-escape"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 1}))
+        (model / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"wte.weight": "../outside/x.safetensors"}})
+        )
+        self.refuse(
+            "safety",
+            "import-hf: weight_map ../outside",
+            "import-hf",
+            model,
+            self.work / "hf-escape-run",
+            "--dataset",
+            self.data,
+        )
+        pickled = self.work / "hf-pickle"
+        pickled.mkdir()
+        (pickled / "config.json").write_text((model / "config.json").read_text())
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import torch, sys, argparse\ntorch.save({'x': argparse.Namespace(a=1)}, sys.argv[1])",
+                str(pickled / "pytorch_model.bin"),
+            ],
+            check=True,
+        )
+        self.refuse(
+            "safety",
+            "import-hf: pickle .bin",
+            "import-hf",
+            pickled,
+            self.work / "hf-pickle-run",
+            "--dataset",
+            self.data,
+            check=lambda r: "weights_only" not in r.stderr,
+        )
+
+    def safety_one_writer(self) -> None:
+        run = run_dir(self.work / "busy", self.data, train={"min_train_tokens": 2 * 16 * 58, "checkpoint_interval": 1})
+        first = subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((run / "checkpoints").glob("*-iteration-*")):
+            time.sleep(0.05)
+        held = f"PID {first.pid}"
+        self.refuse(
+            "safety",
+            "a second train on a run that trains",
+            "train",
+            run,
+            "--no-progress",
+            check=lambda r: held in r.stderr,
+        )
+        self.refuse(
+            "safety",
+            "a resume of a run that trains",
+            "train",
+            run,
+            "--resume",
+            "latest",
+            "--no-progress",
+            check=lambda r: held in r.stderr,
+        )
+        self.refuse(
+            "safety", "eval --save of a run that trains", "eval", run, "--save", check=lambda r: held in r.stderr
+        )
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        self.record(
+            "safety",
+            "metrics.jsonl after refused writers",
+            ("right" if steps == sorted(set(steps)) else "lost", f"{len(steps)} steps, in order"),
+        )
+
+    def safety_nothing_deleted(self) -> None:
+        run = run_dir(self.work / "leftovers", self.data)
+        (run / "metrics.jsonl").write_text('{"step": 0}\n')
+        (run / "train.log").write_text("first start\n")
+        result = _run("train", run, "--no-progress")
+        aside = list((run / "checkpoints").glob("abandoned-*/train.log"))
+        kept = bool(aside) and aside[0].read_text() == "first start\n"
+        self.record(
+            "safety",
+            "fresh train over leftovers without a checkpoint",
+            ("right" if result.returncode == 0 and kept else "lost", f"moved aside: {kept}"),
+        )
+
+        run = self.copy("export-target")
+        latest = (run / "checkpoints" / "latest").resolve()
+        for target in (run / "checkpoints" / "latest", latest):
+            self.refuse(
+                "safety",
+                f"export --overwrite into checkpoints/{'latest' if target.name == 'latest' else 'NEWEST'}",
+                "export",
+                run,
+                target,
+                "--overwrite",
+                check=lambda r: (latest / "optimizer.pt").is_file() and (run / "checkpoints" / "latest").is_symlink(),
+            )
+
+        run = self.copy("prune")
+        copy = run / "checkpoints" / "my-saved-copy-iteration-2"
+        shutil.copytree(next((run / "checkpoints").glob("*-iteration-2")), copy)
+        resumed = next(p.name for p in (run / "checkpoints").glob("2*-iteration-2"))
+        result = _run("train", run, "--resume", resumed, "--set", "keep_checkpoints=1", "--no-progress")
+        self.record(
+            "safety",
+            "keep_checkpoints=1 beside my-saved-copy-iteration-2",
+            (
+                "right"
+                if result.returncode == 0 and copy.is_dir()
+                else "lost"
+                if not copy.is_dir()
+                else classify(result, False)[0],
+                f"copy kept: {copy.is_dir()}",
+            ),
+        )
+
+        texts = self.work / "texts"
+        texts.mkdir()
+        (texts / "a.txt").write_text("words " * 500)
+        self.refuse(
+            "safety",
+            "prepare texts texts",
+            "prepare",
+            texts,
+            texts,
+            check=lambda r: sorted(p.name for p in texts.iterdir()) == ["a.txt"],
+        )
+        self.refuse(
+            "safety",
+            "prepare texts texts/out",
+            "prepare",
+            texts,
+            texts / "out",
+            check=lambda r: not (texts / "out").exists(),
+        )
+
+        data = dataset(self.work / "data-fp")
+        (data / "meta.json").write_text(json.dumps({"source": "first corpus"}))
+        run = run_dir(self.work / "fingerprint", data)
+        _run("train", run, "--no-progress")
+        (data / "meta.json").write_text(json.dumps({"source": "another corpus"}))
+        older = next(p.name for p in (run / "checkpoints").glob("*-iteration-2"))
+        self.refuse(
+            "safety",
+            "resume after the dataset was prepared again",
+            "train",
+            run,
+            "--resume",
+            older,
+            "--no-progress",
+            check=lambda r: r.stderr.count("sha256:") == 2,
+        )
+
+        for seed in (-1, 2**32, 2**64 - 1):
+            run = run_dir(self.work / f"seed{seed}", self.data, train={"random_seed": seed})
+            self.refuse("safety", f"random_seed {seed}", "train", run, "--no-progress")
+        run = run_dir(self.work / "huge", self.data, model={"n_layers": 1000000})
+        started = time.time()
+        try:
+            result = _run("train", run, "--no-progress", timeout=120)
+            outcome = classify(result, True, check=lambda r: "GiB" in r.stderr)
+            if time.time() - started > 60:
+                outcome = ("hang", f"refused after {time.time() - started:.0f} s")
+        except subprocess.TimeoutExpired:
+            outcome = ("hang", "n_layers 1000000 still building after 120 s")
+        self.record("safety", "n_layers: 1000000", outcome)
+
+    def safety_children_and_waits(self) -> None:
+        from standins import LambdaStandIn, Trickler, children_of, is_running
+
+        source = self.work / "big.txt"
+        with source.open("w") as handle:
+            for number in range(40000):
+                handle.write(f"Document {number} keeps a tokeniser busy for a while. " * 12 + "\n\n")
+        for signum in (signal.SIGKILL, signal.SIGTERM):
+            prepare = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gptlab",
+                    "prepare",
+                    str(source),
+                    str(self.work / f"big-{signum}"),
+                    "--workers",
+                    "2",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.time() + 120
+            while time.time() < deadline and len(children_of(prepare.pid)) < 2 and prepare.poll() is None:
+                time.sleep(0.05)
+            children = children_of(prepare.pid)
+            os.kill(prepare.pid, signum)
+            prepare.wait()
+            deadline = time.time() + 10
+            while time.time() < deadline and any(is_running(pid) for pid in children):
+                time.sleep(0.1)
+            left = [pid for pid in children if is_running(pid)]
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+            self.record(
+                "safety",
+                f"prepare --workers 2, {signal.Signals(signum).name}",
+                ("leftover" if left else "right", f"{len(children)} children, {len(left)} left"),
+            )
+
+        key = "abuse_lambda_key"
+
+        class EndlessRetryAfter(LambdaStandIn):
+            def handle(self, handler, method, path, body):
+                self.reply(handler, 429, {"error": {"code": "global/too-many-requests"}}, {"Retry-After": "inf"})
+
+        for name, server in (("Retry-After: inf", EndlessRetryAfter(key)), ("a byte every 0.2 s", Trickler(0.2))):
+            with server:
+                started = time.time()
+                try:
+                    result = _run(
+                        "cloud",
+                        "watch",
+                        "--instance-type",
+                        "gpu_1x_a10",
+                        "--interval",
+                        "0.05",
+                        "--max-hours",
+                        str(3 / 3600),
+                        env={"LAMBDA_API_KEY": key, "LAMBDA_API_BASE_URL": server.url},
+                        timeout=90,
+                    )
+                    took = time.time() - started
+                    outcome = (
+                        ("traceback", result.stderr.strip()[-150:])
+                        if "Traceback" in result.stderr
+                        else (
+                            "right" if result.returncode == 1 and took < 30 else "hang",
+                            f"--max-hours 3 s ended after {took:.0f} s",
+                        )
+                    )
+                except subprocess.TimeoutExpired:
+                    outcome = ("hang", "--max-hours 3 s still watching after 90 s")
+                self.record("safety", f"cloud watch --max-hours against {name}", outcome)
+        with Trickler(0.2) as server:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                watch = subprocess.Popen(
+                    [sys.executable, "-m", "gptlab", "cloud", "watch", "--instance-type", "gpu_1x_a10"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "LAMBDA_API_KEY": key, "LAMBDA_API_BASE_URL": server.url},
+                )
+                time.sleep(3)
+                stopped = time.time()
+                watch.send_signal(signum)
+                try:
+                    _, err = watch.communicate(timeout=60)
+                    took = time.time() - stopped
+                    outcome = (
+                        ("traceback", err.strip()[-150:])
+                        if "Traceback" in err
+                        else ("right" if took < 5 else "hang", f"stopped {took:.1f} s after the signal")
+                    )
+                except subprocess.TimeoutExpired:
+                    watch.kill()
+                    outcome = ("hang", "still running 60 s after the signal")
+                self.record("safety", f"cloud watch, {signal.Signals(signum).name} during a trickled answer", outcome)
+
+
+def _run(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# --- end of issue 28: safety ---------------------------------------------------------------------------
+
 
 def _nan_hf(folder: Path) -> None:
     from safetensors.torch import load_file, save_file
@@ -788,6 +1122,11 @@ def main() -> None:
             "issue28_habits",
             "issue28_extend_and_locate",
             "issue28_network_answers",
+            # issue 28: safety
+            "safety_credentials",
+            "safety_one_writer",
+            "safety_nothing_deleted",
+            "safety_children_and_waits",
         ]
         for group in groups:
             if options.only in group:
@@ -798,7 +1137,10 @@ def main() -> None:
     counts = Counter(outcome for *_, outcome, _ in abuse.rows)
     print(
         f"\n{len(abuse.rows)} cases in {time.perf_counter() - started:.0f} s: "
-        + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("right", "traceback", "silent", "unclear"))
+        + ", ".join(
+            f"{counts.get(k, 0)} {k}"
+            for k in ("right", "traceback", "silent", "unclear", "hang", "leftover", "lost", "credential")
+        )
     )
     sys.exit(0 if counts.get("right", 0) == len(abuse.rows) else 1)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Optional
 
 
@@ -257,3 +258,67 @@ class LambdaStandIn(StandIn):
                 "price_cents_per_hour": self.price_cents,
             },
         }
+
+
+class Recorder(StandIn):
+    """Accepts any request with a 200 and keeps it (a webhook, an ntfy server, a redirect's target)."""
+
+    def handle(self, handler, method, path, body) -> None:
+        self.reply(handler, 200, {"id": "x"})
+
+
+class Redirector(StandIn):
+    """Answers every request with `status` and a Location on another origin (`target`, a different port of
+    127.0.0.1 is a different host:port to an HTTP client): the credentials must never reach `target`."""
+
+    def __init__(self, target: str, status: int = 307) -> None:
+        super().__init__()
+        self.target = target.rstrip("/")
+        self.status = status
+
+    def handle(self, handler, method, path, body) -> None:
+        handler.send_response(self.status)
+        handler.send_header("Location", self.target + path)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+
+class Trickler(StandIn):
+    """Sends a 200 status line, then one header byte every `every` seconds, never finishing: a per-read
+    socket timeout never fires against it, only a deadline for the whole answer does."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        super().__init__()
+        self.every = every
+
+    def handle(self, handler, method, path, body) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        handler.wfile.flush()
+        while not self.release.wait(self.every):
+            try:
+                handler.wfile.write(b"X")
+                handler.wfile.flush()
+            except OSError:
+                return
+
+
+# --- processes: what a test that kills a parent looks at (Linux /proc) --------------------------------------
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(child) for child in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """False once the process has ended, a zombie included (only its parent has not collected it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status

@@ -264,8 +264,11 @@ def test_a_download_that_is_not_hellaswag_never_becomes_the_cache(tmp_path, monk
         def __exit__(self, *exc):
             return False
 
-        def read(self):
-            return b"<html>proxy login</html>\n"
+        sent = False
+
+        def read1(self, size=-1):  # what the download reads with, a chunk at a time
+            page, self.sent = (b"" if self.sent else b"<html>proxy login</html>\n"), True
+            return page
 
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Page())
     target = tmp_path / "hellaswag_val.jsonl"

@@ -24,8 +24,9 @@ FLOORS: tuple[tuple[str, ...], ...] = (
         "gptlab.linear_cross_entropy",
         "gptlab.version",
         "gptlab.corpora",  # the embedded corpus files, no code
+        "gptlab.hub",  # huggingface_hub's timeouts, for data/ and export/
     ),
-    ("gptlab.files", "gptlab.tokenizer"),
+    ("gptlab.files", "gptlab.tokenizer", "gptlab.locks"),  # locks: one writer at a time (rundir names the run's)
     ("gptlab.rundir",),  # the run directory's file names
     ("gptlab.notify",),  # below config, which names train.json's channels from its registry; the loop sends
     ("gptlab.config",),  # model.json, train.json and resolved_config.json, read by rundir's names

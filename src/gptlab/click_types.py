@@ -19,8 +19,10 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-# torch.manual_seed accepts this range; a seed outside it would fail deep inside torch.
-SEED = click.IntRange(min=0, max=2**63 - 1)
+# One seed range for every option and file: config.SEED_MAX, spelled here too since this ground-floor module
+# imports nothing of gptlab (tests/test_seeds.py ties the two). Within it no two seeds alias in Python,
+# NumPy or torch; outside it torch would wrap or fail deep inside.
+SEED = click.IntRange(min=0, max=2**32 - 1)
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 FRACTION = FiniteFloatRange(min=0.0, max=1.0, max_open=True)

@@ -27,6 +27,8 @@ from gptlab.rundir import (
     read_resolved_config,
 )
 
+SEED_MAX = 2**32 - 1  # random_seed and experiment seeds: 0..SEED_MAX (see TrainConfig.random_seed)
+
 
 class MoESettings(BaseModel):
     """model.json's `moe` object: each block's feed-forward layer becomes a mixture of experts, as in the users'
@@ -197,9 +199,11 @@ class TrainConfig(BaseModel):
     )
     random_seed: int = Field(
         42,
-        ge=-(2**63),
-        le=2**64 - 1,
-        description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built.",
+        # one range in which no two seeds give the same weights: torch wraps negatives modulo 2**64 (-1 is
+        # 2**64-1) and NumPy takes seeds modulo 2**32, so only 0..2**32-1 is free of aliases in all three
+        ge=0,
+        le=SEED_MAX,
+        description="Seeds Python, NumPy and torch (CPU and CUDA) before the model is built; 0 to 4294967295.",
     )
     random_streams: bool = Field(
         False,

@@ -14,6 +14,7 @@
       events.out.tfevents.*     TensorBoard's event files (train.json's `loggers`), in the run directory itself so
                                 that `tensorboard --logdir runs/` labels each run by its name (gptlab.train.loggers)
       wandb/                    wandb's own folder
+      .gptlab.lock              who is writing into the run now (`lock_run`; gptlab.locks): one writer at a time
 
 Every other module names these files through this one, so a reader finds each file's writer and readers
 with one grep. It stands below `gptlab.config`, which reads and writes the configs (model.json, train.json,
@@ -22,11 +23,14 @@ resolved_config.json) by these names.
 
 from __future__ import annotations
 
+import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Optional
 
 from gptlab.errors import BadFile
 from gptlab.files import atomic_write_json, read_json
+from gptlab.locks import exclusive
 
 MODEL_FILE, TRAIN_FILE = "model.json", "train.json"
 RESOLVED_CONFIG = "resolved_config.json"
@@ -37,6 +41,10 @@ HELLASWAG_ENTRY = "hellaswag"  # evaluation.json's key for `gptlab eval --task h
 LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-chart.png", "learning-rate-chart.png"
 ROUTING_CHART = "routing-chart.png"  # mixture-of-experts runs only
 CHECKPOINTS = "checkpoints"
+LOCK_FILE = ".gptlab.lock"
+# seconds an evaluation waits to merge its entry into evaluation.json: long enough for another evaluation's
+# write (milliseconds), short enough that one refused by a training run in progress says so at once
+EVALUATION_LOCK_WAIT = 10.0
 # The checkpoint eval, generate, export, upload and experiments use when none is named: the run's last one.
 # Runs compared after the same token budget are then compared at equal tokens, whatever `best_by` and the
 # validation cadence picked as `best`; it is also what litgpt and the Hugging Face Trainer hand back by
@@ -73,6 +81,15 @@ def read_resolved_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def lock_run(run_dir: Path, command: str, wait: float = 0.0) -> AbstractContextManager[None]:
+    """Hold the run's writer lock (gptlab.locks.exclusive) for a command that writes into it; a second
+    writer gets a UserError naming the holder. Under torchrun only global rank 0 takes it: every rank
+    writes through rank 0, and on a filesystem shared by the nodes another node's rank would find it taken.
+    A folder that does not exist is not locked: the command fails on its own, with its own message."""
+    take = os.environ.get("RANK", "0") in ("", "0") and Path(run_dir).is_dir()
+    return exclusive(Path(run_dir) / LOCK_FILE, f"run {run_dir}", command, take=take, wait=wait)
+
+
 def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:
     """The configuration a run trained with, as JSON: from summary.json, else resolved_config.json (raw, so a run
     of an older gptlab with keys since removed can still be compared)."""
@@ -101,10 +118,11 @@ def write_evaluation(run_dir: Path, result: dict[str, Any], checkpoint_choice: s
     or a name); every other task's entry already there (a key holding an object the loss does not write) is
     kept. Returns what was written."""
     result = {**result, "checkpoint_choice": checkpoint_choice}
-    for key, entry in (read_evaluation(run_dir) or {}).items():
-        if key not in result and isinstance(entry, dict):
-            result[key] = entry
-    atomic_write_json(Path(run_dir) / EVALUATION, result)
+    with lock_run(run_dir, "gptlab eval --save", wait=EVALUATION_LOCK_WAIT):  # read, merge, write: one writer
+        for key, entry in (read_evaluation(run_dir) or {}).items():
+            if key not in result and isinstance(entry, dict):
+                result[key] = entry
+        atomic_write_json(Path(run_dir) / EVALUATION, result)
     return result
 
 
@@ -112,7 +130,8 @@ def write_task_evaluation(run_dir: Path, key: str, result: dict[str, Any], check
     """Put a task's result under evaluation.json's `key`, leaving the test loss (the top-level keys, which say
     how comparisons evaluate runs) and every other task's entry as they are. Returns the entry written."""
     entry = {**result, "checkpoint_choice": checkpoint_choice}
-    atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), key: entry})
+    with lock_run(run_dir, f"gptlab eval --task {key} --save", wait=EVALUATION_LOCK_WAIT):
+        atomic_write_json(Path(run_dir) / EVALUATION, {**(read_evaluation(run_dir) or {}), key: entry})
     return entry
 
 

@@ -102,6 +102,8 @@ def watch(
     )
     stop = threading.Event()
     stopped_by: list[str] = []
+    if hasattr(provider, "cancel"):
+        provider.cancel = stop  # a stop ends a request in flight too, not only the wait between polls
 
     def request_stop(signum: int, frame: object) -> None:
         stopped_by.append(signal.Signals(signum).name)

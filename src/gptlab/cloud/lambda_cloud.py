@@ -9,6 +9,8 @@ second and one launch every 12 seconds.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional
 
@@ -36,9 +38,14 @@ def _expected_shape(path: str) -> Iterator[None]:
 class LambdaCloud:
     name = "lambda"
 
-    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL):
+    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, cancel: Optional[threading.Event] = None):
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
+        # set by a stop request (SIGTERM, Ctrl-C): a read in flight is abandoned at once. Never a launch's,
+        # whose answer says whether an instance is now billed.
+        self.cancel = cancel
+        # a time.monotonic() after which no read may go on (`cloud watch --max-hours`); None: no deadline
+        self.deadline: Optional[float] = None
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "LambdaCloud":
@@ -114,6 +121,8 @@ class LambdaCloud:
         )
 
     def _call(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+        if method == "GET" and self.deadline is not None:
+            timeout = max(0.1, min(timeout, self.deadline - time.monotonic()))
         try:
             response = request(
                 method,
@@ -121,6 +130,7 @@ class LambdaCloud:
                 json_body=body,
                 timeout=timeout,
                 headers={"Authorization": f"Bearer {self._api_key}"},
+                cancel=self.cancel if method == "GET" else None,
             )
         except HttpError as error:
             raise self._provider_error(path, error) from None

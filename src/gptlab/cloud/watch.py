@@ -63,6 +63,8 @@ class Watcher:
         launched_id: Optional[str] = None
         lost_launch_at: Optional[float] = None
         errors_in_a_row = 0
+        if hasattr(self.provider, "deadline"):  # reads end at --max-hours too, however slowly a server answers
+            self.provider.deadline = deadline
         self._state(
             f"Watching {self.provider.name} for {plan.instance_type} in {', '.join(plan.regions) or 'any region'} every {plan.interval:g} s"
             + (f", for at most {plan.max_hours:g} h" if plan.max_hours is not None else "")
@@ -73,6 +75,8 @@ class Watcher:
             )
         )
         while not self.stop.is_set():
+            if launched_id is not None and hasattr(self.provider, "deadline"):
+                self.provider.deadline = None  # --max-hours ends the watching, not the wait for a launched instance
             if deadline is not None and self.clock() >= deadline and launched_id is None:
                 result.outcome = "gave-up"
                 self._state(
@@ -182,6 +186,8 @@ class Watcher:
                 errors_in_a_row += 1
                 wait = self._backoff(errors_in_a_row, error.retry_after)
                 self._quiet(f"{error}; trying again in {wait:.1f} s")
+            if deadline is not None and launched_id is None:
+                wait = min(wait, max(0.0, deadline - self.clock()))  # no wait (a Retry-After included) runs past it
             self.stop.wait(wait)
         if launched_id is not None:
             self._state(

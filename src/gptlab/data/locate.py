@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gptlab.data.tokens import TokenDataset
 from gptlab.errors import UserError
+from gptlab.hub import bound_hub_waits
 from gptlab.rundir import TRAIN_FILE, recorded_dataset_location
 
 DATASETS_DIR_ENV = "GPTLAB_DATASETS_DIR"
@@ -28,6 +29,7 @@ def download_hf_dataset(repo_id: str, target: Path, looked: str = "") -> None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    bound_hub_waits()
     try:
         snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=str(target))
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:

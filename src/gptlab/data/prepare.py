@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import random
 import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -162,6 +163,23 @@ class _ScriptSafePool(ProcessPoolExecutor):
             return super().submit(function, *args, **kwargs)
 
 
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker's initializer: end the worker when the prepare that started it is gone. A SIGKILLed parent
+    runs no cleanup, and the pool's workers would then wait for work forever (holding the resource
+    tracker, which ends once no process holds its pipe). Polling getppid works on every platform; a worker
+    is re-parented (to init or a subreaper) the moment its parent dies."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gptlab-watch-parent", daemon=True).start()
+
+
 class _InProcess:
     """The executor for one worker: no process pool, the same function."""
 
@@ -293,6 +311,19 @@ def _small_split_problem(
     )
 
 
+def _refuse_own_source(source: str, out_dir: Path) -> None:
+    """OUT inside a local SRC would have the next prepare of SRC read the dataset's own files as documents.
+    (SRC inside OUT is fine: a prepare writes only its own named files into OUT, never into a subfolder.)"""
+    if not Path(source).exists():
+        return  # a Hub id, `brown`, an hf: source
+    src, out = Path(source).resolve(), out_dir.resolve()
+    if out == src or src in out.parents:
+        raise UserError(
+            f"{out_dir}: OUT_DIR is inside the source {source}, whose next prepare would read the dataset's files as "
+            "text; choose a folder outside it"
+        )
+
+
 def prepare_dataset(
     source: str,
     out_dir: Path,
@@ -329,6 +360,7 @@ def prepare_dataset(
     workers = workers or len(os.sched_getaffinity(0))
     options = source_options or SourceOptions(text_field=text_field)
     out_dir = Path(out_dir)
+    _refuse_own_source(source, out_dir)
     if (out_dir / "train.safetensors").exists() and not overwrite and not (out_dir / STATE_FILE).exists():
         raise UserError(f"{out_dir}: already holds a token dataset; pass --overwrite to replace it")
     opened = open_source(source, options)
@@ -406,7 +438,14 @@ def prepare_dataset(
         smoothing=0.1,
     )
     executor = (
-        _ScriptSafePool(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InProcess()
+        _ScriptSafePool(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
+        if workers > 1
+        else _InProcess()
     )
     try:
         if not progress.finished:

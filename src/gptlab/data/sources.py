@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from gptlab.errors import UserError
+from gptlab.hub import bound_hub_waits
 from gptlab.tokenizer import END_OF_TEXT
 
 EMBEDDED_CORPORA = {"brown": "brown.jsonl.xz"}
@@ -235,6 +236,7 @@ def _open_hf(spec: str, options: SourceOptions) -> Source:
         ) from None
     repository = spec[len(HF_PREFIX) :]
     local = Path(repository).is_dir()
+    bound_hub_waits()  # the stream reads through huggingface_hub's client: no wait without a limit
     try:
         stream = datasets.load_dataset(
             repository, name=options.hf_name, split=options.hf_split, revision=options.hf_revision, streaming=True

@@ -6,6 +6,7 @@ map, so a split of billions of tokens is never loaded whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -177,6 +178,12 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
+FINGERPRINT_IGNORES = (
+    "seconds",
+    "gptlab_version",
+)  # meta.json keys that differ between preparations of the same tokens
+
+
 class TokenDataset:
     """A prepared dataset directory: `train.safetensors`, `validation.safetensors`, optional `test.safetensors`
     and `meta.json`."""
@@ -195,6 +202,19 @@ class TokenDataset:
 
     def has_split(self, name: str) -> bool:
         return (self.directory / f"{name}.safetensors").is_file()
+
+    def fingerprint(self) -> str:
+        """What a resume checks to be on the same tokens: a hash of meta.json (source, counts, split rule,
+        seed; not how long the prepare took) and of each split file's size, cheap for any dataset size. A re-prepare of another corpus at
+        the same path changes it; a re-prepare of the same corpus with the same options does not (the
+        tokens are then the same)."""
+        digest = hashlib.sha256()
+        described = {key: value for key, value in self.meta.items() if key not in FINGERPRINT_IGNORES}
+        digest.update(json.dumps(described, sort_keys=True).encode("utf-8"))
+        for name in SPLIT_NAMES:
+            path = self.directory / f"{name}.safetensors"
+            digest.update(f"{name}:{path.stat().st_size if path.is_file() else -1};".encode())
+        return "sha256:" + digest.hexdigest()[:16]
 
     def split(self, name: str) -> TokenSplit:
         if name not in self._splits:

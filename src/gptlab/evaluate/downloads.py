@@ -4,6 +4,7 @@ when they read as the task's files, and one line saying to pass `--file` when th
 from __future__ import annotations
 
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Callable, Optional
 
 from gptlab.errors import UserError
 from gptlab.files import atomic_write, user_cache_dir
+
+DOWNLOAD_READ_TIMEOUT = 30.0  # seconds without a byte
+DOWNLOAD_DEADLINE = 600.0  # seconds for the whole file (HellaSwag's is about 11 MB)
 
 
 def cache_dir(task: str) -> Path:
@@ -33,9 +37,16 @@ def locate_file(file: Optional[Path], task: str, file_name: str, url: str, check
 def download_file(target: Path, url: str, task: str, check: Callable[[Path], object]) -> None:
     """Download `url` to `target`, kept only when `check` reads it (a proxy's error page never becomes the cache)."""
     print(f"Downloading {task}'s items from {url} to {target} (once) ...", file=sys.stderr)
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = response.read()
+        # the socket timeout bounds each wait; the deadline bounds the whole, against a server trickling bytes
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_READ_TIMEOUT) as response:
+            chunks = []
+            while chunk := response.read1(1 << 16):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not complete after {DOWNLOAD_DEADLINE:g} s")
+            data = b"".join(chunks)
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", None) or error
         raise UserError(

@@ -21,8 +21,9 @@ from gptlab.errors import UserError
 from gptlab.experiments.compare import evaluate_and_save, evaluation_is_current
 from gptlab.experiments.plan import PlannedRun, plan_runs, write_plan
 from gptlab.experiments.spec import Experiment
+from gptlab.locks import exclusive
 from gptlab.notify.training import send_test_loss
-from gptlab.rundir import TRAIN_LOG, read_evaluation, read_summary
+from gptlab.rundir import LOCK_FILE, TRAIN_LOG, read_evaluation, read_summary
 from gptlab.runtime.checkpoint import find_checkpoint, list_checkpoints
 from gptlab.words import loss_with_perplexity
 
@@ -144,7 +145,22 @@ def run_experiment(
     show_progress: bool = False,
     echo: Callable[[str], Any] = print,
 ) -> list[dict[str, Any]]:
-    """Plan, then train and evaluate each run not yet done. Returns one record per run."""
+    """Plan, then train and evaluate each run not yet done. Returns one record per run. A second
+    `experiment run` of the same file is refused while this one runs (each run's own lock, taken by its
+    training, would only stop it at the first run both reach, after the plan was rewritten under it)."""
+    path = Path(experiment.path)
+    lock = path.parent / f".{path.name}{LOCK_FILE}"  # beside the file: .exp.json.gptlab.lock
+    with exclusive(lock, f"experiment {path}", "gptlab experiment run"):
+        return _run_locked(experiment, launcher, datasets_dir, show_progress, echo)
+
+
+def _run_locked(
+    experiment: Experiment,
+    launcher: Optional[str],
+    datasets_dir: Optional[Path],
+    show_progress: bool,
+    echo: Callable[[str], Any],
+) -> list[dict[str, Any]]:
     planned = plan_runs(experiment)
     write_plan(planned)
     outcomes = []

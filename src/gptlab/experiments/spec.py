@@ -30,6 +30,7 @@ from typing import Any, Optional
 import tomllib
 
 from gptlab.config import (
+    SEED_MAX,
     EvaluationSettings,
     Overrides,
     apply_overrides,
@@ -109,6 +110,13 @@ def _seeds(path: Path, raw: Any, problems: list[str]) -> tuple[int, ...]:
     if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
         problems.append(
             f"{path}: seeds: {json.dumps(raw)} is not allowed: give a non-empty list of integers, e.g. [1, 2, 3]"
+        )
+        return ()
+    outside = [seed for seed in raw if not 0 <= seed <= SEED_MAX]
+    if outside:
+        problems.append(
+            f"{path}: seeds: {', '.join(map(str, outside))} is outside 0..{SEED_MAX}, the range in which every seed "
+            "gives different weights (outside it seeds alias: -1 trains as 18446744073709551615)"
         )
         return ()
     if len(set(raw)) != len(raw):

@@ -16,7 +16,10 @@ never sees half an export or half an imported run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pickle
 import re
 from importlib import resources
 from pathlib import Path
@@ -42,9 +45,12 @@ from gptlab.files import (
 )
 from gptlab.model import GPT, LAYER_NORM_EPS
 from gptlab.rundir import (
+    CHECKPOINTS,
     DEFAULT_CHECKPOINT,
     MODEL_FILE,
+    RESOLVED_CONFIG,
     TRAIN_FILE,
+    lock_run,
     read_evaluation,
     read_hellaswag_evaluation,
     read_summary,
@@ -168,6 +174,21 @@ def load_state_dict_checked(model: GPT, ours: dict[str, torch.Tensor], source: s
             parameter.copy_(tensor.to(parameter.dtype))
 
 
+def _inside(model_dir: Path, index: Path, name: Any) -> Path:
+    """A weight_map file, which must be a plain relative name inside the model folder: no `..`, no absolute
+    path, no symlink that leads out of it (an index from the Hub is not trusted to stay in its folder)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise UserError(
+            f"{index}: weight_map names {name!r}; only files inside {model_dir} are read (no '..', no absolute path)"
+        )
+    path = model_dir / name
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise UserError(
+            f"{index}: weight_map file {name!r} is a link to outside {model_dir}; only files inside it are read"
+        )
+    return path
+
+
 def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of a transformers model folder (single or sharded, safetensors or .bin)."""
     model_dir = Path(model_dir)
@@ -180,7 +201,7 @@ def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
         if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
             raise UserError(f"{chosen}: not a weight index (weight_map must map tensor names to file names)")
         files = sorted(set(weight_map.values()))
-        paths = [model_dir / name for name in files]
+        paths = [_inside(model_dir, chosen, name) for name in files]
     else:
         paths = [chosen]
     tensors: dict[str, torch.Tensor] = {}
@@ -194,6 +215,12 @@ def read_hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
         else:
             try:
                 tensors.update(torch.load(path, map_location="cpu", weights_only=True))
+            except pickle.UnpicklingError:
+                # torch's own message advises weights_only=False, which would run the file's code
+                raise UserError(
+                    f"{path}: holds pickled objects other than tensors; gptlab does not load them, as that could run "
+                    "code from the file. Convert the weights to model.safetensors with a tool you trust"
+                ) from None
             except Exception as error:  # torch raises several unrelated types for a bad file
                 raise UserError(
                     f"{path}: cannot read PyTorch weights ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
@@ -446,6 +473,15 @@ def check_export_target(out_dir: Path, overwrite: bool, protected: Path) -> None
         raise UserError(
             f"{out_dir}: OUT_DIR would replace the run directory {protected}; choose a folder outside it, e.g. {protected / 'hf'}"
         )
+    for inside in (resolved, Path(os.path.abspath(out_dir))):  # through links (`latest`, `best`) and as named
+        for folder in (inside, *inside.parents):
+            if folder.name == CHECKPOINTS and (
+                (folder.parent / MODEL_FILE).is_file() or (folder.parent / RESOLVED_CONFIG).is_file()
+            ):
+                raise UserError(
+                    f"{out_dir}: OUT_DIR is inside the run {folder.parent}'s {CHECKPOINTS}/ folder, whose checkpoints "
+                    f"an export would replace (even with --overwrite); choose a folder outside it, e.g. {folder.parent / 'hf'}"
+                )
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; choose a new or empty folder for OUT_DIR")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -510,13 +546,30 @@ def export_run(
     `eval_result` is what `gptlab eval --json` prints; `evaluate=True` computes one now on the default
     slice; with neither, RUN_DIR/evaluation.json (`gptlab eval --save`) is used when it is of this
     checkpoint. The card's sample is the smoke test (`gptlab generate --seed SEED`)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_export_target(out_dir, overwrite, run_dir)
+    # an export into the run (RUN/hf) writes into it: one writer at a time; elsewhere the run is only read
+    writes_into_run = run_dir.resolve() in out_dir.resolve().parents
+    with lock_run(run_dir, "gptlab export") if writes_into_run else contextlib.nullcontext():
+        return _export_locked(run_dir, out_dir, checkpoint, eval_result, evaluate, seed, repo_id, license, language)
+
+
+def _export_locked(
+    run_dir: Path,
+    out_dir: Path,
+    checkpoint: str,
+    eval_result: Optional[dict],
+    evaluate: bool,
+    seed: int,
+    repo_id: Optional[str],
+    license: Optional[str],
+    language: Optional[str],
+) -> dict[str, Any]:
     from gptlab.evaluate.sample import DEFAULT_PROMPT, generate_tokens
     from gptlab.export.card import CardFacts, model_card
     from gptlab.runtime.runs import open_trained_run
     from gptlab.tokenizer import decode, encode
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    check_export_target(out_dir, overwrite, run_dir)
     trained = open_trained_run(run_dir, checkpoint)
     trained.config.model.require_format("gpt2", str(run_dir / MODEL_FILE))
     if trained.config.model.vocab_size < VOCAB_SIZE:

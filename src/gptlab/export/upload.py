@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from gptlab.errors import UserError
+from gptlab.hub import bound_hub_waits
 from gptlab.rundir import DEFAULT_CHECKPOINT
 
 EXPORT_FOLDER = "export"
@@ -108,6 +109,7 @@ def upload_run(
             )
         from huggingface_hub import HfApi
 
+        bound_hub_waits()
         api = HfApi(endpoint=endpoint, token=token)
         try:  # reachability and the token are checked before spending time on the export
             api.whoami()

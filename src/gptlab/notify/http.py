@@ -2,6 +2,14 @@
 
 Errors name the status or the network failure but never the address: a Telegram address holds the bot
 token, and an error line may be printed or logged.
+
+Redirects are never followed: every request here carries a credential (a bearer header, a token in the
+path, a secret webhook address), urllib would forward its headers to whatever host a redirect names, and
+a POST that follows a 301/302 turns into an empty GET whose 200 would pass for a delivery. A 3xx is a
+failure that names only the host it pointed to.
+
+The timeout is a deadline for the whole exchange, not per socket read: a server that trickles one byte
+every few seconds would otherwise hold the caller forever.
 """
 
 from __future__ import annotations
@@ -10,10 +18,17 @@ import http.client
 import json
 import math
 import socket
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Optional
+
+MAX_RETRY_AFTER = 300.0  # seconds: a longer (or infinite) Retry-After is treated as this
+READ_CHUNK = 65536
+CANCEL_CHECK = 0.2  # seconds between looks at a request's `cancel` event
 
 
 class HttpError(Exception):
@@ -46,12 +61,32 @@ def _parse(raw: bytes) -> Any:
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds to wait, capped at MAX_RETRY_AFTER; None for an HTTP date, garbage or NaN (the caller's own
+    backoff applies). `inf` and huge values are capped: no server may park a caller indefinitely."""
     try:
         seconds = float(value) if value is not None else None
     except ValueError:
-        return None  # an HTTP date; the caller's own backoff applies
-    # `inf` and `nan` parse as floats but are no wait at all: the caller's own backoff applies
-    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
+        return None
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None  # urllib then raises the 3xx as an HTTPError, handled below
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+
+
+def _host(url: str) -> str:
+    """host[:port] of a URL, without user info or path (either may hold a secret)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else "an unnamed host"
+    except ValueError:
+        return "an unreadable address"
 
 
 def request(
@@ -62,20 +97,67 @@ def request(
     data: Optional[bytes] = None,
     headers: Optional[dict[str, str]] = None,
     timeout: float = 10.0,
+    cancel: Optional[threading.Event] = None,
 ) -> Response:
-    """Send one request; a 2xx response is returned, anything else raises HttpError."""
+    """Send one request; a 2xx response is returned, anything else (a redirect included) raises HttpError.
+    The whole exchange, connecting and reading included, ends within `timeout` seconds, or as soon as
+    `cancel` is set."""
     headers = {"User-Agent": "gptlab", "Accept": "application/json", **(headers or {})}
     if json_body is not None:
         data = json.dumps(json_body).encode("utf-8")
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    # The exchange runs on a daemon thread the caller waits for with a deadline: a socket timeout bounds
+    # each read, not the sum of them, and name resolution has no timeout at all. A thread still waiting at
+    # the deadline is abandoned; its own reads stop at the socket timeout or the deadline check below.
+    outcome: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+
+    def exchange() -> None:
+        try:
+            outcome["response"] = _exchange(req, timeout, deadline)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=exchange, name="gptlab-http", daemon=True)
+    worker.start()
+    # waited for in short slices, so that `cancel` (set by a SIGTERM or Ctrl-C handler) ends the wait at once
+    while worker.is_alive() and time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+        worker.join(min(CANCEL_CHECK, max(0.0, deadline - time.monotonic())))
+    if cancel is not None and cancel.is_set() and not outcome:
+        raise HttpError("cancelled")
+    if worker.is_alive() or not outcome:
+        raise HttpError(f"no complete answer within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["response"]
+
+
+def _exchange(req: urllib.request.Request, timeout: float, deadline: float) -> Response:
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            return Response(response.status, _parse(response.read()))
+        with _OPENER.open(req, timeout=timeout) as response:
+            chunks = []
+            while True:
+                if time.monotonic() > deadline:
+                    raise HttpError(f"no complete answer within {timeout:g} s")
+                chunk = response.read1(READ_CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return Response(response.status, _parse(b"".join(chunks)))
     except urllib.error.HTTPError as error:
-        body = _parse(error.read() or b"")
+        if 300 <= error.code < 400:
+            where = _host(urllib.parse.urljoin(req.full_url, error.headers.get("Location") or ""))
+            raise HttpError(
+                f"HTTP {error.code}: redirected to {where}; not followed (the request carries credentials)",
+                error.code,
+            ) from None
+        try:
+            raw = error.read() or b""
+        except (OSError, http.client.HTTPException):
+            raw = b""
         raise HttpError(
-            f"HTTP {error.code}", error.code, body, _retry_after(error.headers.get("Retry-After"))
+            f"HTTP {error.code}", error.code, _parse(raw), _retry_after(error.headers.get("Retry-After"))
         ) from None
     except (socket.timeout, TimeoutError):
         raise HttpError(f"no response within {timeout:g} s") from None

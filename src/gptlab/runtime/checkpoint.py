@@ -36,7 +36,7 @@ from gptlab.files import (
     remove_stale_staging,
 )
 from gptlab.model import GPT
-from gptlab.rundir import CHECKPOINTS, METRICS
+from gptlab.rundir import CHECKPOINTS, METRICS, TRAIN_LOG
 from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
 
 POINTERS = ("latest", "best")
@@ -82,6 +82,16 @@ def read_checksums(directory: Path) -> Optional[dict[str, str]]:
 
 def checkpoint_name(step: int, now: Optional[time.struct_time] = None) -> str:
     return time.strftime("%Y%m%dZ%H%M%S", now or time.gmtime()) + f"-iteration-{step}"
+
+
+CHECKPOINT_NAME = re.compile(r"\d{8}Z\d{6}-iteration-\d+")  # exactly what checkpoint_name writes
+
+
+def written_by_gptlab(path: Path) -> bool:
+    """A folder pruning may delete: named exactly as checkpoint_name names them and holding the meta.json
+    every gptlab checkpoint has. A user's copy (`my-saved-copy-iteration-2`, `...-iteration-9-backup`) is
+    never one, whatever it holds."""
+    return bool(CHECKPOINT_NAME.fullmatch(path.name)) and (path / META).is_file() and not path.is_symlink()
 
 
 def rng_state() -> dict[str, Any]:
@@ -406,10 +416,7 @@ def set_aside_later_checkpoints(run_dir: Path, resumed: Checkpoint) -> Optional[
     ]
     if not later:
         return None
-    aside = directory / f"{ABANDONED_PREFIX}{time.strftime('%Y%m%dZ%H%M%S', time.gmtime())}"
-    while aside.exists():
-        aside = aside.with_name(aside.name + "+")
-    aside.mkdir()
+    aside = _new_aside_folder(directory)
     metrics = Path(run_dir) / METRICS
     if metrics.is_file():
         shutil.copy2(metrics, aside / METRICS)
@@ -428,6 +435,31 @@ def set_aside_later_checkpoints(run_dir: Path, resumed: Checkpoint) -> Optional[
             best_link.unlink()
             fsync_directory(directory)
     return aside
+
+
+def _new_aside_folder(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    aside = directory / f"{ABANDONED_PREFIX}{time.strftime('%Y%m%dZ%H%M%S', time.gmtime())}"
+    while aside.exists():
+        aside = aside.with_name(aside.name + "+")
+    aside.mkdir()
+    return aside
+
+
+def set_aside_leftovers(run_dir: Path) -> Optional[tuple[Path, list[str]]]:
+    """A fresh start over a run that was stopped before its first checkpoint: move the earlier start's
+    metrics.jsonl and train.log into `checkpoints/abandoned-<UTC time>/`, as a rewind moves a later line of
+    history, instead of deleting them. Returns the folder and the names moved, or None when there were none."""
+    leftovers = [Path(run_dir) / name for name in (METRICS, TRAIN_LOG) if (Path(run_dir) / name).is_file()]
+    if not leftovers:
+        return None
+    directory = Path(run_dir) / CHECKPOINTS
+    aside = _new_aside_folder(directory)
+    for path in leftovers:
+        os.rename(path, aside / path.name)
+    fsync_directory(aside)
+    fsync_directory(Path(run_dir))
+    return aside, [path.name for path in leftovers]
 
 
 def _was_best(path: Path) -> bool:
@@ -456,7 +488,7 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
     directory = Path(run_dir) / CHECKPOINTS
     best = (directory / "best").resolve() if (directory / "best").exists() else None
     removed = []
-    for path in list_checkpoints(run_dir)[:-keep]:
+    for path in [path for path in list_checkpoints(run_dir) if written_by_gptlab(path)][:-keep]:
         if best is not None and path.resolve() == best:
             continue
         shutil.rmtree(path)

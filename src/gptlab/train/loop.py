@@ -28,10 +28,11 @@ from gptlab.data.tokens import TokenDataset
 from gptlab.errors import BadFile, UserError
 from gptlab.evaluate.loss import EvalSlice, eval_slice_for, evaluate_batch_losses
 from gptlab.files import atomic_write_text
+from gptlab.model import parameter_counts
 from gptlab.notify.events import CheckpointWritten, Failed, Finished, Started, Stopped
 from gptlab.notify.training import TrainingNotifier
 from gptlab.random_streams import init_with_streams
-from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, TRAIN_LOG
+from gptlab.rundir import CHECKPOINTS, METRICS, MODEL_FILE, TRAIN_FILE, lock_run
 from gptlab.runtime.checkpoint import (
     Checkpoint,
     find_checkpoint,
@@ -45,6 +46,7 @@ from gptlab.runtime.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     set_aside_later_checkpoints,
+    set_aside_leftovers,
     step_of,
 )
 from gptlab.runtime.precision import (
@@ -57,7 +59,7 @@ from gptlab.runtime.precision import (
 from gptlab.train import distributed, sharding
 from gptlab.train.cadence import Cadence
 from gptlab.train.charts import draw_run_charts
-from gptlab.train.host import keep_freed_memory_for_reuse
+from gptlab.train.host import available_memory_bytes, keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from gptlab.train.progress import (
@@ -170,6 +172,7 @@ def setup(
     precision = configure_precision(precision_choice.name, device, str(run_dir / TRAIN_FILE))
     seed_everything(train_config.random_seed)
     fast_paths = train_config.fast_paths(device.type)
+    _refuse_a_model_too_large(run_dir, model_config, device, fast_paths["pad_vocab_multiple"])
     model = build_model(
         model_config,
         "cpu" if train_config.random_streams else device,
@@ -215,19 +218,44 @@ def setup(
         show_progress=show_progress
         and dist_context.is_main
         and sys.stderr.isatty(),  # without a terminal, log lines instead
+        dataset_fingerprint=dataset.fingerprint(),
     )
     if dist_context.is_main:
         remove_stale_checkpoint_staging(run_dir)
     if resume is not None:
         _restore(run, resume)
-    elif dist_context.is_main:
+    moved = None
+    if resume is None and dist_context.is_main:
         write_resolved_config(run_dir, run_config, dataset.directory)
-        (run_dir / METRICS).unlink(missing_ok=True)
-        (run_dir / TRAIN_LOG).unlink(missing_ok=True)
+        moved = set_aside_leftovers(run_dir)  # an earlier start stopped before its first checkpoint
     log_header(run)
+    if moved is not None:
+        aside, names = moved
+        run.log.line(f"Moved {' and '.join(names)} of an earlier start without checkpoints to {aside}")
     if dist_context.is_main:
         run.loggers = MetricLoggers(train_config.loggers, run_dir, run_config, run.start_step, warn=run.log.line)
     return run
+
+
+PARAMETER_BYTES = 16  # per parameter, in every precision: float32 weights and gradients, AdamW's two moments
+
+
+def _refuse_a_model_too_large(run_dir: Path, config: Any, device: torch.device, vocab_multiple: int) -> None:
+    """Refuse, before a byte is allocated, a model whose weights, gradients and AdamW state alone exceed the
+    memory left on the device (the same parts `gptlab plan` counts; activations come on top), instead of
+    building it for minutes and then being killed."""
+    parameters = parameter_counts(config, vocab_multiple=vocab_multiple).total
+    needed = parameters * PARAMETER_BYTES
+    if device.type == "cuda":
+        available, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    else:
+        available, where = available_memory_bytes(), "available on this machine"
+    if available is not None and needed > available:
+        raise UserError(
+            f"{run_dir / MODEL_FILE}: the model's weights, gradients and AdamW state need {needed / 2**30:,.1f} GiB "
+            f"({parameters:,} parameters x {PARAMETER_BYTES} bytes) but {available / 2**30:,.1f} GiB are {where}; "
+            f"`gptlab train {run_dir} --dry-run` gives the whole estimate"
+        )
 
 
 def _choose_run_precision(
@@ -274,6 +302,13 @@ def _restore(run: Training, which: str) -> None:
             f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
             f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume"
         )
+    recorded = checkpoint.meta.get("dataset_fingerprint")
+    if recorded is not None and recorded != run.dataset_fingerprint:
+        raise UserError(
+            f"{run.dataset.directory}: is not the dataset checkpoint {checkpoint.name} trained on (its fingerprint was "
+            f"{recorded}, the folder's is now {run.dataset_fingerprint}: it was prepared again); resume only on the "
+            "same tokens, or start a new run (init_from takes this run's weights)"
+        )
     if sharding.is_sharded(run.model):  # every rank reads the full files and keeps its shards
         plain = sharding.plain_model(run.model)
         checkpoint.load_model(plain)
@@ -301,6 +336,11 @@ def _restore(run: Training, which: str) -> None:
     if ignored and run.dist.is_main:
         run.log.line(
             f"Note: ignored in {CHECKPOINTS}/, not named <UTC time>-iteration-<step> like a checkpoint: {', '.join(ignored)}"
+        )
+    if recorded is None:
+        run.log.line(
+            f"Note: {checkpoint.name} has no dataset fingerprint (written by an older gptlab), so the data could not "
+            "be checked to be the tokens it trained on"
         )
     if aside is not None:
         run.log.line(
@@ -642,6 +682,7 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
             "peak_memory_bytes": peak_memory(run.device),
             "torch_version": torch.__version__,
             "effective_config": run.config.to_json_dict(),
+            "dataset_fingerprint": run.dataset_fingerprint,
         }
         if run.last_routing is not None:
             meta["routing"] = run.last_routing
@@ -676,6 +717,17 @@ def train_run(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train the run in `run_dir` from its model.json and train.json; returns the summary."""
+    with lock_run(run_dir, "gptlab train" + (f" --resume {resume}" if resume is not None else "")):
+        return _train_locked(run_dir, datasets_dir, overrides, resume, show_progress)
+
+
+def _train_locked(
+    run_dir: Path,
+    datasets_dir: Optional[Path],
+    overrides: Optional[dict],
+    resume: Optional[str],
+    show_progress: bool,
+) -> dict[str, Any]:
     try:
         run = setup(run_dir, datasets_dir, overrides, resume, show_progress)
         try:

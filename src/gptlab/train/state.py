@@ -87,3 +87,4 @@ class Training:
     loggers: MetricLoggers = field(default_factory=MetricLoggers)  # TensorBoard, wandb
     last_log_line: tuple[int, float] = (-1, float("-inf"))  # (step, time.monotonic()) of the newest log line
     last_routing: Optional[dict[str, Any]] = None  # mixture-of-experts routing statistics last read (train/routing.py)
+    dataset_fingerprint: Optional[str] = None  # the data as it was when this start began; in every checkpoint's meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from gptlab.notify.http import request
+from gptlab.notify.http import HttpError, request
 from gptlab.notify.message import ChannelKind, Message, Variable
 
 TELEGRAM_TEXT_LIMIT = 4096  # characters Telegram accepts in one message
@@ -20,7 +20,7 @@ class Telegram:
 
     def send(self, message: Message, timeout: float) -> None:
         # the Bot API's sendMessage: the token is part of the address, the chat and text are the body
-        request(
+        response = request(
             "POST",
             f"{self.base_url.rstrip('/')}/bot{self.token}/sendMessage",
             timeout=timeout,
@@ -30,6 +30,10 @@ class Telegram:
                 "disable_web_page_preview": True,
             },
         )
+        # the Bot API answers {"ok": true, ...} for a message it took; anything else (a proxy's 200 page,
+        # an empty body) is not a delivery
+        if not (isinstance(response.body, dict) and response.body.get("ok") is True):
+            raise HttpError(f"HTTP {response.status} without the Bot API's ok: true", response.status)
 
     def secrets(self) -> tuple[str, ...]:
         return (self.token,)
