@@ -291,42 +291,55 @@ def train(
     _print_json(plan) if as_json else click.echo("\n".join(format_plan(plan)))
 
 
-def _task_options(command):
-    """Each evaluation task's own flags (gptlab.evaluate.tasks), declared once; a flag several tasks take says
-    what it means to each."""
-    from gptlab.evaluate.tasks import all_options
+class _EvalCommand(click.Command):
+    """`gptlab eval`, whose --task choices and each task's own flags come from the task registry
+    (gptlab.evaluate.tasks). They are added the first time this command parses its arguments or prints its
+    help, because the registry imports the task modules, and with them torch: every other command, and
+    `gptlab --help`, start without it (about 2 s per process on a CPU machine)."""
 
-    for name, declarations, arguments, owners in reversed(all_options()):
-        helps = [f"{owner}: {task_help}" for owner in owners if (task_help := _task_help(owner, name))]
+    _registry_read = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._registry_read:
+            self._registry_read = True
+            task, flags = _task_parameters()
+            before = next(index for index, param in enumerate(self.params) if param.name == "no_progress")
+            self.params[before:before] = [task]
+            self.params.extend(flags)
+        return super().get_params(ctx)
+
+
+def _task_parameters() -> tuple[click.Option, list[click.Option]]:
+    """--task, and each task's own flags declared once; a flag several tasks take says what it means to each."""
+    from gptlab.evaluate.tasks import all_options, get_task, tasks
+
+    known = tasks()
+    task = click.Option(
+        ["--task"],
+        type=click.Choice(list(known)),
+        default="loss",
+        show_default=True,
+        help="; ".join(f"{entry.name}: {entry.summary}" for entry in known.values()),
+    )
+
+    def task_help(owner: str, name: str) -> str:
+        options = get_task(owner).options
+        return next((arguments.get("help", "") for option, _, arguments in options if option == name), "")
+
+    flags = []
+    for name, declarations, arguments, owners in all_options():
+        helps = [f"{owner}: {text}" for owner in owners if (text := task_help(owner, name))]
         extra = {
             **arguments,
             "help": "; ".join(helps) if len(owners) > 1 else f"{owners[0]}: {arguments.get('help', '')}",
         }
-        command = click.option(*declarations, name, default=None, **{k: v for k, v in extra.items() if k != "default"})(
-            command
+        flags.append(
+            click.Option([*declarations, name], default=None, **{k: v for k, v in extra.items() if k != "default"})
         )
-    return command
+    return task, flags
 
 
-def _task_help(task: str, name: str) -> str:
-    from gptlab.evaluate.tasks import get_task
-
-    return next((arguments.get("help", "") for option, _, arguments in get_task(task).options if option == name), "")
-
-
-def _task_names() -> list[str]:
-    from gptlab.evaluate.tasks import tasks
-
-    return list(tasks())
-
-
-def _task_summaries() -> str:
-    from gptlab.evaluate.tasks import tasks
-
-    return "; ".join(f"{task.name}: {task.summary}" for task in tasks().values())
-
-
-@cli.command(name="eval")
+@cli.command(name="eval", cls=_EvalCommand)
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help=CHECKPOINT_HELP)
 @click.option(
@@ -342,15 +355,7 @@ def _task_summaries() -> str:
     is_flag=True,
     help="Also write the result to RUN_DIR/evaluation.json (one entry per task), where `gptlab compare` reads it.",
 )
-@click.option(
-    "--task",
-    type=click.Choice(_task_names()),
-    default="loss",
-    show_default=True,
-    help=_task_summaries(),
-)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_task_options
 def evaluate(
     run_dir: Path, checkpoint: str, precision: str, as_json: bool, save: bool, task: str, no_progress: bool, **options
 ) -> None:
