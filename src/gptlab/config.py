@@ -210,7 +210,7 @@ class TrainConfig(BaseModel):
         description="Common random numbers: each parameter's initial values come from a generator seeded by (random_seed, "
         "its name) and dropout from a stream of its own, so an intervention that adds or reshapes parameters leaves "
         "every other parameter's initialisation bit-identical; false: one generator in the book's module order (the "
-        "users' harness).",
+        "ddp-base-model-from-scratch harness).",
     )
 
     # --- gptlab's own keys ---------------------------------------------------------------------

@@ -91,7 +91,9 @@ def exclusive(
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if error.errno == errno.EROFS:
+            raise UserError(f"{what}: cannot write into {lock_path.parent}: the file system is read-only") from None
+        if error.errno in (errno.EACCES, errno.EPERM):
             raise UserError(f"{what}: cannot write into {lock_path.parent}: it is read-only for this user") from None
         if error.errno == errno.ENOENT:
             raise UserError(f"{what}: {lock_path.parent} does not exist") from None
@@ -129,8 +131,13 @@ def exclusive(
         "command": command,
         "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(mine).encode("utf-8"), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(mine).encode("utf-8"), 0)
+    except OSError:
+        # a full disk: the flock holds without the holder's name, and the command's own write then fails
+        # naming its file (the name in the lock is only for a second writer's message)
+        pass
     _held[key] = [fd, 1]
     try:
         yield
