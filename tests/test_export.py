@@ -704,3 +704,20 @@ def test_upload_failing_mid_transfer_removes_its_export(runs, tmp_path, monkeypa
     assert len(caught.value.lines) == 1 and TOKEN not in str(caught.value)
     assert seen and "model.safetensors" in seen[0] and "README.md" in seen[0]
     assert [path.name for path in tmp_path.iterdir() if path.name != "data-gym-cache"] == []
+
+
+def test_import_of_a_bin_without_the_embedding_names_what_is_missing(tmp_path, brown_dataset):
+    """A tied GPT-2 whose pytorch_model.bin lacks wte: one line naming the missing tensor, exit 2, no run written."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=1, n_head=4))
+    hf.save_pretrained(str(tmp_path / "gpt2"), safe_serialization=False)
+    (tmp_path / "gpt2" / "model.safetensors").unlink(missing_ok=True)
+    weights = {name: tensor for name, tensor in hf.state_dict().items() if "wte" not in name and "lm_head" not in name}
+    torch.save(weights, tmp_path / "gpt2" / "pytorch_model.bin")
+
+    result = run_cli("import-hf", str(tmp_path / "gpt2"), str(tmp_path / "run"), "--dataset", str(brown_dataset))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "missing tensors transformer.wte.weight" in result.stderr
+    assert not (tmp_path / "run").exists()

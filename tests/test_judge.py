@@ -124,7 +124,11 @@ def test_judge_scores_undo_the_shuffle_fail_bad_answers_retry_slow_ones_and_neve
     assert "### Instruction:\nSay something nice." in StandIn.calls[0]["text"]
     [verdict, _] = printed["verdicts"]
     assert verdict["model"] == str(poor) and verdict["difference"] == -50.0 and verdict["pairs"] == 5
-    assert verdict["verdict"] == "worse"
+    # every item 50 points apart: no spread, so no verdict on p = 0 (verdicts.py's rule), but the reason
+    assert (
+        verdict["verdict"].startswith("no noise estimate: every paired item differs by -50 points")
+        and "p" not in verdict
+    )
 
     judged = json.loads((tmp_path / "good" / "responses.judged.json").read_text())
     assert [item.get("judge_score") for item in judged] == [80.0, None, 80.0, 80.0, 80.0, 80.0]
@@ -136,7 +140,7 @@ def test_judge_scores_undo_the_shuffle_fail_bad_answers_retry_slow_ones_and_neve
     table = run_cli("judge", str(good), str(poor), "--judge-api", api, "--timeout", "1", "--no-progress", env=env)
     assert table.returncode == 0, table.stderr
     assert re.search(rf"{re.escape(str(good))}\s+80\.0\s+5\s+1", table.stdout)
-    assert "points over 5 paired items" in table.stdout and ": worse" in table.stdout
+    assert "over 5 paired items: no noise estimate: every paired item differs by -50 points" in table.stdout
     for text in (result.stdout, result.stderr, table.stdout, table.stderr):
         assert KEY not in text
     for path in tmp_path.rglob("*"):
@@ -172,3 +176,34 @@ def test_no_key_and_no_server_is_one_line(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(UserError, match="set OPENAI_API_KEY"):
         judge.Judge("m", "responses", 1.0)
+
+
+def test_paired_verdicts_follow_the_verdict_rules_and_scipy():
+    """Directions in verdicts.py's words, p from SciPy's paired t-test, Holm across the models."""
+    from scipy import stats as scipy_stats
+
+    from gptlab.experiments.judge import Scored, Source, paired_verdicts
+
+    base = [50.0, 60.0, 55.0, 70.0, 65.0, 40.0, None]
+    models = {
+        "better": [70.0, 85.0, 72.0, 90.0, 80.0, 66.0, 10.0],
+        "worse": [20.0, 35.0, 30.0, 41.0, 30.0, 15.0, 90.0],
+        "same": [52.0, 57.0, 56.0, 69.0, 67.0, 38.0, None],
+        "tied": [50.0, 60.0, 55.0, 70.0, 65.0, 40.0, 0.0],
+    }
+    sources = [Source(name, Path(name + ".json"), []) for name in ["base", *models]]
+    verdicts = {v["model"]: v for v in paired_verdicts(sources, [Scored(base), *(Scored(m) for m in models.values())])}
+    raw = {}
+    for name in ("better", "worse", "same"):
+        pairs = [(b, o) for b, o in zip(base, models[name]) if b is not None and o is not None]
+        raw[name] = scipy_stats.ttest_rel([o for _, o in pairs], [b for b, _ in pairs]).pvalue
+        assert verdicts[name]["pairs"] == 6 and abs(verdicts[name]["p"] - raw[name]) < 1e-12
+    ordered = sorted(raw, key=raw.get)
+    running = 0.0
+    for rank, name in enumerate(ordered):
+        running = max(running, min(1.0, (3 - rank) * raw[name]))
+        assert abs(verdicts[name]["p_holm"] - running) < 1e-12
+    assert verdicts["better"]["verdict"] == "better, beyond noise"
+    assert verdicts["worse"]["verdict"] == "worse, beyond noise"
+    assert verdicts["same"]["verdict"] == "within noise"
+    assert verdicts["tied"]["verdict"].startswith("no noise estimate") and "p_holm" not in verdicts["tied"]

@@ -9,22 +9,15 @@ better, as for losses, so an improvement is a gain in accuracy), Holm-adjusted a
 
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from gptlab.experiments import verdicts
 from gptlab.experiments.groups import Group, RunResult
+from gptlab.experiments.task_column import TaskColumn, judge_column
 from gptlab.rundir import HELLASWAG_ENTRY
 
-
-@dataclass
-class HellaSwagColumn:
-    identity: Optional[dict[str, Any]] = None  # the items every run was scored on; None: no column
-    judgement: Optional[verdicts.Judgement] = None
-    notes: list[str] = field(default_factory=list)
+HellaSwagColumn = TaskColumn  # the name compare.py and the tests use
 
 
 def saved_entry(run: RunResult) -> Optional[dict[str, Any]]:
@@ -52,39 +45,28 @@ def _problem(run: RunResult, entry: Optional[dict[str, Any]], reference: RunResu
     return ""
 
 
-def _arm(group: Group, baseline: Group) -> verdicts.Arm:
-    paired_as = group.arm(baseline)  # the test loss's arm: it knows whether seeds pair with the baseline's
-    outcomes = []
-    for run in group.runs:
-        entry = saved_entry(run)
-        error_rate = 1.0 - float(entry["acc_norm"]) if entry and run.stopped is None else math.nan
-        outcomes.append(verdicts.RunOutcome(run.seed, error_rate, run.stopped))
-    return verdicts.Arm(group.label, outcomes, paired_as.same_data_order)
+def _error_rate(entry: Optional[dict[str, Any]]) -> Optional[float]:
+    return 1.0 - float(entry["acc_norm"]) if entry else None  # lower is better, as for losses
 
 
 def judge_hellaswag(baseline: Group, groups: list[Group], seed_blind_reason: Optional[str] = None) -> HellaSwagColumn:
     """The column's identity and verdicts, or only a note when the runs cannot be compared on HellaSwag."""
-    runs = [run for group in groups for run in group.runs if run.stopped is None]
-    entries = [saved_entry(run) for run in runs]
-    found = next(((run, entry) for run, entry in zip(runs, entries) if entry), None)
-    if found is None:
-        return HellaSwagColumn()
-    reference, wanted = found
-    problems = [problem for run, entry in zip(runs, entries) if (problem := _problem(run, entry, reference, wanted))]
-    if problems:
-        return HellaSwagColumn(
-            notes=[
-                "HellaSwag: not compared, as every run needs a result on the same items, in the same evaluation "
-                "precision, of the checkpoint its test loss is of: " + "; ".join(problems) + "."
-            ]
-        )
-    judgement = verdicts.judge_interventions(
-        _arm(baseline, baseline),
-        [_arm(group, baseline) for group in groups if group is not baseline],
+    found, column = judge_column(
+        baseline,
+        groups,
         seed_blind_reason,
-        advise=False,
+        saved_entry=saved_entry,
+        problem=_problem,
+        value=_error_rate,
         quantity="HellaSwag accuracy",
+        not_compared=(
+            "HellaSwag: not compared, as every run needs a result on the same items, in the same evaluation "
+            "precision, of the checkpoint its test loss is of"
+        ),
     )
+    if found is None:
+        return column
+    wanted, judgement = found.entry, column.judgement
     identity = {key: wanted.get(key) for key in ("items", "limit", "file_sha256", "split", "precision")}
     identity["file"] = Path(str(wanted.get("file"))).name
     notes = [

@@ -10,24 +10,18 @@ mean is shown, not judged (its noise verdict between models is `gptlab judge`'s 
 
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from gptlab.experiments import verdicts
 from gptlab.experiments.groups import Group, RunResult
+from gptlab.experiments.task_column import TaskColumn, judge_column
 
 ENTRY = "ift"  # evaluation.json's key, as gptlab.evaluate.ift's task saves it
 SAME = ("file_sha256", "items", "settings", "precision")  # what two results must share to be compared
 
 
-@dataclass
-class IftColumn:
-    identity: Optional[dict[str, Any]] = None  # what every run was fine-tuned and tested on; None: no column
-    judgement: Optional[verdicts.Judgement] = None
-    notes: list[str] = field(default_factory=list)
+IftColumn = TaskColumn  # the name compare.py and the tests use
 
 
 def saved_entry(run: RunResult) -> Optional[dict[str, Any]]:
@@ -61,39 +55,25 @@ def _problem(run: RunResult, entry: Optional[dict[str, Any]], reference: RunResu
     return ""
 
 
-def _arm(group: Group, baseline: Group) -> verdicts.Arm:
-    paired_as = group.arm(baseline)  # the test loss's arm: it knows whether seeds pair with the baseline's
-    outcomes = []
-    for run in group.runs:
-        entry = saved_entry(run)
-        loss = float(entry["test_loss"]) if entry and run.stopped is None else math.nan
-        outcomes.append(verdicts.RunOutcome(run.seed, loss, run.stopped))
-    return verdicts.Arm(group.label, outcomes, paired_as.same_data_order)
-
-
 def judge_ift(baseline: Group, groups: list[Group], seed_blind_reason: Optional[str] = None) -> IftColumn:
     """The column's identity and verdicts, or only a note when the runs cannot be compared on it."""
-    runs = [run for group in groups for run in group.runs if run.stopped is None]
-    entries = [saved_entry(run) for run in runs]
-    found = next(((run, entry) for run, entry in zip(runs, entries) if entry), None)
-    if found is None:
-        return IftColumn()
-    reference, wanted = found
-    problems = [problem for run, entry in zip(runs, entries) if (problem := _problem(run, entry, reference, wanted))]
-    if problems:
-        return IftColumn(
-            notes=[
-                "ift: not compared, as every run needs a result on the same instruction items with the same recipe, "
-                "fine-tuned from the checkpoint its test loss is of: " + "; ".join(problems) + "."
-            ]
-        )
-    judgement = verdicts.judge_interventions(
-        _arm(baseline, baseline),
-        [_arm(group, baseline) for group in groups if group is not baseline],
+    found, column = judge_column(
+        baseline,
+        groups,
         seed_blind_reason,
-        advise=False,
+        saved_entry=saved_entry,
+        problem=_problem,
+        value=_loss,
         quantity="IFT test loss",
+        not_compared=(
+            "ift: not compared, as every run needs a result on the same instruction items with the same recipe, "
+            "fine-tuned from the checkpoint its test loss is of"
+        ),
     )
+    if found is None:
+        return column
+    wanted, judgement = found.entry, column.judgement
+    entries = [saved_entry(run) for group in groups for run in group.runs if run.stopped is None]
     identity = {key: wanted.get(key) for key in SAME}
     identity["file"] = Path(str(wanted.get("file"))).name
     notes = [

@@ -267,28 +267,36 @@ def judge_sources(
 
 
 def paired_verdicts(sources: Sequence[Source], results: Sequence[Scored]) -> list[dict[str, Any]]:
-    """Each model against the first on the items both were scored on: the paired t-test of stats.py, the
-    p-values Holm-adjusted across the comparisons."""
+    """Each model against the first on the items both were scored on, in verdicts.py's words: the paired t-test
+    of stats.py, Holm-adjusted across the comparisons; a comparison whose paired differences are all the same has
+    no spread to judge against, so it says "no noise estimate" and why instead of deciding on p = 0 or 1."""
     from gptlab.experiments import stats
+    from gptlab.experiments.verdicts import BETTER, NO_NOISE, WITHIN, WORSE
 
     verdicts = []
     for source, result in zip(sources[1:], results[1:]):
         pairs = [(b, o) for b, o in zip(results[0].scores, result.scores) if b is not None and o is not None]
         entry: dict[str, Any] = {"baseline": sources[0].argument, "model": source.argument, "pairs": len(pairs)}
-        if len(pairs) >= 2 and any(o != b for b, o in pairs):
-            difference = stats.paired_difference([o for _, o in pairs], [b for b, _ in pairs])  # higher is better
+        differences = {o - b for b, o in pairs}  # higher is better
+        if len(pairs) < 2:
+            entry["verdict"] = "too few paired items"
+        elif len(differences) == 1:
+            [same] = differences
+            entry["difference"] = same
+            entry["verdict"] = (
+                f"{NO_NOISE}: every paired item differs by {same:+g} points, so the paired t-test has no spread "
+                "to judge it against"
+            )
+        else:
+            difference = stats.paired_difference([o for _, o in pairs], [b for b, _ in pairs])
             entry.update(difference=difference.improvement, ci_low=difference.ci_low, ci_high=difference.ci_high)
             entry["p"] = difference.p
-        elif len(pairs) >= 2:
-            entry.update(difference=0.0, p=1.0)
         verdicts.append(entry)
     tested = [entry for entry in verdicts if "p" in entry]
     for entry, adjusted in zip(tested, stats.holm([entry["p"] for entry in tested])):
         entry["p_holm"] = adjusted
-        entry["verdict"] = "better" if adjusted < stats.ALPHA and entry["difference"] > 0 else (
-            "worse" if adjusted < stats.ALPHA else "within noise")  # fmt: skip
-    for entry in verdicts:
-        entry.setdefault("verdict", "too few paired items")
+        beyond = adjusted < stats.ALPHA
+        entry["verdict"] = (BETTER if entry["difference"] > 0 else WORSE) if beyond else WITHIN
     return verdicts
 
 
@@ -345,5 +353,7 @@ def format_table(summary: dict[str, Any]) -> list[str]:
                 f"{verdict['pairs']} paired items (p {format_p(verdict['p_holm'])}, Holm): {verdict['verdict']}"
             )
         else:
-            lines.append(f"{verdict['model']} vs {verdict['baseline']}: {verdict['verdict']} ({verdict['pairs']})")
+            lines.append(
+                f"{verdict['model']} vs {verdict['baseline']} over {verdict['pairs']} paired items: {verdict['verdict']}"
+            )
     return lines

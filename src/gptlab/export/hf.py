@@ -135,7 +135,8 @@ def from_hf_state_dict(config: ModelConfig, hf: dict[str, torch.Tensor], source:
     for our_name, hf_name, layout, pattern in _rows(config.n_layers):
         if pattern == HEAD and config.tie_weights:
             remaining.pop(hf_name, None)  # a tied head equal to wte (checked when the config was read)
-            ours[our_name] = ours["wte.weight"]
+            if "wte.weight" in ours:  # else wte is already listed as missing
+                ours[our_name] = ours["wte.weight"]
             continue
         tensor = remaining.pop(hf_name, None)
         if tensor is None:
