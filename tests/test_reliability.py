@@ -615,8 +615,13 @@ def test_a_snapshot_is_a_copy_the_next_optimizer_step_cannot_change(tmp_path):
     moments = {index: entry["exp_avg"].clone() for index, entry in optimizer.state_dict()["state"].items()}
     state = {"step": 0, "totals": {}, "rng": []}
     snapshot = checkpoints.snapshot_checkpoint(0, model, optimizer, None, state, {}, {}, is_best=True)
+    writer = checkpoint_writer.CheckpointWriter(tmp_path, None, background=True)
+    writer.save(snapshot)
+    path = tmp_path / "checkpoints" / snapshot.name
+    assert writer.in_flight and not path.exists()  # handed over: the files are written while training goes on
+    del snapshot
     step()  # what the loop does while the snapshot is written
-    path = checkpoints.write_checkpoint(tmp_path, snapshot)
+    writer.wait()
 
     written = read_book_safetensors(path / "model.safetensors")
     assert all(torch.equal(written[name], tensor) for name, tensor in weights.items())

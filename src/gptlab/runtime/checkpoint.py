@@ -3,9 +3,11 @@
 `RUN_DIR/checkpoints/<UTC %Y%m%dZ%H%M%S>-iteration-<step>/` holds `model.safetensors` (the book's
 layout), `optimizer.pt`, `scaler.pt` (fp16 only), `training_state.pt` (step and RNG states),
 `meta.json`, `config.json` and `checksums.sha256` (the SHA-256 of every other file, in `sha256sum`
-format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand). A checkpoint is written into a
-temporary folder, fsynced and renamed into place; the relative symlinks `latest` and `best` are replaced
-atomically. Every file is checked against its checksum before it is loaded (checkpoints written
+format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand, computed from the bytes as they are
+written). A checkpoint is taken in two steps: `snapshot_checkpoint` copies the state to host memory (what
+training waits for when saves run in the background, gptlab.train.checkpoint_writer), `write_checkpoint`
+writes it into a temporary folder, fsyncs it and renames it into place; the relative symlinks `latest` and
+`best` are replaced atomically. Every file is checked against its checksum before it is loaded (checkpoints written
 without checksums, such as the users' harness's, are read as they are).
 """
 

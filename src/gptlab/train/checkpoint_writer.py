@@ -60,7 +60,9 @@ class CheckpointWriter:
         )
         self._thread.start()
 
-    def _write(self, snapshot: CheckpointSnapshot, snapshot_seconds: float, on_written: Callable[[float], None]) -> None:
+    def _write(
+        self, snapshot: CheckpointSnapshot, snapshot_seconds: float, on_written: Callable[[float], None]
+    ) -> None:
         started = time.perf_counter()
         try:
             write_checkpoint(self.run_dir, snapshot)
