@@ -518,6 +518,7 @@ def large_run(tmp_path) -> Path:
     return make_small_run(tmp_path / "run", data, model=LARGE, train=train)
 
 
+@pytest.mark.slow  # a real process, a real signal
 def test_sigkill_during_a_background_save_leaves_latest_loadable_and_verified(large_run):
     run = large_run
     process, _ = start_training_and_catch_a_save_in_flight(run)
@@ -532,6 +533,7 @@ def test_sigkill_during_a_background_save_leaves_latest_loadable_and_verified(la
     assert not [path for path in (run / "checkpoints").iterdir() if path.name.startswith(".")]
 
 
+@pytest.mark.slow  # a real process, a real signal
 def test_sigterm_waits_for_the_save_in_flight_then_checkpoints_and_exits(large_run):
     run = large_run
     process, being_written = start_training_and_catch_a_save_in_flight(run)
