@@ -95,7 +95,7 @@ class CheckpointWriter:
             self._thread.join()
         self.poll()
 
-    def abandon_quietly(self) -> Optional[BaseException]:
+    def wait_quietly(self) -> Optional[BaseException]:
         """When the loop fails for another reason: wait for the save in flight (it is kept when it succeeds)
         and return its error instead of raising it, so the first failure is the one reported."""
         if self._thread is not None:

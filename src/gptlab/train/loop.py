@@ -583,7 +583,7 @@ def fit(run: Training) -> dict[str, Any]:
     except KeyboardInterrupt:  # a second Ctrl-C: at once, without waiting for a save in flight
         raise
     except BaseException:
-        failed_too = writer.abandon_quietly()  # a save in flight is finished and kept; the first failure is reported
+        failed_too = writer.wait_quietly()  # a save in flight is finished and kept; the first failure is reported
         if failed_too is not None:
             run.log.line(f"The checkpoint being written failed as well: {str(failed_too).splitlines()[0]}")
         raise
