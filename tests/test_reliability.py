@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from gptlab.errors import UserError
 from gptlab.files import atomic_write_json
 from gptlab.runtime import checkpoint as checkpoints
 from gptlab.runtime.checkpoint import find_resumable_checkpoint, list_checkpoints, write_checksums
-from gptlab.train import loop
+from gptlab.train import checkpoint_writer
 from gptlab.train.loop import train_run
 
 VOCAB = 256
@@ -140,13 +143,13 @@ def test_resuming_from_an_older_checkpoint_keeps_the_new_line_and_moves_the_old_
     run = copy_of(trained)
     old_line = [path.name for path in list_checkpoints(run) if checkpoints.step_of(path) > 2]
     resumed = next(path.name for path in list_checkpoints(run) if checkpoints.step_of(path) == 2)
-    real_prune = loop.prune_checkpoints
+    real_prune = checkpoint_writer.prune_checkpoints
 
     def prune_then_stop(*args, **kwargs):  # the process stops right after the first new checkpoint is pruned
         real_prune(*args, **kwargs)
         raise StopAfterFirstPrune
 
-    monkeypatch.setattr(loop, "prune_checkpoints", prune_then_stop)
+    monkeypatch.setattr(checkpoint_writer, "prune_checkpoints", prune_then_stop)
     with pytest.raises(StopAfterFirstPrune):
         train_run(run, resume=resumed, overrides={"train": {"keep_checkpoints": 2}}, show_progress=False)
 
@@ -461,3 +464,170 @@ def test_generate_library_call_refuses_non_finite_temperature(trained):
 
     with pytest.raises(UserError, match="--temperature: nan"):
         generate_from_run(trained, temperature=math.nan)
+
+
+# --- checkpoints written in the background (issue 30) -------------------------------------------------
+# Training goes on while a checkpoint is written; these hold it to every promise the synchronous save kept.
+# A model of 4 layers 256 wide weighs about 40 MB with its AdamW state: its save takes a good part of a second (a
+# real write, fsynced), long enough for a signal to land in it, with no pause put into the code for tests.
+
+LARGE = {"emb_dim": 256, "n_heads": 8, "n_layers": 4}
+STAGING = re.compile(r"\.(?P<name>.+-iteration-(?P<step>\d+))\.\d+-[0-9a-f]{8}\.tmp")  # files.atomic_folder's
+
+
+def save_in_flight(run: Path) -> tuple[str, int] | None:
+    """(checkpoint name, step) of a checkpoint being written, its staging folder holding its weights already."""
+    for path in (run / "checkpoints").glob(".*.tmp"):
+        match = STAGING.fullmatch(path.name)
+        if match and (path / "model.safetensors").exists():
+            return match["name"], int(match["step"])
+    return None
+
+
+def newest_recorded_step(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    complete = [json.loads(line) for line in lines if line.endswith("}")]
+    return max((record["step"] for record in complete), default=-1)
+
+
+def start_training_and_catch_a_save_in_flight(run: Path) -> tuple[subprocess.Popen, str]:
+    """`gptlab train` in a process of its own, caught while a checkpoint is being written after an earlier one
+    was finished; returns the process and the name of the checkpoint being written."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        flight = save_in_flight(run) if list_checkpoints(run) else None  # one finished checkpoint first
+        if flight is not None:
+            return process, flight[0]
+        time.sleep(0.002)
+    process.kill()
+    pytest.fail(f"never caught a save in flight: {process.communicate()[1][-2000:]}")
+
+
+@pytest.fixture
+def large_run(tmp_path) -> Path:
+    """A run of 300 steps of LARGE with a checkpoint after every step: one is nearly always being written."""
+    data = make_dataset(tmp_path / "data", splits=("train",), tokens=2 * 16 * 300 + 1)
+    train = {"min_train_tokens": 2 * 16 * 300, "checkpoint_interval": 1, "keep_checkpoints": 2, "validation_batches": 0}
+    return make_small_run(tmp_path / "run", data, model=LARGE, train=train)
+
+
+@pytest.mark.slow  # a real process, a real signal
+def test_sigkill_during_a_background_save_leaves_latest_loadable_and_verified(large_run):
+    run = large_run
+    process, _ = start_training_and_catch_a_save_in_flight(run)
+    process.kill()
+    process.communicate()
+
+    latest = find_resumable_checkpoint(run, "latest")  # reads every file and checks it against its checksum
+    left = save_in_flight(run)
+    assert left is not None  # killed mid-save: its staging folder is what is left of it
+    assert checkpoints.step_of(latest.path) < left[1] and not (run / "checkpoints" / left[0]).exists()
+    checkpoints.remove_stale_checkpoint_staging(run)  # what the next start does
+    assert not [path for path in (run / "checkpoints").iterdir() if path.name.startswith(".")]
+
+
+@pytest.mark.slow  # a real process, a real signal
+def test_sigterm_waits_for_the_save_in_flight_then_checkpoints_and_exits(large_run):
+    run = large_run
+    process, being_written = start_training_and_catch_a_save_in_flight(run)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr[-2000:]
+    stopped_at = int(stdout.split("Stopped by SIGTERM after step ")[1].split(";")[0])
+    find_resumable_checkpoint(run, being_written)  # the save in flight was finished, whole
+    latest = find_resumable_checkpoint(run, "latest")
+    assert checkpoints.step_of(latest.path) == stopped_at > checkpoints.step_of(Path(being_written))
+    assert not [path for path in (run / "checkpoints").iterdir() if path.name.startswith(".")]
+
+
+def test_disk_full_during_a_background_save_stops_training_and_keeps_every_earlier_checkpoint(
+    small_device, small_dataset, capsys
+):
+    run = make_small_run(
+        small_device / "run", small_dataset, train={"min_train_tokens": 2 * 16 * 40, "checkpoint_interval": 2}
+    )
+    code, err = gptlab(capsys, "train", str(run), "--no-progress")
+    one_clear_line(code, err, "could not be written: no space left on the device", "`latest` still points to")
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+
+    kept = list_checkpoints(run)
+    assert kept and all(find_resumable_checkpoint(run, path.name) for path in kept)  # each whole and verified
+    assert find_resumable_checkpoint(run, "latest").path == kept[-1]
+    assert f"`latest` still points to {kept[-1].name}" in err
+    assert newest_recorded_step(run) < 39 and not (run / "summary.json").exists()  # stopped, not run to the end
+    assert not leftovers(small_device)
+
+
+@pytest.mark.parametrize("background", [None, False], ids=["background", "synchronous"])
+def test_the_end_of_a_run_waits_for_its_saves_and_announces_each_once_on_disk(
+    tmp_path, small_dataset, monkeypatch, background
+):
+    from gptlab.notify.training import TrainingNotifier
+
+    run = make_small_run(
+        tmp_path / "run",
+        small_dataset,
+        train={"checkpoint_interval": 2, "keep_checkpoints": 2, "background_checkpoints": background},
+    )
+    announced = []
+    real_announce = TrainingNotifier.checkpoint
+
+    def announce(notifier, event):  # what a CheckpointWritten message would be sent about: already on disk?
+        latest = run / "checkpoints" / "latest"
+        announced.append((event.step, checkpoints.step_of(latest.resolve()) if latest.exists() else None))
+        real_announce(notifier, event)
+
+    monkeypatch.setattr(TrainingNotifier, "checkpoint", announce)
+    summary = train_run(run, show_progress=False)
+
+    assert announced == [(0, 0), (2, 2), (4, 4), (5, 5)]
+    assert steps(run)[-2:] == [4, 5] and find_resumable_checkpoint(run, "latest").path == list_checkpoints(run)[-1]
+    assert not [path for path in (run / "checkpoints").iterdir() if path.name.startswith(".")]
+    assert summary["checkpoint_save_seconds"] > 0 and summary["checkpoint_blocked_seconds"] > 0
+    written = json.loads((run / "summary.json").read_text())
+    assert written["checkpoint_save_seconds"] == summary["checkpoint_save_seconds"]
+    assert "Checkpoints: saving took" in (run / "train.log").read_text()
+
+
+def test_a_snapshot_is_a_copy_the_next_optimizer_step_cannot_change(tmp_path):
+    import torch
+
+    from gptlab.config import ModelConfig, TrainConfig
+    from gptlab.train.optim import build_optimizer
+    from gptlab.weights import build_model, read_book_safetensors, to_book_state_dict
+
+    model = build_model(ModelConfig(**MODEL))
+    optimizer = build_optimizer(model, TrainConfig(dataset="-", microbatch_size=1), torch.device("cpu"))
+
+    def step() -> None:
+        for parameter in model.parameters():
+            parameter.grad = torch.randn_like(parameter)
+        optimizer.step()
+
+    step()
+    weights = {name: tensor.clone() for name, tensor in to_book_state_dict(model, with_masks=False).items()}
+    moments = {index: entry["exp_avg"].clone() for index, entry in optimizer.state_dict()["state"].items()}
+    state = {"step": 0, "totals": {}, "rng": []}
+    snapshot = checkpoints.snapshot_checkpoint(0, model, optimizer, None, state, {}, {}, is_best=True)
+    writer = checkpoint_writer.CheckpointWriter(tmp_path, None, background=True)
+    writer.save(snapshot)
+    path = tmp_path / "checkpoints" / snapshot.name
+    assert writer.in_flight and not path.exists()  # handed over: the files are written while training goes on
+    del snapshot
+    step()  # what the loop does while the snapshot is written
+    writer.wait()
+
+    written = read_book_safetensors(path / "model.safetensors")
+    assert all(torch.equal(written[name], tensor) for name, tensor in weights.items())
+    saved = checkpoints.Checkpoint(path).optimizer_state()["state"]
+    assert all(torch.equal(saved[index]["exp_avg"], moment) for index, moment in moments.items())
+    assert not torch.equal(moments[0], optimizer.state_dict()["state"][0]["exp_avg"])  # training did move on
+    checkpoints.Checkpoint(path).verify()  # the checksums hashed while writing match the files on disk

@@ -267,6 +267,14 @@ class TrainConfig(BaseModel):
     keep_checkpoints: Optional[int] = Field(
         None, gt=0, description="Keep only the newest N checkpoints (plus 'best'); absent: keep all."
     )
+    background_checkpoints: Optional[bool] = Field(
+        None,
+        description="Write checkpoints in the background: training waits only while the state is copied to host "
+        "memory (one more copy of the weights and optimizer state there until the save ends), then goes on while "
+        "the files are written, hashed and renamed into place; one save at most in flight. Absent: on, except "
+        "with parallelism 'fsdp' (whose gathered state is written before training goes on); false: training "
+        "waits for every save.",
+    )
     log_interval: Optional[int] = Field(
         None,
         gt=0,
@@ -377,6 +385,7 @@ TRAIN_KEY_ROLES: dict[str, KeyRole] = {
     "validation_interval": "evaluation",
     "best_by": "computation",
     "keep_checkpoints": "bookkeeping",
+    "background_checkpoints": "bookkeeping",
     "log_interval": "bookkeeping",
     "compile": "computation",
     "pad_vocab_multiple": "computation",

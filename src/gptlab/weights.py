@@ -161,17 +161,26 @@ def load_book_state_dict(model: GPT, book: dict[str, torch.Tensor], source: str)
             parameter[ours[name].shape[0] :].zero_()  # vocabulary padding rows
 
 
-def save_book_safetensors(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write `model.safetensors` as the book's `safetensors.torch.save_model` would (caller handles atomicity)."""
-    model.config.require_format("book", str(path))
+def book_tensors_to_save(
+    model: GPT, where: str, metadata: dict[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """The tensors and metadata `model.safetensors` holds, as the book's `safetensors.torch.save_model` writes
+    them: each a copy of its own on the CPU (Q, K and V are row slices of one fused tensor; safetensors stores
+    each as a tensor of its own), so the model may go on changing while they are written."""
+    model.config.require_format("book", where)
     book = to_book_state_dict(model)
     file_metadata = dict(metadata or {})
     if model.config.tie_weights:
         del book["tok_emb.weight"]
         file_metadata.update(TIED_ALIAS)
-    # Q, K and V are row slices of one fused tensor; safetensors stores each as a tensor of its own.
-    tensors = {name: tensor.detach().to("cpu").clone() for name, tensor in book.items()}
-    save_file(tensors, str(path), metadata=file_metadata or None)
+    tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in book.items()}
+    return tensors, file_metadata or None
+
+
+def save_book_safetensors(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write `model.safetensors` as the book's `safetensors.torch.save_model` would (caller handles atomicity)."""
+    tensors, file_metadata = book_tensors_to_save(model, str(path), metadata)
+    save_file(tensors, str(path), metadata=file_metadata)
 
 
 def read_book_safetensors(path: Path) -> dict[str, torch.Tensor]:

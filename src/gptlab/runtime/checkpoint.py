@@ -3,9 +3,11 @@
 `RUN_DIR/checkpoints/<UTC %Y%m%dZ%H%M%S>-iteration-<step>/` holds `model.safetensors` (the book's
 layout), `optimizer.pt`, `scaler.pt` (fp16 only), `training_state.pt` (step and RNG states),
 `meta.json`, `config.json` and `checksums.sha256` (the SHA-256 of every other file, in `sha256sum`
-format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand). A checkpoint is written into a
-temporary folder, fsynced and renamed into place; the relative symlinks `latest` and `best` are replaced
-atomically. Every file is checked against its checksum before it is loaded (checkpoints written
+format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand, computed from the bytes as they are
+written). A checkpoint is taken in two steps: `snapshot_checkpoint` copies the state to host memory (what
+training waits for when saves run in the background, gptlab.train.checkpoint_writer), `write_checkpoint`
+writes it into a temporary folder, fsyncs it and renames it into place; the relative symlinks `latest` and
+`best` are replaced atomically. Every file is checked against its checksum before it is loaded (checkpoints written
 without checksums, such as the users' harness's, are read as they are).
 """
 
@@ -24,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from safetensors.torch import save as save_safetensors
 
 from gptlab.errors import UserError
 from gptlab.files import (
@@ -34,10 +37,17 @@ from gptlab.files import (
     out_of_space_error,
     read_json,
     remove_stale_staging,
+    strict_json,
 )
 from gptlab.model import GPT
 from gptlab.rundir import CHECKPOINTS, METRICS, TRAIN_LOG
-from gptlab.weights import load_book_safetensors, load_book_state_dict, read_book_safetensors, save_book_safetensors
+from gptlab.weights import (
+    book_tensors_to_save,
+    load_book_safetensors,
+    load_book_state_dict,
+    read_book_safetensors,
+    save_book_safetensors,
+)
 
 POINTERS = ("latest", "best")
 # The files of a checkpoint folder; training, resuming, evaluation and `gptlab import-hf` all go through here.
@@ -129,12 +139,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _checkpoint_bytes(run_dir: Path, model: GPT) -> int:
-    """What the next checkpoint will take: the newest one's size, else float32 weights and Adam's two moments."""
+def _checkpoint_bytes(run_dir: Path, snapshot: CheckpointSnapshot) -> int:
+    """What a checkpoint takes: the newest one's size, else its tensors' bytes."""
     existing = list_checkpoints(run_dir)
     if existing:
         return sum(path.stat().st_size for path in existing[-1].iterdir() if path.is_file())
-    return 3 * 4 * model.parameter_count()
+    return snapshot.tensor_bytes()
 
 
 def point(run_dir: Path, pointer: str, name: str) -> None:
@@ -145,6 +155,155 @@ def point(run_dir: Path, pointer: str, name: str) -> None:
     os.symlink(name, tmp)
     os.replace(tmp, directory / pointer)
     fsync_directory(directory)
+
+
+@dataclass
+class CheckpointSnapshot:
+    """Everything one checkpoint holds, taken at once on the host (`snapshot_checkpoint`), ready to be written
+    (`write_checkpoint`) while training goes on. With `copied`, every tensor is a copy of its own: the next
+    optimizer step cannot change what is written."""
+
+    name: str  # the folder's name, given when the state was taken
+    weights: dict[str, torch.Tensor]  # model.safetensors's tensors (the book's names)
+    weights_metadata: Optional[dict[str, str]]
+    optimizer: dict[str, Any]
+    scaler: Optional[dict[str, Any]]
+    training_state: dict[str, Any]
+    meta: bytes  # meta.json and config.json, already serialised
+    config: bytes
+    is_best: bool
+    copied: bool
+
+    def tensor_bytes(self) -> int:
+        return sum(tensor.numel() * tensor.element_size() for tensor in _tensors_in(self.weights, self.optimizer))
+
+
+def _tensors_in(*values: Any):
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            yield from _tensors_in(*value.values())
+        elif isinstance(value, (list, tuple)):
+            yield from _tensors_in(*value)
+
+
+def host_copy(value: Any) -> Any:
+    """`value` with every tensor copied to the CPU (a copy even of a CPU tensor) and every dict and list rebuilt,
+    so nothing in it is shared with the training state it came from."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: host_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [host_copy(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(host_copy(item) for item in value)
+    return value
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (strict_json(data, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def snapshot_checkpoint(
+    step: int,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scaler: Optional[torch.amp.GradScaler],
+    training_state: dict[str, Any],
+    meta: dict[str, Any],
+    config: dict[str, Any],
+    is_best: bool,
+    optimizer_state: Optional[dict[str, Any]] = None,
+    copy: bool = True,
+) -> CheckpointSnapshot:
+    """The state a checkpoint of `step` holds. With `copy` (a background save), the optimizer state and the
+    training state are copied to the host as well as the weights (always copies: safetensors stores Q, K and V
+    apart): one more copy of the weights and AdamW state in host memory until the save ends. Without it
+    (a save written before the next step), the optimizer's tensors are referenced, not copied.
+    `optimizer_state`, when given, is written instead of `optimizer.state_dict()` (a sharded run's, gathered)."""
+    weights, weights_metadata = book_tensors_to_save(model, MODEL_WEIGHTS)
+    optimizer_dict = optimizer_state or optimizer.state_dict()
+    scaler_dict = scaler.state_dict() if scaler is not None else None
+    if copy:
+        optimizer_dict, scaler_dict, training_state = host_copy((optimizer_dict, scaler_dict, training_state))
+    return CheckpointSnapshot(
+        name=checkpoint_name(step),
+        weights=weights,
+        weights_metadata=weights_metadata,
+        optimizer=optimizer_dict,
+        scaler=scaler_dict,
+        training_state=training_state,
+        meta=_json_bytes({**meta, "is_best": is_best}),
+        config=_json_bytes(config),
+        is_best=is_best,
+        copied=copy,
+    )
+
+
+class _HashingFile:
+    """A file being written whose SHA-256 is computed from the bytes as they are written (no second read)."""
+
+    def __init__(self, path: Path):
+        self.name = Path(path).name
+        self._handle = open(path, "wb")
+        self.digest = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        return self._handle.write(view)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "_HashingFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.close()
+
+
+def write_checkpoint(run_dir: Path, snapshot: CheckpointSnapshot) -> Path:
+    """Write `snapshot` into `checkpoints/<its name>`: each file hashed as it is written, checksums.sha256 from
+    those hashes, every file fsynced, the folder renamed into place, then `latest` (and `best`) pointed at it.
+    A full device: one OutOfSpace line, the partial folder removed, `latest` untouched."""
+    directory = Path(run_dir) / CHECKPOINTS
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / snapshot.name
+    try:
+        with atomic_folder(final) as staging:  # the same step saved twice within one second: the newer replaces it
+            digests = {}
+
+            def write(name: str, fill) -> None:
+                with _HashingFile(staging / name) as handle:
+                    fill(handle)
+                digests[name] = handle.digest.hexdigest()
+
+            write(MODEL_WEIGHTS, lambda f: f.write(save_safetensors(snapshot.weights, snapshot.weights_metadata)))
+            write("optimizer.pt", lambda f: torch.save(snapshot.optimizer, f))
+            if snapshot.scaler is not None:
+                write("scaler.pt", lambda f: torch.save(snapshot.scaler, f))
+            write("training_state.pt", lambda f: torch.save(snapshot.training_state, f))
+            write(META, lambda f: f.write(snapshot.meta))
+            write(CONFIG, lambda f: f.write(snapshot.config))
+            (staging / CHECKSUMS).write_text(
+                "".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items())), encoding="utf-8"
+            )
+    except Exception as error:  # atomic_folder has removed the staging folder: the space comes back
+        if is_out_of_space(error):
+            latest = directory / "latest"
+            kept = f"; `latest` still points to {os.readlink(latest)}" if latest.is_symlink() else ""
+            raise out_of_space_error(final, _checkpoint_bytes(run_dir, snapshot), after=kept) from None
+        raise
+    point(run_dir, "latest", snapshot.name)
+    if snapshot.is_best:
+        point(run_dir, "best", snapshot.name)
+    return final
 
 
 def save_checkpoint(
@@ -159,32 +318,12 @@ def save_checkpoint(
     is_best: bool,
     optimizer_state: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """`optimizer_state`, when given, is written instead of `optimizer.state_dict()` (a sharded run's, gathered)."""
-    directory = Path(run_dir) / CHECKPOINTS
-    directory.mkdir(parents=True, exist_ok=True)
-    name = checkpoint_name(step)
-    final = directory / name
-    needed = _checkpoint_bytes(run_dir, model)
-    try:
-        with atomic_folder(final) as staging:  # the same step saved twice within one second: the newer replaces it
-            save_book_safetensors(model, staging / "model.safetensors")
-            torch.save(optimizer_state or optimizer.state_dict(), staging / "optimizer.pt")
-            if scaler is not None:
-                torch.save(scaler.state_dict(), staging / "scaler.pt")
-            torch.save(training_state, staging / "training_state.pt")
-            atomic_write_json(staging / "meta.json", {**meta, "is_best": is_best})
-            atomic_write_json(staging / "config.json", config)
-            write_checksums(staging)
-    except Exception as error:  # atomic_folder has removed the staging folder: the space comes back
-        if is_out_of_space(error):
-            latest = directory / "latest"
-            kept = f"; `latest` still points to {os.readlink(latest)}" if latest.is_symlink() else ""
-            raise out_of_space_error(final, needed, after=kept) from None
-        raise
-    point(run_dir, "latest", name)
-    if is_best:
-        point(run_dir, "best", name)
-    return final
+    """Write a checkpoint now, in this thread (the synchronous save; training.checkpoint_writer writes them in
+    the background). `optimizer_state`, when given, is written instead of `optimizer.state_dict()`."""
+    snapshot = snapshot_checkpoint(
+        step, model, optimizer, scaler, training_state, meta, config, is_best, optimizer_state, copy=False
+    )
+    return write_checkpoint(run_dir, snapshot)
 
 
 def save_weights_only_checkpoint(

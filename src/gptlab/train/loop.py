@@ -41,12 +41,11 @@ from gptlab.runtime.checkpoint import (
     initial_weights,
     list_checkpoints,
     not_checkpoints,
-    prune_checkpoints,
     remove_stale_checkpoint_staging,
     restore_rng_state,
-    save_checkpoint,
     set_aside_later_checkpoints,
     set_aside_leftovers,
+    snapshot_checkpoint,
     step_of,
 )
 from gptlab.runtime.precision import (
@@ -59,6 +58,7 @@ from gptlab.runtime.precision import (
 from gptlab.train import distributed, sharding
 from gptlab.train.cadence import Cadence
 from gptlab.train.charts import draw_run_charts
+from gptlab.train.checkpoint_writer import CheckpointWriter
 from gptlab.train.host import available_memory_bytes, keep_freed_memory_for_reuse
 from gptlab.train.loggers import MetricLoggers
 from gptlab.train.optim import build_optimizer, learning_rate_at, set_learning_rate
@@ -517,9 +517,11 @@ def fit(run: Training) -> dict[str, Any]:
     train_seconds_at_start = totals.train_seconds
     run.start_timed_steps = totals.timed_steps
     pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, learning rate, elapsed, device values)
+    writer = CheckpointWriter(run.run_dir, train_config.keep_checkpoints, _saves_in_background(run))
     try:
         stop_request.install()
         for step in range(run.start_step, plan.total_steps):
+            writer.poll()  # a background save that failed stops training here, with its one line
             step_clock = time.perf_counter()
             learning_rate = learning_rate_at(step, plan.total_steps, train_config)
             set_learning_rate(run.optimizer, learning_rate)
@@ -566,22 +568,43 @@ def fit(run: Training) -> dict[str, Any]:
                     run.metrics.annotate_last(validation_loss=totals.last_validation_loss)
                     show_validation(run, step, totals.last_validation_loss)
             if checkpoint_due:
-                _checkpoint(run, step, learning_rate)
-                run.notifier.checkpoint(_checkpoint_event(run, step))
+                _checkpoint(run, step, learning_rate, writer)
             run.metrics.flush()
             if checkpoint_due:
                 _redraw_charts(run, final=step == last_step or stop)
             if stop and step != last_step:
+                _wait_for_saves(run, writer)  # the checkpoint just taken, and so the resume, are on disk
                 run.log.line(
                     f"Stopped by {stop_request.signal_name or 'another rank'} after step {step}; checkpoint written. "
                     f"Resume with: gptlab train {run.run_dir} --resume latest"
                 )
                 return {"interrupted": True, "stopped_after_step": step, "signal": stop_request.signal_name}
+        _wait_for_saves(run, writer)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, without waiting for a save in flight
+        raise
+    except BaseException:
+        failed_too = writer.wait_quietly()  # a save in flight is finished and kept; the first failure is reported
+        if failed_too is not None:
+            run.log.line(f"The checkpoint being written failed as well: {str(failed_too).splitlines()[0]}")
+        raise
     finally:
         stop_request.restore()
         bar.close()
         run.metrics.flush()
     return finish_summary(run)
+
+
+def _saves_in_background(run: Training) -> bool:
+    """train.json's background_checkpoints; absent: on, but a sharded (FSDP) run writes what it gathered at once."""
+    chosen = run.config.train.background_checkpoints
+    return chosen if chosen is not None else not sharding.is_sharded(run.model)
+
+
+def _wait_for_saves(run: Training, writer: CheckpointWriter) -> None:
+    """Wait for the save in flight (counted as time the loop was blocked by checkpoints)."""
+    started = time.perf_counter()
+    writer.wait()
+    run.totals.checkpoint_blocked_seconds += time.perf_counter() - started
 
 
 def _started_event(run: Training, estimate: str) -> Started:
@@ -652,7 +675,11 @@ class StopRequest:
         self._previous.clear()
 
 
-def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
+def _checkpoint(run: Training, step: int, learning_rate: float, writer: CheckpointWriter) -> None:
+    """Take the checkpoint of `step`: the state is copied to the host and handed to `writer` (every rank takes
+    part in the collectives; only rank 0 writes). The time until training can go on is the time the loop was
+    blocked by it, a save still in flight included."""
+    blocked_since = time.perf_counter()
     train_config, totals = run.config.train, run.totals
     stats = run.interval.summary(clipping=train_config.clipping_max_norm is not None)
     by_validation = train_config.best_by == "validation" and totals.last_validation_loss is not None
@@ -692,8 +719,10 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
             "interval": run.interval.to_state(),
             "rng": rng_per_rank,
         }
-        save_checkpoint(
-            run.run_dir,
+        event = _checkpoint_event(run, step)
+        writer.wait()  # one save at most in flight, so one snapshot at most in host memory
+        snapshot_started = time.perf_counter()
+        snapshot = snapshot_checkpoint(
             step,
             model,
             run.optimizer,
@@ -703,10 +732,17 @@ def _checkpoint(run: Training, step: int, learning_rate: float) -> None:
             run.config.to_json_dict(),
             is_best,
             optimizer_state,
+            copy=writer.background,
         )
-        if train_config.keep_checkpoints is not None:
-            prune_checkpoints(run.run_dir, train_config.keep_checkpoints)
-    distributed.barrier(run.dist)
+
+        def written(seconds: float) -> None:  # called once the checkpoint is on disk, `latest` moved and pruned
+            totals.checkpoint_save_seconds += seconds
+            run.notifier.checkpoint(event)
+
+        writer.save(snapshot, time.perf_counter() - snapshot_started, on_written=written)
+        del snapshot
+    distributed.barrier(run.dist)  # after the snapshot: no rank waits for the background write
+    totals.checkpoint_blocked_seconds += time.perf_counter() - blocked_since
 
 
 def train_run(

@@ -233,6 +233,8 @@ def finish_summary(run: Training) -> dict[str, Any]:
         "fast_paths": run.fast_paths,
         "compile_seconds": totals.compile_seconds,
         "validation_seconds": round(totals.validation_seconds, 3),
+        "checkpoint_blocked_seconds": round(totals.checkpoint_blocked_seconds, 3),
+        "checkpoint_save_seconds": round(totals.checkpoint_save_seconds, 3),
         "cost_per_hour": train_config.cost_per_hour,
         "cost": seconds / 3600 * train_config.cost_per_hour if train_config.cost_per_hour is not None else None,
         "machine": train_config.machine,

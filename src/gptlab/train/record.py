@@ -173,6 +173,11 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         lines.append(f"Final validation loss: {loss_with_perplexity(summary['final_validation_loss'])}")
     if summary.get("skipped_steps"):
         lines.append(f"Skipped steps (non-finite gradients or loss): {summary['skipped_steps']}")
+    if summary.get("checkpoint_save_seconds"):
+        lines.append(
+            f"Checkpoints: saving took {summary['checkpoint_save_seconds']:.1f} seconds, "
+            f"training waited {summary.get('checkpoint_blocked_seconds') or 0:.1f} seconds for them"
+        )
     if summary.get("cost") is not None:
         lines.append(f"Cost: ${summary['cost']:.2f} at ${summary['cost_per_hour']}/hour")
     return lines

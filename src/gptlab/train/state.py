@@ -31,6 +31,8 @@ class RunningTotals:
     timed_steps: int = 0
     compile_seconds: Optional[float] = None  # the first step's time when it compiles
     validation_seconds: float = 0.0  # time spent computing validation losses, not in train_seconds
+    checkpoint_blocked_seconds: float = 0.0  # time the loop waited for checkpoints (not in train_seconds)
+    checkpoint_save_seconds: float = 0.0  # time the checkpoints' saves took, snapshot to rename, in all
     best_metric: Optional[float] = None  # the loss that made the current `best` checkpoint
     peak_learning_rate: float = 0.0
     last_train_loss: Optional[float] = None
