@@ -3,7 +3,10 @@
 `RUN_DIR/checkpoints/<UTC %Y%m%dZ%H%M%S>-iteration-<step>/` holds `model.safetensors` (the book's
 layout), `optimizer.pt`, `scaler.pt` (fp16 only), `training_state.pt` (step and RNG states),
 `meta.json`, `config.json` and `checksums.sha256` (the SHA-256 of every other file, in `sha256sum`
-format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand). A checkpoint is written into a
+format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand). A sharded (FSDP) run's checkpoint
+holds `resume/` instead of `optimizer.pt`: its weights and AdamW state as `torch.distributed.checkpoint`
+wrote them, one file per rank (`__<rank>_0.distcp`) and `.metadata`, which reshard on load; the
+checksums cover them as `resume/<file>`. A checkpoint is written into a
 temporary folder, fsynced and renamed into place; the relative symlinks `latest` and `best` are replaced
 atomically. Every file is checked against its checksum before it is loaded (checkpoints written
 without checksums, such as the users' harness's, are read as they are).
@@ -46,6 +49,12 @@ META = "meta.json"  # the users' statistics of the steps since the last checkpoi
 CONFIG = "config.json"  # the resolved configuration the checkpoint was trained with
 ABANDONED_PREFIX = "abandoned-"
 CHECKSUMS = "checksums.sha256"
+OPTIMIZER = "optimizer.pt"  # AdamW's state, whole (one process or DDP)
+TRAINING_STATE = "training_state.pt"
+# A sharded run's resume state instead of optimizer.pt: the model and AdamW state in torch.distributed.checkpoint's
+# own layout (each rank's shard in its own file, and `.metadata`), written by every rank (save_sharded_resume_state)
+RESUME_STATE = "resume"
+RESUME_METADATA = ".metadata"  # what torch.distributed.checkpoint writes last, once every rank's files are written
 
 
 def sha256_of(path: Path) -> str:
@@ -57,8 +66,12 @@ def sha256_of(path: Path) -> str:
 
 
 def write_checksums(directory: Path) -> None:
+    """Every file of the folder, those of its sub-folders (resume/) by their relative path."""
+    directory = Path(directory)
     lines = [
-        f"{sha256_of(path)}  {path.name}\n" for path in sorted(Path(directory).iterdir()) if path.name != CHECKSUMS
+        f"{sha256_of(path)}  {path.relative_to(directory).as_posix()}\n"
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != CHECKSUMS
     ]
     (Path(directory) / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
 
@@ -133,7 +146,7 @@ def _checkpoint_bytes(run_dir: Path, model: GPT) -> int:
     """What the next checkpoint will take: the newest one's size, else float32 weights and Adam's two moments."""
     existing = list_checkpoints(run_dir)
     if existing:
-        return sum(path.stat().st_size for path in existing[-1].iterdir() if path.is_file())
+        return sum(path.stat().st_size for path in existing[-1].rglob("*") if path.is_file())
     return 3 * 4 * model.parameter_count()
 
 
@@ -157,9 +170,10 @@ def save_checkpoint(
     meta: dict[str, Any],
     config: dict[str, Any],
     is_best: bool,
-    optimizer_state: Optional[dict[str, Any]] = None,
+    resume_state: Optional[Path] = None,
 ) -> Path:
-    """`optimizer_state`, when given, is written instead of `optimizer.state_dict()` (a sharded run's, gathered)."""
+    """`resume_state`, when given, is the folder save_sharded_resume_state wrote (a sharded run's weights and
+    AdamW state): it is moved into the checkpoint as resume/, instead of writing optimizer.pt."""
     directory = Path(run_dir) / CHECKPOINTS
     directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
@@ -168,7 +182,10 @@ def save_checkpoint(
     try:
         with atomic_folder(final) as staging:  # the same step saved twice within one second: the newer replaces it
             save_book_safetensors(model, staging / "model.safetensors")
-            torch.save(optimizer_state or optimizer.state_dict(), staging / "optimizer.pt")
+            if resume_state is not None:
+                os.rename(resume_state, staging / RESUME_STATE)
+            else:
+                torch.save(optimizer.state_dict(), staging / OPTIMIZER)
             if scaler is not None:
                 torch.save(scaler.state_dict(), staging / "scaler.pt")
             torch.save(training_state, staging / "training_state.pt")
@@ -185,6 +202,69 @@ def save_checkpoint(
     if is_best:
         point(run_dir, "best", name)
     return final
+
+
+def resume_staging(run_dir: Path, step: int) -> Path:
+    """Where every rank writes a sharded run's resume state before rank 0 moves it into the checkpoint's staging
+    folder; the `.tmp-` prefix has a process killed before that leave nothing the next start does not remove."""
+    return Path(run_dir) / CHECKPOINTS / f".tmp-{RESUME_STATE}-iteration-{step}"
+
+
+def save_sharded_resume_state(run_dir: Path, step: int, model: torch.nn.Module, optimizer, is_main: bool) -> Path:
+    """A collective: every rank writes its own shards of the weights and AdamW state with
+    torch.distributed.checkpoint (fsynced) into resume_staging(); returns that folder once every rank has
+    written, for save_checkpoint(resume_state=...) on rank 0. No rank ever holds the whole optimizer state."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    folder = resume_staging(run_dir, step)
+    if is_main:
+        shutil.rmtree(folder, ignore_errors=True)  # the same step saved again (a resume that stops at once)
+        folder.mkdir(parents=True)
+    dist.barrier()  # nobody writes before the folder is fresh
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, storage_writer=dcp.FileSystemWriter(folder))
+    dist.barrier()  # every rank's files are written and fsynced before rank 0 moves the folder
+    return folder
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """torch.distributed.checkpoint's `.metadata` is a pickle; gptlab never runs a file's code, so only the
+    classes that metadata is made of load (the same promise as torch.load(weights_only=True) for the .pt files)."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),  # torch.strided, by its name
+        ("pathlib", "PosixPath"),  # where it was written (storage_meta.checkpoint_id)
+        ("pathlib", "WindowsPath"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("torch.distributed.checkpoint.") or (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of torch.distributed.checkpoint's metadata")
+
+
+def _resume_state_reader(folder: Path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(dcp.FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with open(Path(folder) / RESUME_METADATA, "rb") as handle:
+                metadata = _MetadataUnpickler(handle).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return Reader(folder)
 
 
 def save_weights_only_checkpoint(
@@ -276,7 +356,29 @@ class Checkpoint:
         return _checked_training_state(self._load_pt("training_state.pt"), self.path / "training_state.pt")
 
     def optimizer_state(self) -> dict[str, Any]:
-        return self._load_pt("optimizer.pt")
+        return self._load_pt(OPTIMIZER)
+
+    @property
+    def sharded(self) -> bool:
+        """Written by a sharded (FSDP) run: resume/ holds the weights and AdamW state, not optimizer.pt."""
+        return (self.path / RESUME_STATE).is_dir()
+
+    def load_resume_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """A sharded checkpoint's weights and AdamW state into `model` and `optimizer`, at any world size: sharded
+        or not, each rank reads the parts it holds (torch.distributed.checkpoint reshards); a collective when
+        several processes train."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        folder = self.path / RESUME_STATE
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        try:
+            dcp.load(state, storage_reader=_resume_state_reader(folder))
+        except Exception as error:  # a missing shard or key, a file of another model
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"{folder}: corrupt or unreadable sharded resume state ({first[:300]})") from None
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.load_state_dict(self.optimizer_state())
@@ -289,9 +391,11 @@ class Checkpoint:
         """Read every file of the checkpoint fully; raise UserError naming the first bad file."""
         self.check_content("model.safetensors")
         self._loaded["model.safetensors"] = read_book_safetensors(self.path / "model.safetensors")
-        for name in ("optimizer.pt", "training_state.pt", "scaler.pt"):
-            if name != "scaler.pt" or (self.path / name).exists():
+        for name in (OPTIMIZER, TRAINING_STATE, "scaler.pt"):
+            if (name == OPTIMIZER and not self.sharded) or name == TRAINING_STATE or (self.path / name).exists():
                 self._loaded[name] = self._load_pt(name)
+        if self.sharded:
+            self._verify_resume_state()
         _checked_training_state(self._loaded["training_state.pt"], self.path / "training_state.pt")
         for name in ("meta.json", "config.json"):
             self.check_content(name)
@@ -299,6 +403,28 @@ class Checkpoint:
                 read_json(self.path / name)
             except (OSError, ValueError) as error:
                 raise UserError(f"{self.path / name}: corrupt or unreadable checkpoint file ({error})") from None
+
+    def _verify_resume_state(self) -> None:
+        """resume/ whole: its `.metadata` and every shard file the checksums name are there and unaltered, and
+        nothing the checksums do not name (checkpoints written without checksums: the metadata is there)."""
+        folder = self.path / RESUME_STATE
+        if "_checksums" not in self._loaded:
+            self._loaded["_checksums"] = read_checksums(self.path)
+        listed = sorted(name for name in self._loaded["_checksums"] or {} if name.startswith(RESUME_STATE + "/"))
+        if not (folder / RESUME_METADATA).is_file():
+            raise UserError(f"{folder / RESUME_METADATA}: missing from the checkpoint (its sharded resume state is incomplete)")
+        for name in listed:
+            if not (self.path / name).is_file():
+                raise UserError(f"{self.path / name}: missing from the checkpoint (its sharded resume state is incomplete)")
+            self.check_content(name)
+        if self._loaded["_checksums"] is not None:
+            unlisted = sorted(
+                path.relative_to(self.path).as_posix()
+                for path in folder.rglob("*")
+                if path.is_file() and path.relative_to(self.path).as_posix() not in listed
+            )
+            if unlisted:
+                raise UserError(f"{self.path / unlisted[0]}: not named in {CHECKSUMS}: not part of this checkpoint as written")
 
 
 def _checked_training_state(state: Any, path: Path) -> dict[str, Any]:
