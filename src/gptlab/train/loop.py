@@ -188,11 +188,8 @@ def setup(
         load_book_safetensors(model, _initial_weights(run_dir, train_config.init_from))
     if train_config.activation_checkpointing:
         sharding.checkpoint_activations(model)
-    if train_config.parallelism == "fsdp" and dist_context.active and precision.name == "fp16":
-        raise UserError(
-            f"{run_dir / TRAIN_FILE}: parallelism: 'fsdp' cannot train in fp16 (its gradient scaler would decide overflows per shard); "
-            "use precision 'bf16' or 'fp32', or parallelism 'ddp'"
-        )
+    if train_config.parallelism == "fsdp" and dist_context.active and precision.scaler is not None:
+        precision = sharding.with_sharded_scaler(precision)  # fp16: every rank backs off on any rank's overflow
     trained_model = distributed.wrap(model, dist_context, device, train_config.parallelism, precision.name)
     optimizer = build_optimizer(model, train_config, device)  # after sharding: FSDP replaces the parameters
     if fast_paths["compile"]:

@@ -10,6 +10,7 @@ written sharded, each rank its own part, by runtime.checkpoint.save_sharded_resu
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from gptlab.model import GPT
+from gptlab.runtime.precision import Precision
 
 _MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,6 +53,14 @@ def shard(model: GPT, precision_name: str) -> GPT:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model
+
+
+def with_sharded_scaler(precision: Precision) -> Precision:
+    """fp16 under FSDP: a rank sees only its gradient shards, so ShardedGradScaler all-reduces `found inf` in
+    unscale_; every rank then lowers its scale together (the step's skip is already decided on the global norm)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    return dataclasses.replace(precision, scaler=ShardedGradScaler(precision.device.type))
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
