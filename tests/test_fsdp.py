@@ -163,7 +163,9 @@ def test_fsdp_resume_state_reshards_to_one_process_with_the_same_global_batch(ru
     kept = cut_back_to(split, 8)  # one step left to take: resharding is tested by the load and that step
     refused = run_cli("train", str(split), "--no-progress", "--resume", kept)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "--set train.gradient_accumulation_steps=4" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert (
+        "--set train.gradient_accumulation_steps=4" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    )
 
     result = run_cli(
         "train", str(split), "--no-progress", "--resume", kept, "--set", "train.gradient_accumulation_steps=4"
@@ -282,3 +284,26 @@ def test_fsdp_in_fp16_trains_as_one_process(make_run):
     assert not all(r["skipped"] for r in one_records)
     for a, b in zip(two_records, one_records):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_metadata_holding_foreign_pickled_objects_is_refused(runs, tmp_path):
+    """torch.distributed.checkpoint's .metadata is a pickle: one that would construct anything but its own classes is
+    refused before any object is built (as torch.load(weights_only=True) refuses for the .pt files)."""
+    import pickle
+
+    from gptlab.errors import UserError
+    from gptlab.runtime.checkpoint import find_resumable_checkpoint, write_checksums
+    from gptlab.train.loop import train_run
+
+    _, whole = runs
+    run = tmp_path / "foreign"
+    shutil.copytree(whole, run, symlinks=True)
+    latest = (run / "checkpoints" / "latest").resolve()
+    (latest / "resume" / ".metadata").write_bytes(pickle.dumps(shutil.rmtree))  # loading it would import and call
+    write_checksums(latest)  # deliberately made, not damaged: the checksums match
+    find_resumable_checkpoint(run, "latest")  # the files are whole
+    with pytest.raises(UserError) as refused:
+        train_run(run, resume="latest", show_progress=False, overrides={"train": {"gradient_accumulation_steps": 4}})
+    message = refused.value.lines[0]
+    assert "resume: corrupt or unreadable sharded resume state (refused: it holds a pickled shutil.rmtree" in message

@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -248,7 +249,10 @@ class _MetadataUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of torch.distributed.checkpoint's metadata")
+        raise pickle.UnpicklingError(
+            f"refused: it holds a pickled {module}.{name}, which is not part of torch.distributed.checkpoint's "
+            "metadata (gptlab never runs a file's code)"
+        )
 
 
 def _resume_state_reader(folder: Path):
@@ -368,16 +372,18 @@ class Checkpoint:
         or not, each rank reads the parts it holds (torch.distributed.checkpoint reshards); a collective when
         several processes train."""
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         folder = self.path / RESUME_STATE
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
         try:
-            dcp.load(state, storage_reader=_resume_state_reader(folder))
-        except Exception as error:  # a missing shard or key, a file of another model
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"{folder}: corrupt or unreadable sharded resume state ({first[:300]})") from None
+            with warnings.catch_warnings():  # one process reads a sharded run's state: that is meant
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+                dcp.load(state, storage_reader=_resume_state_reader(folder))
+        except (Exception, CheckpointException) as error:  # a missing shard or key, another model's, a refused pickle
+            raise UserError(f"{folder}: corrupt or unreadable sharded resume state ({_first_failure(error)})") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -412,10 +418,14 @@ class Checkpoint:
             self._loaded["_checksums"] = read_checksums(self.path)
         listed = sorted(name for name in self._loaded["_checksums"] or {} if name.startswith(RESUME_STATE + "/"))
         if not (folder / RESUME_METADATA).is_file():
-            raise UserError(f"{folder / RESUME_METADATA}: missing from the checkpoint (its sharded resume state is incomplete)")
+            raise UserError(
+                f"{folder / RESUME_METADATA}: missing from the checkpoint (its sharded resume state is incomplete)"
+            )
         for name in listed:
             if not (self.path / name).is_file():
-                raise UserError(f"{self.path / name}: missing from the checkpoint (its sharded resume state is incomplete)")
+                raise UserError(
+                    f"{self.path / name}: missing from the checkpoint (its sharded resume state is incomplete)"
+                )
             self.check_content(name)
         if self._loaded["_checksums"] is not None:
             unlisted = sorted(
@@ -424,7 +434,23 @@ class Checkpoint:
                 if path.is_file() and path.relative_to(self.path).as_posix() not in listed
             )
             if unlisted:
-                raise UserError(f"{self.path / unlisted[0]}: not named in {CHECKSUMS}: not part of this checkpoint as written")
+                raise UserError(
+                    f"{self.path / unlisted[0]}: not named in {CHECKSUMS}: not part of this checkpoint as written"
+                )
+
+
+def _first_failure(error: BaseException) -> str:
+    """The first line of what went wrong in torch.distributed.checkpoint: the first failed rank's own error, not
+    the CheckpointException that gathers them (whose message is a list of ranks and tracebacks)."""
+    failures = getattr(error, "failures", None)  # CheckpointException: {rank: (exception, stack summary)}
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        error = first[0] if isinstance(first, tuple) and first and isinstance(first[0], BaseException) else error
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    # DCP's own read step joins the reasons: "metadata is None; global metadata read failed: <reason>; ..."
+    text = lines[0] if lines else type(error).__name__
+    reason = text.split("global metadata read failed: ", 1)[-1].split("; rank local metadata", 1)[0]
+    return reason[:300]
 
 
 def _checked_training_state(state: Any, path: Path) -> dict[str, Any]:
