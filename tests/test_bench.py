@@ -296,3 +296,12 @@ def test_parse_bytes():
 def test_every_result_field_is_documented():
     text = DOCS.read_text(encoding="utf-8")
     assert [field for field in bench.RESULT_FIELDS if f"`{field}`" not in text] == []
+
+
+def test_compare_refuses_fsdp_in_one_process_and_names_the_benchmark(make_run):
+    """Before any measurement (the CLI turns UserError into one line and exit 2, test_cli)."""
+    with pytest.raises(UserError) as refused:
+        bench.compare_speeds(make_run(), ("parallelism=ddp", "parallelism=fsdp"), synthetic=True)
+    assert len(refused.value.lines) == 1
+    assert refused.value.lines[0].startswith("--compare parallelism=fsdp: gptlab bench runs in one process")
+    assert "benchmarks/fsdp_memory.py" in refused.value.lines[0]

@@ -222,6 +222,12 @@ def compare_speeds(
             load_run_config(Path(run_dir), merge_overrides(base_overrides, column))
         except UserError as error:
             raise UserError(*[f"--compare {assignment}: {line}" for line in error.lines]) from None
+        if column.get("train", {}).get("parallelism") == "fsdp":
+            raise UserError(
+                f"--compare {assignment}: gptlab bench runs in one process, where FSDP has nothing to shard, so its column "
+                "would time DDP's code again; measure the cost of sharding under torchrun with "
+                "`python benchmarks/fsdp_memory.py` (DDP and FSDP on 2 processes: tokens/s and bytes per rank)"
+            )
         columns_overrides.append(column)
     columns = []
     for index, (assignment, column) in enumerate(zip(assignments, columns_overrides), start=1):

@@ -4,10 +4,13 @@
 layout), `optimizer.pt`, `scaler.pt` (fp16 only), `training_state.pt` (step and RNG states),
 `meta.json`, `config.json` and `checksums.sha256` (the SHA-256 of every other file, in `sha256sum`
 format, so `sha256sum -c checksums.sha256` checks a checkpoint by hand, computed from the bytes as they are
-written). A checkpoint is taken in two steps: `snapshot_checkpoint` copies the state to host memory (what
-training waits for when saves run in the background, gptlab.train.checkpoint_writer), `write_checkpoint`
-writes it into a temporary folder, fsyncs it and renames it into place; the relative symlinks `latest` and
-`best` are replaced atomically. Every file is checked against its checksum before it is loaded (checkpoints written
+written). A sharded (FSDP) run's checkpoint holds `resume/` instead of `optimizer.pt`: its weights and AdamW
+state as `torch.distributed.checkpoint` wrote them, one file per rank (`__<rank>_0.distcp`) and `.metadata`,
+which reshard on load; the checksums cover them as `resume/<file>`. A checkpoint is taken in two steps:
+`snapshot_checkpoint` copies the state to host memory (what training waits for when saves run in the
+background, gptlab.train.checkpoint_writer), `write_checkpoint` writes it into a temporary folder, fsyncs it
+and renames it into place; the relative symlinks `latest` and `best` are replaced atomically. Every file is
+checked against its checksum before it is loaded (checkpoints written
 without checksums, such as the users' harness's, are read as they are).
 """
 
@@ -20,6 +23,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -56,6 +60,12 @@ META = "meta.json"  # the users' statistics of the steps since the last checkpoi
 CONFIG = "config.json"  # the resolved configuration the checkpoint was trained with
 ABANDONED_PREFIX = "abandoned-"
 CHECKSUMS = "checksums.sha256"
+OPTIMIZER = "optimizer.pt"  # AdamW's state, whole (one process or DDP)
+TRAINING_STATE = "training_state.pt"
+# A sharded run's resume state instead of optimizer.pt: the model and AdamW state in torch.distributed.checkpoint's
+# own layout (each rank's shard in its own file, and `.metadata`), written by every rank (save_sharded_resume_state)
+RESUME_STATE = "resume"
+RESUME_METADATA = ".metadata"  # what torch.distributed.checkpoint writes last, once every rank's files are written
 
 
 def sha256_of(path: Path) -> str:
@@ -67,8 +77,12 @@ def sha256_of(path: Path) -> str:
 
 
 def write_checksums(directory: Path) -> None:
+    """Every file of the folder, those of its sub-folders (resume/) by their relative path."""
+    directory = Path(directory)
     lines = [
-        f"{sha256_of(path)}  {path.name}\n" for path in sorted(Path(directory).iterdir()) if path.name != CHECKSUMS
+        f"{sha256_of(path)}  {path.relative_to(directory).as_posix()}\n"
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != CHECKSUMS
     ]
     (Path(directory) / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
 
@@ -143,7 +157,7 @@ def _checkpoint_bytes(run_dir: Path, snapshot: CheckpointSnapshot) -> int:
     """What a checkpoint takes: the newest one's size, else its tensors' bytes."""
     existing = list_checkpoints(run_dir)
     if existing:
-        return sum(path.stat().st_size for path in existing[-1].iterdir() if path.is_file())
+        return sum(path.stat().st_size for path in existing[-1].rglob("*") if path.is_file())
     return snapshot.tensor_bytes()
 
 
@@ -166,13 +180,14 @@ class CheckpointSnapshot:
     name: str  # the folder's name, given when the state was taken
     weights: dict[str, torch.Tensor]  # model.safetensors's tensors (the book's names)
     weights_metadata: Optional[dict[str, str]]
-    optimizer: dict[str, Any]
+    optimizer: Optional[dict[str, Any]]  # None: a sharded run's, in `resume_state` instead
     scaler: Optional[dict[str, Any]]
     training_state: dict[str, Any]
     meta: bytes  # meta.json and config.json, already serialised
     config: bytes
     is_best: bool
     copied: bool
+    resume_state: Optional[Path] = None  # save_sharded_resume_state's folder, moved in as resume/
 
     def tensor_bytes(self) -> int:
         return sum(tensor.numel() * tensor.element_size() for tensor in _tensors_in(self.weights, self.optimizer))
@@ -215,16 +230,17 @@ def snapshot_checkpoint(
     meta: dict[str, Any],
     config: dict[str, Any],
     is_best: bool,
-    optimizer_state: Optional[dict[str, Any]] = None,
+    resume_state: Optional[Path] = None,
     copy: bool = True,
 ) -> CheckpointSnapshot:
     """The state a checkpoint of `step` holds. With `copy` (a background save), the optimizer state and the
     training state are copied to the host as well as the weights (always copies: safetensors stores Q, K and V
     apart): one more copy of the weights and AdamW state in host memory until the save ends. Without it
     (a save written before the next step), the optimizer's tensors are referenced, not copied.
-    `optimizer_state`, when given, is written instead of `optimizer.state_dict()` (a sharded run's, gathered)."""
+    `resume_state`, when given, is a sharded run's weights and AdamW state already on disk (written by
+    save_sharded_resume_state): it is moved into the checkpoint instead of writing optimizer.pt."""
     weights, weights_metadata = book_tensors_to_save(model, MODEL_WEIGHTS)
-    optimizer_dict = optimizer_state or optimizer.state_dict()
+    optimizer_dict = None if resume_state is not None else optimizer.state_dict()
     scaler_dict = scaler.state_dict() if scaler is not None else None
     if copy:
         optimizer_dict, scaler_dict, training_state = host_copy((optimizer_dict, scaler_dict, training_state))
@@ -239,6 +255,7 @@ def snapshot_checkpoint(
         config=_json_bytes(config),
         is_best=is_best,
         copied=copy,
+        resume_state=resume_state,
     )
 
 
@@ -285,7 +302,13 @@ def write_checkpoint(run_dir: Path, snapshot: CheckpointSnapshot) -> Path:
                 digests[name] = handle.digest.hexdigest()
 
             write(MODEL_WEIGHTS, lambda f: f.write(save_safetensors(snapshot.weights, snapshot.weights_metadata)))
-            write("optimizer.pt", lambda f: torch.save(snapshot.optimizer, f))
+            if snapshot.resume_state is not None:  # written by every rank already: moved in, hashed as it is
+                os.rename(snapshot.resume_state, staging / RESUME_STATE)
+                for path in sorted((staging / RESUME_STATE).rglob("*")):
+                    if path.is_file():
+                        digests[path.relative_to(staging).as_posix()] = sha256_of(path)
+            else:
+                write(OPTIMIZER, lambda f: torch.save(snapshot.optimizer, f))
             if snapshot.scaler is not None:
                 write("scaler.pt", lambda f: torch.save(snapshot.scaler, f))
             write("training_state.pt", lambda f: torch.save(snapshot.training_state, f))
@@ -316,14 +339,81 @@ def save_checkpoint(
     meta: dict[str, Any],
     config: dict[str, Any],
     is_best: bool,
-    optimizer_state: Optional[dict[str, Any]] = None,
+    resume_state: Optional[Path] = None,
 ) -> Path:
     """Write a checkpoint now, in this thread (the synchronous save; training.checkpoint_writer writes them in
-    the background). `optimizer_state`, when given, is written instead of `optimizer.state_dict()`."""
+    the background). `resume_state`, when given, is the folder save_sharded_resume_state wrote (a sharded run's
+    weights and AdamW state): it is moved into the checkpoint as resume/, instead of writing optimizer.pt."""
     snapshot = snapshot_checkpoint(
-        step, model, optimizer, scaler, training_state, meta, config, is_best, optimizer_state, copy=False
+        step, model, optimizer, scaler, training_state, meta, config, is_best, resume_state, copy=False
     )
     return write_checkpoint(run_dir, snapshot)
+
+
+def resume_staging(run_dir: Path, step: int) -> Path:
+    """Where every rank writes a sharded run's resume state before rank 0 moves it into the checkpoint's staging
+    folder; the `.tmp-` prefix has a process killed before that leave nothing the next start does not remove."""
+    return Path(run_dir) / CHECKPOINTS / f".tmp-{RESUME_STATE}-iteration-{step}"
+
+
+def save_sharded_resume_state(run_dir: Path, step: int, model: torch.nn.Module, optimizer, is_main: bool) -> Path:
+    """A collective: every rank writes its own shards of the weights and AdamW state with
+    torch.distributed.checkpoint (fsynced) into resume_staging(); returns that folder once every rank has
+    written, for save_checkpoint(resume_state=...) on rank 0. No rank ever holds the whole optimizer state."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    folder = resume_staging(run_dir, step)
+    if is_main:
+        shutil.rmtree(folder, ignore_errors=True)  # the same step saved again (a resume that stops at once)
+        folder.mkdir(parents=True)
+    dist.barrier()  # nobody writes before the folder is fresh
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, storage_writer=dcp.FileSystemWriter(folder))
+    dist.barrier()  # every rank's files are written and fsynced before rank 0 moves the folder
+    return folder
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """torch.distributed.checkpoint's `.metadata` is a pickle; gptlab never runs a file's code, so only the
+    classes that metadata is made of load (the same promise as torch.load(weights_only=True) for the .pt files)."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),  # torch.strided, by its name
+        ("pathlib", "PosixPath"),  # where it was written (storage_meta.checkpoint_id)
+        ("pathlib", "WindowsPath"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("torch.distributed.checkpoint.") or (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(
+            f"refused: it holds a pickled {module}.{name}, which is not part of torch.distributed.checkpoint's "
+            "metadata (gptlab never runs a file's code)"
+        )
+
+
+def _resume_state_reader(folder: Path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(dcp.FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with open(Path(folder) / RESUME_METADATA, "rb") as handle:
+                metadata = _MetadataUnpickler(handle).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return Reader(folder)
 
 
 def save_weights_only_checkpoint(
@@ -415,7 +505,31 @@ class Checkpoint:
         return _checked_training_state(self._load_pt("training_state.pt"), self.path / "training_state.pt")
 
     def optimizer_state(self) -> dict[str, Any]:
-        return self._load_pt("optimizer.pt")
+        return self._load_pt(OPTIMIZER)
+
+    @property
+    def sharded(self) -> bool:
+        """Written by a sharded (FSDP) run: resume/ holds the weights and AdamW state, not optimizer.pt."""
+        return (self.path / RESUME_STATE).is_dir()
+
+    def load_resume_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """A sharded checkpoint's weights and AdamW state into `model` and `optimizer`, at any world size: sharded
+        or not, each rank reads the parts it holds (torch.distributed.checkpoint reshards); a collective when
+        several processes train."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        folder = self.path / RESUME_STATE
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        try:
+            with warnings.catch_warnings():  # one process reads a sharded run's state: that is meant
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+                dcp.load(state, storage_reader=_resume_state_reader(folder))
+        except (Exception, CheckpointException) as error:  # a missing shard or key, another model's, a refused pickle
+            raise UserError(f"{folder}: corrupt or unreadable sharded resume state ({_first_failure(error)})") from None
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.load_state_dict(self.optimizer_state())
@@ -428,9 +542,11 @@ class Checkpoint:
         """Read every file of the checkpoint fully; raise UserError naming the first bad file."""
         self.check_content("model.safetensors")
         self._loaded["model.safetensors"] = read_book_safetensors(self.path / "model.safetensors")
-        for name in ("optimizer.pt", "training_state.pt", "scaler.pt"):
-            if name != "scaler.pt" or (self.path / name).exists():
+        for name in (OPTIMIZER, TRAINING_STATE, "scaler.pt"):
+            if (name == OPTIMIZER and not self.sharded) or name == TRAINING_STATE or (self.path / name).exists():
                 self._loaded[name] = self._load_pt(name)
+        if self.sharded:
+            self._verify_resume_state()
         _checked_training_state(self._loaded["training_state.pt"], self.path / "training_state.pt")
         for name in ("meta.json", "config.json"):
             self.check_content(name)
@@ -438,6 +554,48 @@ class Checkpoint:
                 read_json(self.path / name)
             except (OSError, ValueError) as error:
                 raise UserError(f"{self.path / name}: corrupt or unreadable checkpoint file ({error})") from None
+
+    def _verify_resume_state(self) -> None:
+        """resume/ whole: its `.metadata` and every shard file the checksums name are there and unaltered, and
+        nothing the checksums do not name (checkpoints written without checksums: the metadata is there)."""
+        folder = self.path / RESUME_STATE
+        if "_checksums" not in self._loaded:
+            self._loaded["_checksums"] = read_checksums(self.path)
+        listed = sorted(name for name in self._loaded["_checksums"] or {} if name.startswith(RESUME_STATE + "/"))
+        if not (folder / RESUME_METADATA).is_file():
+            raise UserError(
+                f"{folder / RESUME_METADATA}: missing from the checkpoint (its sharded resume state is incomplete)"
+            )
+        for name in listed:
+            if not (self.path / name).is_file():
+                raise UserError(
+                    f"{self.path / name}: missing from the checkpoint (its sharded resume state is incomplete)"
+                )
+            self.check_content(name)
+        if self._loaded["_checksums"] is not None:
+            unlisted = sorted(
+                path.relative_to(self.path).as_posix()
+                for path in folder.rglob("*")
+                if path.is_file() and path.relative_to(self.path).as_posix() not in listed
+            )
+            if unlisted:
+                raise UserError(
+                    f"{self.path / unlisted[0]}: not named in {CHECKSUMS}: not part of this checkpoint as written"
+                )
+
+
+def _first_failure(error: BaseException) -> str:
+    """The first line of what went wrong in torch.distributed.checkpoint: the first failed rank's own error, not
+    the CheckpointException that gathers them (whose message is a list of ranks and tracebacks)."""
+    failures = getattr(error, "failures", None)  # CheckpointException: {rank: (exception, stack summary)}
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        error = first[0] if isinstance(first, tuple) and first and isinstance(first[0], BaseException) else error
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    # DCP's own read step joins the reasons: "metadata is None; global metadata read failed: <reason>; ..."
+    text = lines[0] if lines else type(error).__name__
+    reason = text.split("global metadata read failed: ", 1)[-1].split("; rank local metadata", 1)[0]
+    return reason[:300]
 
 
 def _checked_training_state(state: Any, path: Path) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from gptlab.runtime.checkpoint import (
     not_checkpoints,
     remove_stale_checkpoint_staging,
     restore_rng_state,
+    save_sharded_resume_state,
     set_aside_later_checkpoints,
     set_aside_leftovers,
     snapshot_checkpoint,
@@ -187,11 +188,8 @@ def setup(
         load_book_safetensors(model, _initial_weights(run_dir, train_config.init_from))
     if train_config.activation_checkpointing:
         sharding.checkpoint_activations(model)
-    if train_config.parallelism == "fsdp" and dist_context.active and precision.name == "fp16":
-        raise UserError(
-            f"{run_dir / TRAIN_FILE}: parallelism: 'fsdp' cannot train in fp16 (its gradient scaler would decide overflows per shard); "
-            "use precision 'bf16' or 'fp32', or parallelism 'ddp'"
-        )
+    if train_config.parallelism == "fsdp" and dist_context.active and precision.scaler is not None:
+        precision = sharding.with_sharded_scaler(precision)  # fp16: every rank backs off on any rank's overflow
     trained_model = distributed.wrap(model, dist_context, device, train_config.parallelism, precision.name)
     optimizer = build_optimizer(model, train_config, device)  # after sharding: FSDP replaces the parameters
     if fast_paths["compile"]:
@@ -297,11 +295,6 @@ def _restore(run: Training, which: str) -> None:
     if unsafe == ["min_train_tokens"]:
         _check_extension(run, checkpoint, saved["train"]["min_train_tokens"])
         unsafe = []
-    if unsafe:
-        raise UserError(
-            f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
-            f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume"
-        )
     recorded = checkpoint.meta.get("dataset_fingerprint")
     if recorded is not None and recorded != run.dataset_fingerprint:
         raise UserError(
@@ -309,7 +302,18 @@ def _restore(run: Training, which: str) -> None:
             f"{recorded}, the folder's is now {run.dataset_fingerprint}: it was prepared again); resume only on the "
             "same tokens, or start a new run (init_from takes this run's weights)"
         )
-    if sharding.is_sharded(run.model):  # every rank reads the full files and keeps its shards
+    state = checkpoint.load_training_state()
+    saved_world = _check_world_size(run, checkpoint, saved["train"], state)
+    if unsafe == ["gradient_accumulation_steps"] and saved_world != run.dist.world_size:
+        unsafe = []  # the same global batch on another world size: _check_world_size has allowed it
+    if unsafe:
+        raise UserError(
+            f"{run.run_dir / TRAIN_FILE}: differs from checkpoint {checkpoint.name} in {', '.join(unsafe)}, which would change "
+            f"what is trained; only {', '.join(sorted(RESUME_SAFE_TRAIN_KEYS))} may change on resume"
+        )
+    if checkpoint.sharded:  # every rank reads its part of the weights and AdamW state, at this world size
+        checkpoint.load_resume_state(run.model, run.optimizer)
+    elif sharding.is_sharded(run.model):  # every rank reads the full files and keeps its shards
         plain = sharding.plain_model(run.model)
         checkpoint.load_model(plain)
         sharding.load_full_weights(run.model, plain)
@@ -318,7 +322,6 @@ def _restore(run: Training, which: str) -> None:
         checkpoint.load_model(run.model)
         checkpoint.load_optimizer(run.optimizer)
     checkpoint.load_scaler(run.precision.scaler)
-    state = checkpoint.load_training_state()
     run.start_step = int(state["step"]) + 1
     run.totals = RunningTotals.from_state(state["totals"])
     run.interval = IntervalStats.from_state(state["interval"]) if "interval" in state else IntervalStats()
@@ -347,6 +350,37 @@ def _restore(run: Training, which: str) -> None:
             f"Note: {checkpoint.name} is older than the run's newest checkpoint: this resume starts a new line of history; "
             f"the later checkpoints and the old {METRICS} were moved, not deleted, into {aside}"
         )
+
+
+def _check_world_size(run: Training, checkpoint: Checkpoint, saved_train: dict[str, Any], state: dict[str, Any]) -> int:
+    """The number of processes the checkpoint was trained on. Another number resumes only with the same global
+    batch (processes x gradient_accumulation_steps), so that every step reads the same tokens and the schedule
+    the same length; it is then said in train.log that the run is no longer bit-identical to an uninterrupted one."""
+    saved_world = checkpoint.meta.get("world_size")
+    if not isinstance(saved_world, int):  # written before meta.json recorded it: one RNG state per rank
+        saved_world = len(state["rng"]) if isinstance(state["rng"], list) else 1
+    world, accumulation = run.dist.world_size, run.config.train.gradient_accumulation_steps
+    if saved_world == world:
+        return saved_world
+    saved_accumulation = saved_train.get("gradient_accumulation_steps", 1)
+    microbatches = saved_world * saved_accumulation
+    if world * accumulation != microbatches:
+        how = (
+            f"set gradient_accumulation_steps to {microbatches // world} (--set train.gradient_accumulation_steps={microbatches // world})"
+            if microbatches % world == 0
+            else f"resume on a number of processes that divides {microbatches}"
+        )
+        raise UserError(
+            f"{run.run_dir / TRAIN_FILE}: gradient_accumulation_steps: checkpoint {checkpoint.name} trained on {saved_world} "
+            f"processes x {saved_accumulation}, so {world} x {accumulation} would change the global batch and the tokens each "
+            f"step reads; {how}, or resume on {saved_world} processes"
+        )
+    run.log.line(
+        f"Note: resuming on {world} processes a run trained on {saved_world} (gradient_accumulation_steps {saved_accumulation} "
+        f"-> {accumulation}): every step reads the same tokens, but gradients are summed in another order and the ranks' "
+        "random streams (dropout) are not the ones they had, so the run is no longer bit-identical to an uninterrupted one"
+    )
+    return saved_world
 
 
 def _check_extension(run: Training, checkpoint: Checkpoint, old_tokens: int) -> None:
@@ -689,10 +723,10 @@ def _checkpoint(run: Training, step: int, learning_rate: float, writer: Checkpoi
         totals.best_metric = metric
     run.interval = IntervalStats()
     rng_per_rank = gather_rng_states(run.dist)  # a collective: every rank takes part
-    model, optimizer_state = run.model, None
-    if sharding.is_sharded(run.model):  # collectives too: the full weights and AdamW state gathered to rank 0
+    model, resume_state = run.model, None
+    if sharding.is_sharded(run.model):  # collectives too: each rank writes its shards; the full weights to rank 0
+        resume_state = save_sharded_resume_state(run.run_dir, step, run.model, run.optimizer, run.dist.is_main)
         model = sharding.gathered_model(run.model, run.dist.rank)
-        optimizer_state = sharding.gathered_optimizer_state(run.model, run.optimizer)
     if run.dist.is_main:
         meta = {
             "learning_rate": learning_rate,
@@ -710,6 +744,7 @@ def _checkpoint(run: Training, step: int, learning_rate: float, writer: Checkpoi
             "torch_version": torch.__version__,
             "effective_config": run.config.to_json_dict(),
             "dataset_fingerprint": run.dataset_fingerprint,
+            "world_size": run.dist.world_size,
         }
         if run.last_routing is not None:
             meta["routing"] = run.last_routing
@@ -731,7 +766,7 @@ def _checkpoint(run: Training, step: int, learning_rate: float, writer: Checkpoi
             meta,
             run.config.to_json_dict(),
             is_best,
-            optimizer_state,
+            resume_state=resume_state,
             copy=writer.background,
         )
 

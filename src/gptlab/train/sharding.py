@@ -2,13 +2,15 @@
 
 `fully_shard` is applied to each transformer block (`model.h[i]`) and then to the root, so that only about
 two blocks' full weights exist at once on a rank; weights, gradients and AdamW state are each split across
-the ranks. Checkpoints stay what users read: the full weights and optimizer state are gathered to rank 0
+the ranks. Checkpoints stay what users read: the full weights are gathered to rank 0
 (`torch.distributed.checkpoint.state_dict` with full_state_dict and cpu_offload), so a checkpoint of a
-sharded run is the same book-layout model.safetensors, and its optimizer.pt resumes on any world size.
+sharded run holds the same book-layout model.safetensors; its resume state (weights and AdamW state) is
+written sharded, each rank its own part, by runtime.checkpoint.save_sharded_resume_state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -16,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from gptlab.model import GPT
+from gptlab.runtime.precision import Precision
 
 _MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -50,6 +53,14 @@ def shard(model: GPT, precision_name: str) -> GPT:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model
+
+
+def with_sharded_scaler(precision: Precision) -> Precision:
+    """fp16 under FSDP: a rank sees only its gradient shards, so ShardedGradScaler all-reduces `found inf` in
+    unscale_; every rank then lowers its scale together (the step's skip is already decided on the global norm)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    return dataclasses.replace(precision, scaler=ShardedGradScaler(precision.device.type))
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -103,13 +114,7 @@ def plain_model(model: GPT) -> GPT:
     return GPT(model.config, vocab_multiple=model.padded_vocab_size)
 
 
-def gathered_optimizer_state(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """A collective: the full AdamW state keyed by parameter name, on rank 0 (empty elsewhere)."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    return get_optimizer_state_dict(model, optimizer, options=_full_options())
-
-
+# Resuming a checkpoint a sharded run wrote before its resume state was sharded (optimizer.pt held it whole).
 def load_full_weights(model: GPT, plain: GPT) -> None:
     """Every rank loads its shards from a plain model holding the full weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
