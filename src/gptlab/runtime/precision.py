@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from gptlab.config import TrainConfig
+from gptlab.cpu_kernels import cpu_flags
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, user_cache_dir
 from gptlab.rundir import TRAIN_FILE
@@ -53,20 +54,6 @@ class PrecisionChoice:
     name: str
     reason: str
     per_machine: bool = False  # decided by this machine's hardware or timing: ranks on different machines may disagree
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[set[str]]:
-    """The CPU's feature flags as Linux reports them; None where they cannot be read (macOS, Windows)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 says "flags", Arm says "Features"
-            flags.update(value.split())
-    return flags or None
 
 
 def bf16_matmul_speedup(width: int, rows: int = 128, repeats: int = 5) -> float:
