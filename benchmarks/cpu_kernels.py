@@ -10,6 +10,11 @@ even on a busy machine, the absolute tokens/s are not. Same configuration as ben
 
     python benchmarks/cpu_kernels.py                          # fp32 and bf16, every variant
     python benchmarks/cpu_kernels.py --precisions bf16 --rounds 5 --variants torch/plain,onednn/chunked
+    python benchmarks/cpu_kernels.py --shapes                 # each matmul of the step alone, torch against oneDNN
+
+`--shapes` times, for every linear layer of the model at 2,048 tokens (Q/K/V, attention output, MLP in and
+out, the 50,257-row head), the three products of its training step (forward, input gradient, weight
+gradient) as gptlab.cpu_kernels computes them on oneDNN and as torch's matmul does, alternating.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
     parser.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk of the chunked loss")
+    parser.add_argument("--shapes", action="store_true", help="time each matmul shape alone instead of whole steps")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from book_reference import BATCH_SIZE, SMALL_CONFIG, random_batches
@@ -55,6 +61,9 @@ def main() -> None:
         + f"; torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}"
     )
     print(f"this process's choice: {cpu_kernels.cpu_matmul()}", flush=True)
+    if args.shapes:
+        time_shapes(args.rounds, args.precisions.split(","))
+        return
     torch.manual_seed(0)
     model = GPT(ModelConfig(**SMALL_CONFIG, tie_weights=False))
     model.init_gpt2()
@@ -95,6 +104,56 @@ def main() -> None:
                 flush=True,
             )
     print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def time_shapes(rounds: int, precisions: list[str]) -> None:
+    from gptlab.cpu_kernels import onednn_linear
+
+    tokens, width, vocab = 2048, 256, 50257
+    layers = {
+        "qkv": (3 * width, width),
+        "attention out": (width, width),
+        "mlp in": (4 * width, width),
+        "mlp out": (width, 4 * width),
+        "head": (vocab, width),
+    }
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        for name, (out_features, in_features) in layers.items():
+            x = torch.randn(tokens, in_features, dtype=dtype)
+            weight = torch.randn(out_features, in_features, dtype=dtype) * 0.02
+            grad = torch.randn(tokens, out_features, dtype=dtype)
+            wide = out_features >= in_features  # as _OneDNNLinear.backward orders the weight gradient's operands
+            products = {
+                "forward": (lambda: x @ weight.t(), lambda: onednn_linear(x, weight)),
+                "input grad": (lambda: grad @ weight, lambda: onednn_linear(grad, weight.t())),
+                "weight grad": (
+                    lambda: grad.t() @ x,
+                    (lambda: onednn_linear(x.t(), grad.t()).t().contiguous())
+                    if wide
+                    else (lambda: onednn_linear(grad.t(), x.t())),
+                ),
+            }
+            repeats = 1 if name == "head" else 5
+            for product, pair in products.items():
+                best = {"torch": float("inf"), "onednn": float("inf")}
+                for kernel, function in zip(best, pair):
+                    function()  # warm-up: kernel selection, buffers
+                for round_index in range(rounds):
+                    for kernel, function in (
+                        zip(best, pair) if round_index % 2 == 0 else reversed(list(zip(best, pair)))
+                    ):
+                        for _ in range(repeats):
+                            started = time.perf_counter()
+                            function()
+                            best[kernel] = min(best[kernel], time.perf_counter() - started)
+                flops = 2 * tokens * in_features * out_features
+                print(
+                    f"{precision} {name:<14} {product:<12} torch {best['torch'] * 1e3:8.1f} ms "
+                    f"({flops / best['torch'] / 1e9:5.0f} GFLOP/s)  oneDNN {best['onednn'] * 1e3:8.1f} ms "
+                    f"({flops / best['onednn'] / 1e9:5.0f} GFLOP/s)  {best['torch'] / best['onednn']:.2f}x",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
