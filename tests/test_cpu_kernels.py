@@ -8,7 +8,7 @@ from conftest import TINY_MODEL
 
 from gptlab import cpu_kernels
 from gptlab.config import ModelConfig
-from gptlab.cpu_kernels import ONEDNN, TORCH, choose_cpu_matmul, linear, using_cpu_matmul
+from gptlab.cpu_kernels import ONEDNN, ONEDNN_FP32, TORCH, choose_cpu_matmul, linear, using_cpu_matmul
 from gptlab.model import GPT
 
 needs_onednn = pytest.mark.skipif(not cpu_kernels.onednn_linear_available(), reason="this torch has no oneDNN linear")
@@ -38,6 +38,8 @@ def _loss_logits_and_gradients(model: GPT, kernel: str, bf16: bool):
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("fused_loss", [False, True], ids=["plain-loss", "chunked-loss"])
 def test_the_onednn_path_matches_torch_matmuls_in_outputs_and_every_gradient(onednn_calls, bf16, fused_loss):
+    if bf16 and choose_cpu_matmul()[0] != ONEDNN:
+        pytest.skip("oneDNN's bf16 inner product needs a CPU with native bf16")
     torch.manual_seed(0)
     # every bias in play; a small vocabulary keeps the test quick
     model = GPT(ModelConfig(**{**TINY_MODEL, "qkv_bias": True, "vocab_size": 1000}), fused_loss=fused_loss)
@@ -64,11 +66,23 @@ def test_the_kernel_is_chosen_by_cpu_flags(tmp_path):
         path.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
         return path
 
-    assert choose_cpu_matmul(cpuinfo("fpu avx2 avx512f avx512_bf16"), available=True)[0] == ONEDNN
-    kernel, reason = choose_cpu_matmul(cpuinfo("fpu avx2 fma"), available=True)
+    avx512 = "fpu avx2 avx512f avx512dq avx512bw avx512vl"
+    assert choose_cpu_matmul(cpuinfo(avx512 + " avx512_bf16"), available=True, isa_limit="")[0] == ONEDNN
+    assert choose_cpu_matmul(cpuinfo(avx512 + " amx_bf16"), available=True, isa_limit="ALL")[0] == ONEDNN
+    # AVX-512 without native bf16 (Skylake to Ice Lake): oneDNN has no bf16 inner product there
+    kernel, reason = choose_cpu_matmul(cpuinfo(avx512), available=True, isa_limit="")
+    assert kernel == ONEDNN_FP32 and "bf16 stays on torch's matmul" in reason and "this CPU lacks" in reason
+    kernel, reason = choose_cpu_matmul(cpuinfo("fpu avx2 fma"), available=True, isa_limit="")
     assert kernel == TORCH and "AVX-512" in reason
-    assert choose_cpu_matmul(cpuinfo("avx512f"), available=False)[0] == TORCH  # a torch without oneDNN
-    assert choose_cpu_matmul(tmp_path / "missing", available=True)[0] == TORCH  # no flags to read (macOS, Windows)
+    assert choose_cpu_matmul(cpuinfo("avx2 avx512f avx512cd"), available=True, isa_limit="")[0] == TORCH  # Xeon Phi
+    assert choose_cpu_matmul(cpuinfo(avx512), available=False, isa_limit="")[0] == TORCH  # a torch without oneDNN
+    assert choose_cpu_matmul(tmp_path / "missing", available=True, isa_limit="")[0] == TORCH  # macOS, Windows
+    # oneDNN held below AVX-512, or below its bf16 level, by ONEDNN_MAX_CPU_ISA
+    kernel, reason = choose_cpu_matmul(cpuinfo(avx512 + " avx512_bf16"), available=True, isa_limit="avx2")
+    assert kernel == TORCH and "ONEDNN_MAX_CPU_ISA=AVX2" in reason
+    assert (
+        choose_cpu_matmul(cpuinfo(avx512 + " avx512_bf16"), available=True, isa_limit="AVX512_CORE")[0] == ONEDNN_FP32
+    )
 
 
 @needs_onednn
@@ -90,9 +104,15 @@ def test_other_devices_dtypes_and_choices_take_torch_matmul(onednn_calls):
         expected = F.linear(torch.ones(2, 3, 4), weight, bias)
         torch.testing.assert_close(linear(torch.ones(2, 3, 4), weight, bias), expected)
     assert len(onednn_calls) == 2
+    with using_cpu_matmul(ONEDNN_FP32):  # a CPU without native bf16: float32 on oneDNN, bf16 autocast as torch runs it
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            linear(torch.randn(3, 4), weight, bias)
+        assert len(onednn_calls) == 2
+        linear(torch.randn(3, 4), weight, bias)
+        assert len(onednn_calls) == 3
 
 
 def test_an_unknown_kernel_is_refused():
-    with pytest.raises(ValueError, match="expected 'onednn' or 'torch'"):
+    with pytest.raises(ValueError, match="expected 'onednn', 'onednn-fp32' or 'torch'"):
         with using_cpu_matmul("mkl"):
             pass

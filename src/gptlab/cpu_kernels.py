@@ -1,5 +1,6 @@
 """The matmul kernel of the model's linear layers on the CPU: torch's (MKL's sgemm in float32) or oneDNN's
-inner product, chosen once per process from the CPU's flags, in `cpu_matmul()`.
+inner product, chosen once per process from the CPU's flags, in `cpu_matmul()`: oneDNN for float32 where the
+CPU has AVX-512, and for bf16 too where it also has native bf16 (avx512_bf16 or AMX), torch's matmul elsewhere.
 
 Why: on AVX-512 CPUs oneDNN's float32 kernels run this lab's shapes at about twice MKL's speed (an AMD EPYC
 here; MKL, tuned for Intel, reaches about half of its peak there), while with AVX2 only they measured no
@@ -12,13 +13,17 @@ torch.compile, in float32 or under a CPU bf16 autocast; everything else (GPUs, f
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 
-ONEDNN, TORCH = "onednn", "torch"
+ONEDNN, ONEDNN_FP32, TORCH = "onednn", "onednn-fp32", "torch"  # float32 and bf16 / float32 only / neither
+# oneDNN's "avx512_core" level, which its float32 and bf16 inner products need (Xeon Phi's AVX-512 lacks bw/dq/vl)
+AVX512_CORE = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl"})
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})  # oneDNN's bf16 inner product has no emulation without them
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[set[str]]:
@@ -44,17 +49,30 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def choose_cpu_matmul(cpuinfo: Path = Path("/proc/cpuinfo"), available: Optional[bool] = None) -> tuple[str, str]:
-    """(ONEDNN or TORCH, why), from the CPU's flags: oneDNN where the CPU has AVX-512, torch's matmul elsewhere."""
+def choose_cpu_matmul(
+    cpuinfo: Path = Path("/proc/cpuinfo"), available: Optional[bool] = None, isa_limit: Optional[str] = None
+) -> tuple[str, str]:
+    """(ONEDNN, ONEDNN_FP32 or TORCH, why), from the CPU's flags: oneDNN where the CPU has AVX-512, for bf16 too
+    where it has native bf16 (oneDNN's bf16 inner product needs it), torch's matmul elsewhere. `isa_limit`:
+    oneDNN's ONEDNN_MAX_CPU_ISA (default: the environment's), which can hold it below what the CPU has."""
     available = onednn_linear_available() if available is None else available
     if not available:
         return TORCH, "this torch has no oneDNN linear kernel"
     flags = cpu_flags(cpuinfo)
     if flags is None:
         return TORCH, "the CPU's flags cannot be read here"
-    if "avx512f" in flags:
-        return ONEDNN, "the CPU has AVX-512, where oneDNN's kernels measured about 2x MKL's sgemm"
-    return TORCH, "the CPU has no AVX-512; with AVX2 only oneDNN measured no faster than torch's matmul"
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA", "") if isa_limit is None else isa_limit).upper()
+    if not AVX512_CORE <= flags:
+        return TORCH, "the CPU has no AVX-512; with AVX2 only oneDNN measured no faster than torch's matmul"
+    if limit and limit != "ALL" and not limit.startswith(("AVX512", "AVX10")):
+        return TORCH, f"ONEDNN_MAX_CPU_ISA={limit} holds oneDNN below AVX-512"
+    why = "the CPU has AVX-512, where oneDNN's float32 kernels measured about 2x MKL's sgemm"
+    if flags & NATIVE_BF16 and limit not in ("AVX512_CORE", "AVX512_CORE_VNNI"):
+        return ONEDNN, why + ", and native bf16"
+    return ONEDNN_FP32, why + (
+        "; bf16 stays on torch's matmul (oneDNN's bf16 inner product needs native bf16"
+        + (f", which ONEDNN_MAX_CPU_ISA={limit} holds it below)" if flags & NATIVE_BF16 else ", which this CPU lacks)")
+    )
 
 
 _chosen: Optional[tuple[str, str]] = None
@@ -68,13 +86,22 @@ def cpu_matmul() -> tuple[str, str]:
     return _chosen
 
 
+def onednn_for(dtype: torch.dtype) -> bool:
+    """Whether a CPU matmul in `dtype` runs on oneDNN in this process."""
+    kernel = cpu_matmul()[0]
+    return (kernel == ONEDNN and dtype in (torch.float32, torch.bfloat16)) or (
+        kernel == ONEDNN_FP32 and dtype == torch.float32
+    )
+
+
 @contextlib.contextmanager
 def using_cpu_matmul(kernel: str) -> Iterator[None]:
-    """Within the block, linear layers use `kernel` (ONEDNN or TORCH) on the CPU: for tests and benchmarks."""
+    """Within the block, linear layers use `kernel` (ONEDNN, ONEDNN_FP32 or TORCH) on the CPU: for tests and
+    benchmarks."""
     global _chosen
-    if kernel not in (ONEDNN, TORCH):
-        raise ValueError(f"kernel {kernel!r}: expected {ONEDNN!r} or {TORCH!r}")
-    if kernel == ONEDNN and not onednn_linear_available():
+    if kernel not in (ONEDNN, ONEDNN_FP32, TORCH):
+        raise ValueError(f"kernel {kernel!r}: expected {ONEDNN!r}, {ONEDNN_FP32!r} or {TORCH!r}")
+    if kernel != TORCH and not onednn_linear_available():
         raise RuntimeError("this torch has no oneDNN linear kernel")
     before = cpu_matmul()
     _chosen = (kernel, "asked for")
@@ -124,15 +151,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
     Under a CPU bf16 autocast the operands are cast to bf16 first, as autocast casts them for F.linear (the
     gradients flow back through the casts to the float32 weights the same way)."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or cpu_matmul()[0] != ONEDNN:
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or cpu_matmul()[0] == TORCH:
         return F.linear(x, weight, bias)
     if torch.is_autocast_enabled("cpu"):
-        if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not onednn_for(torch.bfloat16):
             return F.linear(x, weight, bias)
         with torch.autocast("cpu", enabled=False):
             return _OneDNNLinear.apply(
                 x.to(torch.bfloat16), weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
             )
-    if x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16) and x.shape[-1] > 0:
+    if x.dtype == weight.dtype and onednn_for(x.dtype) and x.shape[-1] > 0:
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

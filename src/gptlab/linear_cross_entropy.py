@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from gptlab.cpu_kernels import ONEDNN, cpu_matmul, onednn_linear
+from gptlab.cpu_kernels import onednn_for, onednn_linear
 
 # Tokens per chunk: keeps a chunk's float32 logits around 50 MB for the GPT-2 vocabulary.
 DEFAULT_CHUNK_TOKENS = 256
@@ -30,13 +30,7 @@ def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
 
 def _on_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether a product of these CPU tensors runs on oneDNN (where gptlab.cpu_kernels chose it); elsewhere torch's."""
-    return (
-        a.device.type == "cpu"
-        and a.dtype == b.dtype
-        and a.dtype in (torch.float32, torch.bfloat16)
-        and min(a.shape) > 0
-        and cpu_matmul()[0] == ONEDNN
-    )
+    return a.device.type == "cpu" and a.dtype == b.dtype and min(a.shape) > 0 and onednn_for(a.dtype)
 
 
 def _matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

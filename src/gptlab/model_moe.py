@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
-from gptlab.cpu_kernels import ONEDNN, cpu_matmul
+from gptlab.cpu_kernels import onednn_for
 from gptlab.cpu_kernels import onednn_linear as _onednn_linear
 from gptlab.cpu_kernels import onednn_linear_available as _onednn_linear_available  # noqa: F401  (tests ask it)
 
@@ -95,7 +95,7 @@ class MixtureOfExperts(nn.Module):
         # attribute, not a buffer, so DDP does not overwrite each rank's own counts with rank 0's.
         self.routing_totals: torch.Tensor | None = None
         # the process's CPU kernel choice (gptlab.cpu_kernels); a plain attribute: benchmarks turn it off to compare
-        self.onednn_matmuls = cpu_matmul()[0] == ONEDNN
+        self.onednn_matmuls = onednn_for(torch.float32)
 
     def forward(
         self, x: torch.Tensor, with_router_loss: bool = False
