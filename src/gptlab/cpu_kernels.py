@@ -112,28 +112,28 @@ def using_cpu_matmul(kernel: str) -> Iterator[None]:
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """x @ weight.T + bias, forward and backward on oneDNN's inner product, in the tensors' own dtype."""
+    """rows @ weight.T + bias for 2-D rows, forward and backward on oneDNN's inner product, in the tensors' own
+    dtype. `linear` reshapes around it, so its output is no view made inside the Function (which autograd
+    would forbid modifying in place, as the padded head's logits are)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # (n, in)
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(rows, weight)
         ctx.has_bias = bias is not None
-        ctx.leading = x.shape[:-1]
-        return onednn_linear(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return onednn_linear(rows, weight, bias)  # (n, out)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         rows, weight = ctx.saved_tensors
-        grad_rows = grad_out.reshape(-1, weight.shape[0]).contiguous()  # (n, out)
+        grad_rows = grad_out.contiguous()  # (n, out)
         grad_x = grad_weight = grad_bias = None
         if rows.shape[0] == 0:  # oneDNN refuses an empty inner dimension; the gradients are zero
-            grad_x = rows.new_zeros(ctx.leading + (weight.shape[1],)) if ctx.needs_input_grad[0] else None
+            grad_x = torch.zeros_like(rows) if ctx.needs_input_grad[0] else None
             grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
             grad_bias = weight.new_zeros(weight.shape[0]) if ctx.has_bias and ctx.needs_input_grad[2] else None
             return grad_x, grad_weight, grad_bias
         if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(grad_rows, weight.t()).view(*ctx.leading, weight.shape[1])  # grad @ weight
+            grad_x = onednn_linear(grad_rows, weight.t())  # (n, in) = grad @ weight
         if ctx.needs_input_grad[1]:
             # grad^T @ x, (out, in). oneDNN copies a transposed first operand into rows (the second it reads in
             # place), so the narrower of grad and x goes first: for the head, x (n, C) rather than grad (n, V).
@@ -144,6 +144,11 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(0)
         return grad_x, grad_weight, grad_bias
+
+
+def _onednn_apply(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    out = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -157,9 +162,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not onednn_for(torch.bfloat16):
             return F.linear(x, weight, bias)
         with torch.autocast("cpu", enabled=False):
-            return _OneDNNLinear.apply(
+            return _onednn_apply(
                 x.to(torch.bfloat16), weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
             )
     if x.dtype == weight.dtype and onednn_for(x.dtype) and x.shape[-1] > 0:
-        return _OneDNNLinear.apply(x, weight, bias)
+        return _onednn_apply(x, weight, bias)
     return F.linear(x, weight, bias)
