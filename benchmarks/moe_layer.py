@@ -30,6 +30,7 @@ import torch.nn as nn
 from llms_from_scratch.ch04 import FeedForward
 
 from gptlab.config import ModelConfig
+from gptlab.cpu_kernels import TORCH, using_cpu_matmul
 from gptlab.model import MLP
 from gptlab.model_moe import MixtureOfExperts
 
@@ -63,6 +64,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+class OnTorchMatmul(nn.Module):
+    """`layer` with every linear layer on torch's matmul, whatever gptlab.cpu_kernels chose for this CPU (the
+    experts' fallback is the dense MLP, whose linears follow that choice)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with using_cpu_matmul(TORCH):  # the forward's choice of function fixes the backward's kernel too
+            return self.layer(x)
 
 
 def time_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
@@ -135,6 +149,7 @@ def main() -> None:
         with torch.no_grad():
             torch.testing.assert_close(layers[name](x), theirs(x), rtol=1e-4, atol=1e-5)
 
+    layers["gptlab_torch_matmul"] = OnTorchMatmul(layers["gptlab_torch_matmul"])
     for layer in layers.values():  # warm-up: allocator and thread pool
         time_step(layer, x, grad)
     seconds: dict[str, list[float]] = {name: [] for name in layers}

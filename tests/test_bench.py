@@ -14,6 +14,7 @@ from conftest import TINY_MODEL, run_cli
 from gptlab import bench
 from gptlab.cli import cli
 from gptlab.config import ModelConfig, TrainConfig, load_run_config
+from gptlab.cpu_kernels import cpu_matmul
 from gptlab.errors import UserError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
@@ -56,6 +57,7 @@ def test_bench_json_has_every_field(make_run, brown_dataset):
     assert result["phases_ms"]["data"] > 0 and result["phases_ms"]["backward"] > 0
     assert result["config"]["model"]["emb_dim"] == TINY_MODEL["emb_dim"]
     assert {"gptlab", "torch", "python"} <= set(result["environment"])
+    assert result["environment"]["cpu_matmul"] == cpu_matmul()[0]  # the CPU kernel the step ran on, named
     assert sorted(path.name for path in run_dir.iterdir()) == before  # nothing written into the run
 
 
@@ -73,6 +75,7 @@ def test_peak_tflops_option_gives_mfu_and_text_output_has_a_table(make_run):
 
     text = invoke(str(run_dir), "--synthetic", "--steps", "1", "--warmup-steps", "0", "--phase-steps", "0").stdout
     assert "| tokens/s" in text and "| MFU" in text and "peak memory" in text
+    assert f"CPU matmul: {cpu_matmul()[0]} ({cpu_matmul()[1]})" in text
 
 
 def test_compare_gives_one_column_per_override_with_the_override_applied(make_run):

@@ -17,6 +17,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "gptlab"
 # The floors, bottom to top; an entry is a module or a package (with everything in it, unless a longer entry
 # names a part of it). Why each floor stands where it does: docs/architecture.md, "Layers".
 FLOORS: tuple[tuple[str, ...], ...] = (
+    ("gptlab.cpu_kernels",),  # the CPU matmul kernel choice, below the model and the chunked loss that use it
     (
         "gptlab.errors",
         "gptlab.words",

@@ -100,6 +100,8 @@ def test_forced_slow_bf16_trains_in_fp32_and_says_why(make_run):
     assert "slower in bf16 than in fp32" in header or "no native bf16" in header
     summary = json.loads((run / "summary.json").read_text())
     assert summary["precision"] == "fp32" and summary["precision_reason"] in header
+    # oneDNN held to AVX2: the linear layers' CPU kernel is torch's, named in the log and the summary
+    assert "| CPU matmul: torch (" in result.stdout and summary["environment"]["cpu_matmul"] == "torch"
 
     # Resumed on a machine that may choose otherwise, the run keeps the precision it started with.
     for path in (run / "checkpoints").glob("*-iteration-2"):

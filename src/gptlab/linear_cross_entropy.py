@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from gptlab.cpu_kernels import onednn_for, onednn_linear
+
 # Tokens per chunk: keeps a chunk's float32 logits around 50 MB for the GPT-2 vocabulary.
 DEFAULT_CHUNK_TOKENS = 256
 
@@ -26,9 +28,27 @@ def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return tensor.dtype
 
 
+def _on_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a product of these CPU tensors runs on oneDNN (where gptlab.cpu_kernels chose it); elsewhere torch's."""
+    return a.device.type == "cpu" and a.dtype == b.dtype and min(a.shape) > 0 and onednn_for(a.dtype)
+
+
+def _matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T."""
+    return onednn_linear(a, b) if _on_onednn(a, b) else a @ b.T
+
+
+def _grad_weight(grad_logits: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """grad_logits^T @ chunk, (V, C); on oneDNN as (chunk^T @ grad_logits)^T, since oneDNN copies a transposed
+    first operand and chunk (n, C) is the narrow one."""
+    if _on_onednn(grad_logits, chunk):
+        return onednn_linear(chunk.T, grad_logits.T).T
+    return grad_logits.T @ chunk
+
+
 def _masked_logits(hidden_chunk: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """(n, C) @ (V_padded, C)^T in the compute dtype, then float32, padded columns set to -inf."""
-    logits = (hidden_chunk @ weight.T).float()  # (n, V_padded)
+    logits = _matmul_nt(hidden_chunk, weight).float()  # (n, V_padded)
     if logits.shape[1] > vocab_size:
         logits[:, vocab_size:] = float("-inf")  # padding rows of the head never win and never enter the loss
     return logits
@@ -62,8 +82,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probabilities = logits.sub_(log_normaliser[:, None]).exp_()
                 probabilities[torch.arange(stop - start, device=hidden.device), chunk_targets] -= 1.0
                 grad_logits = probabilities.div_(count).to(compute_dtype)  # (n, V_padded)
-                grad_hidden[start:stop] = grad_logits @ compute_weight
-                grad_weight += (grad_logits.T @ chunk).float()
+                grad_hidden[start:stop] = (
+                    onednn_linear(grad_logits, compute_weight.T)
+                    if _on_onednn(grad_logits, compute_weight)
+                    else grad_logits @ compute_weight
+                )
+                grad_weight += _grad_weight(grad_logits, chunk).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return loss_sum / count

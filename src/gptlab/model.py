@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
+from gptlab.cpu_kernels import linear
 from gptlab.linear_cross_entropy import linear_cross_entropy
 from gptlab.model_moe import MixtureOfExperts
 
@@ -36,7 +37,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_len, width = x.shape
-        query, key, value = self.c_attn(x).split(width, dim=2)  # each (B, T, C)
+        query, key, value = linear(x, self.c_attn.weight, self.c_attn.bias).split(width, dim=2)  # each (B, T, C)
         # (B, T, C) -> (B, H, T, D)
         query = query.view(batch, seq_len, self.n_heads, -1).transpose(1, 2)
         key = key.view(batch, seq_len, self.n_heads, -1).transpose(1, 2)
@@ -46,7 +47,7 @@ class CausalSelfAttention(nn.Module):
             query, key, value, is_causal=True, dropout_p=self.drop_rate if self.training else 0.0
         )  # (B, H, T, D)
         attended = attended.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, C)
-        return self.c_proj(attended)
+        return linear(attended, self.c_proj.weight, self.c_proj.bias)
 
 
 class MLP(nn.Module):
@@ -56,7 +57,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        hidden = F.gelu(linear(x, self.c_fc.weight, self.c_fc.bias), approximate="tanh")
+        return linear(hidden, self.c_proj.weight, self.c_proj.bias)
 
 
 class Block(nn.Module):
@@ -166,10 +168,10 @@ class GPT(nn.Module):
         """(B, T, C) final hidden states -> logits, or the mean cross-entropy against targets."""
         vocab_size = self.config.vocab_size
         if targets is None:
-            return self.lm_head(hidden)[..., :vocab_size]  # (B, T, V): padding columns cut off
+            return linear(hidden, self.lm_head.weight)[..., :vocab_size]  # (B, T, V): padding columns cut off
         if self.fused_loss:
             return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), vocab_size)
-        logits = self.lm_head(hidden)  # (B, T, V_padded)
+        logits = linear(hidden, self.lm_head.weight)  # (B, T, V_padded)
         if self.padded_vocab_size > vocab_size:
             logits[..., vocab_size:] = float("-inf")
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())

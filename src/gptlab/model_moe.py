@@ -13,15 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias by oneDNN's inner product (no autograd), on strided tensors as they are."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+from gptlab.cpu_kernels import onednn_for
+from gptlab.cpu_kernels import onednn_linear as _onednn_linear
+from gptlab.cpu_kernels import onednn_linear_available as _onednn_linear_available  # noqa: F401  (tests ask it)
 
 
 class _OneDNNExpertMLP(torch.autograd.Function):
@@ -100,7 +94,8 @@ class MixtureOfExperts(nn.Module):
         # Routing statistics summed over training forwards since the last `take_routing_totals`; a plain
         # attribute, not a buffer, so DDP does not overwrite each rank's own counts with rank 0's.
         self.routing_totals: torch.Tensor | None = None
-        self.onednn_matmuls = _onednn_linear_available()  # a plain attribute: benchmarks turn it off to compare
+        # the process's CPU kernel choice (gptlab.cpu_kernels); a plain attribute: benchmarks turn it off to compare
+        self.onednn_matmuls = onednn_for(torch.float32)
 
     def forward(
         self, x: torch.Tensor, with_router_loss: bool = False

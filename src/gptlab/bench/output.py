@@ -51,7 +51,12 @@ def _header(result: dict[str, Any]) -> list[str]:
     env = result["environment"]
     config = result["config"]["model"]
     return [
-        f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | {result['device']} ({result['device_name']})",
+        f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | {result['device']} ({result['device_name']})"
+        + (
+            f" | CPU matmul: {env['cpu_matmul']} ({env['cpu_matmul_reason']})"
+            if str(result["device"]).startswith("cpu") and "cpu_matmul" in env
+            else ""
+        ),
         f"model: {counted(config['n_layers'], 'layer')}, {config['emb_dim']} wide, {counted(config['n_heads'], 'head')}, context {config['context_length']}, "
         f"vocab {config['vocab_size']:,}, tied head: {str(config['tie_weights']).lower()}; {result['parameters']:,} parameters"
         + (

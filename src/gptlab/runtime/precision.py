@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from gptlab.config import TrainConfig
+from gptlab.cpu_kernels import cpu_flags, cpu_matmul, onednn_for, onednn_linear
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, user_cache_dir
 from gptlab.rundir import TRAIN_FILE
@@ -55,20 +56,6 @@ class PrecisionChoice:
     per_machine: bool = False  # decided by this machine's hardware or timing: ranks on different machines may disagree
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[set[str]]:
-    """The CPU's feature flags as Linux reports them; None where they cannot be read (macOS, Windows)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 says "flags", Arm says "Features"
-            flags.update(value.split())
-    return flags or None
-
-
 def bf16_matmul_speedup(width: int, rows: int = 128, repeats: int = 5) -> float:
     """fp32 time / bf16 time of a (rows x width) @ (width x 4 width) matmul, the shape of a block's MLP.
 
@@ -82,11 +69,20 @@ def bf16_matmul_speedup(width: int, rows: int = 128, repeats: int = 5) -> float:
     b32 = torch.randn(width, 4 * width, generator=generator)
     a16, b16 = a32.bfloat16(), b32.bfloat16()
 
+    # each dtype on the kernel the model's linear layers use for it (gptlab.cpu_kernels), so that neither is timed on
+    # a slower kernel than training would run
+    weight32, weight16 = b32.t().contiguous(), b16.t().contiguous()  # oneDNN's weight is (out, in)
+
+    def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if onednn_for(a.dtype):
+            return onednn_linear(a, weight32 if a.dtype == torch.float32 else weight16)
+        return torch.mm(a, b)
+
     def best_of(a: torch.Tensor, b: torch.Tensor, count: int) -> float:
         times = []
         for _ in range(count):
             start = time.perf_counter()
-            torch.mm(a, b)
+            product(a, b)
             times.append(time.perf_counter() - start)
         return min(times)
 
@@ -116,6 +112,7 @@ def speedup_cache_file(width: int) -> Path:
         "flags": sorted(cpu_flags() or ()),
         "torch": torch.__version__,
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "cpu_matmul": cpu_matmul()[0],
         "width": min(max(width, 256), 512),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -32,6 +32,7 @@ def log_header(run: Training) -> None:
         f"gptlab {env['gptlab']} | Python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | device {run.device}"
         + (f" ({env['device_name']})" if "device_name" in env else "")
         + f" | world size {run.dist.world_size}"
+        + (f" | CPU matmul: {env['cpu_matmul']} ({env['cpu_matmul_reason']})" if run.device.type == "cpu" else "")
     )
     experts = model_config.moe
     run.log.line(

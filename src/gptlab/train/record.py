@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
+from gptlab.cpu_kernels import cpu_matmul
 from gptlab.files import append_jsonl
 from gptlab.rundir import TRAIN_LOG
 from gptlab.version import __version__
@@ -41,6 +42,9 @@ def environment() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
+        # the kernel of the linear layers on the CPU (gptlab.cpu_kernels), and why
+        "cpu_matmul": cpu_matmul()[0],
+        "cpu_matmul_reason": cpu_matmul()[1],
     }
     if torch.cuda.is_available():
         info["device_name"] = device_name(torch.device("cuda"))
