@@ -1,8 +1,9 @@
-"""The seed's GPT-2 small table beside this study's results.json, as Markdown (docs/reproduction.md).
+"""docs/reproduction.md's two tables, as Markdown, from results.json: this study's table, and the seed's GPT-2
+small table beside it.
 
-    python examples/interventions/side_by_side.py examples/interventions/results.json
+    python examples/interventions/results_tables.py examples/interventions/results.json
 
-Every figure on the right comes from results.json (`gptlab experiment report --format json`); the seed's
+Every figure of this study comes from results.json (`gptlab experiment report --format json`); the seed's
 figures are their published table (GPT-2 small, 3.26B FineWeb tokens, 8xA100), typed in below.
 """
 
@@ -29,8 +30,40 @@ def direction(improvement: float | None) -> str:
     return "-" if improvement is None else "better" if improvement > 0 else "worse"
 
 
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def study_table(rows: list[dict]) -> None:
+    print(
+        "| run | seeds | test loss | sd | improvement | improvement 95% CI | p (Holm) | verdict | time | tokens/s | cost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ci = row["improvement_ci"]
+        cells = [
+            row["run"],
+            str(row["seeds"]),
+            f"{row['test_loss']:.4f}",
+            "-" if row["sd"] is None else f"{row['sd']:.4f}",
+            "-" if row["improvement"] is None else f"{row['improvement']:+.4f}",
+            f"{ci[0]:+.4f} to {ci[1]:+.4f}" if ci else "-",
+            "-" if row["p_holm"] is None else f"{row['p_holm']:.2g}",
+            row["verdict"],
+            clock(row["training_seconds"]),
+            "-" if row["tokens_per_second"] is None else f"{row['tokens_per_second']:,.0f}",
+            "-" if row["cost"] is None else f"${row['cost']:.4f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(path: str) -> None:
     results = json.load(open(path, encoding="utf-8"))
+    study_table(results["rows"])
+    print()
     rows = {row["run"]: row for row in results["rows"]}
     print(
         "| intervention | seed: test loss | seed: improvement | here: test loss | here: improvement (95% CI) | here: verdict | directions |"
