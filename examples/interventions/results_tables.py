@@ -79,6 +79,8 @@ def main(path: str) -> None:
         interval = f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
         if name == "baseline":
             agree = "-"
+        elif here == 0:
+            agree = f"seed {direction(improvement)}; here exactly the baseline"
         elif row["noise"] == "within noise":
             agree = f"seed {direction(improvement)}; here within noise"
         else:
