@@ -42,6 +42,9 @@ LOSS_CHART, GRAD_NORM_CHART, LEARNING_RATE_CHART = "loss-chart.png", "grad-norm-
 ROUTING_CHART = "routing-chart.png"  # mixture-of-experts runs only
 CHECKPOINTS = "checkpoints"
 LOCK_FILE = ".gptlab.lock"
+# beside an experiment's run directories, not in one: runs_dir/<stack>/stack.json, the interventions a stack of
+# winners chose and why (gptlab.experiments.winners)
+STACK_CHOICE = "stack.json"
 # seconds an evaluation waits to merge its entry into evaluation.json: long enough for another evaluation's
 # write (milliseconds), short enough that one refused by a training run in progress says so at once
 EVALUATION_LOCK_WAIT = 10.0

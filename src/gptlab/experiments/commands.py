@@ -46,6 +46,15 @@ CHART_FORMAT_OPTION = click.option(
     help="File format of the --charts files (svg and pdf for print and blogs).",
 )
 EXPERIMENT_FILE = click.argument("experiment_file", type=click.Path(dir_okay=False, path_type=Path))
+SEEDS_OPTION = click.option(
+    "--seeds",
+    "seed_count",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Only the first N of the file's seeds: a quick look, which the whole study later extends "
+    "(the runs already done are kept).",
+)
 BUDGET_OPTION = click.option(
     "--budget",
     type=click.Choice(["time", "cost", "tokens"]),
@@ -130,17 +139,21 @@ def experiment() -> None:
 
 @experiment.command()
 @EXPERIMENT_FILE
-def plan(experiment_file: Path) -> None:
+@SEEDS_OPTION
+def plan(experiment_file: Path, seed_count: Optional[int]) -> None:
     """Write one run directory per (variant, seed) with fully resolved model.json and train.json, and list them."""
     from gptlab.experiments.plan import format_plan, plan_runs, streams_words, write_plan
     from gptlab.experiments.spec import load_experiment
+    from gptlab.experiments.winners import unchosen
 
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file).with_seeds(seed_count)
     planned = plan_runs(experiment)
     words = streams_words(experiment)
     write_plan(planned)
     for line in format_plan(planned):
         click.echo(line)
+    for name in unchosen(experiment):
+        click.echo(f"{name}: a stack of the winners, chosen and trained once the interventions have finished")
     click.echo(words)
 
 
@@ -154,16 +167,38 @@ def plan(experiment_file: Path) -> None:
 )
 @DATASETS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[Path], no_progress: bool) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs trained at once, each in its own process with the cores shared among them (OMP_NUM_THREADS = "
+    "cores / jobs unless set); each run's output then goes to its train.log only.",
+)
+@SEEDS_OPTION
+def run(
+    experiment_file: Path,
+    launcher: Optional[str],
+    datasets_dir: Optional[Path],
+    no_progress: bool,
+    jobs: int,
+    seed_count: Optional[int],
+) -> None:
     """Train and evaluate every planned run in turn: finished runs are skipped, interrupted ones resumed.
 
-    Stop it at any time and start it again to carry on.
+    Stop it at any time and start it again to carry on. A stack of winners ("stacks": {"NAME": "winners"}) is
+    chosen once the interventions have finished, then trained.
     """
     from gptlab.experiments.runner import run_experiment
     from gptlab.experiments.spec import load_experiment
 
     run_experiment(
-        load_experiment(experiment_file), launcher, datasets_dir, show_progress=not no_progress, echo=click.echo
+        load_experiment(experiment_file).with_seeds(seed_count),
+        launcher,
+        datasets_dir,
+        show_progress=not no_progress,
+        echo=click.echo,
+        jobs=jobs,
     )
 
 
@@ -185,6 +220,7 @@ def run(experiment_file: Path, launcher: Optional[str], datasets_dir: Optional[P
 @MIXED_OPTION
 @BUDGET_OPTION
 @PRICE_OPTION
+@SEEDS_OPTION
 def experiment_report(
     experiment_file: Path,
     output_format: str,
@@ -196,6 +232,7 @@ def experiment_report(
     allow_mixed_checkpoints: bool,
     budget: Optional[str],
     prices: dict[str, float],
+    seed_count: Optional[int],
 ) -> None:
     """Print the comparison table of an experiment's finished runs (one row per variant), judged against seed noise."""
     from gptlab.experiments.runner import experiment_comparison
@@ -203,7 +240,7 @@ def experiment_report(
     from gptlab.experiments.tables import check_columns
 
     check_columns(_column_list(columns), output_format)
-    loaded = load_experiment(experiment_file)
+    loaded = load_experiment(experiment_file).with_seeds(seed_count)
     comparison = experiment_comparison(
         loaded,
         datasets_dir,

@@ -10,7 +10,8 @@ JSON or TOML. Every problem is reported at once, one line each, naming the file 
         "no-dropout": {"model": {"drop_rate": 0.0}},
         "lr-schedule": {"schedule_learning_rate": true, "warmup_period_percent": 5}
       },
-      "stacks": {"no-dropout+lr-schedule": ["no-dropout", "lr-schedule"]},
+      "stacks": {"no-dropout+lr-schedule": ["no-dropout", "lr-schedule"],
+                 "winners": "winners"},          # the interventions judged better, beyond noise (see winners.py)
       "evaluation": {"batches": 100},
       "random_streams": true                     # common random numbers (see plan.py); default: on for a new experiment
     }
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,9 +41,10 @@ from gptlab.config import (
 )
 from gptlab.errors import UserError
 from gptlab.files import DuplicateKeyError, loads_no_duplicates
-from gptlab.rundir import MODEL_FILE, TRAIN_FILE
+from gptlab.rundir import MODEL_FILE, STACK_CHOICE, TRAIN_FILE
 
 BASELINE = "baseline"
+WINNERS = "winners"  # a stack's value: the interventions that turn out better, beyond noise, chosen once they finished
 TOP_LEVEL_KEYS = (
     "name",
     "description",
@@ -69,6 +71,21 @@ class Experiment:
     variants: dict[str, dict[str, dict[str, Any]]]
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     random_streams: Optional[bool] = None  # the file's choice; None: on for an experiment none of whose runs started
+    # stacks of the winners: name -> the interventions it may choose from (every intervention); chosen after they
+    # finished and recorded in runs_dir/<name>/ (winners.py), they then join `variants` (load_experiment)
+    winner_stacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    stacks: tuple[str, ...] = ()  # the names of every stack, listed or of winners, chosen or not
+
+    def with_seeds(self, count: Optional[int]) -> "Experiment":
+        """The experiment on its first `count` seeds (`--seeds N`: a quick look before the whole study)."""
+        if count is None:
+            return self
+        if not 1 <= count <= len(self.seeds):
+            raise UserError(
+                f"--seeds {count}: {self.path} lists {len(self.seeds)} seeds ({', '.join(map(str, self.seeds))}); "
+                f"give 1 to {len(self.seeds)}"
+            )
+        return replace(self, seeds=self.seeds[:count])
 
 
 def read_experiment_file(path: Path) -> dict[str, Any]:
@@ -142,9 +159,12 @@ def _interventions(path: Path, raw: Any, problems: list[str]) -> dict[str, dict]
     return found
 
 
-def _stacks(path: Path, raw: Any, interventions: dict[str, dict], problems: list[str]) -> dict[str, dict]:
+def _stacks(
+    path: Path, raw: Any, interventions: dict[str, dict], problems: list[str], winners: dict[str, tuple[str, ...]]
+) -> dict[str, dict]:
+    """Stacks listed by name; a stack given as "winners" goes into `winners` instead, to be chosen later."""
     if not isinstance(raw, dict):
-        problems.append(f"{path}: stacks: must be an object of name -> list of intervention names")
+        problems.append(f'{path}: stacks: must be an object of name -> list of intervention names, or "{WINNERS}"')
         return {}
     found = {}
     for name, members in raw.items():
@@ -152,8 +172,13 @@ def _stacks(path: Path, raw: Any, interventions: dict[str, dict], problems: list
         _check_name(path, "stacks", name, problems)
         if name in interventions:
             problems.append(f"{where}: also the name of an intervention; give the stack its own name")
+        if members == WINNERS:
+            if len(interventions) < 2:
+                problems.append(f"{where}: a stack of the winners needs two or more interventions to choose from")
+            winners[name] = tuple(interventions)
+            continue
         if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
-            problems.append(f"{where}: give a list of two or more intervention names")
+            problems.append(f'{where}: give a list of two or more intervention names, or "{WINNERS}"')
             continue
         unknown = [m for m in members if m not in interventions]
         if unknown:
@@ -228,13 +253,27 @@ def load_experiment(path: Path) -> Experiment:
         problems.append(f"{path}: baseline: give the path of a run directory, relative to the experiment file")
     seeds = _seeds(path, data.get("seeds"), problems) if "seeds" in data else ()
     interventions = _interventions(path, data.get("interventions", {}), problems)
-    stacks = _stacks(path, data.get("stacks", {}), interventions, problems)
+    winner_stacks: dict[str, tuple[str, ...]] = {}
+    stacks = _stacks(path, data.get("stacks", {}), interventions, problems, winner_stacks)
     evaluation = validate_evaluation(path, data.get("evaluation", {}), problems)
     runs_dir = data.get("runs_dir", f"{path.stem}-runs")
     if not isinstance(runs_dir, str) or not runs_dir:
         problems.append(f"{path}: runs_dir: give a folder path, relative to the experiment file")
         runs_dir = f"{path.stem}-runs"
-    variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks}
+    runs_path = path.parent / runs_dir
+    chosen = {}
+    for name in winner_stacks:  # a stack of winners chosen earlier is a stack like any other
+        members = chosen_members(runs_path, name)
+        if members is not None and len(members) >= 2:
+            unknown = [m for m in members if m not in interventions]
+            if unknown:
+                problems.append(
+                    f"{runs_path / name / STACK_CHOICE}: chose {', '.join(unknown)}, no longer among the interventions; "
+                    f"delete {runs_path / name} to choose again"
+                )
+                continue
+            chosen[name] = _combine(f"{path}: stacks.{name}", members, interventions, problems)
+    variants = {BASELINE: {"model": {}, "train": {}}, **interventions, **stacks, **chosen}
     if isinstance(baseline, str) and (baseline_dir / MODEL_FILE).is_file() and (baseline_dir / TRAIN_FILE).is_file():
         problems += variant_problems(path, baseline_dir, variants)
     streams = data.get("random_streams")
@@ -251,4 +290,23 @@ def load_experiment(path: Path) -> Experiment:
         variants,
         evaluation,
         streams,
+        winner_stacks,
+        tuple(data["stacks"]) if isinstance(data.get("stacks"), dict) else (),
     )
+
+
+def chosen_members(runs_dir: Path, name: str) -> Optional[list[str]]:
+    """The members a stack of winners chose (written by winners.py), or None when it has not chosen yet."""
+    path = runs_dir / name / STACK_CHOICE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"{path}: cannot read the stack's choice ({error}); delete {path.parent} to choose again"
+        ) from None
+    members = record.get("members") if isinstance(record, dict) else None
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        raise UserError(f"{path}: 'members' must be a list of intervention names; delete {path.parent} to choose again")
+    return members
