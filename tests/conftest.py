@@ -13,6 +13,12 @@ import torch
 
 from gptlab.data.prepare import prepare_dataset
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers set COLUMNS=80 and LINES=24 for themselves; every `gptlab` a test starts would then draw
+    # its tables 80 wide instead of whole lines, as it does for a pipe. The tests are written for the pipe.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
 # A named tiny preset: the real GPT-2 vocabulary (the data holds real token ids), everything else small.
 TINY_MODEL = {
     "vocab_size": 50257,

@@ -65,6 +65,7 @@ def test_a_stop_ends_a_request_in_flight_within_seconds(signum):
 def test_the_hub_client_gives_up_on_a_silent_endpoint(monkeypatch):
     """huggingface_hub waits without limit by default; a stand-in that accepts and never answers must fail
     within the read timeout (shortened here)."""
+    import huggingface_hub.constants
     from huggingface_hub import HfApi
 
     import gptlab.hub as hub
@@ -74,6 +75,9 @@ def test_the_hub_client_gives_up_on_a_silent_endpoint(monkeypatch):
             self.hang()
 
     monkeypatch.setattr(hub, "HUB_READ_TIMEOUT", 1.0)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its first import; test_export sets it for its own module, and
+    # in a test process that imported the hub there first, every later request would stop as "offline"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     with Silent() as server:
         hub.bound_hub_waits()
         started = time.monotonic()

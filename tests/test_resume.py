@@ -98,7 +98,7 @@ def test_sigkill_at_any_instant_of_a_save_leaves_latest_loadable(make_run):
     draw = random.Random(0)
     kills = 0
     resume = []
-    while kills < 12:
+    while kills < 6:  # random instants: with a checkpoint every step, the kills land in writes and renames alike
         process = subprocess.Popen(
             [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress", *resume],
             stdout=subprocess.DEVNULL,

@@ -253,6 +253,20 @@ def init_like_book(model: GPT) -> None:
     load_book_state_dict(model, book, "book-order initialisation")
 
 
+class _SkipModuleInitialisers(torch.overrides.TorchFunctionMode):
+    """While a model is built, torch.nn.init's functions (which nn.Linear, nn.Embedding and nn.LayerNorm call as
+    they are constructed) do nothing, so building draws no random numbers and computes nothing that the chosen
+    initialiser (or a checkpoint) then overwrites. Building on the meta device and moving to empty CPU storage
+    did the same, but its decompositions import torch._dynamo and torch.fx: 1.7 s of every gptlab process's
+    start on a 2-core CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def build_model(
     config: ModelConfig,
     device: torch.device | str = "cpu",
@@ -263,14 +277,11 @@ def build_model(
     """A freshly initialised model on `device`, initialised on the CPU under the current seed.
     With `initialise=False` the weights are left empty for a checkpoint to fill.
 
-    The module is created on the meta device first, so no random numbers are spent before the
+    The module is built with torch's own initialisers skipped, so no random numbers are spent before the
     chosen initialiser draws its own; the weights are identical whatever device training uses.
     """
-    with torch.device("meta"):
+    with _SkipModuleInitialisers():
         model = GPT(config, vocab_multiple=vocab_multiple, fused_loss=fused_loss)
-    model.to_empty(device="cpu")
-    if config.tie_weights:
-        model.lm_head.weight = model.wte.weight  # to_empty gives every parameter fresh storage, which unties them
     if initialise and config.init == "gpt2":
         model.init_gpt2()
     elif initialise:
