@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
+import os
 import re
 import shutil
 import statistics
@@ -39,23 +41,33 @@ RUNS = {
 
 
 def comparison_runs(root: Path, dataset: Path) -> dict[str, list[Path]]:
-    """Train (once per test session; reused by test_report) and evaluate every run of RUNS under `root`."""
+    """Train (once per test session; reused by test_report, which may run in another pytest-xdist worker: the
+    lock has the second wait for the first) and evaluate every run of RUNS under `root`."""
     done = root / "complete"
     runs = {name: [root / f"{name}-seed{seed}" for seed in seeds] for name, (_, seeds) in RUNS.items()}
-    if not done.is_file():
-        for name, (overrides, seeds) in RUNS.items():
-            for seed, run_dir in zip(seeds, runs[name]):
-                shutil.rmtree(run_dir, ignore_errors=True)
-                write_run(run_dir, dataset, train={**overrides, "random_seed": seed})
-                train_run(run_dir, show_progress=False)
-                evaluate_and_save(run_dir, EVALUATION)
-        done.write_text("ok")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            for name, (overrides, seeds) in RUNS.items():
+                for seed, run_dir in zip(seeds, runs[name]):
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    write_run(run_dir, dataset, train={**overrides, "random_seed": seed})
+                    train_run(run_dir, show_progress=False)
+                    evaluate_and_save(run_dir, EVALUATION)
+            done.write_text("ok")
     return runs
+
+
+def shared_temporary(tmp_path_factory) -> Path:
+    """The session's temporary folder, shared by every pytest-xdist worker (each has its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture
 def trained(tmp_path_factory, brown_dataset) -> dict[str, list[Path]]:
-    return comparison_runs(tmp_path_factory.getbasetemp() / "comparison-runs", brown_dataset)
+    return comparison_runs(shared_temporary(tmp_path_factory) / "comparison-runs", brown_dataset)
 
 
 def _all(trained: dict[str, list[Path]]) -> list[str]:

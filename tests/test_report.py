@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from test_compare import RUNS, comparison_runs
+from test_compare import RUNS, comparison_runs, shared_temporary
 
 from gptlab.experiments.compare import build_comparison, load_results
 from gptlab.experiments.report import write_report
@@ -33,7 +33,7 @@ window.addEventListener("load", () => {
 
 @pytest.fixture
 def trained(tmp_path_factory, brown_dataset) -> dict[str, list[Path]]:
-    return comparison_runs(tmp_path_factory.getbasetemp() / "comparison-runs", brown_dataset)
+    return comparison_runs(shared_temporary(tmp_path_factory) / "comparison-runs", brown_dataset)
 
 
 class _PageParts(HTMLParser):
