@@ -18,6 +18,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # its tables 80 wide instead of whole lines, as it does for a pipe. The tests are written for the pipe.
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
+    # The cores shared among the workers, in this process and in every process a test starts (torch reads
+    # OMP_NUM_THREADS at start): two workers of two threads each on two cores ran the compute-heavy tests 3x
+    # slower than alone, as their threads spun waiting for each other.
+    _cores = len(os.sched_getaffinity(0))
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    )
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # A named tiny preset: the real GPT-2 vocabulary (the data holds real token ids), everything else small.
 TINY_MODEL = {
