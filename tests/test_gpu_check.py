@@ -124,3 +124,39 @@ def test_bad_arguments_exit_2_with_one_line():
         timeout=60,
     )
     assert result.returncode == 2 and "--phases: unknown speed" in result.stderr
+
+
+def test_gpu_profile_small_names_the_step_time_and_its_top_ops(tmp_path):
+    """benchmarks/gpu_profile.py, the profile written after the first GPU check, on the CPU with a tiny model:
+    each variant gets a step time and its ops ranked by self time; a variant that fails is reported and the
+    next one still runs."""
+    out = tmp_path / "profile.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_profile.py"),
+            "--small",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--top",
+            "5",
+            "--variant",
+            "precision=fp32,drop_rate=0",
+            "--variant",
+            "precision=not-a-precision",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    good, bad = json.loads(out.read_text())["variants"]
+    assert good["assignments"] == ["precision=fp32", "drop_rate=0"]
+    assert good["ms_per_step"] > 0 and len(good["top"]) == 5
+    times = [row["self_cpu_ms"] for row in good["top"]]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert "error" in bad and "precision" in bad["error"]
