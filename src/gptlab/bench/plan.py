@@ -89,9 +89,14 @@ def estimate_memory(
     tokens = train.microbatch_size * model.context_length
     width = model.emb_dim
     masks = 2 if model.drop_rate > 0 else 0
+    # Compiled on a GPU, a half-precision step kept float32-wide activations: on an H200 (torch 2.11) GPT-2 small
+    # at microbatch 12 peaked at 9.75 GiB compiled in bf16 and 9.31 GiB compiled in fp32, while eager bf16 stayed
+    # ~35% under eager fp32 (docs/performance.md, "GPU: the first measurement"). Counted at compute width, a
+    # compiled bf16 plan was 25% under the measured peak; at float32 width it is 8% over, as eager plans are.
+    saved = 4 if half and fast["compile"] and device_type == "cuda" else element
     per_layer = (
-        tokens * width * (15 * element + 2 * 4 + masks)
-    )  # 15 C-wide tensors at compute width, 2 float32 LayerNorm inputs
+        tokens * width * (15 * saved + 2 * 4 + masks)
+    )  # 15 C-wide tensors at compute width (float32 when compiled, above), 2 float32 LayerNorm inputs
     if device_type == "cpu" and model.drop_rate > 0:
         # A CPU has no fused attention kernel with dropout: the math path keeps the T x T weights, mask and dropped weights.
         per_layer += train.microbatch_size * model.n_heads * model.context_length**2 * (2 * element + 1)
