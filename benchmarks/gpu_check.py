@@ -521,6 +521,22 @@ def nudge_weights(path: Path) -> str:
     return name
 
 
+def checkpoint_times(run_dir: Path) -> dict:
+    """What a finished run's summary.json says its checkpoints cost: the time training waited for them and the
+    time their saves took (snapshot to rename), with whether they were written in the background."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        train = json.loads((run_dir / "train.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        "background_checkpoints": train.get("background_checkpoints", True),
+        "checkpoints": len([p for p in (run_dir / "checkpoints").iterdir() if p.is_dir() and not p.is_symlink()]),
+        "checkpoint_blocked_seconds": summary.get("checkpoint_blocked_seconds"),
+        "checkpoint_save_seconds": summary.get("checkpoint_save_seconds"),
+    }
+
+
 def judge_resume(resumed: dict, noise: dict) -> tuple[bool, str]:
     if resumed.get("bit_identical"):
         return True, "bit-identical to the uninterrupted run"
@@ -608,8 +624,15 @@ def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, brea
         "random_seed": 42,
     }
     train.update(plan.functional_train)
+    # The second uninterrupted run saves its checkpoints synchronously (the same training, only the saves
+    # differ), so its summary against the first's says what background checkpoints save on this machine.
     runs = {
-        name: write_run(work / "functional" / name, plan.model, train) for name in ("whole", "whole-again", "preempted")
+        name: write_run(
+            work / "functional" / name,
+            plan.model,
+            {**train, "background_checkpoints": name != "whole-again"},
+        )
+        for name in ("whole", "whole-again", "preempted")
     }
 
     # The three trainings at once (and, on a GPU, the benches' compilation into torch's compile cache).
@@ -654,6 +677,7 @@ def functional_phase(plan: Plan, work: Path, log_dir: Path, data_dir: Path, brea
             f"train {name}",
             results[name]["rc"] == 0 and (runs[name] / "summary.json").is_file(),
             **({} if results[name]["rc"] == 0 else {"error": command_failure(results[name])}),
+            **checkpoint_times(runs[name]),
         )
     stdout = results["preempted"]["stdout"]
     stopped_at = (
@@ -1080,6 +1104,15 @@ def table(report: dict) -> str:
         "",
         f"seconds used/planned: {phase_times}; total {report['total_seconds']:.0f}/{report['budget_seconds']['total']:g} s",
     ]
+    checks = report["phases"].get("functional", {}).get("checks", {})
+    for name in ("train whole", "train whole-again"):
+        saves = checks.get(name, {})
+        if saves.get("checkpoint_blocked_seconds") is not None:
+            lines.append(
+                f"checkpoints of {name} ({saves['checkpoints']}, "
+                f"{'background' if saves['background_checkpoints'] else 'synchronous'}): training waited "
+                f"{saves['checkpoint_blocked_seconds']:.2f} s, the saves took {saves['checkpoint_save_seconds']:.2f} s"
+            )
     if not report["phases"].get("functional", {}).get("ok"):
         lines.append("FUNCTIONAL PASS FAILED:")
         for name, item in report["phases"].get("functional", {}).get("checks", {}).items():

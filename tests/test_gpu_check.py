@@ -54,6 +54,14 @@ def test_small_mode_runs_every_phase_and_the_functional_pass_holds(tmp_path):
         resume["resumed_vs_whole"]["bit_identical"] and resume["max_step_loss_diff"] == 0.0
     )  # the CPU is deterministic
     assert resume["steps_recorded"] == [functional["steps"], functional["steps"]]
+    # the second uninterrupted run saves synchronously: the same weights, and its checkpoint times beside the first's
+    assert resume["whole_vs_whole_again"]["bit_identical"]
+    background, synchronous = functional["checks"]["train whole"], functional["checks"]["train whole-again"]
+    assert background["background_checkpoints"] is True and synchronous["background_checkpoints"] is False
+    for saves in (background, synchronous):
+        assert saves["checkpoints"] >= 2 and saves["checkpoint_save_seconds"] > 0
+        assert 0 <= saves["checkpoint_blocked_seconds"]
+    assert "checkpoints of train whole-again (" in result.stdout and "synchronous): training waited" in result.stdout
     logits = functional["checks"]["export logits"]
     assert logits["max_abs_diff"] <= logits["tolerance"] and logits["export_vocab_size"] == 50257
     assert math.isfinite(functional["checks"]["eval"]["loss"]) and functional["checks"]["generate"]["text"]
