@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gptlab.config import ModelConfig, TrainConfig
-from gptlab.runtime.checkpoint import find_resumable_checkpoint, save_checkpoint
+from gptlab.runtime.checkpoint import find_resumable_checkpoint, snapshot_checkpoint, write_checkpoint
 from gptlab.train.optim import build_optimizer
 from gptlab.train.record import environment
 from gptlab.weights import build_model
@@ -48,8 +48,7 @@ def main() -> None:
     saves, loads, size = [], [], 0
     for repeat in range(args.repeats):
         started = time.perf_counter()
-        path = save_checkpoint(
-            run_dir,
+        snapshot = snapshot_checkpoint(
             repeat,
             model,
             optimizer,
@@ -58,7 +57,9 @@ def main() -> None:
             {"global_step": repeat},
             {"model": config.model_dump(mode="json"), "train": {}},
             is_best=False,
+            copy=False,  # written at once, as a synchronous save is
         )
+        path = write_checkpoint(run_dir, snapshot)
         saves.append(time.perf_counter() - started)
         size = folder_bytes(path)
         started = time.perf_counter()

@@ -329,27 +329,6 @@ def write_checkpoint(run_dir: Path, snapshot: CheckpointSnapshot) -> Path:
     return final
 
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    scaler: Optional[torch.amp.GradScaler],
-    training_state: dict[str, Any],
-    meta: dict[str, Any],
-    config: dict[str, Any],
-    is_best: bool,
-    resume_state: Optional[Path] = None,
-) -> Path:
-    """Write a checkpoint now, in this thread (the synchronous save; training.checkpoint_writer writes them in
-    the background). `resume_state`, when given, is the folder save_sharded_resume_state wrote (a sharded run's
-    weights and AdamW state): it is moved into the checkpoint as resume/, instead of writing optimizer.pt."""
-    snapshot = snapshot_checkpoint(
-        step, model, optimizer, scaler, training_state, meta, config, is_best, resume_state, copy=False
-    )
-    return write_checkpoint(run_dir, snapshot)
-
-
 def resume_staging(run_dir: Path, step: int) -> Path:
     """Where every rank writes a sharded run's resume state before rank 0 moves it into the checkpoint's staging
     folder; the `.tmp-` prefix has a process killed before that leave nothing the next start does not remove."""
@@ -359,7 +338,7 @@ def resume_staging(run_dir: Path, step: int) -> Path:
 def save_sharded_resume_state(run_dir: Path, step: int, model: torch.nn.Module, optimizer, is_main: bool) -> Path:
     """A collective: every rank writes its own shards of the weights and AdamW state with
     torch.distributed.checkpoint (fsynced) into resume_staging(); returns that folder once every rank has
-    written, for save_checkpoint(resume_state=...) on rank 0. No rank ever holds the whole optimizer state."""
+    written, for snapshot_checkpoint(resume_state=...) on rank 0. No rank ever holds the whole optimizer state."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
