@@ -187,6 +187,21 @@ def test_search_edge_cases():
     assert bench.search_max_microbatch(fake_trials(nonlinear, 2000), 2000)[0] == 44
 
 
+def test_search_bisects_once_the_straight_line_overshoots():
+    """The H200's bf16 search (docs/performance.md): peaks grow linearly, but near the card's limit the
+    allocator's overhead fails microbatches the line says fit. After a failed prediction the search bisects
+    instead of probing one below it."""
+    limit = 149_557_477_376
+    peak_of = lambda m: 50_069_652_480 + (m - 128) * 369_575_000 + (10**10 if m > 390 else 0)  # noqa: E731
+    found, trials = bench.search_max_microbatch(fake_trials(peak_of, limit), limit)
+    probes = [t.microbatch for t in trials]
+    assert found == 390
+    failed_prediction = probes[probes.index(512) + 1]
+    assert not trials[probes.index(failed_prediction)].fits and failed_prediction > 390
+    assert failed_prediction - 1 not in probes  # the wasted probe of the first GPU check
+    assert probes[probes.index(failed_prediction) + 1] == (256 + failed_prediction) // 2
+
+
 def test_find_max_microbatch_under_a_simulated_memory_cap(make_run):
     run_dir = make_run(model=SMALL_VOCAB)
     config = load_run_config(run_dir)

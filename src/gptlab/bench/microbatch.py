@@ -54,7 +54,7 @@ def search_max_microbatch(
 
     When the memory limit is known, the first two probes of the bisection go where a straight line through
     the measured peaks predicts the largest fit and one above it, which usually settles it; midpoints
-    follow if not. Assumes memory grows with the microbatch. Returns (largest fit, 0 if none; trials).
+    follow if not, and at once if the predicted fit does not fit. Assumes memory grows with the microbatch. Returns (largest fit, 0 if none; trials).
     """
     trials: list[Trial] = []
 
@@ -78,6 +78,9 @@ def search_max_microbatch(
             largest_fit = probe
         else:
             smallest_failure = probe
+            # A straight line that overshot stays wrong one below (on an H200 the allocator's overhead near the
+            # card's limit made 397 and then 396 fail where 390 was the answer): bisect from here.
+            guided_probes = 0
     return largest_fit, trials
 
 
