@@ -62,6 +62,7 @@ ABANDONED_PREFIX = "abandoned-"
 CHECKSUMS = "checksums.sha256"
 OPTIMIZER = "optimizer.pt"  # AdamW's state, whole (one process or DDP)
 TRAINING_STATE = "training_state.pt"
+SCALER = "scaler.pt"  # fp16 only: the gradient scaler
 # A sharded run's resume state instead of optimizer.pt: the model and AdamW state in torch.distributed.checkpoint's
 # own layout (each rank's shard in its own file, and `.metadata`), written by every rank (save_sharded_resume_state)
 RESUME_STATE = "resume"
@@ -310,8 +311,8 @@ def write_checkpoint(run_dir: Path, snapshot: CheckpointSnapshot) -> Path:
             else:
                 write(OPTIMIZER, lambda f: torch.save(snapshot.optimizer, f))
             if snapshot.scaler is not None:
-                write("scaler.pt", lambda f: torch.save(snapshot.scaler, f))
-            write("training_state.pt", lambda f: torch.save(snapshot.training_state, f))
+                write(SCALER, lambda f: torch.save(snapshot.scaler, f))
+            write(TRAINING_STATE, lambda f: torch.save(snapshot.training_state, f))
             write(META, lambda f: f.write(snapshot.meta))
             write(CONFIG, lambda f: f.write(snapshot.config))
             (staging / CHECKSUMS).write_text(
@@ -481,7 +482,7 @@ class Checkpoint:
             ) from None
 
     def load_training_state(self) -> dict[str, Any]:
-        return _checked_training_state(self._load_pt("training_state.pt"), self.path / "training_state.pt")
+        return _checked_training_state(self._load_pt(TRAINING_STATE), self.path / TRAINING_STATE)
 
     def optimizer_state(self) -> dict[str, Any]:
         return self._load_pt(OPTIMIZER)
@@ -514,19 +515,19 @@ class Checkpoint:
         optimizer.load_state_dict(self.optimizer_state())
 
     def load_scaler(self, scaler: Optional[torch.amp.GradScaler]) -> None:
-        if scaler is not None and (self.path / "scaler.pt").is_file():
-            scaler.load_state_dict(self._load_pt("scaler.pt"))
+        if scaler is not None and (self.path / SCALER).is_file():
+            scaler.load_state_dict(self._load_pt(SCALER))
 
     def verify(self) -> None:
         """Read every file of the checkpoint fully; raise UserError naming the first bad file."""
         self.check_content("model.safetensors")
         self._loaded["model.safetensors"] = read_book_safetensors(self.path / "model.safetensors")
-        for name in (OPTIMIZER, TRAINING_STATE, "scaler.pt"):
+        for name in (OPTIMIZER, TRAINING_STATE, SCALER):
             if (name == OPTIMIZER and not self.sharded) or name == TRAINING_STATE or (self.path / name).exists():
                 self._loaded[name] = self._load_pt(name)
         if self.sharded:
             self._verify_resume_state()
-        _checked_training_state(self._loaded["training_state.pt"], self.path / "training_state.pt")
+        _checked_training_state(self._loaded[TRAINING_STATE], self.path / TRAINING_STATE)
         for name in ("meta.json", "config.json"):
             self.check_content(name)
             try:
