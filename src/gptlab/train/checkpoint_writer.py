@@ -28,7 +28,6 @@ class CheckpointWriter:
         self.run_dir = Path(run_dir)
         self.keep_checkpoints = keep_checkpoints
         self.background = background
-        self.save_seconds = 0.0  # every save from its snapshot to its pointers and pruning, summed
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._written: Optional[tuple[Callable[[float], None], float]] = None  # (on_written, seconds), unreported
@@ -86,7 +85,6 @@ class CheckpointWriter:
         if self._written is not None:
             on_written, seconds = self._written
             self._written = None
-            self.save_seconds += seconds
             on_written(seconds)
 
     def wait(self) -> None:
