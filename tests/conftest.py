@@ -127,5 +127,13 @@ def run_cli(
     )
 
 
+def start_cli(*args: str) -> subprocess.Popen:
+    """Start the real `gptlab` entry point in a process of its own, its output captured as text, for a test
+    that signals, kills or waits on it while it runs."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptlab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import start_cli
 from safetensors.numpy import save_file
 
 from gptlab.cli import cli, main
@@ -494,12 +495,7 @@ def newest_recorded_step(run: Path) -> int:
 def start_training_and_catch_a_save_in_flight(run: Path) -> tuple[subprocess.Popen, str]:
     """`gptlab train` in a process of its own, caught while a checkpoint is being written after an earlier one
     was finished; returns the process and the name of the checkpoint being written."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli("train", str(run), "--no-progress")
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         flight = save_in_flight(run) if list_checkpoints(run) else None  # one finished checkpoint first

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli, start_cli
 from safetensors.torch import load_file
 
 from gptlab.errors import UserError
@@ -61,12 +61,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_to_the_same_result(ma
     whole = make_run("whole", model={"drop_rate": 0.1}, train=train)
     train_run(whole, show_progress=False)
     run = make_run("preempted", model={"drop_rate": 0.1}, train=train)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli("train", str(run), "--no-progress")
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 10):
         time.sleep(0.05)
@@ -117,12 +112,7 @@ def test_sigkill_at_any_instant_of_a_save_leaves_latest_loadable(make_run):
         resume = ["--resume", "latest"]
     # After the kills, resuming cleans the half-written staging folders and goes on.
     resumed_from = find_resumable_checkpoint(run, "latest").name
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress", "--resume", "latest"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli("train", str(run), "--no-progress", "--resume", "latest")
     deadline = time.time() + 60
     while time.time() < deadline and os.readlink(run / "checkpoints" / "latest") == resumed_from:
         time.sleep(0.05)  # training (and its signal handler) is running once a new checkpoint appears

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, start_cli
 
 import gptlab.rundir as rundir
 from gptlab.errors import UserError
@@ -37,12 +37,7 @@ def _wait_for_holder(path, pid, process, seconds=120):
 
 def test_a_second_train_a_resume_and_an_evaluation_are_refused_while_a_run_trains(make_run, monkeypatch):
     run = make_run(train={"min_train_tokens": 4 * 32 * 9000, "checkpoint_interval": 1})
-    first = subprocess.Popen(
-        [sys.executable, "-m", "gptlab", "train", str(run), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_cli("train", str(run), "--no-progress")
     try:
         holder = _wait_for_holder(run / LOCK_FILE, first.pid, first)
         assert holder["command"] == "gptlab train" and holder["host"]
